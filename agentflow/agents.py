@@ -1,0 +1,449 @@
+"""Agents: the handler a user registers, the context it gets, and the loop that feeds it from the bus.
+
+Each agent is its own consumer group. One dispatcher task per agent takes events from the agent's
+subscription in batches (never more than the agent's in-flight bound) into a local deque; ``concurrency``
+worker coroutines pop from it. A worker that pops an event whose key is already running parks it behind that
+key; the worker running the key handles the parked events next, so one key is handled in emit order while
+different keys run concurrently. Each handler run takes a slot of the shared :class:`~agentflow.pool.WorkerPool`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from .bus.base import Item, Subscription
+from .errors import EventDecodeError, EventError, EventTooLargeError, HandlerTimeoutError, Reject, Retry, Skip
+from .events import DeadLetter, Event, EventCodec, RawEvent, convert_payload
+from .metrics import AgentMetrics
+from .pool import Slot, WorkerPool
+from .resilience.retry import RetryPolicy
+
+__all__ = ["AgentSpec", "AgentWorker", "Context", "Handler"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Event, "Context"], Awaitable[Any]]
+
+_MISSING: Any = object()
+
+
+class _Host(Protocol):
+    """What an agent needs from its runner."""
+
+    async def _emit_follow_up(
+        self,
+        parent: Event,
+        agent: str,
+        topic: str,
+        payloads: list[Any],
+        key: str | None,
+        headers: dict[str, str] | None,
+    ) -> list[str]: ...
+
+    async def _dead_letter(self, letter: DeadLetter) -> None: ...
+
+    def _reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None: ...
+
+
+class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent as registered with ``@runner.agent`` (before config overrides are applied)."""
+
+    name: str
+    topic: str
+    handler: Any
+    concurrency: int | None = None
+    timeout_s: float | None = None
+    retry: Any = None
+    payload_type: Any = None
+
+
+class Context:
+    """What a handler gets beside its event: who it is, and how to emit follow-up events.
+
+    Follow-up events carry the event's ``correlation_id`` and ``depth + 1``; one that would exceed
+    ``max_workflow_depth`` goes to the dead-letter queue (reason ``depth_exceeded``) instead::
+
+        @runner.agent("orders")
+        async def place(event, ctx):
+            await ctx.emit("invoices", {"order": event.payload["id"]}, key=event.key)
+    """
+
+    __slots__ = ("_worker", "event")
+
+    def __init__(self, event: Event, worker: AgentWorker) -> None:
+        self.event = event
+        self._worker = worker
+
+    @property
+    def agent(self) -> str:
+        return self._worker.name
+
+    @property
+    def attempt(self) -> int:
+        return self.event.attempt
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.event.correlation_id
+
+    async def emit(
+        self, topic: str, payload: Any, *, key: str | None = None, headers: dict[str, str] | None = None
+    ) -> str | None:
+        """Emit one follow-up event; return its id, or None when it was dead-lettered for depth."""
+        ids = await self._worker._host._emit_follow_up(self.event, self._worker.name, topic, [payload], key, headers)
+        return ids[0] if ids else None
+
+    async def emit_many(
+        self, topic: str, payloads: Sequence[Any], *, key: str | None = None, headers: dict[str, str] | None = None
+    ) -> list[str]:
+        """Emit several follow-up events at once; return their ids (empty when dead-lettered for depth)."""
+        return await self._worker._host._emit_follow_up(
+            self.event, self._worker.name, topic, list(payloads), key, headers
+        )
+
+
+class AgentWorker:
+    """Runs one agent: dispatcher, workers, ordering by key, timeouts, retries, dead letters, acks."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        handler: Handler,
+        sub: Subscription,
+        pool: WorkerPool,
+        metrics: AgentMetrics,
+        host: _Host,
+        codec: EventCodec,
+        concurrency: int,
+        timeout_s: float,
+        policy: RetryPolicy,
+        max_inflight: int,
+        payload_type: Any = None,
+    ) -> None:
+        self.name = name
+        self.topic = sub.topic
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.policy = policy
+        self.max_inflight = max_inflight
+        self._handler = handler
+        self._sub = sub
+        self._pool = pool
+        self._m = metrics
+        self._host = host
+        self._codec = codec
+        self._payload_type = payload_type
+        self._local: deque[Item] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._active: dict[str, deque[tuple[Event, Item]] | None] = {}
+        self._room: asyncio.Future[None] | None = None
+        self.inflight = 0
+        self.returned = 0
+        self._stopping = False
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._slots: list[Slot] = []
+
+    def __repr__(self) -> str:
+        m = self._m
+        return (
+            f"<AgentWorker {self.name!r} topic={self.topic!r} inflight={self.inflight}/{self.max_inflight} "
+            f"handled={m.handled} dead_lettered={sum(m.dead_lettered.values())}>"
+        )
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self, tg: asyncio.TaskGroup) -> None:
+        self._dispatcher = tg.create_task(self._dispatch(), name=f"agentflow-dispatch-{self.name}")
+        for i in range(self.concurrency):
+            slot = self._pool.slot()
+            task = tg.create_task(self._work(slot), name=f"agentflow-worker-{self.name}-{i}")
+            slot.task = task
+            self._slots.append(slot)
+            self._workers.append(task)
+
+    async def stop_intake(self) -> None:
+        """Stop taking events; give back the ones taken but not started."""
+        self._stopping = True
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        if self._local:
+            items = list(self._local)
+            self._local.clear()
+            self._give_back(items)
+        while self._idle:
+            fut = self._idle.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    async def cancel(self) -> None:
+        """Cancel workers still busy after the grace period; their events go back to the bus."""
+        for t in self._workers:
+            t.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for s in self._slots:
+            self._pool.forget(s)
+
+    def _give_back(self, items: list[Item]) -> None:
+        if items:
+            self._sub.requeue(items)
+            self.returned += len(items)
+            self.inflight -= len(items)
+            self._pool.held -= len(items)
+
+    # ---- dispatcher ------------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        sub = self._sub
+        local = self._local
+        loop = asyncio.get_running_loop()
+        while True:
+            room = self.max_inflight - self.inflight
+            if room <= 0:
+                self._room = loop.create_future()
+                try:
+                    await self._room
+                finally:
+                    self._room = None
+                continue
+            items = sub.take_nowait(room)
+            if items:
+                self.inflight += len(items)
+                self._pool.held += len(items)
+                local.extend(items)
+                idle = self._idle
+                if idle:
+                    fut = idle.popleft()
+                    if not fut.done():
+                        fut.set_result(None)
+                continue
+            if not await sub.wait():
+                return
+
+    def _finished(self, item: Item) -> None:
+        self._sub.ack(item)
+        self.inflight -= 1
+        self._pool.held -= 1
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    # ---- workers ---------------------------------------------------------------------------------------
+
+    async def _work(self, slot: Slot) -> None:
+        local = self._local
+        idle = self._idle
+        loop = asyncio.get_running_loop()
+        while True:
+            if not local:
+                if self._stopping:
+                    return
+                fut = loop.create_future()
+                idle.append(fut)
+                await fut
+                continue
+            item = local.popleft()
+            if local and idle:
+                # Chain wake-ups: if this handler suspends, another worker is already on its way.
+                nxt = idle.popleft()
+                if not nxt.done():
+                    nxt.set_result(None)
+            await self._process(item, slot)
+
+    async def _process(self, item: Item, slot: Slot) -> None:
+        ev: Event
+        if type(item) is RawEvent:
+            decoded = await self._decode(item)
+            if decoded is None:
+                return
+            ev = decoded
+        else:
+            ev = item  # type: ignore[assignment]
+        key = ev.key
+        if key is None:
+            try:
+                await self._handle(ev, item, slot)
+            except asyncio.CancelledError:
+                self._abandon(slot, [])
+                raise
+            return
+        active = self._active
+        parked = active.get(key, _MISSING)
+        if parked is not _MISSING:
+            if parked is None:
+                active[key] = parked = deque()
+            parked.append((ev, item))
+            return
+        active[key] = None
+        try:
+            await self._handle(ev, item, slot)
+            while True:
+                parked = active[key]
+                if not parked:
+                    break
+                ev, item = parked.popleft()
+                await self._handle(ev, item, slot)
+        except asyncio.CancelledError:
+            rest = active.get(key)
+            self._abandon(slot, [it for _, it in rest] if rest else [])
+            raise
+        finally:
+            del active[key]
+
+    def _abandon(self, slot: Slot, parked: list[Item]) -> None:
+        current = slot.current
+        slot.current = None
+        slot.deadline = 0.0
+        items: list[Item] = [current] if isinstance(current, Event | RawEvent) else []
+        self._give_back(items + parked)
+
+    async def _decode(self, raw: RawEvent) -> Event | None:
+        try:
+            ev = self._codec.decode(raw.data)
+        except EventError as exc:
+            reason = "too_large" if isinstance(exc, EventTooLargeError) else "undecodable"
+            await self._dead(raw, None, reason, exc, 0)
+            return None
+        return ev
+
+    async def _handle(self, ev: Event, item: Item, slot: Slot) -> None:
+        m = self._m
+        slot.current = item
+        m.queue_wait.observe(time.time() - ev.created_at)
+        if self._payload_type is not None:
+            try:
+                ev = msgspec.structs.replace(ev, payload=convert_payload(ev.payload, self._payload_type))
+            except EventDecodeError as exc:
+                await self._dead(item, ev, "wrong_schema", exc, 0)
+                return
+        ctx = Context(ev, self)
+        pool = self._pool
+        if not pool.try_acquire():
+            await pool.acquire()
+        t0 = time.perf_counter()
+        slot.deadline = t0 + self.timeout_s
+        try:
+            result = await self._handler(ev, ctx)
+        except BaseException as exc:  # noqa: BLE001 - classified in _failed
+            slot.deadline = 0.0
+            pool.release()
+            m.duration.observe(time.perf_counter() - t0)
+            await self._failed(ev, item, slot, exc, ctx)
+            return
+        slot.deadline = 0.0
+        pool.release()
+        pool.done += 1
+        m.duration.observe(time.perf_counter() - t0)
+        m.handled += 1
+        slot.current = None
+        self._finished(item)
+        if ev.reply_to is not None:
+            self._host._reply(ev, result, None)
+
+    async def _failed(self, ev: Event, item: Item, slot: Slot, exc: BaseException, ctx: Context) -> None:
+        """The slow path: classify, back off, retry, and finally dead-letter."""
+        m = self._m
+        pool = self._pool
+        attempt = ev.attempt
+        while True:
+            pool.failed += 1
+            if isinstance(exc, asyncio.CancelledError):
+                task = asyncio.current_task()
+                if not (slot.timed_out and task is not None and task.uncancel() == 0):
+                    slot.timed_out = False
+                    raise exc  # a real cancellation (shutdown): the caller gives the event back
+                slot.timed_out = False
+                exc = HandlerTimeoutError(
+                    f"Agent {self.name!r} took longer than {self.timeout_s:g} s on event {ev.id} "
+                    f"(attempt {attempt}) and was cancelled; raise its timeout_s or make the handler faster."
+                )
+            if isinstance(exc, Skip):
+                m.skipped += 1
+                slot.current = None
+                self._finished(item)
+                if ev.reply_to is not None:
+                    self._host._reply(ev, None, None)
+                return
+            if isinstance(exc, Reject):
+                await self._dead(item, ev, "rejected", exc, attempt)
+                return
+            if not isinstance(exc, Exception):
+                raise exc  # KeyboardInterrupt, SystemExit: not ours to swallow
+            kind = "timeout" if isinstance(exc, HandlerTimeoutError) else "error"
+            m.failed(kind)
+            if not self.policy.should_retry(attempt):
+                await self._dead(item, ev, "timeout" if kind == "timeout" else "exhausted", exc, attempt)
+                return
+            delay = self.policy.delay_s(attempt, exc)
+            m.retries += 1
+            if not isinstance(exc, Retry):
+                logger.debug(
+                    "Agent %r: attempt %d of event %s failed (%r); retrying in %.3f s",
+                    self.name,
+                    attempt,
+                    ev.id,
+                    exc,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            attempt += 1
+            ev = msgspec.structs.replace(ev, attempt=attempt)
+            ctx = Context(ev, self)
+            if not pool.try_acquire():
+                await pool.acquire()
+            t0 = time.perf_counter()
+            slot.deadline = t0 + self.timeout_s
+            try:
+                result = await self._handler(ev, ctx)
+            except BaseException as e:  # noqa: BLE001
+                slot.deadline = 0.0
+                pool.release()
+                m.duration.observe(time.perf_counter() - t0)
+                exc = e
+                continue
+            slot.deadline = 0.0
+            pool.release()
+            pool.done += 1
+            m.duration.observe(time.perf_counter() - t0)
+            m.handled += 1
+            slot.current = None
+            self._finished(item)
+            if ev.reply_to is not None:
+                self._host._reply(ev, result, None)
+            return
+
+    async def _dead(self, item: Item, ev: Event | None, reason: str, exc: BaseException, attempts: int) -> None:
+        letter = DeadLetter(
+            id=ev.id if ev is not None else f"raw-{id(item):x}-{time.time_ns():x}",
+            topic=self.topic,
+            agent=self.name,
+            reason=reason,
+            error_type=type(exc).__name__,
+            error=str(exc),
+            attempts=attempts,
+            failed_at=time.time(),
+            event=ev,
+            raw=item.data if isinstance(item, RawEvent) else None,
+        )
+        await self._host._dead_letter(letter)
+        self._m.dead_letter(reason)
+        logger.warning(
+            "Agent %r dead-lettered event %s (%s): %s: %s",
+            self.name,
+            letter.id,
+            reason,
+            letter.error_type,
+            letter.error,
+        )
+        self._finished(item)
+        if ev is not None and ev.reply_to is not None:
+            self._host._reply(ev, None, letter)

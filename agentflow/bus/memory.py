@@ -1,0 +1,374 @@
+"""The embedded in-memory bus: bounded, partitioned, at-least-once, with Kafka's group semantics.
+
+Events travel as objects (no encoding). Each (topic, consumer group) pair owns ``partitions`` deques holding
+at most ``buffer_size`` events between them; a publisher waits (FIFO) while any group on the topic is full.
+Events of a topic no group has subscribed to are counted as ``unrouted`` and dropped, as a pub/sub topic
+without subscribers would — subscribe before you publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+
+from ..errors import BackpressureError, LifecycleError
+from ..events import DeadLetter, RawEvent
+from .base import Bus, BusStatistics, Item, Subscription, SubscriptionStatistics
+
+__all__ = ["MemoryBus", "MemorySubscription"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Group:
+    __slots__ = ("capacity", "members", "name", "owners", "partitions", "size", "topic")
+
+    def __init__(self, topic: str, name: str, partitions: int, capacity: int) -> None:
+        self.topic = topic
+        self.name = name
+        self.partitions: list[deque[Item]] = [deque() for _ in range(partitions)]
+        self.owners: list[MemorySubscription | None] = [None] * partitions
+        self.members: list[MemorySubscription] = []
+        self.capacity = capacity
+        self.size = 0
+
+    def assign(self) -> None:
+        """Share partitions among members round-robin (join order), waking whoever gained work."""
+        for m in self.members:
+            m._parts = []
+            m._part_ids = []
+        self.owners = [None] * len(self.partitions)
+        if not self.members:
+            return
+        for p, dq in enumerate(self.partitions):
+            m = self.members[p % len(self.members)]
+            m._parts.append(dq)
+            m._part_ids.append(p)
+            self.owners[p] = m
+        for m in self.members:
+            m._next = 0
+            m._wake()
+
+
+class MemorySubscription(Subscription):
+    """A member of a consumer group on the memory bus."""
+
+    def __init__(self, bus: MemoryBus, group: _Group) -> None:
+        self.topic = group.topic
+        self.group = group.name
+        self._bus = bus
+        self._g = group
+        self._parts: list[deque[Item]] = []
+        self._part_ids: list[int] = []
+        self._next = 0
+        self._unacked: dict[int, Item] = {}
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._taken = 0
+        self._acked = 0
+        self._requeued = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<MemorySubscription topic={self.topic!r} group={self.group!r} partitions={self._part_ids} "
+            f"buffered={sum(map(len, self._parts))} unacked={len(self._unacked)}>"
+        )
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def take_nowait(self, max_n: int) -> list[Item]:
+        g = self._g
+        if not g.size or self._closed:
+            return []
+        parts = self._parts
+        n = len(parts)
+        start = self._next
+        for j in range(n):
+            dq = parts[(start + j) % n]
+            if not dq:
+                continue
+            # Drain one partition per call and rotate, so a busy partition cannot starve the others.
+            self._next = (start + j + 1) % n
+            if len(dq) <= max_n:
+                items = list(dq)
+                dq.clear()
+            else:
+                pop = dq.popleft
+                items = [pop() for _ in range(max_n)]
+            k = len(items)
+            g.size -= k
+            self._taken += k
+            self._unacked.update(zip(map(id, items), items, strict=True))
+            self._bus._wake_putters(k)
+            return items
+        return []
+
+    async def wait(self) -> bool:
+        if self._closed:
+            return False
+        for dq in self._parts:
+            if dq:
+                return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter = fut
+        try:
+            await fut
+        finally:
+            self._waiter = None
+        return not self._closed
+
+    def ack(self, item: Item) -> None:
+        if self._unacked.pop(id(item), None) is not None:
+            self._acked += 1
+
+    def requeue(self, items: Sequence[Item]) -> None:
+        g = self._g
+        back = [it for it in items if self._unacked.pop(id(it), None) is not None]
+        nparts = len(g.partitions)
+        for it in reversed(back):
+            g.partitions[self._bus._partition_of(it.key, nparts, 0)].appendleft(it)
+        g.size += len(back)
+        self._requeued += len(back)
+        for m in g.members:
+            m._wake()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        pending = list(self._unacked.values())
+        self.requeue(pending)
+        self._closed = True
+        if self in self._g.members:
+            self._g.members.remove(self)
+            self._g.assign()
+        self._wake()
+
+    def statistics(self) -> SubscriptionStatistics:
+        return SubscriptionStatistics(
+            topic=self.topic,
+            group=self.group,
+            partitions=tuple(self._part_ids),
+            buffered=sum(map(len, self._parts)),
+            unacked=len(self._unacked),
+            taken=self._taken,
+            acked=self._acked,
+            requeued=self._requeued,
+        )
+
+
+class MemoryBus(Bus):
+    """The default bus: everything in this process, bounded, no encoding.
+
+    Create one yourself to share it between runners (for example to see events that one runner left pending
+    picked up by the next); a runner closes only a bus it created::
+
+        bus = MemoryBus(partitions=8, buffer_size=10_000)
+        async with Runner(config, bus=bus) as runner:
+            ...
+    """
+
+    backend = "memory"
+
+    def __init__(self, *, partitions: int = 8, buffer_size: int = 10_000, dlq_max_entries: int = 10_000) -> None:
+        if partitions < 1 or buffer_size < 1 or dlq_max_entries < 1:
+            raise ValueError("partitions, buffer_size and dlq_max_entries must all be at least 1.")
+        self.partitions = partitions
+        self.buffer_size = buffer_size
+        self._topics: dict[str, list[_Group]] = {}
+        self._groups: dict[tuple[str, str], _Group] = {}
+        self._putters: deque[asyncio.Future[None]] = deque()
+        self._dead: deque[DeadLetter] = deque()
+        self._dlq_max = dlq_max_entries
+        self._dlq_evicted = 0
+        self._rr = 0
+        self._published = 0
+        self._unrouted = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return (
+            f"<MemoryBus topics={len(self._topics)} groups={len(self._groups)} buffered={s.buffered} "
+            f"unacked={s.unacked} published={s.published} dead_letters={s.dead_letters}>"
+        )
+
+    async def start(self) -> None:
+        if self._closed:
+            raise LifecycleError("Cannot restart a MemoryBus once it has been closed; create a new one.")
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for g in self._groups.values():
+            for m in list(g.members):
+                await m.aclose()
+        while self._putters:
+            fut = self._putters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    @staticmethod
+    def _partition_of(key: str | None, nparts: int, default: int) -> int:
+        return default if key is None else hash(key) % nparts
+
+    def _full(self, groups: list[_Group], headroom: int = 0) -> bool:
+        for g in groups:
+            if g.size >= g.capacity + headroom:
+                return True
+        return False
+
+    def _wake_putters(self, k: int) -> None:
+        putters = self._putters
+        while putters and k > 0:
+            fut = putters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                k -= 1
+
+    def _append(self, groups: list[_Group], events: Sequence[Item]) -> None:
+        n = len(events)
+        self._published += n
+        nparts = self.partitions
+        sticky = self._rr
+        self._rr = (sticky + 1) % nparts
+        key0 = events[0].key
+        same_key = all(e.key == key0 for e in events) if n > 1 else True
+        for g in groups:
+            g.size += n
+            if same_key:
+                p = self._partition_of(key0, nparts, sticky)
+                g.partitions[p].extend(events)
+                owner = g.owners[p]
+                if owner is not None:
+                    owner._wake()
+            else:
+                parts = g.partitions
+                for e in events:
+                    parts[self._partition_of(e.key, nparts, sticky)].append(e)
+                for m in g.members:
+                    m._wake()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LifecycleError("Cannot publish on a MemoryBus once it has been closed.")
+
+    async def publish(
+        self, topic: str, events: Sequence[Item], *, group: str | None = None, follow_up: bool = False
+    ) -> None:
+        self._check_open()
+        if not events:
+            return
+        groups = self._topics.get(topic)
+        if group is not None:
+            g = self._groups.get((topic, group))
+            groups = [g] if g is not None else None
+        if not groups:
+            self._unrouted += len(events)
+            return
+        step = self.buffer_size
+        for i in range(0, len(events), step):
+            chunk = events[i : i + step] if len(events) > step else events
+            headroom = self.buffer_size if follow_up else 0
+            if (self._putters and not follow_up) or self._full(groups, headroom):
+                await self._wait_for_room(groups, headroom)
+            self._append(groups, chunk)
+            if self._putters and not self._full(groups):
+                self._wake_putters(1)  # pass the turn on while room remains
+
+    async def _wait_for_room(self, groups: list[_Group], headroom: int) -> None:
+        # FIFO: a publisher queues behind earlier waiting ones even if room just appeared; once woken it
+        # keeps its place at the head if the room was taken again.
+        again = False
+        while True:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if again:
+                self._putters.appendleft(fut)
+            else:
+                self._putters.append(fut)
+            try:
+                await fut
+            except BaseException:
+                fut.cancel()
+                if not self._full(groups):
+                    self._wake_putters(1)  # never strand the publishers behind a cancelled one
+                raise
+            self._check_open()
+            if not self._full(groups, headroom):
+                return
+            again = True
+
+    def publish_nowait(self, topic: str, events: Sequence[Item]) -> None:
+        self._check_open()
+        if not events:
+            return
+        groups = self._topics.get(topic)
+        if not groups:
+            self._unrouted += len(events)
+            return
+        if self._putters or self._full(groups):
+            full = [f"{g.name} ({g.size}/{g.capacity})" for g in groups if g.size >= g.capacity]
+            raise BackpressureError(
+                f"The buffer of topic {topic!r} is full for agent(s) {', '.join(full) or 'waiting publishers'}; "
+                f"await runner.emit(...) to wait for room, slow down, or raise runner.event_buffer_size."
+            )
+        self._append(groups, events)
+
+    async def publish_raw(self, topic: str, data: bytes, key: str | None = None) -> None:
+        await self.publish(topic, [RawEvent(topic, bytes(data), key)])
+
+    async def subscribe(self, topic: str, group: str) -> Subscription:
+        self._check_open()
+        g = self._groups.get((topic, group))
+        if g is None:
+            g = _Group(topic, group, self.partitions, self.buffer_size)
+            self._groups[(topic, group)] = g
+            self._topics.setdefault(topic, []).append(g)
+        sub = MemorySubscription(self, g)
+        g.members.append(sub)
+        g.assign()
+        return sub
+
+    def subscriber_count(self, topic: str) -> int | None:
+        return len(self._topics.get(topic, ()))
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        if len(self._dead) >= self._dlq_max:
+            old = self._dead.popleft()
+            self._dlq_evicted += 1
+            logger.warning(
+                "Dead-letter list full (%d entries): evicted %s of topic %r; raise dlq.max_entries to keep more.",
+                self._dlq_max,
+                old.id,
+                old.topic,
+            )
+        self._dead.append(letter)
+
+    async def dead_letters(self, *, topic: str | None = None, limit: int | None = None) -> list[DeadLetter]:
+        out = [d for d in self._dead if topic is None or d.topic == topic]
+        return out if limit is None else out[:limit]
+
+    async def remove_dead_letters(self, ids: Sequence[str]) -> int:
+        wanted = set(ids)
+        before = len(self._dead)
+        self._dead = deque(d for d in self._dead if d.id not in wanted)
+        return before - len(self._dead)
+
+    def statistics(self) -> BusStatistics:
+        subs = tuple(m.statistics() for g in self._groups.values() for m in g.members)
+        return BusStatistics(
+            backend=self.backend,
+            published=self._published,
+            unrouted=self._unrouted,
+            buffered=sum(g.size for g in self._groups.values()),
+            unacked=sum(s.unacked for s in subs),
+            dead_letters=len(self._dead),
+            dead_letters_evicted=self._dlq_evicted,
+            publishers_waiting=sum(1 for f in self._putters if not f.done()),
+            subscriptions=subs,
+        )

@@ -1,0 +1,623 @@
+"""The Runner: wires config, bus, pool, agents, metrics and the HTTP service, and owns their lifecycle.
+
+Shutdown has one path (:meth:`Runner.aclose`, also run by ``async with``): stop intake → drain in-flight events
+for ``shutdown_grace_s`` → cancel the rest (their events go back to the bus, counted in ``returned``) → close
+subscriptions → stop background tasks → close the bus if the runner created it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
+
+import msgspec
+
+from .agents import AgentSpec, AgentWorker, Handler
+from .bus.base import Bus, BusStatistics
+from .bus.memory import MemoryBus
+from .config import Config, RetryConfig, RetryOverride, load_config
+from .errors import DeadLetteredError, LifecycleError, RequestTimeoutError
+from .events import DeadLetter, Event, EventCodec, RawEvent, make_events, new_event_id
+from .metrics import GaugeSample, Metrics
+from .pool import WorkerPool, WorkerPoolStatistics
+from .resilience.retry import RetryPolicy
+
+__all__ = ["AgentStatistics", "DeadLetters", "Runner", "RunnerState", "RunnerStatistics", "ShutdownReport"]
+
+logger = logging.getLogger(__name__)
+
+H = TypeVar("H", bound=Handler)
+
+
+class RunnerState(enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class AgentStatistics(msgspec.Struct, frozen=True):
+    name: str
+    topic: str
+    concurrency: int
+    timeout_s: float
+    in_flight: int
+    max_in_flight: int
+    handled: int
+    skipped: int
+    retries: int
+    failed_attempts: int
+    dead_lettered: int
+    returned: int
+
+
+class ShutdownReport(msgspec.Struct, frozen=True):
+    """What the last shutdown did: whether in-flight work drained in time, and what went back to the bus."""
+
+    grace_s: float
+    drained: bool
+    cancelled: int
+    returned: int
+    duration_s: float
+
+
+class RunnerStatistics(msgspec.Struct, frozen=True):
+    state: str
+    emitted: int
+    handled: int
+    skipped: int
+    dead_lettered: int
+    in_flight: int
+    returned: int
+    pending_requests: int
+    agents: tuple[AgentStatistics, ...]
+    pool: WorkerPoolStatistics
+    bus: BusStatistics
+    shutdown: ShutdownReport | None
+
+
+class DeadLetters:
+    """The runner's view of the dead-letter queue: list entries and replay them.
+
+    Replay re-delivers an event to the agent that failed it (not to every agent on the topic), starting again
+    at attempt 1, and removes it from the queue::
+
+        for letter in await runner.dlq.list(agent="summarize"):
+            print(letter.reason, letter.error)
+        await runner.dlq.replay(agent="summarize")
+    """
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    async def list(
+        self, *, topic: str | None = None, agent: str | None = None, limit: int | None = None
+    ) -> list[DeadLetter]:
+        letters = await self._runner.bus.dead_letters(topic=topic)
+        if agent is not None:
+            letters = [d for d in letters if d.agent == agent]
+        return letters if limit is None else letters[:limit]
+
+    async def replay(
+        self, ids: Sequence[str] | None = None, *, topic: str | None = None, agent: str | None = None
+    ) -> int:
+        """Re-deliver the matching dead letters that hold a decoded event; return how many were replayed."""
+        r = self._runner
+        r._check_accepting()
+        wanted = set(ids) if ids is not None else None
+        done: list[str] = []
+        for d in await self.list(topic=topic, agent=agent):
+            if (wanted is not None and d.id not in wanted) or d.event is None:
+                continue
+            ev = msgspec.structs.replace(d.event, attempt=1, created_at=time.time())
+            await r.bus.publish(d.topic, [ev], group=d.agent)
+            done.append(d.id)
+        await r.bus.remove_dead_letters(done)
+        return len(done)
+
+
+class Runner:
+    """Runs agents on a bus. Register agents, then use it as an async context manager::
+
+        runner = Runner()
+
+        @runner.agent("greetings")
+        async def greet(event, ctx):
+            return f"hello {event.payload['name']}"
+
+        async with runner:
+            print(await runner.request("greetings", {"name": "Ada"}))
+
+    ``config`` is a :class:`~agentflow.config.Config`, a TOML path, or None for the defaults.
+    """
+
+    def __init__(
+        self,
+        config: Config | str | os.PathLike[str] | None = None,
+        *,
+        bus: Bus | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config if isinstance(config, Config) else load_config(config)
+        rc = self.config.runner
+        self._owns_bus = bus is None
+        self.bus: Bus = bus or MemoryBus(
+            partitions=self.config.bus.partitions,
+            buffer_size=rc.event_buffer_size,
+            dlq_max_entries=self.config.dlq.max_entries,
+        )
+        self.metrics = metrics or Metrics()
+        self.codec = EventCodec(rc.max_event_bytes)
+        self.dlq = DeadLetters(self)
+        self.pool = WorkerPool(rc.worker_pool_size, max_queued=rc.max_concurrent_events)
+        self._state = RunnerState.CREATED
+        self._specs: dict[str, AgentSpec] = {}
+        self._agents: list[AgentWorker] = []
+        self._replies: dict[str, asyncio.Future[Any]] = {}
+        self._inbox = f"inbox:{new_event_id()}"
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._closing_done: asyncio.Event | None = None
+        self._shutdown: ShutdownReport | None = None
+        self._service: Any = None
+        self.metrics.add_gauges(self._gauges)
+
+    # ---- registration ----------------------------------------------------------------------------------
+
+    def agent(
+        self,
+        topic: str,
+        *,
+        name: str | None = None,
+        concurrency: int | None = None,
+        timeout_s: float | None = None,
+        retry: RetryConfig | RetryOverride | None = None,
+        payload: Any = None,
+    ) -> Callable[[H], H]:
+        """Register ``async def handler(event, ctx)`` for ``topic``; its return value answers ``request``.
+
+        ``payload`` declares the payload type (a msgspec Struct, say); payloads are converted to it, and
+        ones that do not fit go to the dead-letter queue with reason ``wrong_schema``. ``[agents.NAME]`` in
+        the config overrides ``concurrency``, ``timeout_s`` and ``retry`` given here.
+        """
+        if self._state is not RunnerState.CREATED:
+            raise LifecycleError("Register agents before starting the Runner; it is already running.")
+        if concurrency is not None and concurrency < 1:
+            raise ValueError("concurrency must be at least 1.")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError("timeout_s must be greater than 0.")
+
+        def register(handler: H) -> H:
+            if not inspect.iscoroutinefunction(cast(Any, handler)):
+                raise TypeError(f"Agent handler {handler!r} must be an async function: async def f(event, ctx).")
+            agent_name = name or getattr(handler, "__name__", None) or topic
+            if agent_name in self._specs:
+                raise ValueError(
+                    f"An agent named {agent_name!r} is already registered; pass name=... to tell them apart."
+                )
+            self._specs[agent_name] = AgentSpec(
+                name=agent_name,
+                topic=topic,
+                handler=handler,
+                concurrency=concurrency,
+                timeout_s=timeout_s,
+                retry=retry,
+                payload_type=payload,
+            )
+            return handler
+
+        return register
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> RunnerState:
+        return self._state
+
+    async def __aenter__(self) -> Runner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self._state is RunnerState.CLOSED or self._state is RunnerState.CLOSING:
+            raise LifecycleError("Cannot restart a Runner once it has been closed; create a new Runner.")
+        if self._state is not RunnerState.CREATED:
+            raise LifecycleError("The Runner is already started.")
+        self._state = RunnerState.STARTING
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+        self._state = RunnerState.RUNNING
+
+    async def _start(self) -> None:
+        cfg = self.config
+        for configured in cfg.agents:
+            if configured not in self._specs:
+                logger.warning(
+                    "The config has [agents.%s] but no agent of that name is registered; check the spelling.",
+                    configured,
+                )
+        self._stack = contextlib.AsyncExitStack()
+        await self.bus.start()
+        n = max(1, len(self._specs))
+        for spec in self._specs.values():
+            over = cfg.agent(spec.name)
+            retry = cfg.retry
+            if isinstance(spec.retry, RetryConfig):
+                retry = spec.retry
+            elif isinstance(spec.retry, RetryOverride):
+                retry = spec.retry.apply(retry)
+            if over.retry is not None:
+                retry = over.retry.apply(retry)
+            concurrency = over.concurrency or spec.concurrency or cfg.runner.worker_pool_size
+            sub = await self.bus.subscribe(spec.topic, spec.name)
+            self._agents.append(
+                AgentWorker(
+                    name=spec.name,
+                    handler=spec.handler,
+                    sub=sub,
+                    pool=self.pool,
+                    metrics=self.metrics.agent(spec.name),
+                    host=self,
+                    codec=self.codec,
+                    concurrency=concurrency,
+                    timeout_s=over.timeout_s or spec.timeout_s or cfg.runner.event_timeout_s,
+                    policy=RetryPolicy.from_config(retry),
+                    max_inflight=max(concurrency, cfg.runner.max_concurrent_events // n),
+                    payload_type=spec.payload_type,
+                )
+            )
+        if self._agents:
+            shortest = min(a.timeout_s for a in self._agents)
+            self.pool.resolution_s = min(0.25, max(0.002, shortest / 20))
+        self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
+        for a in self._agents:
+            a.start(self._tg)
+        self._tg.create_task(self.pool.watchdog(), name="agentflow-watchdog")
+        mon = cfg.monitoring
+        if mon.metrics_enabled:
+            from .service import Service
+
+            self._service = Service(self, host=mon.host, port=mon.port)
+            await self._service.start()
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics/health server when it runs."""
+        return None if self._service is None else self._service.address
+
+    async def aclose(self) -> None:
+        """Shut down gracefully (see the module docstring); idempotent and safe to call concurrently."""
+        if self._state is RunnerState.CLOSED:
+            return
+        if self._state is RunnerState.CLOSING:
+            if self._closing_done is not None:
+                await self._closing_done.wait()
+            return
+        self._state = RunnerState.CLOSING
+        self._closing_done = asyncio.Event()
+        t0 = time.perf_counter()
+        grace = self.config.runner.shutdown_grace_s
+        drained = True
+        cancelled = 0
+        try:
+            for a in self._agents:
+                await a.stop_intake()
+            drained = await self._wait_in_flight(grace)
+            cancelled = sum(a.inflight for a in self._agents)
+        finally:
+            for a in self._agents:
+                await a.cancel()
+            for fut in self._replies.values():
+                if not fut.done():
+                    fut.set_exception(LifecycleError("The Runner closed before the result of this request arrived."))
+            for a in self._agents:
+                await a._sub.aclose()
+            if self._service is not None:
+                await self._service.aclose()
+            if self._tg is not None:
+                for task in list(self._tg._tasks):  # only the watchdog is left
+                    task.cancel()
+            if self._stack is not None:
+                await self._stack.aclose()
+            if self._owns_bus:
+                await self.bus.aclose()
+            returned = sum(a.returned for a in self._agents)
+            self._shutdown = ShutdownReport(
+                grace_s=grace,
+                drained=drained,
+                cancelled=cancelled,
+                returned=returned,
+                duration_s=time.perf_counter() - t0,
+            )
+            self._state = RunnerState.CLOSED
+            self._closing_done.set()
+            if cancelled:
+                logger.warning(
+                    "Shutdown grace of %.1f s ran out: %d in-flight events were cancelled and given back to the bus.",
+                    grace,
+                    cancelled,
+                )
+
+    async def _wait_in_flight(self, timeout_s: float) -> bool:
+        deadline = time.perf_counter() + timeout_s
+        delay = 0.0005
+        while any(a.inflight for a in self._agents):
+            if time.perf_counter() >= deadline:
+                return False
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.perf_counter())))
+            delay = min(delay * 2, 0.01)
+        return True
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Wait until every event emitted so far (and every follow-up) is finished.
+
+        Raises TimeoutError when ``timeout_s`` passes first.
+        """
+        self._check_running("drain")
+        deadline = None if timeout_s is None else time.perf_counter() + timeout_s
+        delay = 0.0002
+        while True:
+            if not any(a.inflight for a in self._agents):
+                s = self.bus.statistics()
+                if s.publishers_waiting == 0 and all(
+                    sub.buffered == 0 for sub in s.subscriptions if self._is_ours(sub.group)
+                ):
+                    return
+            if deadline is not None and time.perf_counter() >= deadline:
+                raise TimeoutError(f"The Runner did not drain within {timeout_s} s.")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.005)
+
+    def _is_ours(self, group: str) -> bool:
+        return group in self._specs
+
+    # ---- emitting --------------------------------------------------------------------------------------
+
+    def _check_running(self, what: str) -> None:
+        if self._state is not RunnerState.RUNNING:
+            raise LifecycleError(self._state_sentence(what))
+
+    def _check_accepting(self) -> None:
+        if self._state is not RunnerState.RUNNING:
+            raise LifecycleError(self._state_sentence("emit"))
+
+    def _state_sentence(self, what: str) -> str:
+        if self._state is RunnerState.CREATED or self._state is RunnerState.STARTING:
+            return f"Cannot {what} before the Runner has started; use 'async with runner:' or await runner.start()."
+        if self._state is RunnerState.CLOSING:
+            return f"Cannot {what}: the Runner is shutting down and no longer accepts events."
+        return f"Cannot {what}: the Runner has been closed; create a new Runner."
+
+    async def emit(
+        self, topic: str, payload: Any, *, key: str | None = None, headers: dict[str, str] | None = None
+    ) -> str:
+        """Emit one event, waiting while the topic's buffer is full; return the event id."""
+        if self._state is not RunnerState.RUNNING:
+            self._check_accepting()
+        eid = new_event_id()
+        await self.bus.publish(topic, (Event(topic, payload, key, eid, headers, time.time(), 1, eid),))
+        self.metrics.emitted(topic)
+        return eid
+
+    def emit_nowait(
+        self, topic: str, payload: Any, *, key: str | None = None, headers: dict[str, str] | None = None
+    ) -> str:
+        """Emit one event, or raise BackpressureError at once if the topic's buffer is full."""
+        if self._state is not RunnerState.RUNNING:
+            self._check_accepting()
+        eid = new_event_id()
+        self.bus.publish_nowait(topic, (Event(topic, payload, key, eid, headers, time.time(), 1, eid),))
+        self.metrics.emitted(topic)
+        return eid
+
+    async def emit_many(
+        self,
+        topic: str,
+        payloads: Sequence[Any],
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> list[str]:
+        """Emit a batch of events with one bus operation; return their ids (in order)."""
+        if self._state is not RunnerState.RUNNING:
+            self._check_accepting()
+        events = make_events(topic, list(payloads), key, headers, None, 0)
+        await self.bus.publish(topic, events)
+        self.metrics.emitted(topic, len(events))
+        return [e.id for e in events]
+
+    async def emit_encoded(self, topic: str, data: bytes, *, key: str | None = None) -> None:
+        """Emit an event as bytes (as HTTP ingest or Kafka producers do); bad bytes end in the DLQ."""
+        self._check_accepting()
+        await self.bus.publish(topic, [RawEvent(topic, bytes(data), key)])
+        self.metrics.emitted(topic)
+
+    async def request(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """Emit an event and return what its agent's handler returned.
+
+        Raises :class:`RequestTimeoutError` after ``timeout_s`` (default ``runner.request_timeout_s``) and
+        :class:`DeadLetteredError` when the event ends in the dead-letter queue.
+        """
+        if self._state is not RunnerState.RUNNING:
+            self._check_accepting()
+        if self.bus.subscriber_count(topic) == 0:
+            raise LifecycleError(f"No agent subscribes to topic {topic!r}, so a request to it cannot be answered.")
+        loop = asyncio.get_running_loop()
+        eid = new_event_id()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._replies[eid] = fut
+        t = self.config.runner.request_timeout_s if timeout_s is None else timeout_s
+        timer = loop.call_later(t, self._expire, eid, topic, t)
+        try:
+            ev = Event(topic, payload, key, eid, headers, time.time(), 1, eid, 0, self._inbox)
+            await self.bus.publish(topic, (ev,))
+            self.metrics.emitted(topic)
+            return await fut
+        finally:
+            timer.cancel()
+            del self._replies[eid]
+
+    def _expire(self, eid: str, topic: str, t: float) -> None:
+        fut = self._replies.get(eid)
+        if fut is not None and not fut.done():
+            fut.set_exception(
+                RequestTimeoutError(f"No result for the request to topic {topic!r} within {t:g} s; raise timeout_s.")
+            )
+
+    # ---- host hooks used by agents ---------------------------------------------------------------------
+
+    def _reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None:
+        if event.reply_to != self._inbox:
+            return
+        fut = self._replies.get(event.id)
+        if fut is None or fut.done():
+            return
+        if dead is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(
+                DeadLetteredError(
+                    f"The event for this request was dead-lettered by agent {dead.agent!r} ({dead.reason}): "
+                    f"{dead.error_type}: {dead.error}",
+                    reason=dead.reason,
+                )
+            )
+
+    async def _emit_follow_up(
+        self,
+        parent: Event,
+        agent: str,
+        topic: str,
+        payloads: list[Any],
+        key: str | None,
+        headers: dict[str, str] | None,
+    ) -> list[str]:
+        if self._state is RunnerState.CLOSED:
+            raise LifecycleError(self._state_sentence("emit"))
+        depth = parent.depth + 1
+        events = make_events(topic, payloads, key, headers, parent.correlation_id, depth)
+        limit = self.config.runner.max_workflow_depth
+        if depth > limit:
+            for ev in events:
+                await self._dead_letter(
+                    DeadLetter(
+                        id=ev.id,
+                        topic=topic,
+                        agent=None,
+                        reason="depth_exceeded",
+                        error_type="WorkflowDepthError",
+                        error=(
+                            f"Agent {agent!r} emitted to {topic!r} at workflow depth {depth}, over "
+                            f"max_workflow_depth={limit}; look for a loop between agents or raise the limit."
+                        ),
+                        attempts=0,
+                        failed_at=time.time(),
+                        event=ev,
+                    )
+                )
+            self.metrics.agent(agent).dead_letter("depth_exceeded")
+            logger.warning("Agent %r exceeded max_workflow_depth=%d emitting to %r", agent, limit, topic)
+            return []
+        await self.bus.publish(topic, events, follow_up=True)
+        self.metrics.emitted(topic, len(events))
+        return [e.id for e in events]
+
+    async def _dead_letter(self, letter: DeadLetter) -> None:
+        if self.config.dlq.enabled:
+            await self.bus.dead_letter(letter)
+        else:
+            logger.error("Dropped dead letter %s (%s): dlq.enabled is false.", letter.id, letter.reason)
+
+    # ---- introspection ---------------------------------------------------------------------------------
+
+    def _agent_stats(self, a: AgentWorker) -> AgentStatistics:
+        m = self.metrics.agent(a.name)
+        return AgentStatistics(
+            name=a.name,
+            topic=a.topic,
+            concurrency=a.concurrency,
+            timeout_s=a.timeout_s,
+            in_flight=a.inflight,
+            max_in_flight=a.max_inflight,
+            handled=m.handled,
+            skipped=m.skipped,
+            retries=m.retries,
+            failed_attempts=sum(m.failures.values()),
+            dead_lettered=sum(m.dead_lettered.values()),
+            returned=a.returned,
+        )
+
+    def statistics(self) -> RunnerStatistics:
+        agents = tuple(self._agent_stats(a) for a in self._agents)
+        return RunnerStatistics(
+            state=self._state.value,
+            emitted=self.metrics.emitted_total(),
+            handled=sum(a.handled for a in agents),
+            skipped=sum(a.skipped for a in agents),
+            dead_lettered=sum(a.dead_lettered for a in agents),
+            in_flight=sum(a.in_flight for a in agents),
+            returned=sum(a.returned for a in agents),
+            pending_requests=len(self._replies),
+            agents=agents,
+            pool=self.pool.statistics(),
+            bus=self.bus.statistics(),
+            shutdown=self._shutdown,
+        )
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return (
+            f"<Runner state={s.state} agents={len(self._specs)} emitted={s.emitted} handled={s.handled} "
+            f"in_flight={s.in_flight} dead_lettered={s.dead_lettered} busy={s.pool.busy}/{s.pool.size}>"
+        )
+
+    def _gauges(self) -> list[GaugeSample]:
+        out: list[GaugeSample] = []
+        for a in self._agents:
+            out.append(
+                (
+                    "agentflow_events_in_flight",
+                    "Events an agent holds: running, waiting or backing off.",
+                    ("agent",),
+                    (a.name,),
+                    float(a.inflight),
+                )
+            )
+        bus = self.bus.statistics()
+        for sub in bus.subscriptions:
+            out.append(
+                (
+                    "agentflow_bus_buffer_depth",
+                    "Events waiting in the bus for an agent (consumer group).",
+                    ("topic", "group"),
+                    (sub.topic, sub.group),
+                    float(sub.buffered),
+                )
+            )
+        out.append(("agentflow_dead_letters", "Entries in the dead-letter queue.", (), (), float(bus.dead_letters)))
+        p = self.pool
+        out.append(("agentflow_worker_pool_busy", "Handlers running now.", (), (), float(p.busy)))
+        out.append(("agentflow_worker_pool_size", "Handler slots (runner.worker_pool_size).", (), (), float(p.size)))
+        return out
