@@ -216,6 +216,11 @@ class Runner:
 
         return register
 
+    @property
+    def agent_topics(self) -> dict[str, str]:
+        """Registered agents: name → topic."""
+        return {name: spec.topic for name, spec in self._specs.items()}
+
     # ---- lifecycle -------------------------------------------------------------------------------------
 
     @property
