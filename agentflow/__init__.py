@@ -47,6 +47,7 @@ from .errors import (
     WorkflowDepthError,
 )
 from .events import DeadLetter, Event, EventCodec, RawEvent, new_event_id
+from .hdr import HistogramStatistics, LatencyHistogram
 from .metrics import Metrics
 from .pool import WorkerPool, WorkerPoolStatistics
 from .resilience import RetryPolicy
@@ -76,6 +77,8 @@ __all__ = [
     "EventError",
     "EventTooLargeError",
     "HandlerTimeoutError",
+    "HistogramStatistics",
+    "LatencyHistogram",
     "LifecycleError",
     "MemoryBus",
     "Metrics",

@@ -64,7 +64,7 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     payload_type: Any = None
 
 
-class Context:
+class Context(msgspec.Struct, gc=False):
     """What a handler gets beside its event: who it is, and how to emit follow-up events.
 
     Follow-up events carry the event's ``correlation_id`` and ``depth + 1``; one that would exceed
@@ -75,11 +75,11 @@ class Context:
             await ctx.emit("invoices", {"order": event.payload["id"]}, key=event.key)
     """
 
-    __slots__ = ("_worker", "event")
+    event: Event
+    _worker: AgentWorker
 
-    def __init__(self, event: Event, worker: AgentWorker) -> None:
-        self.event = event
-        self._worker = worker
+    def __repr__(self) -> str:
+        return f"<Context agent={self._worker.name!r} event={self.event.id} attempt={self.event.attempt}>"
 
     @property
     def agent(self) -> str:
@@ -147,6 +147,8 @@ class AgentWorker:
         self._room: asyncio.Future[None] | None = None
         self.inflight = 0
         self.returned = 0
+        # wall clock = perf_counter + offset; refreshed at every take, so queue wait costs no extra clock read
+        self._wall_offset = time.time() - time.perf_counter()
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
@@ -198,7 +200,6 @@ class AgentWorker:
             self._sub.requeue(items)
             self.returned += len(items)
             self.inflight -= len(items)
-            self._pool.held -= len(items)
 
     # ---- dispatcher ------------------------------------------------------------------------------------
 
@@ -209,16 +210,16 @@ class AgentWorker:
         while True:
             room = self.max_inflight - self.inflight
             if room <= 0:
-                self._room = loop.create_future()
+                fut = self._room = loop.create_future()
                 try:
-                    await self._room
+                    await fut
                 finally:
                     self._room = None
                 continue
             items = sub.take_nowait(room)
             if items:
                 self.inflight += len(items)
-                self._pool.held += len(items)
+                self._wall_offset = time.time() - time.perf_counter()
                 local.extend(items)
                 idle = self._idle
                 if idle:
@@ -232,17 +233,27 @@ class AgentWorker:
     def _finished(self, item: Item) -> None:
         self._sub.ack(item)
         self.inflight -= 1
-        self._pool.held -= 1
-        room = self._room
-        if room is not None and not room.done():
-            room.set_result(None)
+        self._room_freed()
 
     # ---- workers ---------------------------------------------------------------------------------------
 
     async def _work(self, slot: Slot) -> None:
-        local = self._local
-        idle = self._idle
+        # The hot path, inlined on purpose: a plain event whose key is free is handled right here with no
+        # further Python calls but the handler's (each call costs ~0.06 µs of a ~1 µs budget). Anything
+        # else — raw bytes, typed payloads, failures, parked keys — takes the slow path in other methods.
+        local, idle = self._local, self._idle
         loop = asyncio.get_running_loop()
+        handler = self._handler
+        pool = self._pool
+        waiters = pool._waiters
+        m = self._m
+        qw, du = m.queue_wait, m.duration
+        qwc, duc = qw.counts, du.counts
+        perf = time.perf_counter
+        timeout = self.timeout_s
+        active = self._active
+        ack = self._sub.ack
+        typed = self._payload_type is not None
         while True:
             if not local:
                 if self._stopping:
@@ -257,9 +268,102 @@ class AgentWorker:
                 nxt = idle.popleft()
                 if not nxt.done():
                     nxt.set_result(None)
-            await self._process(item, slot)
+            if typed or type(item) is not Event:
+                await self._process(item, slot)
+                continue
+            ev = item
+            key = ev.key
+            if key is not None:
+                if key in active:
+                    parked = active[key]
+                    if parked is None:
+                        parked = active[key] = deque()
+                    parked.append((ev, item))
+                    continue
+                active[key] = None
+            slot.current = ev
+            if pool.busy < pool.size and not waiters:
+                pool.busy += 1
+            else:
+                await self._acquire(slot, key)
+            t0 = perf()
+            wait = t0 + self._wall_offset - ev.created_at
+            if wait < 0.0:
+                wait = 0.0
+            qwc[int(wait * 1_000_000).bit_length()] += 1
+            qw.sum += wait
+            slot.deadline = t0 + timeout
+            try:
+                result = await handler(ev, Context(ev, self))
+            except BaseException as exc:  # noqa: BLE001 - classified in _failed
+                slot.deadline = 0.0
+                pool.release()
+                du.observe(perf() - t0)
+                try:
+                    await self._failed(ev, item, slot, exc)
+                    if key is not None:
+                        await self._drain_key(key, slot)
+                except asyncio.CancelledError:
+                    self._abandon_key(slot, key)
+                    raise
+                continue
+            slot.deadline = 0.0
+            if waiters:
+                pool.release()
+            else:
+                pool.busy -= 1
+            d = perf() - t0
+            duc[int(d * 1_000_000).bit_length()] += 1
+            du.sum += d
+            m.handled += 1
+            slot.current = None
+            ack(item)
+            self.inflight -= 1
+            if self._room is not None:
+                self._room_freed()
+            if ev.reply_to is not None:
+                self._host._reply(ev, result, None)
+            if key is not None:
+                if active[key] is None:
+                    del active[key]
+                else:
+                    try:
+                        await self._drain_key(key, slot)
+                    except asyncio.CancelledError:
+                        self._abandon_key(slot, key)
+                        raise
+
+    async def _acquire(self, slot: Slot, key: str | None) -> None:
+        try:
+            await self._pool.acquire()
+        except asyncio.CancelledError:
+            self._abandon_key(slot, key)
+            raise
+
+    def _room_freed(self) -> None:
+        room = self._room
+        if room is not None:
+            self._room = None  # one wake-up per wait; later finishes skip this call
+            if not room.done():
+                room.set_result(None)
+
+    async def _drain_key(self, key: str, slot: Slot) -> None:
+        """Handle the events parked behind ``key`` in order, then release the key."""
+        active = self._active
+        while True:
+            parked = active[key]
+            if not parked:
+                break
+            ev, item = parked.popleft()
+            await self._handle(ev, item, slot)
+        del active[key]
+
+    def _abandon_key(self, slot: Slot, key: str | None) -> None:
+        rest = self._active.pop(key, None) if key is not None else None
+        self._abandon(slot, [it for _, it in rest] if rest else [])
 
     async def _process(self, item: Item, slot: Slot) -> None:
+        """The general path: decode raw bytes, park behind a busy key, handle, then drain the key."""
         ev: Event
         if type(item) is RawEvent:
             decoded = await self._decode(item)
@@ -269,35 +373,22 @@ class AgentWorker:
         else:
             ev = item  # type: ignore[assignment]
         key = ev.key
-        if key is None:
-            try:
-                await self._handle(ev, item, slot)
-            except asyncio.CancelledError:
-                self._abandon(slot, [])
-                raise
-            return
         active = self._active
-        parked = active.get(key, _MISSING)
-        if parked is not _MISSING:
-            if parked is None:
-                active[key] = parked = deque()
-            parked.append((ev, item))
-            return
-        active[key] = None
+        if key is not None:
+            if key in active:
+                parked = active[key]
+                if parked is None:
+                    parked = active[key] = deque()
+                parked.append((ev, item))
+                return
+            active[key] = None
         try:
             await self._handle(ev, item, slot)
-            while True:
-                parked = active[key]
-                if not parked:
-                    break
-                ev, item = parked.popleft()
-                await self._handle(ev, item, slot)
+            if key is not None:
+                await self._drain_key(key, slot)
         except asyncio.CancelledError:
-            rest = active.get(key)
-            self._abandon(slot, [it for _, it in rest] if rest else [])
+            self._abandon_key(slot, key)
             raise
-        finally:
-            del active[key]
 
     def _abandon(self, slot: Slot, parked: list[Item]) -> None:
         current = slot.current
@@ -318,7 +409,7 @@ class AgentWorker:
     async def _handle(self, ev: Event, item: Item, slot: Slot) -> None:
         m = self._m
         slot.current = item
-        m.queue_wait.observe(time.time() - ev.created_at)
+        m.queue_wait.observe(time.perf_counter() + self._wall_offset - ev.created_at)
         if self._payload_type is not None:
             try:
                 ev = msgspec.structs.replace(ev, payload=convert_payload(ev.payload, self._payload_type))
@@ -337,11 +428,10 @@ class AgentWorker:
             slot.deadline = 0.0
             pool.release()
             m.duration.observe(time.perf_counter() - t0)
-            await self._failed(ev, item, slot, exc, ctx)
+            await self._failed(ev, item, slot, exc)
             return
         slot.deadline = 0.0
         pool.release()
-        pool.done += 1
         m.duration.observe(time.perf_counter() - t0)
         m.handled += 1
         slot.current = None
@@ -349,13 +439,12 @@ class AgentWorker:
         if ev.reply_to is not None:
             self._host._reply(ev, result, None)
 
-    async def _failed(self, ev: Event, item: Item, slot: Slot, exc: BaseException, ctx: Context) -> None:
+    async def _failed(self, ev: Event, item: Item, slot: Slot, exc: BaseException) -> None:
         """The slow path: classify, back off, retry, and finally dead-letter."""
         m = self._m
         pool = self._pool
         attempt = ev.attempt
         while True:
-            pool.failed += 1
             if isinstance(exc, asyncio.CancelledError):
                 task = asyncio.current_task()
                 if not (slot.timed_out and task is not None and task.uncancel() == 0):
@@ -412,7 +501,6 @@ class AgentWorker:
                 continue
             slot.deadline = 0.0
             pool.release()
-            pool.done += 1
             m.duration.observe(time.perf_counter() - t0)
             m.handled += 1
             slot.current = None

@@ -31,19 +31,19 @@ DEFAULT_MAX_EVENT_BYTES: Final = 1024 * 1024
 
 # Ids are a random per-process prefix plus a counter: unique across processes for practical purposes and
 # about ten times cheaper than uuid4 on the emit hot path.
-_ID_PREFIX: Final = os.urandom(6).hex()
+_ID_PREFIX: Final = os.urandom(6).hex() + "-"
 _id_counter: Iterator[int] = itertools.count(1)
 
 
 def new_event_id() -> str:
-    """Return a new event id: a random per-process prefix and a counter, 24 hex digits."""
-    return f"{_ID_PREFIX}{next(_id_counter):012x}"
+    """Return a new event id: a random per-process prefix, a dash and a counter (``9f3c2a1b4d5e-42``)."""
+    return _ID_PREFIX + str(next(_id_counter))
 
 
 def _new_ids(n: int) -> list[str]:
     p = _ID_PREFIX
     c = _id_counter
-    return [f"{p}{next(c):012x}" for _ in range(n)]
+    return [p + str(next(c)) for _ in range(n)]
 
 
 class Event(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 
 import msgspec
 
@@ -68,10 +69,9 @@ class WorkerPool:
         self.max_queued = max_queued
         self.resolution_s = resolution_s
         self.busy = 0
-        self.held = 0
-        self.done = 0
-        self.failed = 0
         self.timeouts = 0
+        #: Set by the owner: returns (held, done, failed) — work items held, handler runs finished and failed.
+        self.usage: Callable[[], tuple[int, int, int]] = lambda: (self.busy, 0, 0)
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._slots: list[Slot] = []
 
@@ -80,14 +80,15 @@ class WorkerPool:
         return f"<WorkerPool busy={s.busy}/{s.size} queued={s.queued}/{s.max_queued} done={s.done} failed={s.failed}>"
 
     def statistics(self) -> WorkerPoolStatistics:
+        held, done, failed = self.usage()
         return WorkerPoolStatistics(
             size=self.size,
             busy=self.busy,
             waiting=sum(1 for f in self._waiters if not f.done()),
-            queued=max(0, self.held - self.busy),
+            queued=max(0, held - self.busy),
             max_queued=self.max_queued,
-            done=self.done,
-            failed=self.failed,
+            done=done,
+            failed=failed,
             timeouts=self.timeouts,
         )
 

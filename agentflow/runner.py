@@ -24,7 +24,7 @@ from .bus.base import Bus, BusStatistics
 from .bus.memory import MemoryBus
 from .config import Config, RetryConfig, RetryOverride, load_config
 from .errors import DeadLetteredError, LifecycleError, RequestTimeoutError
-from .events import DeadLetter, Event, EventCodec, RawEvent, make_events, new_event_id
+from .events import _ID_PREFIX, DeadLetter, Event, EventCodec, RawEvent, _id_counter, make_events, new_event_id
 from .metrics import GaugeSample, Metrics
 from .pool import WorkerPool, WorkerPoolStatistics
 from .resilience.retry import RetryPolicy
@@ -155,6 +155,7 @@ class Runner:
             dlq_max_entries=self.config.dlq.max_entries,
         )
         self.metrics = metrics or Metrics()
+        self._emitted = self.metrics._emitted  # the emit hot path bumps known topics inline
         self.codec = EventCodec(rc.max_event_bytes)
         self.dlq = DeadLetters(self)
         self.pool = WorkerPool(rc.worker_pool_size, max_queued=rc.max_concurrent_events)
@@ -169,6 +170,7 @@ class Runner:
         self._shutdown: ShutdownReport | None = None
         self._service: Any = None
         self.metrics.add_gauges(self._gauges)
+        self.pool.usage = self._pool_usage
 
     # ---- registration ----------------------------------------------------------------------------------
 
@@ -413,9 +415,15 @@ class Runner:
         """Emit one event, waiting while the topic's buffer is full; return the event id."""
         if self._state is not RunnerState.RUNNING:
             self._check_accepting()
-        eid = new_event_id()
-        await self.bus.publish(topic, (Event(topic, payload, key, eid, headers, time.time(), 1, eid),))
-        self.metrics.emitted(topic)
+        eid = _ID_PREFIX + str(next(_id_counter))  # new_event_id(), inlined
+        batch = (Event(topic, payload, key, eid, headers, time.time(), 1, eid),)
+        if not self.bus.offer(topic, batch):
+            await self.bus.publish(topic, batch)
+        em = self._emitted
+        if topic in em:
+            em[topic] += 1
+        else:
+            self.metrics.emitted(topic)
         return eid
 
     def emit_nowait(
@@ -441,7 +449,8 @@ class Runner:
         if self._state is not RunnerState.RUNNING:
             self._check_accepting()
         events = make_events(topic, list(payloads), key, headers, None, 0)
-        await self.bus.publish(topic, events)
+        if not self.bus.offer(topic, events):
+            await self.bus.publish(topic, events)
         self.metrics.emitted(topic, len(events))
         return [e.id for e in events]
 
@@ -556,6 +565,15 @@ class Runner:
             logger.error("Dropped dead letter %s (%s): dlq.enabled is false.", letter.id, letter.reason)
 
     # ---- introspection ---------------------------------------------------------------------------------
+
+    def _pool_usage(self) -> tuple[int, int, int]:
+        held = sum(a.inflight for a in self._agents)
+        done = failed = 0
+        for a in self._agents:
+            m = self.metrics.agent(a.name)
+            done += m.handled + m.skipped
+            failed += sum(m.failures.values())
+        return held, done, failed
 
     def _agent_stats(self, a: AgentWorker) -> AgentStatistics:
         m = self.metrics.agent(a.name)

@@ -114,6 +114,19 @@ class Bus(abc.ABC):
     def publish_nowait(self, topic: str, events: Sequence[Item]) -> None:
         """Publish events or raise BackpressureError without publishing any of them."""
 
+    def offer(self, topic: str, events: Sequence[Item]) -> bool:
+        """Publish if it can be done without waiting and return True; else publish nothing and return False.
+
+        The emit hot path tries this before awaiting :meth:`publish`; buses may override it with a faster path.
+        """
+        from ..errors import BackpressureError
+
+        try:
+            self.publish_nowait(topic, events)
+        except BackpressureError:
+            return False
+        return True
+
     @abc.abstractmethod
     async def publish_raw(self, topic: str, data: bytes, key: str | None = None) -> None:
         """Publish bytes as received from outside; subscribers decode them (bad bytes are dead-lettered)."""

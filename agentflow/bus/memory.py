@@ -67,7 +67,6 @@ class MemorySubscription(Subscription):
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._taken = 0
-        self._acked = 0
         self._requeued = 0
 
     def __repr__(self) -> str:
@@ -123,8 +122,7 @@ class MemorySubscription(Subscription):
         return not self._closed
 
     def ack(self, item: Item) -> None:
-        if self._unacked.pop(id(item), None) is not None:
-            self._acked += 1
+        self._unacked.pop(id(item), None)
 
     def requeue(self, items: Sequence[Item]) -> None:
         g = self._g
@@ -156,7 +154,7 @@ class MemorySubscription(Subscription):
             buffered=sum(map(len, self._parts)),
             unacked=len(self._unacked),
             taken=self._taken,
-            acked=self._acked,
+            acked=self._taken - self._requeued - len(self._unacked),
             requeued=self._requeued,
         )
 
@@ -231,12 +229,50 @@ class MemoryBus(Bus):
                 fut.set_result(None)
                 k -= 1
 
+    def offer(self, topic: str, events: Sequence[Item]) -> bool:
+        if self._putters or self._closed:
+            return False
+        groups = self._topics.get(topic)
+        if groups is None:
+            self._unrouted += len(events)
+            return True
+        for g in groups:
+            if g.size >= g.capacity:
+                return False
+        if len(events) == 1:  # the single-emit hot path, inlined
+            e = events[0]
+            self._published += 1
+            nparts = self.partitions
+            if e.key is None:
+                p = self._rr = (self._rr + 1) % nparts
+            else:
+                p = hash(e.key) % nparts
+            for g in groups:
+                g.size += 1
+                g.partitions[p].append(e)
+                owner = g.owners[p]
+                if owner is not None and owner._waiter is not None:
+                    owner._wake()
+            return True
+        self._append(groups, events)
+        return True
+
     def _append(self, groups: list[_Group], events: Sequence[Item]) -> None:
         n = len(events)
         self._published += n
         nparts = self.partitions
         sticky = self._rr
         self._rr = (sticky + 1) % nparts
+        if n == 1:
+            e = events[0]
+            p = sticky if e.key is None else hash(e.key) % nparts
+            for g in groups:
+                g.size += 1
+                g.partitions[p].append(e)
+                owner = g.owners[p]
+                if owner is not None and owner._waiter is not None:
+                    owner._wake()
+            return
         key0 = events[0].key
         same_key = all(e.key == key0 for e in events) if n > 1 else True
         for g in groups:
