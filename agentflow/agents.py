@@ -21,7 +21,7 @@ import msgspec
 from .bus.base import Item, Subscription
 from .errors import EventDecodeError, EventError, EventTooLargeError, HandlerTimeoutError, Reject, Retry, Skip
 from .events import DeadLetter, Event, EventCodec, RawEvent, convert_payload
-from .metrics import AgentMetrics
+from .metrics import MAX_OBSERVED_S, AgentMetrics
 from .pool import Slot, WorkerPool
 from .resilience.retry import RetryPolicy
 
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[Event, "Context"], Awaitable[Any]]
 
 _MISSING: Any = object()
+_LOG_BURST = 10
 
 
 class _Host(Protocol):
@@ -147,6 +148,9 @@ class AgentWorker:
         self._room: asyncio.Future[None] | None = None
         self.inflight = 0
         self.returned = 0
+        self._log_window = 0.0
+        self._log_count = 0
+        self._log_suppressed = 0
         # wall clock = perf_counter + offset; refreshed at every take, so queue wait costs no extra clock read
         self._wall_offset = time.time() - time.perf_counter()
         self._stopping = False
@@ -290,6 +294,8 @@ class AgentWorker:
             wait = t0 + self._wall_offset - ev.created_at
             if wait < 0.0:
                 wait = 0.0
+            elif wait > MAX_OBSERVED_S:
+                wait = MAX_OBSERVED_S
             qwc[int(wait * 1_000_000).bit_length()] += 1
             qw.sum += wait
             slot.deadline = t0 + timeout
@@ -308,6 +314,8 @@ class AgentWorker:
                     raise
                 continue
             slot.deadline = 0.0
+            if slot.timed_out:
+                self._swallowed_timeout(slot)
             if waiters:
                 pool.release()
             else:
@@ -332,6 +340,14 @@ class AgentWorker:
                     except asyncio.CancelledError:
                         self._abandon_key(slot, key)
                         raise
+
+    @staticmethod
+    def _swallowed_timeout(slot: Slot) -> None:
+        # The handler caught the watchdog's CancelledError and returned anyway: take the cancellation back.
+        slot.timed_out = False
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
 
     async def _acquire(self, slot: Slot, key: str | None) -> None:
         try:
@@ -404,6 +420,8 @@ class AgentWorker:
             reason = "too_large" if isinstance(exc, EventTooLargeError) else "undecodable"
             await self._dead(raw, None, reason, exc, 0)
             return None
+        if ev.topic != raw.topic:
+            ev = msgspec.structs.replace(ev, topic=raw.topic)  # the topic it arrived on is the truth
         return ev
 
     async def _handle(self, ev: Event, item: Item, slot: Slot) -> None:
@@ -431,6 +449,8 @@ class AgentWorker:
             await self._failed(ev, item, slot, exc)
             return
         slot.deadline = 0.0
+        if slot.timed_out:
+            self._swallowed_timeout(slot)
         pool.release()
         m.duration.observe(time.perf_counter() - t0)
         m.handled += 1
@@ -500,6 +520,8 @@ class AgentWorker:
                 exc = e
                 continue
             slot.deadline = 0.0
+            if slot.timed_out:
+                self._swallowed_timeout(slot)
             pool.release()
             m.duration.observe(time.perf_counter() - t0)
             m.handled += 1
@@ -508,6 +530,30 @@ class AgentWorker:
             if ev.reply_to is not None:
                 self._host._reply(ev, result, None)
             return
+
+    def _log_dead(self, letter: DeadLetter) -> None:
+        # At most _LOG_BURST warnings per agent per second: a failure storm must not become a log storm.
+        now = time.monotonic()
+        if now - self._log_window >= 1.0:
+            if self._log_suppressed:
+                logger.warning(
+                    "Agent %r: %d more dead letters in the last second were not logged one by one.",
+                    self.name,
+                    self._log_suppressed,
+                )
+            self._log_window, self._log_count, self._log_suppressed = now, 0, 0
+        if self._log_count < _LOG_BURST:
+            self._log_count += 1
+            logger.warning(
+                "Agent %r dead-lettered event %s (%s): %s: %s",
+                self.name,
+                letter.id,
+                letter.reason,
+                letter.error_type,
+                letter.error,
+            )
+        else:
+            self._log_suppressed += 1
 
     async def _dead(self, item: Item, ev: Event | None, reason: str, exc: BaseException, attempts: int) -> None:
         letter = DeadLetter(
@@ -524,14 +570,7 @@ class AgentWorker:
         )
         await self._host._dead_letter(letter)
         self._m.dead_letter(reason)
-        logger.warning(
-            "Agent %r dead-lettered event %s (%s): %s: %s",
-            self.name,
-            letter.id,
-            reason,
-            letter.error_type,
-            letter.error,
-        )
+        self._log_dead(letter)
         self._finished(item)
         if ev is not None and ev.reply_to is not None:
             self._host._reply(ev, None, letter)

@@ -18,9 +18,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["AgentMetrics", "GaugeSample", "Metrics", "Pow2Histogram"]
+__all__ = ["MAX_OBSERVED_S", "AgentMetrics", "GaugeSample", "Metrics", "Pow2Histogram"]
 
 _SLOTS: Final = 64
+#: Observations are clamped to this (~31 years) so a bogus timestamp cannot index past the last bucket.
+MAX_OBSERVED_S: Final = 1e9
 #: Exported bucket upper bounds: 2**i microseconds for i in 0..35, in seconds.
 _EXPORTED: Final = 36
 _BOUNDS_S: Final = tuple(2.0**i / 1_000_000 for i in range(_EXPORTED))
@@ -44,6 +46,10 @@ class Pow2Histogram:
     def observe(self, value_s: float) -> None:
         if value_s < 0.0:
             value_s = 0.0
+        elif value_s > MAX_OBSERVED_S:
+            value_s = MAX_OBSERVED_S  # also catches inf; NaN fails both tests and is stored as the maximum
+        elif value_s != value_s:
+            value_s = MAX_OBSERVED_S
         self.counts[int(value_s * 1_000_000).bit_length()] += 1
         self.sum += value_s
 
@@ -81,6 +87,10 @@ class AgentMetrics:
 
     def dead_letter(self, reason: str) -> None:
         self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + 1
+
+    def dead_lettered_total(self) -> int:
+        """Events this agent received and dead-lettered (follow-ups it emitted past the depth limit excluded)."""
+        return sum(n for reason, n in self.dead_lettered.items() if reason != "depth_exceeded")
 
 
 class Metrics(Collector):
@@ -162,7 +172,7 @@ class Metrics(Collector):
         for name, a in sorted(self._agents.items()):
             handled.add_metric([name, "success"], a.handled)
             handled.add_metric([name, "skipped"], a.skipped)
-            handled.add_metric([name, "dead_lettered"], sum(a.dead_lettered.values()))
+            handled.add_metric([name, "dead_lettered"], a.dead_lettered_total())
             for kind, n in sorted(a.failures.items()):
                 failures.add_metric([name, kind], n)
             retries.add_metric([name], a.retries)

@@ -135,8 +135,8 @@ class WorkerPool:
             now = time.perf_counter()
             for s in self._slots:
                 d = s.deadline
-                if d and now > d and s.task is not None:
-                    if not s.timed_out:
-                        self.timeouts += 1
+                # Cancel once per attempt, as asyncio.timeout does: a handler may await its own cleanup.
+                if d and now > d and not s.timed_out and s.task is not None:
+                    self.timeouts += 1
                     s.timed_out = True
                     s.task.cancel()

@@ -37,6 +37,8 @@ H = TypeVar("H", bound=Handler)
 
 
 class RunnerState(enum.Enum):
+    """Lifecycle: created → starting → running → closing → closed; a closed Runner cannot be restarted."""
+
     CREATED = "created"
     STARTING = "starting"
     RUNNING = "running"
@@ -45,6 +47,8 @@ class RunnerState(enum.Enum):
 
 
 class AgentStatistics(msgspec.Struct, frozen=True):
+    """Live counts of one agent (``dead_lettered`` counts events it received and dead-lettered)."""
+
     name: str
     topic: str
     concurrency: int
@@ -70,6 +74,8 @@ class ShutdownReport(msgspec.Struct, frozen=True):
 
 
 class RunnerStatistics(msgspec.Struct, frozen=True):
+    """Live counts of a runner, its agents, pool and bus; ``shutdown`` is set once it has closed."""
+
     state: str
     emitted: int
     handled: int
@@ -167,6 +173,7 @@ class Runner:
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._closing_done: asyncio.Event | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._shutdown: ShutdownReport | None = None
         self._service: Any = None
         self.metrics.add_gauges(self._gauges)
@@ -258,6 +265,7 @@ class Runner:
                     configured,
                 )
         self._stack = contextlib.AsyncExitStack()
+        self._closing = asyncio.get_running_loop().create_future()
         await self.bus.start()
         n = max(1, len(self._specs))
         for spec in self._specs.values():
@@ -269,7 +277,9 @@ class Runner:
                 retry = spec.retry.apply(retry)
             if over.retry is not None:
                 retry = over.retry.apply(retry)
-            concurrency = over.concurrency or spec.concurrency or cfg.runner.worker_pool_size
+            # max_concurrent_events is shared equally; an agent never runs more workers than it may hold events.
+            max_inflight = max(1, cfg.runner.max_concurrent_events // n)
+            concurrency = min(over.concurrency or spec.concurrency or cfg.runner.worker_pool_size, max_inflight)
             sub = await self.bus.subscribe(spec.topic, spec.name)
             self._agents.append(
                 AgentWorker(
@@ -283,7 +293,7 @@ class Runner:
                     concurrency=concurrency,
                     timeout_s=over.timeout_s or spec.timeout_s or cfg.runner.event_timeout_s,
                     policy=RetryPolicy.from_config(retry),
-                    max_inflight=max(concurrency, cfg.runner.max_concurrent_events // n),
+                    max_inflight=max_inflight,
                     payload_type=spec.payload_type,
                 )
             )
@@ -316,6 +326,8 @@ class Runner:
             return
         self._state = RunnerState.CLOSING
         self._closing_done = asyncio.Event()
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)  # releases emits blocked on a full buffer
         t0 = time.perf_counter()
         grace = self.config.runner.shutdown_grace_s
         drained = True
@@ -418,7 +430,7 @@ class Runner:
         eid = _ID_PREFIX + str(next(_id_counter))  # new_event_id(), inlined
         batch = (Event(topic, payload, key, eid, headers, time.time(), 1, eid),)
         if not self.bus.offer(topic, batch):
-            await self.bus.publish(topic, batch)
+            await self._publish_blocking(topic, batch)
         em = self._emitted
         if topic in em:
             em[topic] += 1
@@ -450,14 +462,14 @@ class Runner:
             self._check_accepting()
         events = make_events(topic, list(payloads), key, headers, None, 0)
         if not self.bus.offer(topic, events):
-            await self.bus.publish(topic, events)
+            await self._publish_blocking(topic, events)
         self.metrics.emitted(topic, len(events))
         return [e.id for e in events]
 
     async def emit_encoded(self, topic: str, data: bytes, *, key: str | None = None) -> None:
         """Emit an event as bytes (as HTTP ingest or Kafka producers do); bad bytes end in the DLQ."""
         self._check_accepting()
-        await self.bus.publish(topic, [RawEvent(topic, bytes(data), key)])
+        await self._publish_blocking(topic, [RawEvent(topic, bytes(data), key)])
         self.metrics.emitted(topic)
 
     async def request(
@@ -485,13 +497,42 @@ class Runner:
         t = self.config.runner.request_timeout_s if timeout_s is None else timeout_s
         timer = loop.call_later(t, self._expire, eid, topic, t)
         try:
-            ev = Event(topic, payload, key, eid, headers, time.time(), 1, eid, 0, self._inbox)
-            await self.bus.publish(topic, (ev,))
+            batch = (Event(topic, payload, key, eid, headers, time.time(), 1, eid, 0, self._inbox),)
+            if not self.bus.offer(topic, batch):
+                await self._publish_blocking(topic, batch, fut)
             self.metrics.emitted(topic)
             return await fut
         finally:
             timer.cancel()
             del self._replies[eid]
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # mark a timeout raised while publishing as retrieved
+
+    async def _publish_blocking(
+        self, topic: str, events: Sequence[Any], expiry: asyncio.Future[Any] | None = None
+    ) -> None:
+        """Publish, waiting for room, but give up when the runner closes (or ``expiry`` completes)."""
+        pub = asyncio.ensure_future(self.bus.publish(topic, events))
+        stops: set[asyncio.Future[Any]] = {pub}
+        if self._closing is not None:
+            stops.add(self._closing)
+        if expiry is not None:
+            stops.add(expiry)
+        try:
+            await asyncio.wait(stops, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not pub.done():
+                pub.cancel()
+                await asyncio.gather(pub, return_exceptions=True)
+        if not pub.cancelled() and pub.exception() is None:
+            return
+        if pub.done() and not pub.cancelled():
+            pub.result()  # re-raise the bus's own error
+        if expiry is not None and expiry.done():
+            expiry.result()  # raises RequestTimeoutError
+        raise LifecycleError(
+            f"The Runner closed while an emit to {topic!r} waited for room in the buffer; the event was not emitted."
+        )
 
     def _expire(self, eid: str, topic: str, t: float) -> None:
         fut = self._replies.get(eid)
@@ -588,7 +629,7 @@ class Runner:
             skipped=m.skipped,
             retries=m.retries,
             failed_attempts=sum(m.failures.values()),
-            dead_lettered=sum(m.dead_lettered.values()),
+            dead_lettered=m.dead_lettered_total(),
             returned=a.returned,
         )
 

@@ -103,7 +103,7 @@ class MemorySubscription(Subscription):
             g.size -= k
             self._taken += k
             self._unacked.update(zip(map(id, items), items, strict=True))
-            self._bus._wake_putters(k)
+            self._bus._wake_putters(g.topic, k)
             return items
         return []
 
@@ -179,7 +179,7 @@ class MemoryBus(Bus):
         self.buffer_size = buffer_size
         self._topics: dict[str, list[_Group]] = {}
         self._groups: dict[tuple[str, str], _Group] = {}
-        self._putters: deque[asyncio.Future[None]] = deque()
+        self._putters: dict[str, deque[asyncio.Future[None]]] = {}
         self._dead: deque[DeadLetter] = deque()
         self._dlq_max = dlq_max_entries
         self._dlq_evicted = 0
@@ -206,23 +206,25 @@ class MemoryBus(Bus):
         for g in self._groups.values():
             for m in list(g.members):
                 await m.aclose()
-        while self._putters:
-            fut = self._putters.popleft()
-            if not fut.done():
-                fut.set_result(None)
+        for putters in self._putters.values():
+            while putters:
+                fut = putters.popleft()
+                if not fut.done():
+                    fut.set_result(None)
 
     @staticmethod
     def _partition_of(key: str | None, nparts: int, default: int) -> int:
         return default if key is None else hash(key) % nparts
 
-    def _full(self, groups: list[_Group], headroom: int = 0) -> bool:
+    @staticmethod
+    def _fits(groups: list[_Group], n: int, headroom: int = 0) -> bool:
         for g in groups:
-            if g.size >= g.capacity + headroom:
-                return True
-        return False
+            if g.size + n > g.capacity + headroom:
+                return False
+        return True
 
-    def _wake_putters(self, k: int) -> None:
-        putters = self._putters
+    def _wake_putters(self, topic: str, k: int) -> None:
+        putters = self._putters.get(topic)
         while putters and k > 0:
             fut = putters.popleft()
             if not fut.done():
@@ -230,16 +232,16 @@ class MemoryBus(Bus):
                 k -= 1
 
     def offer(self, topic: str, events: Sequence[Item]) -> bool:
-        if self._putters or self._closed:
+        if self._closed or self._putters.get(topic):
             return False
         groups = self._topics.get(topic)
         if groups is None:
             self._unrouted += len(events)
             return True
-        for g in groups:
-            if g.size >= g.capacity:
-                return False
         if len(events) == 1:  # the single-emit hot path, inlined
+            for g in groups:
+                if g.size >= g.capacity:
+                    return False
             e = events[0]
             self._published += 1
             nparts = self.partitions
@@ -254,6 +256,8 @@ class MemoryBus(Bus):
                 if owner is not None and owner._waiter is not None:
                     owner._wake()
             return True
+        if not self._fits(groups, len(events)):
+            return False
         self._append(groups, events)
         return True
 
@@ -263,16 +267,6 @@ class MemoryBus(Bus):
         nparts = self.partitions
         sticky = self._rr
         self._rr = (sticky + 1) % nparts
-        if n == 1:
-            e = events[0]
-            p = sticky if e.key is None else hash(e.key) % nparts
-            for g in groups:
-                g.size += 1
-                g.partitions[p].append(e)
-                owner = g.owners[p]
-                if owner is not None and owner._waiter is not None:
-                    owner._wake()
-            return
         key0 = events[0].key
         same_key = all(e.key == key0 for e in events) if n > 1 else True
         for g in groups:
@@ -294,48 +288,56 @@ class MemoryBus(Bus):
         if self._closed:
             raise LifecycleError("Cannot publish on a MemoryBus once it has been closed.")
 
+    def _route(self, topic: str, group: str | None) -> list[_Group] | None:
+        if group is None:
+            return self._topics.get(topic)
+        g = self._groups.get((topic, group))
+        return [g] if g is not None else None
+
     async def publish(
         self, topic: str, events: Sequence[Item], *, group: str | None = None, follow_up: bool = False
     ) -> None:
         self._check_open()
         if not events:
             return
-        groups = self._topics.get(topic)
-        if group is not None:
-            g = self._groups.get((topic, group))
-            groups = [g] if g is not None else None
+        groups = self._route(topic, group)
         if not groups:
             self._unrouted += len(events)
             return
+        # A batch larger than the buffer goes in buffer-sized chunks, each waiting for room in every group.
         step = self.buffer_size
+        headroom = self.buffer_size if follow_up else 0
+        putters = self._putters.setdefault(topic, deque())
         for i in range(0, len(events), step):
             chunk = events[i : i + step] if len(events) > step else events
-            headroom = self.buffer_size if follow_up else 0
-            if (self._putters and not follow_up) or self._full(groups, headroom):
-                await self._wait_for_room(groups, headroom)
+            n = len(chunk)
+            if (putters and not follow_up) or not self._fits(groups, n, headroom):
+                await self._wait_for_room(topic, putters, groups, n, headroom)
             self._append(groups, chunk)
-            if self._putters and not self._full(groups):
-                self._wake_putters(1)  # pass the turn on while room remains
+            if putters and self._fits(groups, 1):
+                self._wake_putters(topic, 1)  # pass the turn on while room remains
 
-    async def _wait_for_room(self, groups: list[_Group], headroom: int) -> None:
-        # FIFO: a publisher queues behind earlier waiting ones even if room just appeared; once woken it
-        # keeps its place at the head if the room was taken again.
+    async def _wait_for_room(
+        self, topic: str, putters: deque[asyncio.Future[None]], groups: list[_Group], n: int, headroom: int
+    ) -> None:
+        # FIFO per topic: a publisher queues behind earlier waiting ones even if room just appeared; once
+        # woken it keeps its place at the head if the room was not enough.
         again = False
         while True:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if again:
-                self._putters.appendleft(fut)
+                putters.appendleft(fut)
             else:
-                self._putters.append(fut)
+                putters.append(fut)
             try:
                 await fut
             except BaseException:
                 fut.cancel()
-                if not self._full(groups):
-                    self._wake_putters(1)  # never strand the publishers behind a cancelled one
+                if self._fits(groups, 1):
+                    self._wake_putters(topic, 1)  # never strand the publishers behind a cancelled one
                 raise
             self._check_open()
-            if not self._full(groups, headroom):
+            if self._fits(groups, n, headroom):
                 return
             again = True
 
@@ -347,11 +349,13 @@ class MemoryBus(Bus):
         if not groups:
             self._unrouted += len(events)
             return
-        if self._putters or self._full(groups):
-            full = [f"{g.name} ({g.size}/{g.capacity})" for g in groups if g.size >= g.capacity]
+        n = len(events)
+        if self._putters.get(topic) or not self._fits(groups, n):
+            full = [f"{g.name} ({g.size}/{g.capacity})" for g in groups if g.size + n > g.capacity]
             raise BackpressureError(
-                f"The buffer of topic {topic!r} is full for agent(s) {', '.join(full) or 'waiting publishers'}; "
-                f"await runner.emit(...) to wait for room, slow down, or raise runner.event_buffer_size."
+                f"The buffer of topic {topic!r} is full: no room for {n} event(s) for agent(s) "
+                f"{', '.join(full) or 'behind waiting publishers'}; await runner.emit(...) to wait for room, "
+                f"slow down, or raise runner.event_buffer_size."
             )
         self._append(groups, events)
 
@@ -405,6 +409,6 @@ class MemoryBus(Bus):
             unacked=sum(s.unacked for s in subs),
             dead_letters=len(self._dead),
             dead_letters_evicted=self._dlq_evicted,
-            publishers_waiting=sum(1 for f in self._putters if not f.done()),
+            publishers_waiting=sum(1 for q in self._putters.values() for f in q if not f.done()),
             subscriptions=subs,
         )

@@ -1,0 +1,5 @@
+"""``python -m agentcli``."""
+
+from agentcli.main import main
+
+main()

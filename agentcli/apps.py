@@ -1,0 +1,90 @@
+"""Loading what ``--app`` names: a user's un-started Runner, or a function that builds one from a Config.
+
+Everything that can go wrong here is the user's to fix, so it becomes ``typer.BadParameter`` (usage, exit 2)
+or, for a bad config file, the ConfigError's own sentence (exit 2) — never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from agentflow import Config, ConfigError, Runner, RunnerState, load_config
+
+from .benchmark import AppTarget
+
+__all__ = ["config_or_exit", "load_app"]
+
+
+def fail(message: str) -> typer.Exit:
+    Console(stderr=True).print(f"[bold red]Error:[/] {escape(message)}")
+    return typer.Exit(code=2)
+
+
+def config_or_exit(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+def load_app(ref: str, app_dir: Path, agent: str | None, config_path: Path | None) -> AppTarget:
+    """Import ``module:attr``: an un-started Runner, or a function taking a Config and returning one."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise typer.BadParameter(f"{ref!r} should look like module:attribute, for example myapp.agents:runner.")
+    path = str(app_dir.resolve())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise typer.BadParameter(
+                f"cannot import {module_name!r}: no such module in {path} (set --app-dir) or on sys.path."
+            ) from None
+        raise typer.BadParameter(f"importing {module_name!r} failed: {exc}.") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module: report it as their error, briefly
+        raise typer.BadParameter(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise typer.BadParameter(f"module {module_name!r} has no attribute {attr!r}.")
+        obj = getattr(obj, part)
+    if isinstance(obj, Runner):
+        if config_path is not None:
+            raise typer.BadParameter(
+                f"{ref} is a Runner built with its own config, so --config cannot apply to it; point --app at "
+                "a function that takes a Config and returns the Runner, or drop --config."
+            )
+        runner = obj
+    elif callable(obj):
+        config = config_or_exit(config_path)
+        try:
+            runner = obj(config)
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001
+            raise typer.BadParameter(f"calling {ref}(config) raised {type(exc).__name__}: {exc}") from None
+        if not isinstance(runner, Runner):
+            raise typer.BadParameter(f"{ref}(config) returned {type(runner).__name__}, not an agentflow Runner.")
+    else:
+        raise typer.BadParameter(f"{ref} is a {type(obj).__name__}, not a Runner or a function returning one.")
+    if runner.state is not RunnerState.CREATED:
+        raise typer.BadParameter(f"the Runner {ref} is {runner.state.value}; agentcli needs one not yet started.")
+    topics = runner.agent_topics
+    if not topics:
+        raise typer.BadParameter(f"the Runner {ref} has no agents registered.")
+    names = ", ".join(sorted(topics))
+    if agent is None:
+        if len(topics) > 1:
+            raise typer.BadParameter(f"{ref} has several agents ({names}); choose one.", param_hint="'--agent'")
+        agent = next(iter(topics))
+    elif agent not in topics:
+        raise typer.BadParameter(f"{ref} has no agent named {agent!r}; it has: {names}.", param_hint="'--agent'")
+    return AppTarget(runner, ref, agent)

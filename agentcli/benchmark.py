@@ -1,0 +1,393 @@
+"""Benchmark scenarios and the runs that drive agentflow; the raw baseline lives in :mod:`agentcli.raw`.
+
+A scenario gives a :class:`Target`: a Runner, the agent and topic to load, and the payload. ``noop`` builds a
+fresh Runner per run whose agent does nothing but record latency (framework overhead only); an ``--app``
+target is the user's own un-started Runner, started once for every repeat because a Runner cannot restart.
+
+What each mode measures on the agentflow side (see docs/benchmarking.md):
+
+* closed: ``runner.request`` round trip per virtual user.
+* throughput: events / (first emit → ``runner.drain()``); noop latency is handler start − ``event.created_at``.
+* latency: a short saturation flood, then :func:`~agentcli.measure.paced` emission at ``load_fraction`` of it;
+  noop latency is handler start − intended emit time. An app's handler cannot be instrumented, so there each
+  event is a ``runner.request`` due at its intended time (see :func:`~agentcli.measure.paced_requests`) and
+  its latency is result − intended time; its saturation is measured with requests too.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import gc
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass, field
+from time import perf_counter, time
+from typing import Any
+
+from rich.progress import Progress
+
+from agentflow import Config, Context, DeadLetteredError, Event, RequestTimeoutError, Runner
+
+from .measure import (
+    REFRESH_LATENCY_S,
+    LatencyHistogram,
+    Limits,
+    RunResult,
+    Tally,
+    Ticker,
+    closed_loop,
+    cpu_seconds,
+    flood,
+    paced,
+    paced_requests,
+    planned_events,
+)
+from .raw import RawPipeline
+
+__all__ = [
+    "SATURATION_LIMITS",
+    "AppTarget",
+    "BenchSpec",
+    "Mode",
+    "NoopTarget",
+    "Outcome",
+    "Target",
+    "best",
+    "describe_order",
+    "run_benchmark",
+]
+
+NOOP_TOPIC = "agentcli.noop"
+NOOP_AGENT = "noop"
+#: The short throughput run that measures saturation before a latency run.
+SATURATION_LIMITS = Limits(duration_s=1.0)
+#: Fewest concurrent requests an app's latency run uses (see AgentflowRun._senders).
+SENDERS_MIN = 64
+#: Request outcomes that count as errors rather than crash the benchmark.
+FAILURES: tuple[type[BaseException], ...] = (DeadLetteredError, RequestTimeoutError)
+
+
+class Mode(enum.StrEnum):
+    closed = "closed"
+    throughput = "throughput"
+    latency = "latency"
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSpec:
+    """Everything the command line decided about the load, validated."""
+
+    mode: Mode
+    limits: Limits
+    users: int = 64
+    batch_size: int = 1
+    load_fraction: float = 0.5
+    payload: Any = field(default_factory=dict)
+    compare_raw: bool = False
+    repeat: int = 1
+
+
+class Recorder:
+    """Where the noop agent records latency; the run swaps ``hist`` between phases."""
+
+    __slots__ = ("hist",)
+
+    def __init__(self) -> None:
+        self.hist = LatencyHistogram()
+
+
+class Target:
+    """What a benchmark loads: an agent's topic on a Runner, and the payload to send it."""
+
+    scenario: str
+    agent: str
+    topic: str
+    config: Config
+    #: ``module:attr`` of an --app target
+    app: str | None = None
+    #: noop only: the agent records into it; None means agentcli cannot see inside the handler.
+    recorder: Recorder | None = None
+    #: False when a single Runner must serve every repeat (an app's Runner cannot restart).
+    fresh_per_run: bool = True
+
+    def runner(self, mode: Mode) -> Runner:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.scenario if self.app is None else f"{self.app} agent {self.agent}"
+
+
+class NoopTarget(Target):
+    scenario = "noop"
+    agent = NOOP_AGENT
+    topic = NOOP_TOPIC
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.recorder = Recorder()
+
+    def runner(self, mode: Mode) -> Runner:
+        rec = self.recorder
+        assert rec is not None
+        runner = Runner(self.config)
+        if mode is Mode.closed:
+
+            async def noop(event: Event, ctx: Context) -> None:
+                return None
+
+        elif mode is Mode.throughput:
+
+            async def noop(event: Event, ctx: Context) -> None:
+                rec.hist.record(time() - event.created_at)
+
+        else:
+
+            async def noop(event: Event, ctx: Context) -> None:
+                rec.hist.record(perf_counter() - event.payload)
+
+        runner.agent(NOOP_TOPIC, name=NOOP_AGENT)(noop)
+        return runner
+
+
+class AppTarget(Target):
+    scenario = "app"
+    fresh_per_run = False
+
+    def __init__(self, runner: Runner, ref: str, agent: str) -> None:
+        self.app = ref
+        self.agent = agent
+        self.topic = runner.agent_topics[agent]
+        self.config = runner.config
+        self._runner = runner
+
+    def runner(self, mode: Mode) -> Runner:
+        return self._runner
+
+
+@dataclass(slots=True)
+class Outcome:
+    agentflow: list[RunResult]
+    raw: list[RunResult]
+    order: str
+    config: Config
+
+
+def _counts(runner: Runner, agent: str) -> tuple[int, int]:
+    """(handled + skipped, dead-lettered) of one agent, from the runner's own statistics."""
+    for a in runner.statistics().agents:
+        if a.name == agent:
+            return a.handled + a.skipped, a.dead_lettered
+    return 0, 0
+
+
+class AgentflowRun:
+    """One measured run against a started Runner; checks its own counts against ``runner.statistics()``."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        target: Target,
+        spec: BenchSpec,
+        progress: Progress | None,
+        profiler: AbstractAsyncContextManager[Any],
+        label: str,
+    ) -> None:
+        self.runner = runner
+        self.target = target
+        self.spec = spec
+        self.progress = progress
+        self.profiler = profiler
+        self.label = label
+
+    async def run(self) -> RunResult:
+        if self.spec.mode is Mode.closed:
+            return await self.closed()
+        if self.spec.mode is Mode.throughput:
+            return await self.throughput()
+        return await self.latency()
+
+    def _poll(self) -> Callable[[], int]:
+        rec = self.target.recorder
+        if rec is not None:
+            return lambda: rec.hist.count
+        runner, agent = self.runner, self.target.agent
+        start = sum(_counts(runner, agent))
+        return lambda: sum(_counts(runner, agent)) - start
+
+    def _check(self, result: RunResult, before: tuple[int, int]) -> RunResult:
+        handled, dead = (a - b for a, b in zip(_counts(self.runner, self.target.agent), before, strict=True))
+        ours = result.completed + result.errors
+        if handled + dead != ours or ours != result.requested:
+            result.warnings.append(
+                f"Counts disagree: agentcli issued {result.requested:,} and counted {result.completed:,} completed "
+                f"+ {result.errors:,} errors, but runner.statistics() shows {handled:,} handled + {dead:,} "
+                "dead-lettered; treat these figures with suspicion."
+            )
+        return result
+
+    async def closed(self) -> RunResult:
+        spec, target, runner = self.spec, self.target, self.runner
+        request = functools.partial(runner.request, target.topic, spec.payload)
+        tally = Tally()
+        before = _counts(runner, target.agent)
+        gc.collect()
+        async with Ticker(self.progress, self.label, spec.limits, tally.finished):
+            cpu0, t0 = cpu_seconds(), perf_counter()
+            async with self.profiler:
+                hist = await closed_loop(request, spec.users, spec.limits, FAILURES, tally)
+            duration, cpu = perf_counter() - t0, cpu_seconds() - cpu0
+        result = RunResult(self.label, tally.issued, tally.completed, tally.errors, duration, cpu, hist)
+        return self._check(result, before)
+
+    async def _flood(self, limits: Limits, tally: Tally, *, stamp: bool, label: str) -> float:
+        """Emit as fast as possible and drain; return the seconds from first emit to drained."""
+        runner, topic, spec = self.runner, self.target.topic, self.spec
+        emit_one = functools.partial(runner.emit, topic)
+        emit_batch = functools.partial(runner.emit_many, topic)
+        async with Ticker(self.progress, label, limits, self._poll()):
+            t0 = perf_counter()
+            await flood(emit_one, emit_batch, spec.batch_size, spec.payload, limits, tally, stamp=stamp)
+            await runner.drain()
+            return perf_counter() - t0
+
+    async def throughput(self) -> RunResult:
+        target, runner = self.target, self.runner
+        rec = target.recorder
+        if rec is not None:
+            rec.hist = LatencyHistogram()
+        tally = Tally()
+        before = _counts(runner, target.agent)
+        gc.collect()
+        cpu0 = cpu_seconds()
+        async with self.profiler:
+            duration = await self._flood(self.spec.limits, tally, stamp=False, label=self.label)
+        cpu = cpu_seconds() - cpu0
+        handled, dead = (a - b for a, b in zip(_counts(runner, target.agent), before, strict=True))
+        completed = rec.hist.count if rec is not None else handled
+        hist = rec.hist if rec is not None else None
+        return self._check(RunResult(self.label, tally.issued, completed, dead, duration, cpu, hist), before)
+
+    async def latency(self) -> RunResult:
+        spec, target, runner = self.spec, self.target, self.runner
+        rec = target.recorder
+        saturation = await self._saturation()
+        rate = saturation * spec.load_fraction
+        before = _counts(runner, target.agent)
+        tally = Tally()
+        label = f"{self.label} at {rate:,.0f}/s"
+        gc.collect()
+        cpu0 = cpu_seconds()
+        if rec is not None:
+            rec.hist = LatencyHistogram()
+            emit_one = functools.partial(runner.emit, target.topic)
+            emit_batch = functools.partial(runner.emit_many, target.topic)
+            async with Ticker(self.progress, label, spec.limits, self._poll(), REFRESH_LATENCY_S):
+                t0 = perf_counter()
+                async with self.profiler:
+                    await paced(emit_one, emit_batch, spec.batch_size, rate, spec.limits, tally)
+                    await runner.drain()
+                duration = perf_counter() - t0
+            hist, completed, errors = rec.hist, rec.hist.count, _counts(runner, target.agent)[1] - before[1]
+        else:
+            async with Ticker(self.progress, label, spec.limits, tally.finished, REFRESH_LATENCY_S):
+                t0 = perf_counter()
+                async with self.profiler:
+                    hist = await paced_requests(self._request(), self._senders(), rate, spec.limits, FAILURES, tally)
+                duration = perf_counter() - t0
+            completed, errors = tally.completed, tally.errors
+        cpu = cpu_seconds() - cpu0
+        result = RunResult(
+            self.label,
+            tally.issued,
+            completed,
+            errors,
+            duration,
+            cpu,
+            hist,
+            saturation_per_s=saturation,
+            rate_per_s=rate,
+            planned_s=planned_events(spec.limits, rate) / rate,
+        )
+        return self._check(result, before)
+
+    def _request(self) -> Callable[[], Awaitable[Any]]:
+        return functools.partial(self.runner.request, self.target.topic, self.spec.payload)
+
+    def _senders(self) -> int:
+        """Requests an app is loaded with at once: as many as the runner holds in flight, so it is the limit."""
+        return max(SENDERS_MIN, self.runner.config.runner.max_concurrent_events)
+
+    async def _saturation(self) -> float:
+        """Events/s at saturation, measured the way the paced phase will load: emits, or requests for an app."""
+        tally = Tally()
+        label = f"{self.label} saturation"
+        gc.collect()
+        if self.target.recorder is not None:
+            elapsed = await self._flood(SATURATION_LIMITS, tally, stamp=True, label=label)
+            return tally.issued / elapsed
+        async with Ticker(self.progress, label, SATURATION_LIMITS, tally.finished):
+            t0 = perf_counter()
+            await closed_loop(self._request(), self._senders(), SATURATION_LIMITS, FAILURES, tally)
+            return tally.finished() / (perf_counter() - t0)
+
+
+def describe_order(spec: BenchSpec) -> str:
+    rounds = "1 round" if spec.repeat == 1 else f"{spec.repeat} rounds, best of {spec.repeat} for each"
+    if spec.compare_raw:
+        return f"raw asyncio.Queue pipeline and agentflow run alternately in this process (raw first), {rounds}"
+    return "agentflow only, " + ("1 run" if spec.repeat == 1 else f"{spec.repeat} runs, best of {spec.repeat}")
+
+
+async def run_benchmark(
+    target: Target,
+    spec: BenchSpec,
+    progress: Progress | None,
+    profiler: AbstractAsyncContextManager[Any] | None = None,
+) -> Outcome:
+    """Run ``spec.repeat`` rounds: (raw, then agentflow) with ``--compare-raw``, else agentflow alone."""
+    prof: AbstractAsyncContextManager[Any] = profiler if profiler is not None else nullcontext()
+    ours: list[RunResult] = []
+    raws: list[RunResult] = []
+    raw = RawPipeline(target.config.runner, progress) if spec.compare_raw else None
+
+    def tag(n: int) -> str:
+        return f" {n}/{spec.repeat}" if spec.repeat > 1 else ""
+
+    async def raw_round(n: int) -> None:
+        if raw is None:
+            return
+        label = "raw" + tag(n)
+        if spec.mode is Mode.closed:
+            raws.append(await raw.run_closed(spec.payload, spec.users, spec.limits, label))
+        elif spec.mode is Mode.throughput:
+            raws.append(await raw.run_throughput(spec.payload, spec.limits, label))
+        else:
+            raws.append(await raw.run_latency(spec.limits, spec.load_fraction, SATURATION_LIMITS, label))
+
+    if target.fresh_per_run:
+        for n in range(1, spec.repeat + 1):
+            await raw_round(n)
+            runner = target.runner(spec.mode)
+            async with runner:
+                result = await AgentflowRun(runner, target, spec, progress, prof, "agentflow" + tag(n)).run()
+            shutdown = runner.statistics().shutdown
+            result.shutdown_s = shutdown.duration_s if shutdown is not None else None
+            ours.append(result)
+    else:
+        runner = target.runner(spec.mode)
+        async with runner:
+            for n in range(1, spec.repeat + 1):
+                await raw_round(n)
+                ours.append(await AgentflowRun(runner, target, spec, progress, prof, "agentflow" + tag(n)).run())
+        shutdown = runner.statistics().shutdown
+        if shutdown is not None:
+            ours[-1].shutdown_s = shutdown.duration_s
+    return Outcome(ours, raws, describe_order(spec), target.config)
+
+
+def best(results: list[RunResult], mode: Mode) -> RunResult:
+    """The best run: lowest p99 in latency mode, else highest throughput."""
+    if mode is Mode.latency:
+        return min(results, key=lambda r: r.hist.percentile(99) if r.hist is not None else float("inf"))
+    return max(results, key=lambda r: r.throughput_per_s)

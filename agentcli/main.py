@@ -1,0 +1,319 @@
+"""The ``agentcli`` command line: ``agentcli benchmark``, ``agentcli version``.
+
+User errors — a bad flag, a bad ``--config`` file, an ``--app`` that cannot be imported — print a sentence and
+exit 2, never a traceback. The event loop and signal handlers are set up in :mod:`agentcli.runtime`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .apps import config_or_exit, load_app
+from .benchmark import BenchSpec, Mode, NoopTarget, Target, run_benchmark
+from .measure import Limits
+from .profiling import CpuProfiler, MemoryProfiler, NullProfiler, Profiler
+from .report import build_report, now_iso, render, version_lines, write_json
+from .runtime import Interrupted, LogLimiter, run_async
+
+__all__ = ["app", "main"]
+
+
+app = typer.Typer(
+    name="agentcli",
+    help="Drive agentflow: benchmarks now; run, emit, mock-llm, loadtest and dlq later.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_REQUESTS = {Mode.closed: 200_000, Mode.throughput: 500_000, Mode.latency: 300_000}
+DEFAULT_USERS = 64
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?")
+_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_WHAT = "What to load"
+_LOAD = "Load shape"
+_REPORT = "Comparison and output"
+_argv: list[str] | None = None  # set by main(); tests driving `app` directly fall back to sys.argv
+
+
+class Scenario(enum.StrEnum):
+    noop = "noop"
+
+
+class ProfileKind(enum.StrEnum):
+    cpu = "cpu"
+    memory = "memory"
+
+
+def parse_duration(text: str | None) -> float | None:
+    """``500ms``, ``30s``, ``2m``, ``1h`` or plain seconds → seconds; typer.BadParameter otherwise."""
+    if text is None:
+        return None
+    m = _DURATION.fullmatch(text.strip().lower())
+    if m is None:
+        raise typer.BadParameter(f"{text!r} is not a duration; write a number and a unit, like 500ms, 30s or 2m.")
+    seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if seconds <= 0:
+        raise typer.BadParameter(f"{text!r} is not a positive duration; give more than 0, like 10s.")
+    return seconds
+
+
+def parse_payload(text: str | None) -> Any:
+    if text is None:
+        return {}
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise typer.BadParameter(
+            f"{text!r} is not valid JSON ({exc}); for example --payload '{{\"x\": 1}}'.", param_hint="'--payload'"
+        ) from None
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of agentflow, Python, uvloop and msgspec."""
+    console = Console()
+    for line in version_lines():
+        console.print(line, highlight=False)
+
+
+@app.command()
+def benchmark(
+    scenario: Annotated[
+        Scenario | None,
+        typer.Option(
+            help="Built-in scenario: noop measures framework overhead.", show_default="noop", rich_help_panel=_WHAT
+        ),
+    ] = None,
+    app_ref: Annotated[
+        str | None,
+        typer.Option(
+            "--app",
+            metavar="MODULE:ATTR",
+            help="Your own agent instead: an un-started Runner, or a function (config) -> Runner.",
+            rich_help_panel=_WHAT,
+        ),
+    ] = None,
+    agent: Annotated[
+        str | None, typer.Option(help="Which --app agent to load (needed when it has several).", rich_help_panel=_WHAT)
+    ] = None,
+    app_dir: Annotated[
+        Path, typer.Option(help="Directory searched first when importing --app.", rich_help_panel=_WHAT)
+    ] = Path("."),
+    payload: Annotated[
+        str | None,
+        typer.Option(metavar="JSON", help="Payload of every event.", show_default="{}", rich_help_panel=_WHAT),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="agentflow TOML config for the runner.", rich_help_panel=_WHAT)
+    ] = None,
+    mode: Annotated[
+        Mode,
+        typer.Option(
+            help="closed: N users awaiting requests; throughput: emit flat out, then drain; latency: open loop at a "
+            "fraction of saturation.",
+            rich_help_panel=_LOAD,
+        ),
+    ] = Mode.closed,
+    concurrent_users: Annotated[
+        int | None,
+        typer.Option(min=1, help="Closed mode: virtual users.", show_default=str(DEFAULT_USERS), rich_help_panel=_LOAD),
+    ] = None,
+    requests: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Requests or events in total.",
+            show_default="closed 200000, throughput 500000, latency 300000",
+            rich_help_panel=_LOAD,
+        ),
+    ] = None,
+    duration: Annotated[
+        str | None,
+        typer.Option(help="Run for this long instead of --requests: 500ms, 30s, 2m.", rich_help_panel=_LOAD),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Throughput/latency: emit_many in batches of N.", rich_help_panel=_LOAD)
+    ] = 1,
+    load_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Latency mode: offered rate as a fraction of saturation.", show_default="0.5", rich_help_panel=_LOAD
+        ),
+    ] = None,
+    compare_raw: Annotated[
+        bool,
+        typer.Option(
+            "--compare-raw",
+            help="Also run a bare asyncio.Queue pipeline doing the same work, and print agentflow/raw.",
+            rich_help_panel=_REPORT,
+        ),
+    ] = False,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Rounds (raw and agentflow alternately); the best of N is reported.", rich_help_panel=_REPORT
+        ),
+    ] = 1,
+    profile: Annotated[
+        ProfileKind | None,
+        typer.Option(help="Profile the agentflow runs; needs --output.", rich_help_panel=_REPORT),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where --profile writes: a pstats file (cpu) or text (memory).", rich_help_panel=_REPORT),
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the machine-readable report here.", rich_help_panel=_REPORT)
+    ] = None,
+) -> None:
+    """Measure agentflow's throughput and latency, optionally against a raw asyncio.Queue baseline."""
+    seconds = parse_duration_option(duration)
+    body = parse_payload(payload)
+    if requests is not None and seconds is not None:
+        raise typer.BadParameter("give --requests or --duration, not both.", param_hint="'--duration'")
+    if profile is not None and output is None:
+        raise typer.BadParameter(f"--profile {profile.value} needs --output FILE.", param_hint="'--output'")
+    if output is not None and profile is None:
+        raise typer.BadParameter(
+            "--output is where --profile writes; add --profile cpu or --profile memory.", param_hint="'--output'"
+        )
+    for path, hint in ((output, "'--output'"), (json_path, "'--json'")):
+        if path is not None and not path.parent.is_dir():
+            raise typer.BadParameter(f"directory {str(path.parent)!r} does not exist.", param_hint=hint)
+    if app_ref is not None and scenario is not None:
+        raise typer.BadParameter("give --scenario or --app, not both.", param_hint="'--app'")
+    if agent is not None and app_ref is None:
+        raise typer.BadParameter("--agent picks an agent of --app; add --app MODULE:ATTR.", param_hint="'--agent'")
+    if compare_raw and app_ref is not None:
+        raise typer.BadParameter(
+            "the raw baseline can only repeat the noop scenario's work, not your agent's; drop --compare-raw.",
+            param_hint="'--compare-raw'",
+        )
+    if payload is not None and mode is Mode.latency and app_ref is None:
+        raise typer.BadParameter(
+            "the noop scenario's latency mode sends each event's intended time as its payload; drop --payload.",
+            param_hint="'--payload'",
+        )
+    if concurrent_users is not None and mode is not Mode.closed:
+        raise typer.BadParameter("--concurrent-users applies to --mode closed only.", param_hint="'--concurrent-users'")
+    if batch_size > 1 and (mode is Mode.closed or (mode is Mode.latency and app_ref is not None)):
+        raise typer.BadParameter(
+            "--batch-size applies to throughput and latency modes (and not to an --app in latency mode, which "
+            "sends requests).",
+            param_hint="'--batch-size'",
+        )
+    if load_fraction is not None:
+        if mode is not Mode.latency:
+            raise typer.BadParameter("--load-fraction applies to --mode latency only.", param_hint="'--load-fraction'")
+        if not 0 < load_fraction <= 1:
+            raise typer.BadParameter(
+                f"{load_fraction} is not in (0, 1]; 0.5 is half of saturation.", param_hint="'--load-fraction'"
+            )
+
+    target: Target
+    if app_ref is not None:
+        try:
+            target = load_app(app_ref, app_dir, agent, config)
+        except typer.BadParameter as exc:
+            exc.param_hint = exc.param_hint or "'--app'"
+            raise
+    else:
+        target = NoopTarget(config_or_exit(config))
+    limits = Limits(duration_s=seconds) if seconds is not None else Limits(count=requests or DEFAULT_REQUESTS[mode])
+    spec = BenchSpec(
+        mode=mode,
+        limits=limits,
+        users=concurrent_users or DEFAULT_USERS,
+        batch_size=batch_size,
+        load_fraction=load_fraction or 0.5,
+        payload=body,
+        compare_raw=compare_raw,
+        repeat=repeat,
+    )
+    prof: Profiler = (
+        NullProfiler()
+        if profile is None or output is None
+        else CpuProfiler(output)
+        if profile is ProfileKind.cpu
+        else MemoryProfiler(output)
+    )
+    _benchmark(target, spec, prof, json_path)
+
+
+def parse_duration_option(text: str | None) -> float | None:
+    try:
+        return parse_duration(text)
+    except typer.BadParameter as exc:
+        exc.param_hint = "'--duration'"
+        raise
+
+
+def _benchmark(target: Target, spec: BenchSpec, prof: Profiler, json_path: Path | None) -> None:
+    console = Console()
+    err = Console(stderr=True)
+    started_at = now_iso()
+    limiter = LogLimiter(err)
+    log = logging.getLogger("agentflow")
+    log.addHandler(limiter)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        auto_refresh=False,
+        disable=not console.is_terminal,
+    )
+    app_requests = spec.mode is Mode.latency and target.recorder is None
+    unit = "requests" if spec.mode is Mode.closed or app_requests else "events"
+    console.print(
+        f"agentcli benchmark: {target.describe()}, {spec.mode.value} mode, {spec.limits.describe(unit)}"
+        + (", with the raw baseline" if spec.compare_raw else "")
+        + (f", profiling {prof.kind}" if prof.kind != "none" else ""),
+        highlight=False,
+    )
+    try:
+        with progress:
+            outcome = run_async(run_benchmark(target, spec, progress, prof))
+    except Interrupted as exc:
+        err.print("Interrupted: the runner was shut down; no figures reported.")
+        raise typer.Exit(code=128 + exc.signum) from None
+    finally:
+        log.removeHandler(limiter)
+    hidden = limiter.summary()
+    report = build_report(
+        outcome,
+        spec,
+        target,
+        command=["agentcli", *(_argv if _argv is not None else sys.argv[1:])],
+        started_at=started_at,
+        profile=prof.kind if prof.kind != "none" else None,
+    )
+    render(console, report)
+    if prof.kind != "none":
+        console.print("[yellow]note:[/] profiled runs are slowed down; do not quote their figures.")
+        prof.finish(console)
+    if hidden:
+        err.print(hidden)
+    if json_path is not None:
+        write_json(json_path, report)
+        console.print(f"report written to {json_path}", highlight=False)
+
+
+def main() -> None:
+    """The ``agentcli`` console script."""
+    global _argv
+    _argv = sys.argv[1:]
+    app(prog_name="agentcli")

@@ -1,0 +1,275 @@
+"""agentcli: benchmark modes, the JSON report, --app, profiling, and user errors exiting 2 without a traceback.
+
+Runs are tiny (a few thousand events) so the whole file stays fast; they check that figures are produced and
+consistent, not how large they are.
+"""
+
+from __future__ import annotations
+
+import os
+import pstats
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from typer.testing import CliRunner, Result
+
+from agentcli.main import app, parse_duration
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+REPORT_KEYS = {
+    "scenario", "mode", "agent", "app", "requested", "completed", "errors", "duration_s", "throughput_per_s",
+    "latency_ms", "latency_measures", "rss_peak_mb", "cpu_s", "concurrent_users", "batch_size", "load_fraction",
+    "saturation_per_s", "rate_per_s", "shutdown_s", "raw_ratio", "raw", "order", "repeat", "runs", "goals",
+    "warnings", "profile", "config", "versions", "command", "started_at",
+}  # fmt: skip
+LATENCY_KEYS = {"p50", "p90", "p95", "p99", "p999", "max", "mean", "count"}
+
+cli = CliRunner()
+
+
+def bench(*args: str, code: int = 0) -> Result:
+    result = cli.invoke(app, ["benchmark", *args])
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def report(tmp_path: Path, *args: str) -> dict[str, Any]:
+    path = tmp_path / "report.json"
+    bench(*args, "--json", str(path))
+    data: dict[str, Any] = msgspec.json.decode(path.read_bytes())
+    return data
+
+
+def assert_latency(lat: dict[str, Any] | None) -> None:
+    assert lat is not None
+    assert set(lat) == LATENCY_KEYS
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+
+
+def assert_consistent(data: dict[str, Any], requested: int) -> None:
+    assert data["requested"] == requested
+    assert data["completed"] + data["errors"] == requested
+    assert data["warnings"] == []
+    assert data["duration_s"] > 0 and data["throughput_per_s"] > 0 and data["cpu_s"] > 0
+
+
+# ---- modes and the report -------------------------------------------------------------------------------------
+
+
+def test_closed_mode_writes_the_full_report(tmp_path: Path) -> None:
+    data = report(tmp_path, "--requests", "2000")
+    assert REPORT_KEYS <= set(data)
+    assert (data["scenario"], data["mode"], data["agent"], data["concurrent_users"]) == ("noop", "closed", "noop", 64)
+    assert_consistent(data, 2000)
+    assert data["completed"] == 2000 and data["errors"] == 0
+    assert_latency(data["latency_ms"])
+    assert data["raw"] is None and data["raw_ratio"] is None
+    assert data["rss_peak_mb"] > 1
+    assert set(data["versions"]) >= {"python", "agentflow", "uvloop", "msgspec"}
+    assert data["config"]["runner"]["worker_pool_size"] == 64
+    assert data["command"][0] == "agentcli"
+    assert data["started_at"].endswith("+00:00")
+    assert data["shutdown_s"] is not None and data["shutdown_s"] < 1.0
+
+
+def test_closed_mode_against_the_raw_baseline(tmp_path: Path) -> None:
+    data = report(tmp_path, "--requests", "2000", "--concurrent-users", "16", "--compare-raw")
+    assert_consistent(data, 2000)
+    assert data["raw_ratio"] > 0
+    assert data["raw"]["completed"] == 2000 and data["raw"]["throughput_per_s"] > 0
+    assert_latency(data["raw"]["latency_ms"])
+    assert "alternately" in data["order"]
+
+
+def test_throughput_mode(tmp_path: Path) -> None:
+    data = report(tmp_path, "--mode", "throughput", "--requests", "2000")
+    assert_consistent(data, 2000)
+    assert data["errors"] == 0 and data["concurrent_users"] is None
+    assert_latency(data["latency_ms"])
+    assert "created_at" in data["latency_measures"]
+
+
+def test_throughput_mode_in_batches_against_the_raw_item_pipeline(tmp_path: Path) -> None:
+    data = report(tmp_path, "--mode", "throughput", "--batch-size", "256", "--requests", "2000", "--compare-raw")
+    assert_consistent(data, 2000)
+    assert data["batch_size"] == 256
+    assert data["raw_ratio"] > 0 and data["raw"]["completed"] == 2000
+    (goal,) = data["goals"]
+    assert goal["target"] == 2.0 and goal["value"] == pytest.approx(data["raw_ratio"])
+
+
+def test_latency_mode_paces_at_half_of_saturation(tmp_path: Path) -> None:
+    data = report(tmp_path, "--mode", "latency", "--requests", "1000", "--compare-raw")
+    assert_consistent(data, 1000)
+    assert data["rate_per_s"] == pytest.approx(data["saturation_per_s"] / 2)
+    assert data["raw"]["rate_per_s"] == pytest.approx(data["raw"]["saturation_per_s"] / 2)
+    assert data["raw_ratio"] == pytest.approx(data["saturation_per_s"] / data["raw"]["saturation_per_s"])
+    assert_latency(data["latency_ms"])
+    assert "intended" in data["latency_measures"]
+    assert [g["target"] for g in data["goals"]] == [1.0]
+
+
+def test_duration_limits_a_run(tmp_path: Path) -> None:
+    data = report(tmp_path, "--duration", "300ms", "--concurrent-users", "8")
+    assert data["completed"] > 0 and data["errors"] == 0
+    assert data["completed"] == data["requested"]
+    assert data["duration_s"] >= 0.3
+
+
+def test_repeat_alternates_and_keeps_every_run(tmp_path: Path) -> None:
+    data = report(tmp_path, "--mode", "throughput", "--requests", "1000", "--compare-raw", "--repeat", "2")
+    assert [r["side"] for r in data["runs"]] == ["raw", "agentflow", "raw", "agentflow"]
+    assert data["throughput_per_s"] == max(r["throughput_per_s"] for r in data["runs"] if r["side"] == "agentflow")
+    assert "best of 2" in data["order"]
+
+
+def test_the_summary_table_is_printed() -> None:
+    out = bench("--requests", "1000", "--compare-raw").output
+    for text in ("completed", "errors", "throughput", "latency p99", "peak RSS", "CPU time", "agentflow/raw"):
+        assert text in out
+    assert "raw asyncio.Queue pipeline and agentflow run alternately" in out
+
+
+# ---- --app ----------------------------------------------------------------------------------------------------
+
+
+def test_app_runner_and_agent(tmp_path: Path) -> None:
+    data = report(
+        tmp_path, "--app", "agentcli_app:runner", "--app-dir", str(TESTS), "--agent", "echo", "--requests", "500",
+        "--payload", '{"x": 1}',
+    )  # fmt: skip
+    assert (data["scenario"], data["app"], data["agent"]) == ("app", "agentcli_app:runner", "echo")
+    assert_consistent(data, 500)
+    assert data["errors"] == 0
+    assert_latency(data["latency_ms"])
+
+
+@pytest.mark.parametrize("mode", ["closed", "throughput"])
+def test_handler_errors_are_counted(tmp_path: Path, mode: str) -> None:
+    config = tmp_path / "agentflow.toml"
+    config.write_text("[retry]\nmax_attempts = 1\n")
+    path = tmp_path / "report.json"
+    result = bench(
+        "--app", "agentcli_app:make_runner", "--app-dir", str(TESTS), "--agent", "flaky", "--config", str(config),
+        "--mode", mode, "--requests", "200", "--json", str(path),
+    )  # fmt: skip
+    data = msgspec.json.decode(path.read_bytes())
+    assert_consistent(data, 200)
+    assert (data["completed"], data["errors"]) == (180, 20)
+    # agentflow logs at most 10 dead letters a second per agent; agentcli shows 5 of those and counts the rest
+    assert re.search(r"\d+ more agentflow log records were not shown", result.output)
+
+
+def test_app_with_several_agents_needs_agent() -> None:
+    out = bench("--app", "agentcli_app:make_runner", "--app-dir", str(TESTS), "--requests", "10", code=2).output
+    assert "--agent" in out and "echo, flaky" in out
+
+
+def test_app_runner_instance_cannot_take_config(tmp_path: Path) -> None:
+    config = tmp_path / "agentflow.toml"
+    config.write_text("")
+    out = bench("--app", "agentcli_app:runner", "--app-dir", str(TESTS), "--config", str(config), code=2).output
+    assert "--config" in out
+
+
+# ---- user errors exit 2 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--bogus"], "No such option"),
+        (["--duration", "3x"], "'3x' is not a duration"),
+        (["--duration", "0s"], "not a positive duration"),
+        (["--mode", "nope"], "nope"),
+        (["--profile", "cpu"], "needs --output"),
+        (["--app", "nomodule:x"], "cannot import 'nomodule'"),
+        (["--app", "agentcli_app"], "module:attribute"),
+        (["--requests", "0"], "--requests"),
+        (["--requests", "5", "--duration", "1s"], "not both"),
+        (["--batch-size", "4"], "--batch-size"),
+        (["--load-fraction", "0.5"], "latency only"),
+        (["--mode", "latency", "--load-fraction", "1.5"], "not in (0, 1]"),
+        (["--payload", "{nope"], "not valid JSON"),
+        (["--mode", "latency", "--payload", "{}"], "drop --payload"),
+        (["--app", "agentcli_app:make_runner", "--compare-raw", "--agent", "echo"], "raw baseline"),
+        (["--json", "/no/such/dir/report.json"], "does not exist"),
+    ],
+)
+def test_bad_flags_print_usage_and_exit_2(args: list[str], expected: str) -> None:
+    out = bench(*args, code=2).output
+    assert "Usage: agentcli benchmark" in out
+    assert expected in " ".join(out.split())  # the error panel may wrap lines
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("[runner]\nworkers = 3\n", "unknown key 'runner.workers'"), ("[runner\n", "invalid TOML")],
+)
+def test_bad_config_file_exits_2_naming_the_file(tmp_path: Path, content: str, expected: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    out = " ".join(bench("--config", str(config), code=2).output.split())
+    assert str(config) in out and expected in out
+
+
+def test_missing_config_file_exits_2() -> None:
+    out = " ".join(bench("--config", "/no/such/agentflow.toml", code=2).output.split())
+    assert "/no/such/agentflow.toml" in out and "not found" in out
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("500ms") == pytest.approx(0.5)
+    assert parse_duration("30s") == 30.0
+    assert parse_duration("2m") == 120.0
+    assert parse_duration("1.5") == 1.5
+    assert parse_duration(None) is None
+
+
+# ---- profiling ------------------------------------------------------------------------------------------------
+
+
+def test_profile_cpu_writes_a_pstats_file(tmp_path: Path) -> None:
+    out = tmp_path / "f.prof"
+    result = bench("--requests", "2000", "--profile", "cpu", "--output", str(out))
+    stats = pstats.Stats(str(out))
+    assert stats.total_calls > 2000  # type: ignore[attr-defined]
+    assert "tottime" in result.output and "profiled runs are slowed down" in result.output
+
+
+def test_profile_memory_writes_the_top_allocation_sites(tmp_path: Path) -> None:
+    out = tmp_path / "mem.txt"
+    result = bench("--mode", "throughput", "--requests", "2000", "--profile", "memory", "--output", str(out))
+    lines = [line for line in out.read_text().splitlines() if not line.startswith("#")]
+    assert 0 < len(lines) <= 25
+    size, count, site = lines[0].split("\t")
+    assert float(size) > 0 and int(count) > 0 and ":" in site
+    assert "peak RSS" in result.output
+
+
+# ---- the real entry point -------------------------------------------------------------------------------------
+
+
+def _python_m(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "agentcli", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
+
+
+def test_python_m_agentcli() -> None:
+    version = _python_m("version")
+    assert version.returncode == 0, version.stderr
+    assert "agentflow" in version.stdout and "uvloop" in version.stdout
+    run = _python_m("benchmark", "--requests", "1000")
+    assert run.returncode == 0, run.stderr
+    assert "completed" in run.stdout and "\x1b[" not in run.stdout  # not a terminal: no progress bar, no colour
+    bad = _python_m("benchmark", "--duration", "3x")
+    assert bad.returncode == 2 and "Usage" in bad.stderr and "Traceback" not in bad.stderr
