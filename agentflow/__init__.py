@@ -29,6 +29,7 @@ from .config import (
     config_from_dict,
     load_config,
 )
+from .dlq import DeadLetters
 from .errors import (
     AgentflowError,
     BackpressureError,
@@ -51,7 +52,7 @@ from .hdr import HistogramStatistics, LatencyHistogram
 from .metrics import Metrics
 from .pool import WorkerPool, WorkerPoolStatistics
 from .resilience import RetryPolicy
-from .runner import AgentStatistics, DeadLetters, Runner, RunnerState, RunnerStatistics, ShutdownReport
+from .runner import AgentStatistics, Runner, RunnerState, RunnerStatistics, ShutdownReport
 
 __version__ = "0.1.0"
 

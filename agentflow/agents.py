@@ -374,6 +374,21 @@ class AgentWorker:
             await self._handle(ev, item, slot)
         del active[key]
 
+    def _claim(self, key: str, ev: Event, item: Item) -> bool:
+        """Take ``key`` for this worker, or park the event behind the worker that has it (False).
+
+        The hot path in ``_work`` inlines this same logic.
+        """
+        active = self._active
+        if key in active:
+            parked = active[key]
+            if parked is None:
+                parked = active[key] = deque()
+            parked.append((ev, item))
+            return False
+        active[key] = None
+        return True
+
     def _abandon_key(self, slot: Slot, key: str | None) -> None:
         rest = self._active.pop(key, None) if key is not None else None
         self._abandon(slot, [it for _, it in rest] if rest else [])
@@ -389,15 +404,8 @@ class AgentWorker:
         else:
             ev = item  # type: ignore[assignment]
         key = ev.key
-        active = self._active
-        if key is not None:
-            if key in active:
-                parked = active[key]
-                if parked is None:
-                    parked = active[key] = deque()
-                parked.append((ev, item))
-                return
-            active[key] = None
+        if key is not None and not self._claim(key, ev, item):
+            return
         try:
             await self._handle(ev, item, slot)
             if key is not None:

@@ -23,13 +23,14 @@ from .agents import AgentSpec, AgentWorker, Handler
 from .bus.base import Bus, BusStatistics
 from .bus.memory import MemoryBus
 from .config import Config, RetryConfig, RetryOverride, load_config
+from .dlq import DeadLetters
 from .errors import DeadLetteredError, LifecycleError, RequestTimeoutError
 from .events import _ID_PREFIX, DeadLetter, Event, EventCodec, RawEvent, _id_counter, make_events, new_event_id
 from .metrics import GaugeSample, Metrics
 from .pool import WorkerPool, WorkerPoolStatistics
 from .resilience.retry import RetryPolicy
 
-__all__ = ["AgentStatistics", "DeadLetters", "Runner", "RunnerState", "RunnerStatistics", "ShutdownReport"]
+__all__ = ["AgentStatistics", "Runner", "RunnerState", "RunnerStatistics", "ShutdownReport"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,46 +89,6 @@ class RunnerStatistics(msgspec.Struct, frozen=True):
     pool: WorkerPoolStatistics
     bus: BusStatistics
     shutdown: ShutdownReport | None
-
-
-class DeadLetters:
-    """The runner's view of the dead-letter queue: list entries and replay them.
-
-    Replay re-delivers an event to the agent that failed it (not to every agent on the topic), starting again
-    at attempt 1, and removes it from the queue::
-
-        for letter in await runner.dlq.list(agent="summarize"):
-            print(letter.reason, letter.error)
-        await runner.dlq.replay(agent="summarize")
-    """
-
-    def __init__(self, runner: Runner) -> None:
-        self._runner = runner
-
-    async def list(
-        self, *, topic: str | None = None, agent: str | None = None, limit: int | None = None
-    ) -> list[DeadLetter]:
-        letters = await self._runner.bus.dead_letters(topic=topic)
-        if agent is not None:
-            letters = [d for d in letters if d.agent == agent]
-        return letters if limit is None else letters[:limit]
-
-    async def replay(
-        self, ids: Sequence[str] | None = None, *, topic: str | None = None, agent: str | None = None
-    ) -> int:
-        """Re-deliver the matching dead letters that hold a decoded event; return how many were replayed."""
-        r = self._runner
-        r._check_accepting()
-        wanted = set(ids) if ids is not None else None
-        done: list[str] = []
-        for d in await self.list(topic=topic, agent=agent):
-            if (wanted is not None and d.id not in wanted) or d.event is None:
-                continue
-            ev = msgspec.structs.replace(d.event, attempt=1, created_at=time.time())
-            await r.bus.publish(d.topic, [ev], group=d.agent)
-            done.append(d.id)
-        await r.bus.remove_dead_letters(done)
-        return len(done)
 
 
 class Runner:
@@ -592,7 +553,9 @@ class Runner:
                         event=ev,
                     )
                 )
-            self.metrics.agent(agent).dead_letter("depth_exceeded")
+            am = self.metrics.agent(agent)
+            for _ in events:
+                am.dead_letter("depth_exceeded")
             logger.warning("Agent %r exceeded max_workflow_depth=%d emitting to %r", agent, limit, topic)
             return []
         await self.bus.publish(topic, events, follow_up=True)
