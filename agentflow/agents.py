@@ -435,7 +435,6 @@ class AgentWorker:
     async def _handle(self, ev: Event, item: Item, slot: Slot) -> None:
         m = self._m
         slot.current = item
-        m.queue_wait.observe(time.perf_counter() + self._wall_offset - ev.created_at)
         if self._payload_type is not None:
             try:
                 ev = msgspec.structs.replace(ev, payload=convert_payload(ev.payload, self._payload_type))
@@ -447,6 +446,7 @@ class AgentWorker:
         if not pool.try_acquire():
             await pool.acquire()
         t0 = time.perf_counter()
+        m.queue_wait.observe(t0 + self._wall_offset - ev.created_at)  # emit → start, slot wait included
         slot.deadline = t0 + self.timeout_s
         try:
             result = await self._handler(ev, ctx)
