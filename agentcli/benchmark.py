@@ -16,6 +16,7 @@ What each mode measures on the agentflow side (see docs/benchmarking.md):
 
 from __future__ import annotations
 
+import abc
 import enum
 import functools
 import gc
@@ -97,7 +98,7 @@ class Recorder:
         self.hist = LatencyHistogram()
 
 
-class Target:
+class Target(abc.ABC):
     """What a benchmark loads: an agent's topic on a Runner, and the payload to send it."""
 
     scenario: str
@@ -111,8 +112,9 @@ class Target:
     #: False when a single Runner must serve every repeat (an app's Runner cannot restart).
     fresh_per_run: bool = True
 
+    @abc.abstractmethod
     def runner(self, mode: Mode) -> Runner:
-        raise NotImplementedError
+        """A fresh (or, for an app, the one) un-started Runner for a run in ``mode``."""
 
     def describe(self) -> str:
         return self.scenario if self.app is None else f"{self.app} agent {self.agent}"

@@ -456,12 +456,16 @@ class AgentWorker:
             m.duration.observe(time.perf_counter() - t0)
             await self._failed(ev, item, slot, exc)
             return
+        self._succeeded(ev, item, slot, t0, result)
+
+    def _succeeded(self, ev: Event, item: Item, slot: Slot, t0: float, result: Any) -> None:
+        """Bookkeeping after a handler returned, on the slow paths (the hot path in ``_work`` inlines it)."""
         slot.deadline = 0.0
         if slot.timed_out:
             self._swallowed_timeout(slot)
-        pool.release()
-        m.duration.observe(time.perf_counter() - t0)
-        m.handled += 1
+        self._pool.release()
+        self._m.duration.observe(time.perf_counter() - t0)
+        self._m.handled += 1
         slot.current = None
         self._finished(item)
         if ev.reply_to is not None:
@@ -527,16 +531,7 @@ class AgentWorker:
                 m.duration.observe(time.perf_counter() - t0)
                 exc = e
                 continue
-            slot.deadline = 0.0
-            if slot.timed_out:
-                self._swallowed_timeout(slot)
-            pool.release()
-            m.duration.observe(time.perf_counter() - t0)
-            m.handled += 1
-            slot.current = None
-            self._finished(item)
-            if ev.reply_to is not None:
-                self._host._reply(ev, result, None)
+            self._succeeded(ev, item, slot, t0, result)
             return
 
     def _log_dead(self, letter: DeadLetter) -> None:
