@@ -15,7 +15,6 @@ subscribed to them::
         print(await runner.request("greetings", {"name": "Ada"}))
 """
 
-from .agents import Context
 from .bus import Bus, BusStatistics, MemoryBus, Subscription, SubscriptionStatistics
 from .config import (
     AgentConfig,
@@ -29,6 +28,7 @@ from .config import (
     config_from_dict,
     load_config,
 )
+from .context import Context
 from .dlq import DeadLetters
 from .errors import (
     AgentflowError,
@@ -52,7 +52,8 @@ from .hdr import HistogramStatistics, LatencyHistogram
 from .metrics import Metrics
 from .pool import WorkerPool, WorkerPoolStatistics
 from .resilience import RetryPolicy
-from .runner import AgentStatistics, Runner, RunnerState, RunnerStatistics, ShutdownReport
+from .runner import Runner
+from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import inspect
 import logging
 import os
@@ -17,78 +16,24 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
-import msgspec
-
-from .agents import AgentSpec, AgentWorker, Handler
-from .bus.base import Bus, BusStatistics
+from .agents import AgentWorker
+from .bus.base import Bus
 from .bus.memory import MemoryBus
 from .config import Config, RetryConfig, RetryOverride, load_config
+from .context import AgentSpec, Handler
 from .dlq import DeadLetters
 from .errors import DeadLetteredError, LifecycleError, RequestTimeoutError
 from .events import _ID_PREFIX, DeadLetter, Event, EventCodec, RawEvent, _id_counter, make_events, new_event_id
 from .metrics import GaugeSample, Metrics
-from .pool import WorkerPool, WorkerPoolStatistics
+from .pool import WorkerPool
 from .resilience.retry import RetryPolicy
+from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
 
-__all__ = ["AgentStatistics", "Runner", "RunnerState", "RunnerStatistics", "ShutdownReport"]
+__all__ = ["Runner"]
 
 logger = logging.getLogger(__name__)
 
 H = TypeVar("H", bound=Handler)
-
-
-class RunnerState(enum.Enum):
-    """Lifecycle: created → starting → running → closing → closed; a closed Runner cannot be restarted."""
-
-    CREATED = "created"
-    STARTING = "starting"
-    RUNNING = "running"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-class AgentStatistics(msgspec.Struct, frozen=True):
-    """Live counts of one agent (``dead_lettered`` counts events it received and dead-lettered)."""
-
-    name: str
-    topic: str
-    concurrency: int
-    timeout_s: float
-    in_flight: int
-    max_in_flight: int
-    handled: int
-    skipped: int
-    retries: int
-    failed_attempts: int
-    dead_lettered: int
-    returned: int
-
-
-class ShutdownReport(msgspec.Struct, frozen=True):
-    """What the last shutdown did: whether in-flight work drained in time, and what went back to the bus."""
-
-    grace_s: float
-    drained: bool
-    cancelled: int
-    returned: int
-    duration_s: float
-
-
-class RunnerStatistics(msgspec.Struct, frozen=True):
-    """Live counts of a runner, its agents, pool and bus; ``shutdown`` is set once it has closed."""
-
-    state: str
-    emitted: int
-    handled: int
-    skipped: int
-    dead_lettered: int
-    in_flight: int
-    returned: int
-    pending_requests: int
-    agents: tuple[AgentStatistics, ...]
-    pool: WorkerPoolStatistics
-    bus: BusStatistics
-    shutdown: ShutdownReport | None
 
 
 class Runner:

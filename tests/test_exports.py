@@ -11,7 +11,8 @@ import agentflow
 
 #: Names in a submodule's ``__all__`` that are deliberately not part of the top-level API, and why.
 INTERNAL = {
-    "agentflow.agents": {"AgentSpec", "AgentWorker", "Handler"},  # runner wiring; handlers use Event/Context
+    "agentflow.agents": {"AgentWorker"},  # runner wiring
+    "agentflow.context": {"AgentSpec", "Handler"},  # runner wiring; handlers use Event/Context
     "agentflow.bus": {"Item"},  # a type alias of the bus contract, for bus implementers
     "agentflow.bus.base": {"Item"},
     "agentflow.bus.memory": {"MemorySubscription"},  # reached through Bus.subscribe
