@@ -62,6 +62,8 @@ DEFAULT_DLQ_MAX_ENTRIES = 10_000
 DEFAULT_METRICS_ENABLED = False
 DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_METRICS_PORT = 9464
+DEFAULT_KAFKA_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
+DEFAULT_KAFKA_CLIENT_ID = "agentflow"
 
 _PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 _NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -184,6 +186,27 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 _NO_OVERRIDES = AgentConfig()
 
 
+class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[kafka]``: how the Kafka bus (``[bus] backend = "kafka"``) reaches the brokers.
+
+    Read only when the Kafka backend is selected; see docs/kafka.md.
+    """
+
+    bootstrap_servers: str = DEFAULT_KAFKA_BOOTSTRAP_SERVERS
+    client_id: str = DEFAULT_KAFKA_CLIENT_ID
+
+
+class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[llm.NAME]``: one OpenAI-compatible provider reached through ``ctx.llm``; see docs/llm.md.
+
+    The API key is never read from the file: ``api_key_env`` names the environment variable that holds it.
+    """
+
+    base_url: str
+    api_key_env: str | None = None
+
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration.
 
@@ -199,7 +222,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     dlq: DlqConfig = msgspec.field(default_factory=DlqConfig)
     monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
+    kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
     agents: dict[str, AgentConfig] = msgspec.field(default_factory=dict)
+    llm: dict[str, LLMConfig] = msgspec.field(default_factory=dict)
 
     def agent(self, name: str) -> AgentConfig:
         """Return the overrides for agent ``name``, or an AgentConfig that overrides nothing."""

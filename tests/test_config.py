@@ -13,6 +13,8 @@ from agentflow.config import (
     BusConfig,
     Config,
     DlqConfig,
+    KafkaConfig,
+    LLMConfig,
     MonitoringConfig,
     RetryConfig,
     RetryOverride,
@@ -30,6 +32,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "retry": RetryConfig,
     "dlq": DlqConfig,
     "monitoring": MonitoringConfig,
+    "kafka": KafkaConfig,
 }
 
 
@@ -92,7 +95,7 @@ def test_shipped_file_lists_every_key() -> None:
 
 def test_docs_mention_every_key() -> None:
     docs = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    structs: dict[str, type[msgspec.Struct]] = {**SECTIONS, "agents.NAME": AgentConfig}
+    structs: dict[str, type[msgspec.Struct]] = {**SECTIONS, "agents.NAME": AgentConfig, "llm.NAME": LLMConfig}
     for name, struct in structs.items():
         for field in struct.__struct_fields__:
             assert f"`{field}`" in docs, f"{name}.{field}"
@@ -261,7 +264,7 @@ def test_unknown_section_suggests_closest(write_toml: WriteToml) -> None:
     error = config_error(path)
     assert str(error) == (
         f"{path}: unknown key 'runnr'; did you mean 'runner'? Valid keys at the top level: agents, bus, dlq, "
-        "monitoring, retry, runner. Rename or remove the key."
+        "kafka, llm, monitoring, retry, runner. Rename or remove the key."
     )
     assert (error.source, error.key) == (str(path), "runnr")
 
