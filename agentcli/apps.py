@@ -7,6 +7,8 @@ or, for a bad config file, the ConfigError's own sentence (exit 2) — never a t
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from agentflow import Config, ConfigError, Runner, RunnerState, load_config
 
 from .benchmark import AppTarget
 
-__all__ = ["config_or_exit", "load_app"]
+__all__ = ["check_destination", "config_or_exit", "fail", "load_app", "load_runner"]
 
 
 def fail(message: str) -> typer.Exit:
@@ -34,33 +36,46 @@ def config_or_exit(path: Path | None) -> Config:
         raise fail(str(exc)) from None
 
 
-def load_app(ref: str, app_dir: Path, agent: str | None, config_path: Path | None) -> AppTarget:
-    """Import ``module:attr``: an un-started Runner, or a function taking a Config and returning one."""
-    module_name, sep, attr = ref.partition(":")
+def load_runner(ref: str, app_dir: Path, config_path: Path | None) -> Runner:
+    """Import ``module:attr`` or ``path/to/file.py:attr``: an un-started Runner, or a function (config) -> Runner."""
+    module_name, sep, attr = ref.rpartition(":")
     if not sep or not module_name or not attr:
-        raise typer.BadParameter(f"{ref!r} should look like module:attribute, for example myapp.agents:runner.")
-    path = str(app_dir.resolve())
-    if path not in sys.path:
-        sys.path.insert(0, path)
+        raise typer.BadParameter(
+            f"{ref!r} should look like module:attribute or path/to/app.py:attribute, for example myapp.agents:runner."
+        )
     try:
-        obj: Any = importlib.import_module(module_name)
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise typer.BadParameter(f"{module_name!r} is not a file.")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert spec is not None and spec.loader is not None
+            obj: Any = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = obj
+            sys.path.insert(0, str(path.resolve().parent))
+            spec.loader.exec_module(obj)
+        else:
+            sys.path.insert(0, str(app_dir.resolve()))
+            obj = importlib.import_module(module_name)
+    except typer.BadParameter:
+        raise
     except ModuleNotFoundError as exc:
         if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise typer.BadParameter(
-                f"cannot import {module_name!r}: no such module in {path} (set --app-dir) or on sys.path."
+                f"cannot import {module_name!r}: no such module in {app_dir.resolve()} (set --app-dir) or on sys.path."
             ) from None
         raise typer.BadParameter(f"importing {module_name!r} failed: {exc}.") from None
     except Exception as exc:  # noqa: BLE001 - the user's module: report it as their error, briefly
         raise typer.BadParameter(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise typer.BadParameter(f"module {module_name!r} has no attribute {attr!r}.")
+            raise typer.BadParameter(f"{module_name!r} has no attribute {attr!r}.")
         obj = getattr(obj, part)
     if isinstance(obj, Runner):
         if config_path is not None:
             raise typer.BadParameter(
-                f"{ref} is a Runner built with its own config, so --config cannot apply to it; point --app at "
-                "a function that takes a Config and returns the Runner, or drop --config."
+                f"{ref} is a Runner built with its own config, so --config cannot apply to it; point at a "
+                "function that takes a Config and returns the Runner, or drop --config."
             )
         runner = obj
     elif callable(obj):
@@ -77,6 +92,14 @@ def load_app(ref: str, app_dir: Path, agent: str | None, config_path: Path | Non
         raise typer.BadParameter(f"{ref} is a {type(obj).__name__}, not a Runner or a function returning one.")
     if runner.state is not RunnerState.CREATED:
         raise typer.BadParameter(f"the Runner {ref} is {runner.state.value}; agentcli needs one not yet started.")
+    if not runner.agent_topics:
+        raise typer.BadParameter(f"the Runner {ref} has no agents registered.")
+    return runner
+
+
+def load_app(ref: str, app_dir: Path, agent: str | None, config_path: Path | None) -> AppTarget:
+    """Load ``ref`` with :func:`load_runner` and pick the agent to benchmark (``agent``, or the only one)."""
+    runner = load_runner(ref, app_dir, config_path)
     topics = runner.agent_topics
     if not topics:
         raise typer.BadParameter(f"the Runner {ref} has no agents registered.")
@@ -88,3 +111,18 @@ def load_app(ref: str, app_dir: Path, agent: str | None, config_path: Path | Non
     elif agent not in topics:
         raise typer.BadParameter(f"{ref} has no agent named {agent!r}; it has: {names}.", param_hint="'--agent'")
     return AppTarget(runner, ref, agent)
+
+
+def check_destination(url: str | None, bootstrap: str | None, config: Path | None, *, worker: str = "a worker") -> None:
+    """``--url`` (a worker's HTTP server) or ``--bootstrap`` (Kafka): exactly one, well formed; usage error else."""
+    if (url is None) == (bootstrap is None):
+        raise typer.BadParameter(
+            f"give --url http://host:port ({worker}) or --bootstrap HOST:PORT (Kafka), one of them.",
+            param_hint="'--url'",
+        )
+    if url is not None and not re.fullmatch(r"https?://[^/\s]+/?", url):
+        raise typer.BadParameter(f"{url!r} is not http://host:port.", param_hint="'--url'")
+    if url is not None and config is not None:
+        raise typer.BadParameter(
+            "--config holds the [kafka] settings; it goes with --bootstrap.", param_hint="'--config'"
+        )

@@ -125,14 +125,22 @@ class NoopTarget(Target):
     agent = NOOP_AGENT
     topic = NOOP_TOPIC
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, batch_size: int = 1) -> None:
         self.config = config
         self.recorder = Recorder()
+        #: > 1: the agent is a batch agent taking up to this many events per call
+        self.batch_size = batch_size
+
+    def describe(self) -> str:
+        return self.scenario if self.batch_size == 1 else f"{self.scenario} (batch agent, up to {self.batch_size})"
 
     def runner(self, mode: Mode) -> Runner:
         rec = self.recorder
         assert rec is not None
         runner = Runner(self.config)
+        if self.batch_size > 1:
+            runner.agent(NOOP_TOPIC, name=NOOP_AGENT, batch_size=self.batch_size)(_batch_noop(mode, rec))
+            return runner
         if mode is Mode.closed:
 
             async def noop(event: Event, ctx: Context) -> None:
@@ -150,6 +158,39 @@ class NoopTarget(Target):
 
         runner.agent(NOOP_TOPIC, name=NOOP_AGENT)(noop)
         return runner
+
+
+def _batch_noop(mode: Mode, rec: Recorder) -> Callable[[list[Event], Any], Awaitable[Any]]:
+    """The noop agent as a batch agent: the same per-event work as the one-event handlers above."""
+    if mode is Mode.closed:
+
+        async def noop(events: list[Event], ctx: Any) -> None:
+            return None
+
+    elif mode is Mode.throughput:
+
+        async def noop(events: list[Event], ctx: Any) -> None:
+            # Every event of a batch starts when the call starts; events emitted together share created_at,
+            # so each run of equal created_at is one latency value recorded once per event (record_n).
+            hist = rec.hist
+            now = time()
+            i, n = 0, len(events)
+            while i < n:
+                created = events[i].created_at
+                j = i + 1
+                while j < n and events[j].created_at == created:
+                    j += 1
+                hist.record_n(now - created, j - i)
+                i = j
+
+    else:
+
+        async def noop(events: list[Event], ctx: Any) -> None:
+            record = rec.hist.record
+            for event in events:
+                record(perf_counter() - event.payload)
+
+    return noop
 
 
 class AppTarget(Target):

@@ -1,4 +1,4 @@
-"""The ``agentcli`` command line: ``agentcli benchmark``, ``agentcli version``.
+"""The ``agentcli`` command line: ``benchmark``, ``loadtest``, ``run``, ``emit``, ``dlq``, ``mock-llm``, ``version``.
 
 User errors — a bad flag, a bad ``--config`` file, an ``--app`` that cannot be imported — print a sentence and
 exit 2, never a traceback. The event loop and signal handlers are set up in :mod:`agentcli.runtime`.
@@ -20,9 +20,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .apps import config_or_exit, load_app
 from .benchmark import BenchSpec, Mode, NoopTarget, Target, run_benchmark
+from .dlq import dlq_app
+from .emit import emit as emit_command
+from .loadtest.cli import loadtest_app
 from .measure import Limits
+from .mockllm import mock_llm as mock_llm_command
 from .profiling import CpuProfiler, MemoryProfiler, NullProfiler, Profiler
 from .report import build_report, now_iso, render, version_lines, write_json
+from .run import run as run_command
 from .runtime import Interrupted, LogLimiter, run_async
 
 __all__ = ["app", "main"]
@@ -30,14 +35,17 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="agentcli",
-    help="Drive agentflow: benchmarks now; run, emit, mock-llm, loadtest and dlq later.",
+    help="Drive agentflow: run workers, emit events, serve a mock LLM, benchmark and load-test.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(loadtest_app, name="loadtest")
 
 DEFAULT_REQUESTS = {Mode.closed: 200_000, Mode.throughput: 500_000, Mode.latency: 300_000}
 DEFAULT_USERS = 64
+#: Requests of the short llm-chat run that follows the noop figures of a bare `agentcli benchmark`.
+DEFAULT_LLM_REQUESTS = 2_000
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?")
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _WHAT = "What to load"
@@ -48,6 +56,45 @@ _argv: list[str] | None = None  # set by main(); tests driving `app` directly fa
 
 class Scenario(enum.StrEnum):
     noop = "noop"
+    llm_chat = "llm-chat"
+    llm_embed = "llm-embed"
+
+
+class BusChoice(enum.StrEnum):
+    memory = "memory"
+    kafka = "kafka"
+
+
+def _kafka_benchmark(
+    config: Path | None,
+    bootstrap: str | None,
+    requests: int | None,
+    batch_size: int,
+    mode: Mode,
+    load_fraction: float | None,
+    compare_raw: bool,
+    json_path: Path | None,
+) -> None:
+    from .kafkabench import print_report, run_kafka_benchmark
+
+    if mode is Mode.closed:
+        raise typer.BadParameter(
+            "--bus kafka measures --mode throughput or --mode latency (latency also reports saturation).",
+            param_hint="'--mode'",
+        )
+    coro = run_kafka_benchmark(
+        config_or_exit(config),
+        bootstrap=bootstrap,
+        events=requests or 100_000,
+        batch=batch_size if batch_size > 1 else 500,
+        emitters=4,
+        partitions=4,
+        latency=mode is Mode.latency,
+        load_fraction=load_fraction or 0.5,
+        compare_raw=compare_raw,
+    )
+    results, where = run_async(coro)
+    print_report(results, where, " ".join(["agentcli", *(_argv or sys.argv[1:])]), json_path)
 
 
 class ProfileKind(enum.StrEnum):
@@ -145,6 +192,15 @@ def benchmark(
     batch_size: Annotated[
         int, typer.Option(min=1, help="Throughput/latency: emit_many in batches of N.", rich_help_panel=_LOAD)
     ] = 1,
+    agent_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="noop: the agent is a batch agent taking up to N events per call (1: one event per call).",
+            show_default="--batch-size",
+            rich_help_panel=_LOAD,
+        ),
+    ] = None,
     load_fraction: Annotated[
         float | None,
         typer.Option(
@@ -176,9 +232,54 @@ def benchmark(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the machine-readable report here.", rich_help_panel=_REPORT)
     ] = None,
+    llm_url: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="llm-* scenarios: an external OpenAI-compatible server (http://host:port/v1) instead of the "
+            "in-process mock.",
+            rich_help_panel=_WHAT,
+        ),
+    ] = None,
+    dimensions: Annotated[
+        int, typer.Option(min=1, max=8192, help="llm-embed: embedding size asked for.", rich_help_panel=_WHAT)
+    ] = 8,
+    bus: Annotated[
+        BusChoice,
+        typer.Option(
+            help="noop: the memory bus, or Kafka (a Tansu test broker is started unless --bootstrap is given; "
+            "--compare-raw then runs a bare aiokafka pipeline).",
+            rich_help_panel=_WHAT,
+        ),
+    ] = BusChoice.memory,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(metavar="HOST:PORT", help="--bus kafka: the brokers to use.", rich_help_panel=_WHAT),
+    ] = None,
 ) -> None:
     """Measure agentflow's throughput and latency, optionally against a raw asyncio.Queue baseline."""
     seconds = parse_duration_option(duration)
+    if bus is BusChoice.kafka:
+        _kafka_benchmark(config, bootstrap, requests, batch_size, mode, load_fraction, compare_raw, json_path)
+        return
+    if bootstrap is not None:
+        raise typer.BadParameter("--bootstrap applies to --bus kafka.", param_hint="'--bootstrap'")
+    if scenario in (Scenario.llm_chat, Scenario.llm_embed):
+        _llm_benchmark(
+            scenario.value,
+            seconds,
+            requests,
+            concurrent_users,
+            compare_raw,
+            batch_size,
+            dimensions,
+            llm_url,
+            json_path,
+            repeat,
+        )
+        return
+    if llm_url is not None:
+        raise typer.BadParameter("--llm-url applies to --scenario llm-chat or llm-embed.", param_hint="'--llm-url'")
     body = parse_payload(payload)
     if requests is not None and seconds is not None:
         raise typer.BadParameter("give --requests or --duration, not both.", param_hint="'--duration'")
@@ -213,6 +314,11 @@ def benchmark(
             "sends requests).",
             param_hint="'--batch-size'",
         )
+    if agent_batch_size is not None and app_ref is not None:
+        raise typer.BadParameter(
+            "--agent-batch-size shapes the noop agent; your --app agent is registered by your code.",
+            param_hint="'--agent-batch-size'",
+        )
     if load_fraction is not None:
         if mode is not Mode.latency:
             raise typer.BadParameter("--load-fraction applies to --mode latency only.", param_hint="'--load-fraction'")
@@ -229,7 +335,7 @@ def benchmark(
             exc.param_hint = exc.param_hint or "'--app'"
             raise
     else:
-        target = NoopTarget(config_or_exit(config))
+        target = NoopTarget(config_or_exit(config), batch_size=agent_batch_size or batch_size)
     limits = Limits(duration_s=seconds) if seconds is not None else Limits(count=requests or DEFAULT_REQUESTS[mode])
     spec = BenchSpec(
         mode=mode,
@@ -249,6 +355,54 @@ def benchmark(
         else MemoryProfiler(output)
     )
     _benchmark(target, spec, prof, json_path)
+    if scenario is None and app_ref is None and mode is Mode.closed and profile is None:
+        # The bare command (the README's main job) also shows agents calling an LLM: a short llm-chat run
+        # against the in-process mock server, after the noop figures so those stay comparable.
+        _llm_benchmark("llm-chat", None, DEFAULT_LLM_REQUESTS, None, False, 1, dimensions, None, None, 1)
+
+
+def _llm_benchmark(
+    scenario: str,
+    seconds: float | None,
+    requests: int | None,
+    users: int | None,
+    compare_raw: bool,
+    batch_size: int,
+    dimensions: int,
+    llm_url: str | None,
+    json_path: Path | None,
+    repeat: int,
+) -> None:
+    from .llmbench import LLMBenchSpec, render_llm, run_llm
+
+    if requests is not None and seconds is not None:
+        raise typer.BadParameter("give --requests or --duration, not both.", param_hint="'--duration'")
+    if llm_url is not None and not llm_url.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"{llm_url!r} is not an http(s) URL.", param_hint="'--llm-url'")
+    if json_path is not None and not json_path.parent.is_dir():
+        raise typer.BadParameter(f"directory {str(json_path.parent)!r} does not exist.", param_hint="'--json'")
+    spec = LLMBenchSpec(
+        scenario=scenario,
+        limits=Limits(duration_s=seconds) if seconds is not None else Limits(count=requests or 5_000),
+        users=users or 16,
+        compare_raw=compare_raw,
+        batch_size=batch_size,
+        dimensions=dimensions,
+        llm_url=llm_url,
+        model="mock",
+        repeat=repeat,
+    )
+    console = Console()
+    console.print(f"agentcli benchmark: {scenario}, {spec.limits.describe('requests')}", highlight=False)
+    try:
+        report = run_llm(spec)
+    except Interrupted as exc:
+        Console(stderr=True).print("Interrupted: no figures reported.")
+        raise typer.Exit(code=128 + exc.signum) from None
+    render_llm(console, report)
+    if json_path is not None:
+        json_path.write_bytes(msgspec.json.format(msgspec.json.encode(report)))
+        console.print(f"report written to {json_path}", highlight=False)
 
 
 def parse_duration_option(text: str | None) -> float | None:
@@ -310,6 +464,12 @@ def _benchmark(target: Target, spec: BenchSpec, prof: Profiler, json_path: Path 
     if json_path is not None:
         write_json(json_path, report)
         console.print(f"report written to {json_path}", highlight=False)
+
+
+app.command(name="run")(run_command)
+app.command(name="emit")(emit_command)
+app.add_typer(dlq_app, name="dlq")
+app.command(name="mock-llm")(mock_llm_command)
 
 
 def main() -> None:

@@ -15,14 +15,23 @@ subscribed to them::
         print(await runner.request("greetings", {"name": "Ada"}))
 """
 
-from .bus import Bus, BusStatistics, MemoryBus, Subscription, SubscriptionStatistics
+from .batch_agent import BatchContext
+from .batching import BatcherStatistics, MicroBatcher
+from .bus import Bus, BusStatistics, MemoryBus, Subscription, SubscriptionStatistics, create_bus
+from .cache import CacheStatistics, TTLCache
 from .config import (
     AgentConfig,
     BusConfig,
     Config,
     DlqConfig,
     KafkaConfig,
+    LLMBatchingConfig,
+    LLMBreakerConfig,
+    LLMCacheConfig,
     LLMConfig,
+    LLMLimitsConfig,
+    LLMPrice,
+    LLMRetryConfig,
     MonitoringConfig,
     RetryConfig,
     RetryOverride,
@@ -35,7 +44,11 @@ from .dlq import DeadLetters
 from .errors import (
     AgentflowError,
     BackpressureError,
+    BatchError,
+    BatchItemTooLargeError,
     BusError,
+    BusUnavailableError,
+    CircuitOpenError,
     ConfigError,
     DeadLetteredError,
     EventDecodeError,
@@ -43,17 +56,42 @@ from .errors import (
     EventTooLargeError,
     HandlerTimeoutError,
     LifecycleError,
+    LLMAuthError,
+    LLMBadRequestError,
+    LLMError,
+    LLMRateLimitedError,
+    LLMTimeoutError,
+    LLMUnavailableError,
+    RateLimitError,
+    RateLimitQueueFullError,
+    RateLimitTooLargeError,
     Reject,
     RequestTimeoutError,
     Retry,
     Skip,
+    TokenBudgetExceededError,
     WorkflowDepthError,
 )
 from .events import DeadLetter, Event, EventCodec, RawEvent, new_event_id
 from .hdr import HistogramStatistics, LatencyHistogram
+from .llm.cost import CostRow, CostTracker
+from .llm.types import ChatMessage, ChatResponse, CompletionResponse, EmbeddingResponse, Usage
 from .metrics import Metrics
 from .pool import WorkerPool, WorkerPoolStatistics
-from .resilience import RetryPolicy
+from .producer import Producer, ProducerStatistics
+from .resilience import (
+    BreakerConfig,
+    BreakerPermit,
+    BreakerRegistry,
+    BreakerState,
+    BreakerStatistics,
+    CircuitBreaker,
+    RateLimiter,
+    RateLimiterStatistics,
+    RetryBudget,
+    RetryBudgetStatistics,
+    RetryPolicy,
+)
 from .runner import Runner
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
 
@@ -61,38 +99,86 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgentConfig",
+    "AgentLLM",
     "AgentStatistics",
     "AgentflowError",
     "BackpressureError",
+    "BatchContext",
+    "BatchError",
+    "BatchItemTooLargeError",
+    "BatcherStatistics",
+    "BreakerConfig",
+    "BreakerPermit",
+    "BreakerRegistry",
+    "BreakerState",
+    "BreakerStatistics",
     "Bus",
     "BusConfig",
     "BusError",
     "BusStatistics",
+    "BusUnavailableError",
+    "CacheStatistics",
+    "ChatMessage",
+    "ChatResponse",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "CompletionResponse",
     "Config",
     "ConfigError",
     "Context",
+    "CostRow",
+    "CostTracker",
     "DeadLetter",
     "DeadLetteredError",
     "DeadLetters",
     "DlqConfig",
+    "EmbeddingResponse",
     "Event",
     "EventCodec",
     "EventDecodeError",
     "EventError",
     "EventTooLargeError",
+    "Faults",
     "HandlerTimeoutError",
     "HistogramStatistics",
     "KafkaConfig",
+    "LLMAuthError",
+    "LLMBadRequestError",
+    "LLMBatchingConfig",
+    "LLMBreakerConfig",
+    "LLMCacheConfig",
     "LLMConfig",
+    "LLMError",
+    "LLMHub",
+    "LLMLimitsConfig",
+    "LLMPrice",
+    "LLMRateLimitedError",
+    "LLMRetryConfig",
+    "LLMTimeoutError",
+    "LLMUnavailableError",
     "LatencyHistogram",
+    "LatencyModel",
     "LifecycleError",
     "MemoryBus",
     "Metrics",
+    "MicroBatcher",
+    "MockLLMServer",
+    "MockStats",
     "MonitoringConfig",
+    "Producer",
+    "ProducerStatistics",
+    "ProviderClient",
+    "RateLimitError",
+    "RateLimitQueueFullError",
+    "RateLimitTooLargeError",
+    "RateLimiter",
+    "RateLimiterStatistics",
     "RawEvent",
     "Reject",
     "RequestTimeoutError",
     "Retry",
+    "RetryBudget",
+    "RetryBudgetStatistics",
     "RetryConfig",
     "RetryOverride",
     "RetryPolicy",
@@ -104,11 +190,38 @@ __all__ = [
     "Skip",
     "Subscription",
     "SubscriptionStatistics",
+    "TTLCache",
+    "TokenBudgetExceededError",
+    "Usage",
     "WorkerPool",
     "WorkerPoolStatistics",
     "WorkflowDepthError",
     "__version__",
     "config_from_dict",
+    "create_bus",
     "load_config",
     "new_event_id",
 ]
+
+
+# The LLM client and the mock server import aiohttp; `import agentflow` does not, until one of these is used.
+_LAZY = {
+    "AgentLLM": "agentflow.llm.hub",
+    "LLMHub": "agentflow.llm.hub",
+    "ProviderClient": "agentflow.llm.client",
+    "Faults": "agentflow.llm.mock",
+    "LatencyModel": "agentflow.llm.mock",
+    "MockLLMServer": "agentflow.llm.mock",
+    "MockStats": "agentflow.llm.mock",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentflow' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

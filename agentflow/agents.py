@@ -397,19 +397,9 @@ class AgentWorker:
     async def _failed(self, ev: Event, item: Item, slot: Slot, exc: BaseException) -> None:
         """The slow path: classify, back off, retry, and finally dead-letter."""
         m = self._m
-        pool = self._pool
         attempt = ev.attempt
         while True:
-            if isinstance(exc, asyncio.CancelledError):
-                task = asyncio.current_task()
-                if not (slot.timed_out and task is not None and task.uncancel() == 0):
-                    slot.timed_out = False
-                    raise exc  # a real cancellation (shutdown): the caller gives the event back
-                slot.timed_out = False
-                exc = HandlerTimeoutError(
-                    f"Agent {self.name!r} took longer than {self.timeout_s:g} s on event {ev.id} "
-                    f"(attempt {attempt}) and was cancelled; raise its timeout_s or make the handler faster."
-                )
+            exc = self._as_timeout(exc, slot, f"event {ev.id}", attempt)
             if isinstance(exc, Skip):
                 m.skipped += 1
                 slot.current = None
@@ -427,35 +417,60 @@ class AgentWorker:
             if not self.policy.should_retry(attempt):
                 await self._dead(item, ev, "timeout" if kind == "timeout" else "exhausted", exc, attempt)
                 return
+            # A bus that can park the retry outside this worker (Kafka retry topics) takes it over: the event is
+            # finished here, so a long back-off holds neither a slot nor the partition's commit.
+            if await self._sub.defer_retry(ev, attempt, exc):
+                m.retries += 1
+                slot.current = None
+                self._finished(item)
+                return
             delay = self.policy.delay_s(attempt, exc)
             m.retries += 1
             if not isinstance(exc, Retry):
-                logger.debug(
-                    "Agent %r: attempt %d of event %s failed (%r); retrying in %.3f s",
-                    self.name,
-                    attempt,
-                    ev.id,
-                    exc,
-                    delay,
-                )
+                self._log_retry(f"event {ev.id}", attempt, exc, delay)
             await asyncio.sleep(delay)
             attempt += 1
             ev = msgspec.structs.replace(ev, attempt=attempt)
-            ctx = Context(ev, self)
-            if not pool.try_acquire():
-                await pool.acquire()
-            t0 = time.perf_counter()
-            slot.deadline = t0 + self.timeout_s
-            try:
-                result = await self._handler(ev, ctx)
-            except BaseException as e:  # noqa: BLE001
-                slot.deadline = 0.0
-                pool.release()
-                m.duration.observe(time.perf_counter() - t0)
-                exc = e
+            t0, result, error = await self._call_in_slot(slot, self._handler, ev, Context(ev, self))
+            if error is not None:
+                exc = error
                 continue
             self._succeeded(ev, item, slot, t0, result)
             return
+
+    async def _call_in_slot(self, slot: Slot, fn: Any, *args: Any) -> tuple[float, Any, BaseException | None]:
+        """One retry attempt on the slow path: take a pool slot, run ``fn(*args)`` under the watchdog, and
+        return (start time, result, None), or (start time, None, what it raised) with the slot released."""
+        pool = self._pool
+        if not pool.try_acquire():
+            await pool.acquire()
+        t0 = time.perf_counter()
+        slot.deadline = t0 + self.timeout_s
+        try:
+            return t0, await fn(*args), None
+        except BaseException as exc:  # noqa: BLE001 - the caller classifies it
+            slot.deadline = 0.0
+            pool.release()
+            self._m.duration.observe(time.perf_counter() - t0)
+            return t0, None, exc
+
+    def _as_timeout(self, exc: BaseException, slot: Slot, what: str, attempt: int) -> BaseException:
+        """The watchdog's cancellation as a HandlerTimeoutError; a real cancellation (shutdown) is re-raised
+        so the caller gives its events back."""
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+        task = asyncio.current_task()
+        if not (slot.timed_out and task is not None and task.uncancel() == 0):
+            slot.timed_out = False
+            raise exc
+        slot.timed_out = False
+        return HandlerTimeoutError(
+            f"Agent {self.name!r} took longer than {self.timeout_s:g} s on {what} "
+            f"(attempt {attempt}) and was cancelled; raise its timeout_s or make the handler faster."
+        )
+
+    def _log_retry(self, what: str, attempt: int, exc: BaseException, delay: float) -> None:
+        logger.debug("Agent %r: attempt %d of %s failed (%r); retrying in %.3f s", self.name, attempt, what, exc, delay)
 
     def _log_dead(self, letter: DeadLetter) -> None:
         # At most _LOG_BURST warnings per agent per second: a failure storm must not become a log storm.

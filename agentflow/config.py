@@ -31,6 +31,13 @@ __all__ = [
     "Config",
     "DlqConfig",
     "ENV_PREFIX",
+    "LLMBatchingConfig",
+    "LLMBreakerConfig",
+    "LLMCacheConfig",
+    "LLMConfig",
+    "LLMLimitsConfig",
+    "LLMPrice",
+    "LLMRetryConfig",
     "MonitoringConfig",
     "RetryConfig",
     "RetryOverride",
@@ -49,7 +56,7 @@ DEFAULT_SHUTDOWN_GRACE_S = 10.0
 DEFAULT_MAX_WORKFLOW_DEPTH = 16
 DEFAULT_MAX_EVENT_BYTES = 1_048_576  # 1 MiB
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
-DEFAULT_BUS_BACKEND: Literal["memory"] = "memory"
+DEFAULT_BUS_BACKEND: Literal["memory", "kafka"] = "memory"
 DEFAULT_PARTITIONS = 8
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_INITIAL_BACKOFF_S = 0.1
@@ -62,8 +69,52 @@ DEFAULT_DLQ_MAX_ENTRIES = 10_000
 DEFAULT_METRICS_ENABLED = False
 DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_METRICS_PORT = 9464
+DEFAULT_INGEST_ENABLED = False
+DEFAULT_TOKEN_ENV = "AGENTFLOW_HTTP_TOKEN"
+DEFAULT_MAX_BODY_BYTES = 4 * 1_048_576  # 4 MiB
+DEFAULT_MAX_EVENTS_PER_REQUEST = 1000
+DEFAULT_RETRY_AFTER_S = 1
 DEFAULT_KAFKA_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
 DEFAULT_KAFKA_CLIENT_ID = "agentflow"
+DEFAULT_KAFKA_SECURITY_PROTOCOL: Literal["PLAINTEXT"] = "PLAINTEXT"
+DEFAULT_KAFKA_SASL_MECHANISM: Literal["PLAIN"] = "PLAIN"
+DEFAULT_KAFKA_ACKS: Literal["all"] = "all"
+DEFAULT_KAFKA_LINGER_MS = 2
+DEFAULT_KAFKA_MAX_BATCH_SIZE = 262_144
+DEFAULT_KAFKA_COMPRESSION: Literal["none"] = "none"
+DEFAULT_KAFKA_ENABLE_IDEMPOTENCE = True
+DEFAULT_KAFKA_REQUEST_TIMEOUT_MS = 30_000
+DEFAULT_KAFKA_DELIVERY_TIMEOUT_S = 60.0
+DEFAULT_KAFKA_CONNECT_TIMEOUT_S = 30.0
+DEFAULT_KAFKA_SESSION_TIMEOUT_MS = 10_000
+DEFAULT_KAFKA_HEARTBEAT_INTERVAL_MS = 3_000
+DEFAULT_KAFKA_MAX_POLL_INTERVAL_MS = 300_000
+DEFAULT_KAFKA_FETCH_MAX_WAIT_MS = 50
+DEFAULT_KAFKA_FETCH_MAX_BYTES = 52_428_800
+DEFAULT_KAFKA_MAX_PARTITION_FETCH_BYTES = 1_048_576
+DEFAULT_KAFKA_AUTO_OFFSET_RESET: Literal["earliest"] = "earliest"
+DEFAULT_KAFKA_COMMIT_INTERVAL_MS = 200
+DEFAULT_KAFKA_REBALANCE_GRACE_S = 10.0
+DEFAULT_KAFKA_TOPIC_PREFIX = ""
+DEFAULT_KAFKA_AUTO_CREATE_TOPICS = True
+DEFAULT_KAFKA_REPLICATION_FACTOR = 1
+DEFAULT_KAFKA_REPLY_TOPIC = "agentflow.replies"
+DEFAULT_KAFKA_RETRY_TOPICS = False
+DEFAULT_KAFKA_RETRY_TIER_DELAYS_S: tuple[float, ...] = (1.0, 10.0, 60.0)
+DEFAULT_LLM_MODEL = "gpt-4o-mini"
+DEFAULT_LLM_MAX_CONNECTIONS = 100
+DEFAULT_LLM_CONNECTION_TIMEOUT_S = 10.0
+DEFAULT_LLM_IDLE_TIMEOUT_S = 30.0
+DEFAULT_LLM_REQUEST_TIMEOUT_S = 60.0
+DEFAULT_LLM_MAX_RESPONSE_BYTES = 16 * 1_048_576
+DEFAULT_LLM_MAX_ATTEMPTS = 3
+DEFAULT_LLM_INITIAL_BACKOFF_S = 0.5
+DEFAULT_LLM_MAX_BACKOFF_S = 20.0
+DEFAULT_LLM_JITTER_S = 0.5
+DEFAULT_LLM_DEADLINE_S = 120.0
+DEFAULT_LLM_BUDGET_RATIO = 0.2
+DEFAULT_LLM_BUDGET_WINDOW_S = 10.0
+DEFAULT_LLM_BUDGET_MIN_PER_S = 1.0
 
 _PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 _NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -98,12 +149,12 @@ class RunnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[bus]``: which event bus carries the events.
 
-    Only ``"memory"`` exists in this version; the Kafka bus arrives later::
+    ``"memory"`` (one process) or ``"kafka"`` (settings in ``[kafka]``, see docs/kafka.md)::
 
-        BusConfig(partitions=16)
+        BusConfig(backend="kafka", partitions=16)
     """
 
-    backend: Literal["memory"] = DEFAULT_BUS_BACKEND
+    backend: Literal["memory", "kafka"] = DEFAULT_BUS_BACKEND
     partitions: _PositiveInt = DEFAULT_PARTITIONS
 
 
@@ -157,16 +208,23 @@ class DlqConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
 
 class MonitoringConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """``[monitoring]``: the Prometheus metrics endpoint.
+    """``[monitoring]``: the runner's HTTP server — metrics, health, and optionally HTTP ingest and the DLQ.
 
-    ``port = 0`` picks a free port::
+    ``port = 0`` picks a free port. ``ingest_enabled`` adds ``POST /v1/events`` and the ``/v1/dlq`` endpoints;
+    they need the bearer token from the environment variable ``token_env`` whenever it is set, and the server
+    refuses to start with them on an address beyond loopback without one::
 
-        MonitoringConfig(metrics_enabled=True, port=0)
+        MonitoringConfig(metrics_enabled=True, port=0, ingest_enabled=True)
     """
 
     metrics_enabled: bool = DEFAULT_METRICS_ENABLED
     host: str = DEFAULT_METRICS_HOST
     port: _Port = DEFAULT_METRICS_PORT
+    ingest_enabled: bool = DEFAULT_INGEST_ENABLED
+    token_env: str = DEFAULT_TOKEN_ENV
+    max_body_bytes: _PositiveInt = DEFAULT_MAX_BODY_BYTES
+    max_events_per_request: _PositiveInt = DEFAULT_MAX_EVENTS_PER_REQUEST
+    retry_after_s: _PositiveInt = DEFAULT_RETRY_AFTER_S
 
 
 class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -194,16 +252,155 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
     bootstrap_servers: str = DEFAULT_KAFKA_BOOTSTRAP_SERVERS
     client_id: str = DEFAULT_KAFKA_CLIENT_ID
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = DEFAULT_KAFKA_SECURITY_PROTOCOL
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = DEFAULT_KAFKA_SASL_MECHANISM
+    sasl_username: str = ""
+    # The password itself never sits in the file: this names the environment variable that holds it.
+    sasl_password_env: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    acks: Literal["all", "1", "0"] = DEFAULT_KAFKA_ACKS
+    linger_ms: _NonNegativeInt = DEFAULT_KAFKA_LINGER_MS
+    max_batch_size: _PositiveInt = DEFAULT_KAFKA_MAX_BATCH_SIZE
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = DEFAULT_KAFKA_COMPRESSION
+    enable_idempotence: bool = DEFAULT_KAFKA_ENABLE_IDEMPOTENCE
+    request_timeout_ms: _PositiveInt = DEFAULT_KAFKA_REQUEST_TIMEOUT_MS
+    delivery_timeout_s: _PositiveFloat = DEFAULT_KAFKA_DELIVERY_TIMEOUT_S
+    connect_timeout_s: _PositiveFloat = DEFAULT_KAFKA_CONNECT_TIMEOUT_S
+    session_timeout_ms: _PositiveInt = DEFAULT_KAFKA_SESSION_TIMEOUT_MS
+    heartbeat_interval_ms: _PositiveInt = DEFAULT_KAFKA_HEARTBEAT_INTERVAL_MS
+    max_poll_interval_ms: _PositiveInt = DEFAULT_KAFKA_MAX_POLL_INTERVAL_MS
+    fetch_max_wait_ms: _NonNegativeInt = DEFAULT_KAFKA_FETCH_MAX_WAIT_MS
+    fetch_max_bytes: _PositiveInt = DEFAULT_KAFKA_FETCH_MAX_BYTES
+    max_partition_fetch_bytes: _PositiveInt = DEFAULT_KAFKA_MAX_PARTITION_FETCH_BYTES
+    auto_offset_reset: Literal["earliest", "latest"] = DEFAULT_KAFKA_AUTO_OFFSET_RESET
+    commit_interval_ms: _PositiveInt = DEFAULT_KAFKA_COMMIT_INTERVAL_MS
+    rebalance_grace_s: _NonNegativeFloat = DEFAULT_KAFKA_REBALANCE_GRACE_S
+    topic_prefix: str = DEFAULT_KAFKA_TOPIC_PREFIX
+    auto_create_topics: bool = DEFAULT_KAFKA_AUTO_CREATE_TOPICS
+    replication_factor: _PositiveInt = DEFAULT_KAFKA_REPLICATION_FACTOR
+    reply_topic: str = DEFAULT_KAFKA_REPLY_TOPIC
+    # Retries through <topic>.retry.N topics instead of in-process back-off, so a long wait holds no commit.
+    retry_topics: bool = DEFAULT_KAFKA_RETRY_TOPICS
+    retry_tier_delays_s: Annotated[tuple[_PositiveFloat, ...], msgspec.Meta(min_length=1, max_length=20)] = (
+        DEFAULT_KAFKA_RETRY_TIER_DELAYS_S
+    )
+
+
+class LLMRetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[llm.NAME.retry]``: retries of one LLM call (429, 5xx, timeouts, resets only), inside ``deadline_s``.
+
+    Retries are also capped by a retry budget: at most ``budget_ratio`` of the calls of the last
+    ``budget_window_s`` seconds, plus ``budget_min_per_s`` per second::
+
+        LLMRetryConfig(max_attempts=5, deadline_s=30.0)
+    """
+
+    max_attempts: _PositiveInt = DEFAULT_LLM_MAX_ATTEMPTS
+    initial_backoff_s: _NonNegativeFloat = DEFAULT_LLM_INITIAL_BACKOFF_S
+    max_backoff_s: _NonNegativeFloat = DEFAULT_LLM_MAX_BACKOFF_S
+    multiplier: _Multiplier = DEFAULT_BACKOFF_MULTIPLIER
+    jitter_s: _NonNegativeFloat = DEFAULT_LLM_JITTER_S
+    deadline_s: _PositiveFloat = DEFAULT_LLM_DEADLINE_S
+    budget_ratio: _NonNegativeFloat = DEFAULT_LLM_BUDGET_RATIO
+    budget_window_s: _PositiveFloat = DEFAULT_LLM_BUDGET_WINDOW_S
+    budget_min_per_s: _NonNegativeFloat = DEFAULT_LLM_BUDGET_MIN_PER_S
+
+
+class LLMBreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[llm.NAME.breaker]``: the circuit breaker kept per (provider, model); see docs/resilience.md::
+
+        LLMBreakerConfig(failure_rate_threshold=0.3, open_wait_s=10.0)
+    """
+
+    enabled: bool = True
+    window_type: Literal["count", "time"] = "count"
+    window_size: _PositiveInt = 100
+    minimum_calls: _PositiveInt = 20
+    failure_rate_threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    slow_call_duration_s: _PositiveFloat = 60.0
+    slow_call_rate_threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
+    open_wait_s: _NonNegativeFloat = 30.0
+    open_wait_multiplier: _Multiplier = 2.0
+    max_open_wait_s: _NonNegativeFloat = 300.0
+    half_open_max_calls: _PositiveInt = 5
+
+
+class LLMLimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[llm.NAME.limits]``: requests and tokens per minute, per (provider, model); unset means unlimited.
+
+    Callers over the limit queue in priority order, at most ``max_queue`` of them::
+
+        LLMLimitsConfig(rpm=500, tpm=200_000)
+    """
+
+    rpm: _PositiveFloat | None = None
+    tpm: _PositiveFloat | None = None
+    max_queue: _PositiveInt = 1000
+
+
+class LLMBatchingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[llm.NAME.batching]``: coalescing of concurrent embedding and list-prompt completion calls::
+
+        LLMBatchingConfig(max_batch_size=64, max_wait_ms=2.0)
+    """
+
+    enabled: bool = True
+    max_batch_size: _PositiveInt = 32
+    max_wait_ms: _NonNegativeFloat = 5.0
+    max_batch_tokens: _PositiveInt | None = None
+    adaptive: bool = False
+    target_latency_ms: _PositiveFloat | None = None
+
+
+class LLMCacheConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[llm.NAME.cache]``: the response cache (LRU with a TTL), by default for deterministic calls only::
+
+        LLMCacheConfig(max_entries=50_000, ttl_s=3600)
+    """
+
+    enabled: bool = True
+    max_entries: _PositiveInt = 10_000
+    ttl_s: _PositiveFloat = 300.0
+    deterministic_only: bool = True
+
+
+class LLMPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[llm.NAME.prices.MODEL]``: US dollars per million input (prompt) and output (completion) tokens."""
+
+    input_usd_per_mtok: _NonNegativeFloat = 0.0
+    output_usd_per_mtok: _NonNegativeFloat = 0.0
 
 
 class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[llm.NAME]``: one OpenAI-compatible provider reached through ``ctx.llm``; see docs/llm.md.
 
-    The API key is never read from the file: ``api_key_env`` names the environment variable that holds it.
+    The API key is never read from the file: ``api_key_env`` names the environment variable that holds it::
+
+        LLMConfig(base_url="http://127.0.0.1:8089/v1", default_model="mock", max_connections=32)
     """
 
     base_url: str
     api_key_env: str | None = None
+    api_style: Literal["openai", "azure"] = "openai"
+    api_version: str | None = None
+    default_model: str = DEFAULT_LLM_MODEL
+    max_connections: _PositiveInt = DEFAULT_LLM_MAX_CONNECTIONS
+    max_connections_per_host: _NonNegativeInt = 0
+    min_connections: _NonNegativeInt = 0
+    connection_timeout_s: _PositiveFloat = DEFAULT_LLM_CONNECTION_TIMEOUT_S
+    idle_timeout_s: _PositiveFloat = DEFAULT_LLM_IDLE_TIMEOUT_S
+    max_connection_lifetime_s: _PositiveFloat | None = None
+    request_timeout_s: _PositiveFloat = DEFAULT_LLM_REQUEST_TIMEOUT_S
+    max_response_bytes: _PositiveInt = DEFAULT_LLM_MAX_RESPONSE_BYTES
+    token_budget_per_workflow: _PositiveInt | None = None
+    retry: LLMRetryConfig = msgspec.field(default_factory=LLMRetryConfig)
+    breaker: LLMBreakerConfig = msgspec.field(default_factory=LLMBreakerConfig)
+    limits: LLMLimitsConfig = msgspec.field(default_factory=LLMLimitsConfig)
+    batching: LLMBatchingConfig = msgspec.field(default_factory=LLMBatchingConfig)
+    cache: LLMCacheConfig = msgspec.field(default_factory=LLMCacheConfig)
+    prices: dict[str, LLMPrice] = msgspec.field(default_factory=dict)
 
 
 
@@ -347,14 +544,6 @@ def _check_table(data: Any, struct: type[msgspec.Struct], path: tuple[str, ...],
                 if not isinstance(name, str):
                     raise reporter.bad_value(key_path, "names that are strings", name, "the defaults")
                 _check_table(item, get_args(inner)[1], (*key_path, name), reporter)
-        elif struct is BusConfig and key == "backend" and str(value).lower() == "kafka":
-            source, _ = reporter.source_for(key_path)
-            raise ConfigError(
-                f"{source}: key 'bus.backend' is {_show(value)}, but the Kafka bus is not part of this "
-                'version. Use "memory" instead.',
-                source=source,
-                key="bus.backend",
-            )
         else:
             try:
                 msgspec.convert(value, field.type)
@@ -446,6 +635,10 @@ def _expected(tp: Any) -> str:
         metas = [meta for meta in extra if isinstance(meta, msgspec.Meta)]
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(_show(choice) for choice in get_args(tp))
+    if get_origin(tp) is tuple:  # a TOML array: its length bounds, then what each item must be
+        sizes = next((m for m in metas if m.min_length is not None or m.max_length is not None), None)
+        count = f" of {sizes.min_length or 0} to {sizes.max_length} items" if sizes is not None else ""
+        return f"an array{count}, each {_expected(get_args(tp)[0])}"
     text = _TYPE_NAMES.get(tp, "a table")
     for meta in metas:
         if meta.ge is not None and meta.le is not None:
@@ -461,6 +654,8 @@ def _show(value: Any) -> str:
     """Render a value as it would be written in TOML, shortened."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):  # array fields hold tuples (frozen); show them as the TOML array they came from
+        value = list(value)
     text = repr(value)
     if isinstance(value, str):
         text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -12,6 +12,7 @@ from .events import DeadLetter, Event
 
 if TYPE_CHECKING:
     from .agents import AgentWorker
+    from .llm.hub import AgentLLM
 
 __all__ = ["AgentSpec", "Context", "Handler"]
 
@@ -35,6 +36,8 @@ class _Host(Protocol):
 
     def _reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None: ...
 
+    def _llm_for(self, agent: str, event: Event | None) -> AgentLLM: ...
+
 
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     """An agent as registered with ``@runner.agent`` (before config overrides are applied)."""
@@ -46,6 +49,7 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float | None = None
     retry: Any = None
     payload_type: Any = None
+    batch_size: int | None = None
 
 
 class Context(msgspec.Struct, gc=False):
@@ -76,6 +80,14 @@ class Context(msgspec.Struct, gc=False):
     @property
     def correlation_id(self) -> str | None:
         return self.event.correlation_id
+
+    @property
+    def llm(self) -> AgentLLM:
+        """The LLM providers of ``[llm.*]``; calls are attributed to this agent and this workflow::
+
+        reply = await ctx.llm.chat([{"role": "user", "content": "hi"}], model="gpt-4o-mini")
+        """
+        return self._worker._host._llm_for(self._worker.name, self.event)
 
     async def emit(
         self, topic: str, payload: Any, *, key: str | None = None, headers: dict[str, str] | None = None

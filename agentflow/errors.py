@@ -10,11 +10,25 @@ Every error agentflow raises on purpose derives from :class:`AgentflowError`; th
     │   ├── EventTooLargeError       encoded event over the size limit
     │   └── EventDecodeError         bytes that are not an event, or a payload of the wrong schema
     ├── BusError
-    │   └── BackpressureError        a bounded buffer is full and the caller asked not to wait
+    │   ├── BackpressureError        a bounded buffer is full and the caller asked not to wait
+    │   └── BusUnavailableError      brokers unreachable, or a delivery not confirmed in time
     ├── HandlerTimeoutError          an attempt ran past its timeout and was cancelled
     ├── WorkflowDepthError           a follow-up event would exceed ``max_workflow_depth``
     ├── RequestTimeoutError          ``runner.request`` got no result in time
-    └── DeadLetteredError            ``runner.request``'s event ended in the dead-letter queue
+    ├── DeadLetteredError            ``runner.request``'s event ended in the dead-letter queue
+    ├── CircuitOpenError             a circuit breaker refused the call; ``retry_after_s`` says when to retry
+    ├── RateLimitError
+    │   ├── RateLimitQueueFullError  ``max_queue`` callers already wait for the rate limiter
+    │   └── RateLimitTooLargeError   one call needs more than the limit allows per period (also a ValueError)
+    ├── BatchError                   a micro-batch's dispatch returned the wrong number of results
+    │   └── BatchItemTooLargeError   one item is over ``max_batch_tokens`` (also a ValueError)
+    └── LLMError                     a call through ``ctx.llm`` failed; ``provider`` and ``model`` say where
+        ├── LLMTimeoutError          no (complete) answer within the deadline shared by all attempts
+        ├── LLMRateLimitedError      HTTP 429; ``retry_after_s`` is the provider's Retry-After
+        ├── LLMUnavailableError      5xx, connection refused or reset
+        ├── LLMBadRequestError       4xx other than 401/403/429: the request itself is wrong
+        ├── LLMAuthError             401/403: a missing or wrong API key
+        └── TokenBudgetExceededError the workflow used up its token budget
 
 Handler outcomes are small control-flow exceptions, not errors: :class:`Retry` (try again, optionally after
 a delay), :class:`Skip` (acknowledge without handling) and :class:`Reject` (dead-letter now, no retries).
@@ -25,18 +39,32 @@ from __future__ import annotations
 __all__ = [
     "AgentflowError",
     "BackpressureError",
+    "BatchError",
+    "BatchItemTooLargeError",
     "BusError",
+    "BusUnavailableError",
+    "CircuitOpenError",
     "ConfigError",
     "DeadLetteredError",
     "EventDecodeError",
     "EventError",
     "EventTooLargeError",
     "HandlerTimeoutError",
+    "LLMAuthError",
+    "LLMBadRequestError",
+    "LLMError",
+    "LLMRateLimitedError",
+    "LLMTimeoutError",
+    "LLMUnavailableError",
     "LifecycleError",
+    "RateLimitError",
+    "RateLimitQueueFullError",
+    "RateLimitTooLargeError",
     "Reject",
     "RequestTimeoutError",
     "Retry",
     "Skip",
+    "TokenBudgetExceededError",
     "WorkflowDepthError",
 ]
 
@@ -81,6 +109,10 @@ class BackpressureError(BusError):
     """A bounded buffer is full and the caller asked not to wait."""
 
 
+class BusUnavailableError(BusError):
+    """The brokers could not be reached, or did not confirm a delivery in time; nothing was lost silently."""
+
+
 class HandlerTimeoutError(AgentflowError):
     """A handler attempt ran past its timeout and was cancelled."""
 
@@ -99,6 +131,110 @@ class DeadLetteredError(AgentflowError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class LLMError(AgentflowError):
+    """A call to an LLM provider failed; ``provider``, ``model`` and ``status`` (HTTP, when known) say where.
+
+    ``retriable`` tells the client's retry loop (and the breaker) whether trying again can help.
+    """
+
+    retriable = False
+
+    def __init__(
+        self, message: str, *, provider: str = "", model: str = "", status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.model = model
+        self.status = status
+
+
+class LLMTimeoutError(LLMError):
+    """No complete answer within the request timeout or the deadline shared by all attempts."""
+
+    retriable = True
+
+
+class LLMRateLimitedError(LLMError):
+    """HTTP 429 from the provider; ``retry_after_s`` is its Retry-After (None when it sent none)."""
+
+    retriable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        model: str = "",
+        status: int | None = 429,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, model=model, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class LLMUnavailableError(LLMError):
+    """HTTP 5xx, or the connection was refused, reset or closed mid-answer."""
+
+    retriable = True
+
+
+class LLMBadRequestError(LLMError):
+    """HTTP 4xx other than 401, 403 and 429, or an answer that is not valid: the request must change."""
+
+
+class LLMAuthError(LLMError):
+    """HTTP 401 or 403: the API key is missing, wrong or lacks access."""
+
+
+class TokenBudgetExceededError(LLMError):
+    """The workflow (correlation id) has used its token budget; further LLM calls in it are refused."""
+
+    def __init__(self, message: str, *, workflow: str, used: int, budget: int) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.used = used
+        self.budget = budget
+
+
+class CircuitOpenError(AgentflowError):
+    """A circuit breaker refused a call: ``name`` is the breaker, ``state`` its state (``"open"``,
+    ``"half_open"`` with every probe permit taken, ``"forced_open"``), ``retry_after_s`` the seconds until it
+    lets a probe through (None when unknown, e.g. forced open).
+
+    ``after_s`` mirrors ``retry_after_s`` so an agent's retry policy waits exactly that long, as for ``Retry``.
+    """
+
+    def __init__(self, message: str, *, name: str, state: str, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.state = state
+        self.retry_after_s = retry_after_s
+
+    @property
+    def after_s(self) -> float | None:
+        return self.retry_after_s
+
+
+class RateLimitError(AgentflowError):
+    """A rate limiter refused a call instead of queueing it."""
+
+
+class RateLimitQueueFullError(RateLimitError):
+    """``max_queue`` callers already wait for this rate limiter; the call was not queued."""
+
+
+class RateLimitTooLargeError(RateLimitError, ValueError):
+    """One call asks for more tokens than the token limit allows per period, so it could never run."""
+
+
+class BatchError(AgentflowError):
+    """A micro-batch failed as a whole for a reason of the batcher's own (not the dispatch's exception)."""
+
+
+class BatchItemTooLargeError(BatchError, ValueError):
+    """One item's tokens are over the batcher's ``max_batch_tokens``, so no batch could hold it."""
 
 
 class Retry(Exception):  # noqa: N818 - a control-flow outcome, named for what the handler asks

@@ -11,6 +11,7 @@ topics beyond ``max_topic_labels`` are counted under ``topic="_other"``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
@@ -53,6 +54,15 @@ class Pow2Histogram:
         self.counts[int(value_s * 1_000_000).bit_length()] += 1
         self.sum += value_s
 
+    def observe_many(self, value_s: float, n: int) -> None:
+        """Observe the same value ``n`` times (events of one batch that waited equally long)."""
+        if value_s < 0.0:
+            value_s = 0.0
+        elif value_s > MAX_OBSERVED_S or value_s != value_s:
+            value_s = MAX_OBSERVED_S
+        self.counts[int(value_s * 1_000_000).bit_length()] += n
+        self.sum += value_s * n
+
     @property
     def count(self) -> int:
         return sum(self.counts)
@@ -93,6 +103,80 @@ class AgentMetrics:
         return sum(n for reason, n in self.dead_lettered.items() if reason != "depth_exceeded")
 
 
+#: Circuit breaker states, in the order the state gauge renders them (values of ``BreakerState``).
+BREAKER_STATES: Final = ("closed", "open", "half_open", "forced_open", "disabled")
+#: Batch-size histogram bounds: 1, 2, 4 … 4096 items; fill-ratio bounds: 0.1, 0.2 … 1.0.
+_SIZE_BOUNDS: Final = tuple(2**i for i in range(13))
+_FILL_BOUNDS: Final = tuple(i / 10 for i in range(1, 11))
+
+
+class BreakerMetrics:
+    """One circuit breaker's state and counts, written by the breaker on each call and transition."""
+
+    __slots__ = ("calls", "name", "slow", "state", "transitions")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state = "closed"
+        self.calls = {"success": 0, "failure": 0, "ignored": 0, "rejected": 0, "cancelled": 0}
+        self.slow = 0
+        self.transitions: dict[tuple[str, str], int] = {}
+
+
+class LimiterMetrics:
+    """One rate limiter's queue depth, waits (``wait.count`` is the grants) and refusals."""
+
+    __slots__ = ("name", "queued", "rejected", "wait")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queued = 0
+        self.rejected = 0
+        self.wait = Pow2Histogram()
+
+
+class BudgetMetrics:
+    """One retry budget's allowed and refused retries."""
+
+    __slots__ = ("exhausted", "name", "retries")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.retries = 0
+        self.exhausted = 0
+
+
+class BatcherMetrics:
+    """One micro-batcher's batch sizes, fill ratios and queue waits."""
+
+    __slots__ = ("fill", "fill_sum", "name", "queue_wait", "size_sum", "sizes")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sizes = [0] * (len(_SIZE_BOUNDS) + 1)
+        self.size_sum = 0
+        self.fill = [0] * len(_FILL_BOUNDS)
+        self.fill_sum = 0.0
+        self.queue_wait = Pow2Histogram()
+
+    def observe_batch(self, size: int, fill: float) -> None:
+        self.sizes[min(len(_SIZE_BOUNDS), (size - 1).bit_length())] += 1
+        self.size_sum += size
+        fill = min(1.0, max(0.0, fill))
+        self.fill[min(9, max(0, math.ceil(round(fill * 10, 9)) - 1))] += 1
+        self.fill_sum += fill
+
+
+def _cumulative(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    acc = 0
+    for bound, n in zip(bounds, counts, strict=False):
+        acc += n
+        out.append((repr(float(bound)), float(acc)))
+    out.append(("+Inf", float(sum(counts))))
+    return out
+
+
 class Metrics(Collector):
     """The runner's metrics, registered in ``registry`` (a fresh one by default, never the global one).
 
@@ -110,6 +194,11 @@ class Metrics(Collector):
         self._emitted: dict[str, int] = {}
         self._max_topics = max_topic_labels
         self._gauges: list[Callable[[], Iterable[GaugeSample]]] = []
+        self._breakers: dict[str, BreakerMetrics] = {}
+        self._limiters: dict[str, LimiterMetrics] = {}
+        self._budgets: dict[str, BudgetMetrics] = {}
+        self._batchers: dict[str, BatcherMetrics] = {}
+        self._families: list[Callable[[], Iterable[Metric]]] = []
         self.registry.register(self)
 
     def agent(self, name: str) -> AgentMetrics:
@@ -117,6 +206,20 @@ class Metrics(Collector):
         if m is None:
             m = self._agents[name] = AgentMetrics(name)
         return m
+
+    # One record per name: a breaker, limiter, budget or batcher made again under the same name (a new client
+    # for the same provider/model) continues its series instead of adding one. Names come from code and config.
+    def breaker(self, name: str) -> BreakerMetrics:
+        return self._breakers.setdefault(name, BreakerMetrics(name))
+
+    def rate_limiter(self, name: str) -> LimiterMetrics:
+        return self._limiters.setdefault(name, LimiterMetrics(name))
+
+    def retry_budget(self, name: str) -> BudgetMetrics:
+        return self._budgets.setdefault(name, BudgetMetrics(name))
+
+    def batcher(self, name: str) -> BatcherMetrics:
+        return self._batchers.setdefault(name, BatcherMetrics(name))
 
     def emitted(self, topic: str, n: int = 1) -> None:
         e = self._emitted
@@ -133,6 +236,10 @@ class Metrics(Collector):
     def add_gauges(self, source: Callable[[], Iterable[GaugeSample]]) -> None:
         """Register a callable that yields gauge samples at scrape time (in-flight work, buffer depth)."""
         self._gauges.append(source)
+
+    def add_families(self, source: Callable[[], Iterable[Metric]]) -> None:
+        """Register a callable that yields whole metric families at scrape time (the LLM layer's)."""
+        self._families.append(source)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -181,6 +288,7 @@ class Metrics(Collector):
             duration.add_metric([name], a.duration.cumulative_buckets(), a.duration.sum)
             wait.add_metric([name], a.queue_wait.cumulative_buckets(), a.queue_wait.sum)
         yield from (handled, failures, retries, dead, duration, wait)
+        yield from self._resilience_families()
         families: dict[str, GaugeMetricFamily] = {}
         for source in self._gauges:
             for name, help_, labels, values, value in source():
@@ -189,3 +297,73 @@ class Metrics(Collector):
                     fam = families[name] = GaugeMetricFamily(name, help_, labels=list(labels))
                 fam.add_metric(list(values), value)
         yield from families.values()
+        for family_source in self._families:
+            yield from family_source()
+
+    def _resilience_families(self) -> Iterator[Metric]:
+        # A family is rendered only once something of its kind exists, like the per-agent families.
+        if self._breakers:
+            state = GaugeMetricFamily(
+                "agentflow_breaker_state",
+                "Circuit breaker state: 1 for the current state.",
+                labels=["breaker", "state"],
+            )
+            trans = CounterMetricFamily(
+                "agentflow_breaker_transitions", "Circuit breaker state changes.", labels=["breaker", "from", "to"]
+            )
+            calls = CounterMetricFamily(
+                "agentflow_breaker_calls", "Calls through a circuit breaker, by outcome.", labels=["breaker", "outcome"]
+            )
+            slow = CounterMetricFamily(
+                "agentflow_breaker_slow_calls", "Calls slower than slow_call_duration_s.", labels=["breaker"]
+            )
+            for name, b in sorted(self._breakers.items()):
+                for st in BREAKER_STATES:
+                    state.add_metric([name, st], 1.0 if b.state == st else 0.0)
+                for (src, dst), n in sorted(b.transitions.items()):
+                    trans.add_metric([name, src, dst], n)
+                for outcome, n in b.calls.items():
+                    calls.add_metric([name, outcome], n)
+                slow.add_metric([name], b.slow)
+            yield from (state, trans, calls, slow)
+        if self._limiters:
+            queued = GaugeMetricFamily(
+                "agentflow_rate_limit_queued", "Callers waiting for a rate limiter now.", labels=["limiter"]
+            )
+            lwait = HistogramMetricFamily(
+                "agentflow_rate_limit_wait_seconds", "Time from acquire to grant, per grant.", labels=["limiter"]
+            )
+            refused = CounterMetricFamily(
+                "agentflow_rate_limit_rejected", "Callers refused because the queue was full.", labels=["limiter"]
+            )
+            for name, lim in sorted(self._limiters.items()):
+                queued.add_metric([name], lim.queued)
+                lwait.add_metric([name], lim.wait.cumulative_buckets(), lim.wait.sum)
+                refused.add_metric([name], lim.rejected)
+            yield from (queued, lwait, refused)
+        if self._budgets:
+            spent = CounterMetricFamily(
+                "agentflow_retry_budget_retries", "Retries a retry budget allowed.", labels=["budget"]
+            )
+            exhausted = CounterMetricFamily(
+                "agentflow_retry_budget_exhausted", "Retries a retry budget refused.", labels=["budget"]
+            )
+            for name, bud in sorted(self._budgets.items()):
+                spent.add_metric([name], bud.retries)
+                exhausted.add_metric([name], bud.exhausted)
+            yield from (spent, exhausted)
+        if self._batchers:
+            size = HistogramMetricFamily("agentflow_batch_size", "Items per dispatched batch.", labels=["batcher"])
+            fill = HistogramMetricFamily(
+                "agentflow_batch_fill_ratio",
+                "How full each batch was against its size or token limit.",
+                labels=["batcher"],
+            )
+            bwait = HistogramMetricFamily(
+                "agentflow_batch_queue_wait_seconds", "Time from submit to dispatch, per item.", labels=["batcher"]
+            )
+            for name, bat in sorted(self._batchers.items()):
+                size.add_metric([name], _cumulative(bat.sizes, _SIZE_BOUNDS), float(bat.size_sum))
+                fill.add_metric([name], _cumulative(bat.fill, _FILL_BOUNDS), bat.fill_sum)
+                bwait.add_metric([name], bat.queue_wait.cumulative_buckets(), bat.queue_wait.sum)
+            yield from (size, fill, bwait)

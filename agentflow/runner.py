@@ -11,27 +11,34 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import operator
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .agents import AgentWorker
+from .batch_agent import BatchAgentWorker
+from .bus import create_bus
 from .bus.base import Bus
-from .bus.memory import MemoryBus
 from .config import Config, RetryConfig, RetryOverride, load_config
 from .context import AgentSpec, Handler
 from .dlq import DeadLetters
-from .errors import DeadLetteredError, LifecycleError, RequestTimeoutError
+from .errors import DeadLetteredError, HandlerTimeoutError, LifecycleError, Reject, RequestTimeoutError, Skip
 from .events import _ID_PREFIX, DeadLetter, Event, EventCodec, RawEvent, _id_counter, make_events, new_event_id
 from .metrics import GaugeSample, Metrics
 from .pool import WorkerPool
+from .resilience.breaker import BreakerConfig, CircuitBreaker
 from .resilience.retry import RetryPolicy
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
+
+if TYPE_CHECKING:
+    from .llm.hub import AgentLLM, LLMHub
 
 __all__ = ["Runner"]
 
 logger = logging.getLogger(__name__)
+_id_of = operator.attrgetter("id")
 
 H = TypeVar("H", bound=Handler)
 
@@ -61,11 +68,7 @@ class Runner:
         self.config = config if isinstance(config, Config) else load_config(config)
         rc = self.config.runner
         self._owns_bus = bus is None
-        self.bus: Bus = bus or MemoryBus(
-            partitions=self.config.bus.partitions,
-            buffer_size=rc.event_buffer_size,
-            dlq_max_entries=self.config.dlq.max_entries,
-        )
+        self.bus: Bus = bus or create_bus(self.config)
         self.metrics = metrics or Metrics()
         self._emitted = self.metrics._emitted  # the emit hot path bumps known topics inline
         self.codec = EventCodec(rc.max_event_bytes)
@@ -75,6 +78,7 @@ class Runner:
         self._specs: dict[str, AgentSpec] = {}
         self._agents: list[AgentWorker] = []
         self._replies: dict[str, asyncio.Future[Any]] = {}
+        self._reply_sends: set[asyncio.Task[None]] = set()
         self._inbox = f"inbox:{new_event_id()}"
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -82,6 +86,12 @@ class Runner:
         self._closing: asyncio.Future[None] | None = None
         self._shutdown: ShutdownReport | None = None
         self._service: Any = None
+        #: The LLM providers of ``[llm.*]`` (None when there are none); opened in start, closed in aclose.
+        self.llm: LLMHub | None = None
+        if self.config.llm:
+            from .llm.hub import LLMHub  # aiohttp's client is imported only when a provider is configured
+
+            self.llm = LLMHub(self.config.llm, metrics=self.metrics)
         self.metrics.add_gauges(self._gauges)
         self.pool.usage = self._pool_usage
 
@@ -96,12 +106,22 @@ class Runner:
         timeout_s: float | None = None,
         retry: RetryConfig | RetryOverride | None = None,
         payload: Any = None,
+        batch_size: int | None = None,
+        breaker: CircuitBreaker | BreakerConfig | None = None,
     ) -> Callable[[H], H]:
         """Register ``async def handler(event, ctx)`` for ``topic``; its return value answers ``request``.
 
         ``payload`` declares the payload type (a msgspec Struct, say); payloads are converted to it, and
         ones that do not fit go to the dead-letter queue with reason ``wrong_schema``. ``[agents.NAME]`` in
         the config overrides ``concurrency``, ``timeout_s`` and ``retry`` given here.
+
+        ``breaker`` (a :class:`~agentflow.resilience.CircuitBreaker`, or a ``BreakerConfig`` for one named after
+        the agent) runs the handler inside a circuit breaker; while it is open, attempts fail with
+        ``CircuitOpenError`` and are retried after its ``retry_after_s`` (docs/resilience.md).
+
+        ``batch_size`` makes a batch agent: ``async def handler(events, ctx)`` gets a list of up to that many
+        events already delivered (it never waits to fill one) and a
+        :class:`~agentflow.batch_agent.BatchContext`; see :mod:`agentflow.batch_agent`.
         """
         if self._state is not RunnerState.CREATED:
             raise LifecycleError("Register agents before starting the Runner; it is already running.")
@@ -109,6 +129,8 @@ class Runner:
             raise ValueError("concurrency must be at least 1.")
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError("timeout_s must be greater than 0.")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError("batch_size must be at least 1.")
 
         def register(handler: H) -> H:
             if not inspect.iscoroutinefunction(cast(Any, handler)):
@@ -121,11 +143,12 @@ class Runner:
             self._specs[agent_name] = AgentSpec(
                 name=agent_name,
                 topic=topic,
-                handler=handler,
+                handler=handler if breaker is None else self._guarded(agent_name, handler, breaker),
                 concurrency=concurrency,
                 timeout_s=timeout_s,
                 retry=retry,
                 payload_type=payload,
+                batch_size=batch_size,
             )
             return handler
 
@@ -173,6 +196,8 @@ class Runner:
         self._stack = contextlib.AsyncExitStack()
         self._closing = asyncio.get_running_loop().create_future()
         await self.bus.start()
+        if self.llm is not None:
+            await self.llm.start()
         n = max(1, len(self._specs))
         for spec in self._specs.values():
             over = cfg.agent(spec.name)
@@ -187,8 +212,13 @@ class Runner:
             max_inflight = max(1, cfg.runner.max_concurrent_events // n)
             concurrency = min(over.concurrency or spec.concurrency or cfg.runner.worker_pool_size, max_inflight)
             sub = await self.bus.subscribe(spec.topic, spec.name)
+            kind: Any = AgentWorker
+            extra: dict[str, Any] = {}
+            if spec.batch_size is not None:
+                kind, extra = BatchAgentWorker, {"batch_size": spec.batch_size}
             self._agents.append(
-                AgentWorker(
+                kind(
+                    **extra,
                     name=spec.name,
                     handler=spec.handler,
                     sub=sub,
@@ -222,6 +252,11 @@ class Runner:
         """(host, port) of the metrics/health server when it runs."""
         return None if self._service is None else self._service.address
 
+    @property
+    def service(self) -> Any:
+        """The running HTTP server (:class:`agentflow.service.Service`), or None when monitoring is off."""
+        return self._service
+
     async def aclose(self) -> None:
         """Shut down gracefully (see the module docstring); idempotent and safe to call concurrently."""
         if self._state is RunnerState.CLOSED:
@@ -253,11 +288,15 @@ class Runner:
                 await a._sub.aclose()
             if self._service is not None:
                 await self._service.aclose()
+            if self.llm is not None:
+                await self.llm.aclose()
             if self._tg is not None:
                 for task in list(self._tg._tasks):  # only the watchdog is left
                     task.cancel()
             if self._stack is not None:
                 await self._stack.aclose()
+            if self._reply_sends:
+                await asyncio.gather(*self._reply_sends, return_exceptions=True)
             if self._owns_bus:
                 await self.bus.aclose()
             returned = sum(a.returned for a in self._agents)
@@ -370,7 +409,7 @@ class Runner:
         if not self.bus.offer(topic, events):
             await self._publish_blocking(topic, events)
         self.metrics.emitted(topic, len(events))
-        return [e.id for e in events]
+        return list(map(_id_of, events))
 
     async def emit_encoded(self, topic: str, data: bytes, *, key: str | None = None) -> None:
         """Emit an event as bytes (as HTTP ingest or Kafka producers do); bad bytes end in the DLQ."""
@@ -449,8 +488,50 @@ class Runner:
 
     # ---- host hooks used by agents ---------------------------------------------------------------------
 
+    def _guarded(self, agent: str, handler: Any, breaker: CircuitBreaker | BreakerConfig) -> Any:
+        """``handler`` run inside a circuit breaker (``@runner.agent(..., breaker=...)``).
+
+        While the breaker is open an attempt fails at once with CircuitOpenError, whose ``after_s`` (the
+        breaker's retry_after_s) the agent's retry policy waits: the event is retried, never dropped. A timeout
+        counts as a failure; a shutdown cancellation gives the permit back uncounted.
+        """
+        cb = breaker if isinstance(breaker, CircuitBreaker) else CircuitBreaker(agent, breaker, metrics=self.metrics)
+        slots = self.pool._slots
+
+        async def guarded(*args: Any) -> Any:
+            permit = cb.acquire()
+            try:
+                result = await handler(*args)
+            except (Skip, Reject):
+                permit.success()  # the handler answered: the event was the problem, not what it depends on
+                raise
+            except Exception as exc:
+                permit.failure(exc)
+                raise
+            except BaseException:
+                task = asyncio.current_task()
+                if any(s.task is task and s.timed_out for s in slots):  # the watchdog's timeout
+                    permit.failure(HandlerTimeoutError(f"Agent {agent!r} ran past its timeout."))
+                else:
+                    permit.cancel()
+                raise
+            permit.success()
+            return result
+
+        guarded.__name__ = getattr(handler, "__name__", agent)
+        return guarded
+
+    def _llm_for(self, agent: str, event: Event | None) -> AgentLLM:
+        if self.llm is None:
+            raise LifecycleError(
+                "ctx.llm needs an LLM provider: add an [llm.NAME] table with base_url to the config (docs/llm.md)."
+            )
+        return self.llm.for_agent(agent, None if event is None else event.correlation_id)
+
     def _reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None:
         if event.reply_to != self._inbox:
+            if event.reply_to is not None and not event.reply_to.startswith("inbox:"):
+                self._send_reply(event, result, dead)  # a Producer.request from another process
             return
         fut = self._replies.get(event.id)
         if fut is None or fut.done():
@@ -465,6 +546,36 @@ class Runner:
                     reason=dead.reason,
                 )
             )
+
+    def _send_reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None:
+        from .errors import EventError
+        from .producer import reply_event
+
+        async def send() -> None:
+            reply = reply_event(event, result, dead)
+            try:
+                await self.bus.publish(reply.topic, [reply], follow_up=True)
+            except EventError as exc:  # a result that cannot be encoded: tell the requester why
+                dead_reply = DeadLetter(
+                    id=event.id,
+                    topic=event.topic,
+                    agent=None,
+                    reason="rejected",
+                    error_type=type(exc).__name__,
+                    error=str(exc),
+                    attempts=event.attempt,
+                    failed_at=time.time(),
+                )
+                await self.bus.publish(reply.topic, [reply_event(event, None, dead_reply)], follow_up=True)
+
+        task = asyncio.get_running_loop().create_task(send(), name="agentflow-reply")
+        self._reply_sends.add(task)
+        task.add_done_callback(self._reply_sent)
+
+    def _reply_sent(self, task: asyncio.Task[None]) -> None:
+        self._reply_sends.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Could not send the result of a request to its reply topic: %s", task.exception())
 
     async def _emit_follow_up(
         self,

@@ -1,4 +1,5 @@
-"""The runner's HTTP server: ``/metrics`` (Prometheus text), ``/healthz`` (alive) and ``/readyz`` (running).
+"""The runner's HTTP server: ``/metrics`` (Prometheus text), ``/healthz`` (alive), ``/readyz`` (ready for work),
+and with ``[monitoring] ingest_enabled`` the ingest and dead-letter endpoints of :mod:`agentflow._ingest`.
 
 Binds 127.0.0.1 unless configured otherwise (``[monitoring] host``). Started by the runner when
 ``monitoring.metrics_enabled`` is true; imported only then, so a runner without it never loads aiohttp.web.
@@ -6,19 +7,27 @@ Binds 127.0.0.1 unless configured otherwise (``[monitoring] host``). Started by 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from ._ingest import Ingest
 
 if TYPE_CHECKING:
     from .runner import Runner
 
 __all__ = ["Service"]
 
+_SMALL_BODY = 64 * 1024  # what /metrics and the probes need; ingest raises it to monitoring.max_body_bytes
+
 
 class Service:
-    """An aiohttp server bound to ``host:port`` (port 0 picks a free one; see ``address``)."""
+    """An aiohttp server bound to ``host:port`` (port 0 picks a free one; see ``address``).
+
+    ``draining`` (set by ``agentcli run`` on SIGTERM) makes ``/readyz`` and ingest answer 503, so a load
+    balancer stops sending work before the runner closes.
+    """
 
     def __init__(self, runner: Runner, *, host: str = "127.0.0.1", port: int = 9464) -> None:
         self._runner = runner
@@ -26,12 +35,35 @@ class Service:
         self._port = port
         self._app_runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
+        mon = runner.config.monitoring
+        # Built here, not in start(): a missing token must fail the runner's start before anything listens.
+        self.ingest: Ingest | None = Ingest(runner, mon) if mon.ingest_enabled else None
+        self._draining = False
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        if self.ingest is not None:
+            self.ingest.draining = value
+
+    def __repr__(self) -> str:
+        ingest = "off" if self.ingest is None else f"accepted={self.ingest.accepted}"
+        return f"<Service address={self.address} draining={self._draining} ingest={ingest}>"
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024)
+        max_body = _SMALL_BODY
+        if self.ingest is not None:
+            max_body = max(max_body, self._runner.config.monitoring.max_body_bytes)
+        app = web.Application(client_max_size=max_body)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self.ingest is not None:
+            self.ingest.add_routes(app)
         self._app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._app_runner.setup()
         site = web.TCPSite(self._app_runner, self._host, self._port, reuse_address=True)
@@ -55,5 +87,15 @@ class Service:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         state = self._runner.state.value
+        body: dict[str, Any] = {"state": state}
         ready = state == "running"
-        return web.json_response({"ready": ready, "state": state}, status=200 if ready else 503)
+        if self._draining:
+            body["draining"] = True
+            ready = False
+        # A bus that knows more (the Kafka bus: connected, partitions assigned) says so through `ready`.
+        bus_ready = getattr(self._runner.bus, "ready", None)
+        if isinstance(bus_ready, bool):
+            body["bus_ready"] = bus_ready
+            ready = ready and bus_ready
+        body["ready"] = ready
+        return web.json_response(body, status=200 if ready else 503)

@@ -28,8 +28,28 @@ from typing import Any, NamedTuple
 import msgspec
 
 from agentflow import Event, new_event_id
+from agentflow.llm.mock import Faults, LatencyModel, MockLLMServer
 
-__all__ = ["Emitted", "EventRecorder", "HandlerResult", "RecordingContext", "make_event", "run_handler"]
+#: An in-process OpenAI-compatible server for tests of agents that use ``ctx.llm``; point
+#: ``[llm.NAME] base_url`` at ``server.url``::
+#:
+#:     async with MockLLM(latency=LatencyModel(base_ms=5), faults=Faults(error_rate=0.1)) as server:
+#:         runner = Runner(config_from_dict({"llm": {"mock": {"base_url": server.url, "default_model": "m"}}}))
+#:         ...
+#:         assert server.stats().requests == 10
+MockLLM = MockLLMServer
+
+__all__ = [
+    "Emitted",
+    "EventRecorder",
+    "Faults",
+    "HandlerResult",
+    "LatencyModel",
+    "MockLLM",
+    "RecordingContext",
+    "make_event",
+    "run_handler",
+]
 
 
 def make_event(

@@ -1,10 +1,10 @@
 """Shared fixtures: bus and runner factories that close what they create, and a polling helper.
 
 ``bus_factory`` is parametrised by backend so the bus contract suite (``test_bus_contract.py``) runs once per
-backend. Today only the memory bus exists; a Kafka bus becomes one more entry in ``BUS_BACKENDS`` and one more
-branch in ``_new_bus`` — the tests themselves do not change. The contract tests reuse short topic and group
-names ("t", "g"), so a broker-backed factory must isolate tests itself, for example by giving each bus it
-creates a unique topic/group prefix.
+backend: the memory bus, and the Kafka bus against a real Tansu broker started once per session
+(``kafka_broker``, tests/kafka_broker.py). The contract tests reuse short topic and group names ("t", "g"), so
+the Kafka factory gives each bus it creates a unique topic/group prefix. ``MEMORY_ONLY_CONTRACT`` lists the
+contract tests that describe memory-bus-only semantics (docs/kafka.md explains each).
 """
 
 from __future__ import annotations
@@ -12,14 +12,41 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
 
+import msgspec
 import pytest
+from kafka_broker import TansuBroker, kafka_settings
 
 from agentflow import Bus, MemoryBus, Metrics, Runner, config_from_dict
 
-BUS_BACKENDS = ["memory"]
+BUS_BACKENDS = ["memory", "kafka"]
+
+# Contract tests that state the memory bus's own semantics and have no Kafka equivalent; docs/kafka.md
+# ("Differences from the memory bus") explains each. They run on the memory bus only — not skipped on Kafka,
+# never generated for it. tests/test_kafka_bus.py covers the Kafka side of the same behaviour.
+MEMORY_ONLY_CONTRACT = {
+    # A Kafka topic is a durable log, not a per-group buffer: publishers wait for the brokers' confirmation,
+    # never for consumers, so there is no buffer to fill, no FIFO of waiting publishers and nothing "unrouted".
+    "test_publish_nowait_raises_when_full_and_publishes_nothing",
+    "test_publish_nowait_never_takes_a_buffer_past_its_size",
+    "test_publish_of_a_batch_never_takes_a_buffer_past_its_size",
+    "test_publish_waits_for_room_then_completes",
+    "test_waiting_publishers_are_served_fifo",
+    "test_cancelled_waiting_publisher_does_not_strand_the_others",
+    "test_publisher_cancelled_just_after_its_turn_came_passes_the_turn_on",
+    "test_a_full_topic_does_not_hold_up_another_topic",
+    "test_closing_the_bus_releases_waiting_publishers_and_subscribers",
+    "test_publish_to_topic_without_groups_counts_unrouted",
+    # Counts events buffered per group right after publish: a Kafka topic has no per-group buffer.
+    "test_statistics_follow_take_ack_requeue",
+    # Groups in other processes are invisible: subscriber_count is None (unknowable) instead of 0.
+    "test_subscriber_count_counts_groups",
+    # Retention of the .dlq topics is the brokers' (retention.ms / retention.bytes), not an in-process bound.
+    "test_dead_letters_are_bounded_and_evictions_counted",
+}
 
 
 @pytest.hookimpl(wrapper=True)
@@ -52,19 +79,46 @@ class RunnerFactory(Protocol):
 Eventually = Callable[..., Awaitable[None]]
 
 
-def _new_bus(backend: str, *, partitions: int, buffer_size: int, dlq_max_entries: int) -> Bus:
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "bus_factory" in metafunc.fixturenames:
+        name = metafunc.function.__name__
+        backends = [b for b in BUS_BACKENDS if b == "memory" or name not in MEMORY_ONLY_CONTRACT]
+        metafunc.parametrize("bus_factory", backends, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[TansuBroker]:
+    """One Tansu broker for the whole session (~0.1 s to start); a missing binary fails, never skips."""
+    with TansuBroker() as broker:
+        yield broker
+
+
+def _new_bus(
+    request: pytest.FixtureRequest, backend: str, *, partitions: int, buffer_size: int, dlq_max_entries: int
+) -> Bus:
     if backend == "memory":
         return MemoryBus(partitions=partitions, buffer_size=buffer_size, dlq_max_entries=dlq_max_entries)
+    if backend == "kafka":
+        from agentflow.bus.kafka import KafkaBus
+        from agentflow.config import KafkaConfig
+
+        broker: TansuBroker = request.getfixturevalue("kafka_broker")
+        # Every bus gets its own topic and group prefix: the contract tests reuse the names "t" and "g".
+        prefix = f"{uuid.uuid4().hex[:10]}."
+        settings = kafka_settings(broker.bootstrap, prefix=prefix)
+        return KafkaBus(msgspec.convert(settings, KafkaConfig), partitions=partitions, buffer_size=buffer_size)
     raise AssertionError(f"no factory for bus backend {backend!r}")
 
 
-@pytest.fixture(params=BUS_BACKENDS)
+@pytest.fixture
 async def bus_factory(request: pytest.FixtureRequest) -> AsyncIterator[BusFactory]:
     backend: str = request.param
     created: list[Bus] = []
 
     async def make(*, partitions: int = 4, buffer_size: int = 100, dlq_max_entries: int = 1000) -> Bus:
-        bus = _new_bus(backend, partitions=partitions, buffer_size=buffer_size, dlq_max_entries=dlq_max_entries)
+        bus = _new_bus(
+            request, backend, partitions=partitions, buffer_size=buffer_size, dlq_max_entries=dlq_max_entries
+        )
         created.append(bus)
         await bus.start()
         return bus

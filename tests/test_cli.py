@@ -130,6 +130,23 @@ def test_repeat_alternates_and_keeps_every_run(tmp_path: Path) -> None:
     assert "best of 2" in data["order"]
 
 
+@pytest.mark.parametrize("agent_batch", [None, "1", "64"])
+def test_batch_size_feeds_a_batch_agent_unless_told_otherwise(tmp_path: Path, agent_batch: str | None) -> None:
+    extra = [] if agent_batch is None else ["--agent-batch-size", agent_batch]
+    data = report(tmp_path, "--mode", "throughput", "--batch-size", "256", "--requests", "3000", *extra)
+    assert_consistent(data, 3000)
+    assert data["latency_ms"]["count"] == 3000  # every event's latency recorded, batched or not
+    out = bench("--mode", "throughput", "--batch-size", "256", "--requests", "1000", *extra).output
+    assert ("batch agent" in out) == (agent_batch != "1")
+
+
+def test_bare_command_also_runs_agents_against_the_mock_llm() -> None:
+    out = bench("--requests", "1000").output
+    assert "llm-chat" in out and "LLM cost summary" in out
+    assert "llm-chat" not in bench("--scenario", "noop", "--requests", "1000").output
+    assert "llm-chat" not in bench("--mode", "throughput", "--requests", "1000").output
+
+
 def test_the_summary_table_is_printed() -> None:
     out = bench("--requests", "1000", "--compare-raw").output
     for text in ("completed", "errors", "throughput", "latency p99", "peak RSS", "CPU time", "agentflow/raw"):
@@ -201,6 +218,8 @@ def test_app_runner_instance_cannot_take_config(tmp_path: Path) -> None:
         (["--mode", "latency", "--payload", "{}"], "drop --payload"),
         (["--app", "agentcli_app:make_runner", "--compare-raw", "--agent", "echo"], "raw baseline"),
         (["--json", "/no/such/dir/report.json"], "does not exist"),
+        (["--agent-batch-size", "0"], "--agent-batch-size"),
+        (["--app", "agentcli_app:make_runner", "--agent", "echo", "--agent-batch-size", "4"], "shapes the"),
     ],
 )
 def test_bad_flags_print_usage_and_exit_2(args: list[str], expected: str) -> None:

@@ -353,7 +353,7 @@ def test_out_of_range(write_toml: WriteToml) -> None:
         ),
         ('[dlq]\nenabled = "yes"\n', "key 'dlq.enabled' expected true or false, got \"yes\" (string)"),
         ("[dlq]\ntopic_suffix = 5\n", "key 'dlq.topic_suffix' expected a string, got 5 (integer)"),
-        ('[bus]\nbackend = "redis"\n', 'key \'bus.backend\' expected one of "memory", got "redis"'),
+        ('[bus]\nbackend = "redis"\n', 'key \'bus.backend\' expected one of "memory", "kafka", got "redis"'),
         ("runner = 5\n", "key 'runner' expected a table, got 5 (integer)"),
         ("[agents]\nsummarize = 5\n", "key 'agents.summarize' expected a table, got 5 (integer)"),
     ],
@@ -374,12 +374,12 @@ def test_bad_agent_value_points_at_global_setting(write_toml: WriteToml) -> None
     )
 
 
-def test_kafka_backend_is_not_in_this_version(write_toml: WriteToml) -> None:
-    path = write_toml('[bus]\nbackend = "kafka"\n')
-    assert str(config_error(path)) == (
-        f"{path}: key 'bus.backend' is \"kafka\", but the Kafka bus is not part of this version. "
-        'Use "memory" instead.'
-    )
+def test_kafka_backend_is_accepted_and_unknown_backends_are_refused(write_toml: WriteToml) -> None:
+    path = write_toml('[bus]\nbackend = "kafka"\n[kafka]\nbootstrap_servers = "b1:9092,b2:9092"\nacks = "1"\n')
+    config = load_config(path, env={})
+    assert (config.bus.backend, config.kafka.bootstrap_servers, config.kafka.acks) == ("kafka", "b1:9092,b2:9092", "1")
+    path = write_toml('[bus]\nbackend = "rabbit"\n')
+    assert "bus.backend" in str(config_error(path))
 
 
 def test_config_from_dict_names_its_source() -> None:

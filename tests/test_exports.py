@@ -13,9 +13,14 @@ import agentflow
 INTERNAL = {
     "agentflow.agents": {"AgentWorker"},  # runner wiring
     "agentflow.context": {"AgentSpec", "Handler"},  # runner wiring; handlers use Event/Context
+    "agentflow.batch_agent": {"BatchAgentWorker", "BatchHandler"},  # runner wiring; handlers use BatchContext
     "agentflow.bus": {"Item"},  # a type alias of the bus contract, for bus implementers
     "agentflow.bus.base": {"Item"},
     "agentflow.bus.memory": {"MemorySubscription"},  # reached through Bus.subscribe
+    # optional dependency (aiokafka): importing agentflow must not import it; create_bus builds the Kafka bus
+    "agentflow.bus.kafka": {"KafkaBus", "KafkaSubscription", "client_options"},
+    "agentflow.bus.offsets": {"OffsetTracker", "PartitionOffsets"},  # the Kafka bus's bookkeeping
+    "agentflow.producer": {"reply_event"},  # the wire format of replies, used by the Runner
     "agentflow.config": {"ENV_PREFIX"},
     "agentflow.events": {"DEFAULT_MAX_EVENT_BYTES"},
     "agentflow.metrics": {"MAX_OBSERVED_S", "AgentMetrics", "GaugeSample", "Pow2Histogram"},  # Metrics' internals

@@ -73,6 +73,19 @@ class Subscription(abc.ABC):
     def ack(self, item: Item) -> None:
         """Mark a taken item finished; it will not be delivered again."""
 
+    async def defer_retry(self, event: Event, attempt: int, exc: BaseException) -> bool:
+        """Take over the retry of ``event`` after failed attempt ``attempt``, outside the worker.
+
+        True means the bus keeps the event for a later attempt (the Kafka bus's retry topics) and the worker
+        acknowledges the original; False (the default) means the worker retries in-process.
+        """
+        return False
+
+    def ack_many(self, items: Sequence[Item]) -> None:
+        """Mark several taken items finished (what a batch agent finishes at once); same as ``ack`` on each."""
+        for item in items:
+            self.ack(item)
+
     @abc.abstractmethod
     def requeue(self, items: Sequence[Item]) -> None:
         """Give taken, unfinished items back for redelivery ahead of newer ones, keeping their order."""

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections import deque
 from collections.abc import Sequence
+from itertools import repeat, starmap
 
 from ..errors import BackpressureError, LifecycleError
 from ..events import DeadLetter, RawEvent
 from .base import Bus, BusStatistics, Item, Subscription, SubscriptionStatistics
 
 __all__ = ["MemoryBus", "MemorySubscription"]
+
+_key_of = operator.attrgetter("key")
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +101,7 @@ class MemorySubscription(Subscription):
                 items = list(dq)
                 dq.clear()
             else:
-                pop = dq.popleft
-                items = [pop() for _ in range(max_n)]
+                items = list(starmap(dq.popleft, repeat((), max_n)))  # max_n poplefts in C
             k = len(items)
             g.size -= k
             self._taken += k
@@ -123,6 +126,10 @@ class MemorySubscription(Subscription):
 
     def ack(self, item: Item) -> None:
         self._unacked.pop(id(item), None)
+
+    def ack_many(self, items: Sequence[Item]) -> None:
+        # unacked.pop(id(item), None) for each item, in C
+        deque(map(self._unacked.pop, map(id, items), repeat(None)), maxlen=0)
 
     def requeue(self, items: Sequence[Item]) -> None:
         g = self._g
@@ -268,7 +275,7 @@ class MemoryBus(Bus):
         sticky = self._rr
         self._rr = (sticky + 1) % nparts
         key0 = events[0].key
-        same_key = all(e.key == key0 for e in events) if n > 1 else True
+        same_key = n == 1 or list(map(_key_of, events)).count(key0) == n
         for g in groups:
             g.size += n
             if same_key:

@@ -1,0 +1,188 @@
+"""Scale-out benchmark: ``agentcli run`` worker processes on Kafka, 1 against N, in the same run.
+
+    python -m agentcli.kafkaworkers [--bootstrap HOST:PORT] [--workers 2] [--events 20000] [--work-us 500]
+
+For each worker count (1, then ``--workers``) on a fresh topic prefix: emit ``--events`` events with
+:class:`agentflow.Producer` (4 concurrent emitters, batches of 500) into the topic, then start ``agentcli run
+agentcli.kafkaworkers:bench_app --workers K`` and time the events handled from the moment the last worker
+reported ready (it holds its partitions) to the last event, from the timestamps the workers write (one line per
+event). Events handled while the workers were still joining are not timed (``timed_events`` says how many were).
+The handler burns ``--work-us`` µs of CPU per event (0 = noop), the case scaling out is for; with the broker,
+the producer and the workers on the same cores the ratio is bounded by the free cores (see docs/kafka.md).
+Without ``--bootstrap`` a Tansu test broker is started. Prints one JSON object per worker count and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from agentflow import Config, Context, Event, Producer, Runner, config_from_dict
+
+from .kafkabench import TANSU_SETTINGS
+
+__all__ = ["bench_app", "main", "run_scaling"]
+
+TOPIC = "agentcli.scale"
+PARTITIONS = 8
+_READY = re.compile(r"\(pid (\d+)\) ready on http://")
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_app(config: Config) -> Runner:
+    """The worker app: one agent on ``agentcli.scale`` that burns ``KAFKAWORKERS_WORK_US`` µs of CPU per event and
+    appends the time it finished to ``KAFKAWORKERS_OUT`` (single O_APPEND writes: lines never interleave)."""
+    app = Runner(config)
+    work_s = float(os.environ.get("KAFKAWORKERS_WORK_US", "0")) / 1e6
+    fd = os.open(os.environ["KAFKAWORKERS_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    perf = time.perf_counter
+
+    @app.agent(TOPIC)
+    async def work(event: Event, ctx: Context) -> None:
+        if work_s:
+            end = perf() + work_s
+            while perf() < end:  # CPU work, like parsing or scoring: it holds the process, not just the task
+                pass
+        os.write(fd, b"%.6f\n" % time.time())
+
+    return app
+
+
+def _toml(data: dict[str, Any]) -> str:
+    lines = []
+    for section, table in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {msgspec.json.encode(v).decode()}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+async def _one(bootstrap: str, tansu: bool, workers: int, events: int, work_us: int, tmp: Path) -> dict[str, Any]:
+    kafka: dict[str, Any] = {"bootstrap_servers": bootstrap, "topic_prefix": f"scale-{uuid.uuid4().hex[:8]}."}
+    if tansu:
+        kafka.update(TANSU_SETTINGS)
+    data: dict[str, Any] = {"bus": {"backend": "kafka", "partitions": PARTITIONS}, "kafka": kafka}
+    config = tmp / f"w{workers}.toml"
+    config.write_text(_toml(data))
+    out = tmp / f"w{workers}.out"
+    env = {**os.environ, "KAFKAWORKERS_OUT": str(out), "KAFKAWORKERS_WORK_US": str(work_us)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
+    # The events wait in the topic before any worker starts: the workers' consumption is measured, not the
+    # producer's speed (with a noop handler that would be the bottleneck).
+    async with Producer(config_from_dict(data)) as producer:
+        per = events // 4
+
+        async def emit(start: int) -> None:
+            for i in range(start, start + per, 500):
+                await producer.emit_many(TOPIC, [{"n": j} for j in range(i, min(start + per, i + 500))])
+
+        await asyncio.gather(*(emit(k * per) for k in range(4)))
+    total = per * 4
+    err_path = tmp / f"w{workers}.err"
+    cmd = [sys.executable, "-m", "agentcli", "run", "agentcli.kafkaworkers:bench_app", "--config", str(config)]
+    err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, "--port", "0", "--workers", str(workers), "--log-level", "warning",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    finally:
+        os.close(err)  # the child has its own copy
+    try:
+        assert proc.stdout is not None
+        ready = 0
+        try:
+            async with asyncio.timeout(60):
+                while ready < workers:
+                    line = (await proc.stdout.readline()).decode()
+                    if not line:
+                        break
+                    ready += bool(_READY.search(line))
+        except TimeoutError:
+            pass
+        if ready < workers:
+            tail = err_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{workers - ready} of {workers} worker(s) were not ready within 60 s:\n{tail}")
+        # A worker prints its ready line once its subscription has partitions, after any rebalance its arrival
+        # caused: from the last one on, all K workers share the partitions. Events handled before are not timed.
+        t0 = time.time()
+        # Every line is "<10-digit epoch>.<6 digits>\n", 18 bytes: the file size counts the events handled.
+        deadline = time.monotonic() + 600
+        for _ in iter(int, 1):
+            n = out.stat().st_size // 18 if out.exists() else 0
+            if n >= total:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Only {n} of {total} events were handled within 600 s.")
+            await asyncio.sleep(0.2 if n < total * 0.9 else 0.02)
+        stamps = [float(x) for x in out.read_text().split()]
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+    timed = [t for t in stamps if t > t0]
+    last = max(stamps)
+    return {
+        "workers": workers,
+        "events": total,
+        "handled": len(stamps),
+        "timed_events": len(timed),
+        "seconds": round(last - t0, 3),
+        "first_event_after_s": round(min(stamps) - t0, 3),
+        "events_per_s": round(len(timed) / (last - t0)) if timed and last > t0 else None,
+        "work_us": work_us,
+    }
+
+
+async def run_scaling(
+    bootstrap: str | None, workers: int, events: int, work_us: int, *, tansu: bool | None = None
+) -> list[dict[str, Any]]:
+    """1 worker, then ``workers`` workers, on the same broker; a Tansu broker is started without ``bootstrap``.
+    ``tansu`` applies the test broker's client settings (default: when the broker was started here)."""
+    from .tansu import TansuBroker
+
+    broker = None if bootstrap else TansuBroker().start()
+    limits = broker is not None if tansu is None else tansu
+    try:
+        where = bootstrap or (broker.bootstrap if broker else "")
+        with tempfile.TemporaryDirectory(prefix="agentcli-scale-") as tmp:
+            return [await _one(where, limits, k, events, work_us, Path(tmp)) for k in (1, workers)]
+    finally:
+        if broker is not None:
+            broker.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agentcli.kafkaworkers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bootstrap", metavar="HOST:PORT", help="brokers to use (default: start a Tansu broker)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes to compare with one (default 2)")
+    parser.add_argument(
+        "--events", type=int, default=20_000, help="events per run (default 20000; more with --work-us 0)"
+    )
+    parser.add_argument("--tansu-settings", action="store_true", help="with --bootstrap: the broker is Tansu")
+    parser.add_argument("--work-us", type=int, default=500, help="CPU µs per event in the handler (default 500)")
+    args = parser.parse_args(argv)
+    if args.workers < 2 or args.events < 4 or args.work_us < 0:
+        parser.error("--workers must be >= 2, --events >= 4 and --work-us >= 0.")
+    tansu = True if args.tansu_settings else None
+    rows = asyncio.run(run_scaling(args.bootstrap, args.workers, args.events, args.work_us, tansu=tansu))
+    for row in rows:
+        print(json.dumps(row))
+    one, many = rows[0]["events_per_s"], rows[-1]["events_per_s"]
+    if one and many:
+        print(json.dumps({"ratio": round(many / one, 2), "workers": args.workers, "goal": 1.7}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,199 @@
+"""The machine report of a load test (``--json``): per stage, per window, thresholds and verdicts, config, versions.
+
+Histograms travel as HdrHistogram-style bytes (base64 in JSON) for the run and each stage, so
+``agentcli loadtest compare`` can test whole latency distributions, not just a few percentiles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..report import versions
+from .collector import Collector
+from .figures import HIST_NAMES, Accumulator, WindowRecord, record_figures
+from .plan import Plan
+from .thresholds import Threshold
+
+__all__ = ["FORMAT", "LoadReport", "Verdict", "build", "read_report", "write_report"]
+
+FORMAT = "agentcli.loadtest/1"
+#: Start lag p99 above this means the generator, not the system, may be what limits the figures.
+LAG_WARN_S = 0.001
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    threshold: str
+    scope: str
+    passed: bool | None
+    observed: float | None
+    limit: float | None
+    observed_text: str
+    limit_text: str
+
+
+class Stretch(msgspec.Struct, kw_only=True):
+    """Figures of a stage or of the whole run; latency figures in milliseconds."""
+
+    name: str
+    t0_s: float
+    t1_s: float
+    target: float | None
+    scheduled: int
+    started: int
+    completed: int
+    errors: int
+    dropped: int
+    vus_max: int
+    rate_per_s: float | None
+    throughput_per_s: float | None
+    error_rate: float | None
+    errors_by_kind: dict[str, int]
+    latency_ms: dict[str, dict[str, float]]
+    hists: dict[str, bytes]
+
+
+class WindowOut(msgspec.Struct, kw_only=True):
+    t0_s: float
+    t1_s: float
+    stage: int
+    target: float
+    scheduled: int
+    started: int
+    completed: int
+    errors: int
+    dropped: int
+    vus_max: int
+    errors_by_kind: dict[str, int]
+    latency_ms: dict[str, dict[str, float]]
+
+
+class LoadReport(msgspec.Struct, kw_only=True):
+    format: str = FORMAT
+    description: str
+    model: str
+    profile: str
+    target: str
+    workers: int
+    started_at: str
+    duration_s: float
+    aborted: bool
+    abort_reason: str | None
+    passed: bool
+    generator_lag_ms: dict[str, float]
+    generator_note: str | None
+    interrupted: int
+    run: Stretch
+    stages: list[Stretch]
+    windows: list[WindowOut]
+    window_merges: int
+    thresholds: list[Verdict]
+    rss_mb: list[tuple[float, float]]
+    spec: dict[str, Any]
+    command: list[str]
+    versions: dict[str, str]
+
+
+def _ms(figures: dict[str, float | None]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name in HIST_NAMES:
+        prefix = "" if name == "latency" else f"{name}_"
+        if figures.get(prefix + "max") is None:
+            continue
+        out[name] = {k: round((figures[prefix + k] or 0.0) * 1e3, 6) for k in ("p50", "p90", "p95", "p99", "p999")}
+        out[name].update(max=round((figures[prefix + "max"] or 0.0) * 1e3, 6))
+        out[name].update(mean=round((figures[prefix + "mean"] or 0.0) * 1e3, 6))
+    return out
+
+
+def _stretch(name: str, acc: Accumulator, plan: Plan) -> Stretch:
+    f = acc.figures(open_model=plan.open_model)
+    latency = _ms(f)
+    for hist_name, h in acc.hists.items():
+        if hist_name in latency:
+            latency[hist_name]["count"] = float(h.count)
+    return Stretch(
+        name=name, t0_s=acc.t0_s or 0.0, t1_s=acc.t1_s, target=f["target"] if plan.open_model else f["vus_target"],
+        scheduled=acc.scheduled, started=acc.started, completed=acc.completed, errors=acc.errors,
+        dropped=acc.dropped, vus_max=acc.vus_max, rate_per_s=f["rate"], throughput_per_s=f["throughput"],
+        error_rate=f["error_rate"], errors_by_kind=dict(acc.errors_by_kind), latency_ms=latency,
+        hists={k: h.to_bytes() for k, h in acc.hists.items() if k in ("latency", "service", "lag")},
+    )  # fmt: skip
+
+
+def _window(rec: WindowRecord, plan: Plan) -> WindowOut:
+    f = record_figures(rec, open_model=plan.open_model)
+    return WindowOut(
+        t0_s=rec.t0_s, t1_s=rec.t1_s, stage=rec.stage, target=rec.target, scheduled=rec.scheduled,
+        started=rec.started, completed=rec.completed, errors=rec.errors, dropped=rec.dropped, vus_max=rec.vus_max,
+        errors_by_kind=rec.errors_by_kind, latency_ms=_ms(f),
+    )  # fmt: skip
+
+
+def _verdict(th: Threshold, scope: str, figures: dict[str, float | None]) -> Verdict:
+    passed, observed = th.evaluate(figures)
+    limit = th.limit(figures)
+    limit_text = th.describe_value(limit) + (f" ({th.bound:g}×target)" if th.of_target else "")
+    return Verdict(th.text, scope, passed, observed, limit, th.describe_value(observed), limit_text)
+
+
+def build(
+    plan: Plan,
+    collector: Collector,
+    *,
+    target: str,
+    started_at: str,
+    aborted: bool,
+    interrupted: int,
+    command: list[str],
+) -> LoadReport:
+    total = collector.total()
+    stages = [_stretch(f"stage {i + 1} ({s.describe()})", acc, plan) for i, (s, acc) in enumerate(
+        zip(plan.stages, collector.stages, strict=True))]  # fmt: skip
+    verdicts: list[Verdict] = []
+    for th in plan.thresholds:
+        for i, acc in enumerate(collector.stages):
+            if acc.t0_s is not None:
+                verdicts.append(_verdict(th, f"stage {i + 1}", acc.figures(open_model=plan.open_model)))
+        verdicts.append(_verdict(th, "run", total.figures(open_model=plan.open_model)))
+    lag = total.hists.get("lag")
+    lag_ms = {}
+    note = None
+    if lag is not None and lag.count:
+        p = lag.percentiles((50.0, 99.0, 99.9))
+        lag_ms = {"p50": p[50.0] * 1e3, "p99": p[99.0] * 1e3, "p999": p[99.9] * 1e3, "max": lag.max_s * 1e3}
+        if p[99.0] > LAG_WARN_S:
+            note = (
+                f"The generator started its p99 iteration {p[99.0] * 1e3:.2f} ms late (over 1 ms): the load "
+                "generator itself was busy, so part of the latency is the tool's; lower the rate per process "
+                "or add --workers."
+            )
+    failed = any(v.passed is False for v in verdicts)
+    spec = msgspec.to_builtins(plan.spec)
+    return LoadReport(
+        description=plan.spec.description, model="open" if plan.open_model else "closed", profile=plan.describe(),
+        target=target, workers=plan.spec.workers, started_at=started_at, duration_s=total.duration_s,
+        aborted=aborted, abort_reason=collector.abort_reason, passed=not failed, generator_lag_ms=lag_ms,
+        generator_note=note, interrupted=interrupted, run=_stretch("run", total, plan), stages=stages,
+        windows=[_window(r, plan) for r in collector.windows], window_merges=collector.windows.merges,
+        thresholds=verdicts, rss_mb=collector.rss_samples, spec=spec, command=command,
+        versions=msgspec.to_builtins(versions()),
+    )  # fmt: skip
+
+
+def write_report(path: Path, report: LoadReport) -> None:
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=1))
+
+
+def read_report(path: Path) -> LoadReport:
+    """Read a ``--json`` report; ValueError with a sentence if it is not one."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}.") from None
+    try:
+        return msgspec.json.decode(data, type=LoadReport)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"{path} is not an agentcli loadtest --json report ({exc}).") from None

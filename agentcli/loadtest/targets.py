@@ -1,0 +1,285 @@
+"""What a load test drives: the in-process runner (default), a user's app, a topic on Kafka, or an HTTP endpoint.
+
+A target is an async context manager with one hot method, ``call(payload, probe)``, that returns the result or
+raises; ``error_kind`` names a failure with a short, bounded label (``timeout``, ``http_503``, ``connect``...).
+Streaming targets report time to first token and inter-token gaps through the ``probe``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from time import perf_counter
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from agentflow import (
+    BusUnavailableError,
+    Config,
+    Context,
+    DeadLetteredError,
+    Event,
+    Producer,
+    RequestTimeoutError,
+    Runner,
+)
+
+__all__ = ["HttpTarget", "KafkaTarget", "LoadTarget", "Probe", "RunnerTarget", "noop_runner"]
+
+NOOP_TOPIC = "agentcli.loadtest"
+#: Largest response body read from an HTTP target; bigger ones count as error ``too_large``.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class Probe:
+    """Where a streaming target reports token timings; the generator points it at the live window."""
+
+    __slots__ = ("itl", "ttft")
+
+    def __init__(self) -> None:
+        self.ttft: Any = None
+        self.itl: Any = None
+
+
+class LoadTarget(abc.ABC):
+    """Base of every target; subclasses open resources in ``__aenter__`` and release them in ``aclose``."""
+
+    name = "target"
+    streaming = False
+
+    async def __aenter__(self) -> LoadTarget:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        return None
+
+    @abc.abstractmethod
+    async def call(self, payload: Any, probe: Probe) -> Any:
+        """Run one iteration; raise on failure."""
+
+    def error_kind(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError | asyncio.TimeoutError | RequestTimeoutError):
+            return "timeout"
+        if isinstance(exc, DeadLetteredError):
+            return "dead_lettered"
+        return type(exc).__name__
+
+    def describe(self) -> str:
+        return self.name
+
+
+def noop_runner(config: Config) -> Runner:
+    """The default target: a Runner whose one agent returns at once, so the figures are agentflow's overhead."""
+    runner = Runner(config)
+
+    async def noop(event: Event, ctx: Context) -> None:
+        return None
+
+    runner.agent(NOOP_TOPIC, name="noop")(noop)
+    return runner
+
+
+class RunnerTarget(LoadTarget):
+    """``runner.request(topic, payload)`` per iteration against an in-process Runner on its own bus."""
+
+    def __init__(self, runner: Runner, topic: str, name: str, timeout_s: float | None = None) -> None:
+        self.runner = runner
+        self.topic = topic
+        self.name = name
+        self.timeout_s = timeout_s
+        self._entered = False
+
+    async def __aenter__(self) -> RunnerTarget:
+        await self.runner.__aenter__()
+        self._entered = True
+        return self
+
+    async def aclose(self) -> None:
+        if self._entered:
+            self._entered = False
+            await self.runner.aclose()
+
+    async def call(self, payload: Any, probe: Probe) -> Any:
+        return await self.runner.request(self.topic, payload, timeout_s=self.timeout_s)
+
+
+class KafkaTarget(LoadTarget):
+    """Events to a Kafka topic through :class:`agentflow.Producer`, handled by whatever workers consume it.
+
+    Request mode (default): ``producer.request`` per iteration, so an iteration ends when the worker's result
+    arrives on the producer's reply topic and latency runs from the intended start to that result. Emit mode
+    (``emit_only``, for agents that return nothing): ``producer.emit``, which ends when the brokers confirmed the
+    write (``[kafka] acks``) — it measures the ingest path, not the handling.
+    """
+
+    def __init__(self, config: Config, topic: str, *, timeout_s: float, emit_only: bool = False) -> None:
+        self.config = config
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self.emit_only = emit_only
+        mode = "emit" if emit_only else "request"
+        self.name = f"kafka {config.kafka.bootstrap_servers} topic {topic} ({mode})"
+        self._producer: Producer | None = None
+
+    async def __aenter__(self) -> KafkaTarget:
+        producer = Producer(self.config)
+        await producer.start()
+        self._producer = producer
+        if not self.emit_only:
+            # Join the reply topic's consumer group before the clock starts: the join takes about half the session
+            # timeout, which would otherwise land in the latency of the first arrivals.
+            await producer._ensure_replies()
+        return self
+
+    async def aclose(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.aclose()
+
+    def error_kind(self, exc: BaseException) -> str:
+        if isinstance(exc, BusUnavailableError):
+            return "bus_unavailable"
+        return super().error_kind(exc)
+
+    async def call(self, payload: Any, probe: Probe) -> Any:
+        producer = self._producer
+        assert producer is not None, "KafkaTarget used outside 'async with'"
+        if self.emit_only:
+            async with asyncio.timeout(self.timeout_s):
+                return await producer.emit(self.topic, payload)
+        return await producer.request(self.topic, payload, timeout_s=self.timeout_s)
+
+
+class HttpStatusError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+class HttpTarget(LoadTarget):
+    """POST the payload as JSON to ``url`` (GET when the payload is None); 4xx/5xx are errors.
+
+    With ``stream`` the payload is an OpenAI chat request sent with ``"stream": true``; the server-sent events
+    are read as they arrive, the first content chunk gives time to first token and the gaps between content
+    chunks give inter-token latency.
+    """
+
+    streaming = False
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connections: int,
+        timeout_s: float,
+        stream: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.url = url
+        self.name = f"http {url}"
+        self.streaming = stream
+        self.connections = connections
+        self.timeout_s = timeout_s
+        self.headers = dict(headers or {})
+        self._session: aiohttp.ClientSession | None = None
+        self._decoder = msgspec.json.Decoder()
+
+    async def __aenter__(self) -> HttpTarget:
+        connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=self.connections)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s), headers=self.headers
+        )
+        return self
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def error_kind(self, exc: BaseException) -> str:
+        if isinstance(exc, HttpStatusError):
+            return f"http_{exc.status}"
+        if isinstance(exc, BodyTooLargeError):
+            return "too_large"
+        if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
+            return "connect"
+        if isinstance(exc, aiohttp.ClientPayloadError | msgspec.DecodeError):
+            return "bad_response"
+        return super().error_kind(exc)
+
+    async def call(self, payload: Any, probe: Probe) -> Any:
+        session = self._session
+        assert session is not None, "HttpTarget used outside 'async with'"
+        if self.streaming:
+            return await self._stream(session, payload, probe)
+        if payload is None:
+            ctx = session.get(self.url)
+        else:
+            ctx = session.post(
+                self.url, data=msgspec.json.encode(payload), headers={"content-type": "application/json"}
+            )
+        async with ctx as resp:
+            body = await resp.content.read(MAX_BODY_BYTES + 1)
+            if len(body) > MAX_BODY_BYTES:
+                raise BodyTooLargeError(f"response body over {MAX_BODY_BYTES} bytes")
+            if resp.status >= 400:
+                raise HttpStatusError(resp.status)
+            return body
+
+    async def _stream(self, session: aiohttp.ClientSession, payload: Any, probe: Probe) -> Any:
+        body = dict(payload) if isinstance(payload, dict) else {"messages": [{"role": "user", "content": "hi"}]}
+        body["stream"] = True
+        t0 = perf_counter()
+        last: float | None = None
+        parts: list[str] = []
+        size = 0
+        async with session.post(
+            self.url, data=msgspec.json.encode(body), headers={"content-type": "application/json"}
+        ) as resp:
+            if resp.status >= 400:
+                raise HttpStatusError(resp.status)
+            async for raw in resp.content:
+                size += len(raw)
+                if size > MAX_BODY_BYTES:
+                    raise BodyTooLargeError(f"stream over {MAX_BODY_BYTES} bytes")
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    break
+                chunk = self._decoder.decode(data)
+                text = _delta_text(chunk)
+                if not text:
+                    continue
+                now = perf_counter()
+                if last is None:
+                    if probe.ttft is not None:
+                        probe.ttft.record(now - t0)
+                elif probe.itl is not None:
+                    probe.itl.record(now - last)
+                last = now
+                parts.append(text)
+        return "".join(parts)
+
+
+def _delta_text(chunk: Any) -> str:
+    try:
+        choice = chunk["choices"][0]
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or choice.get("text") or ""
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return text if isinstance(text, str) else ""

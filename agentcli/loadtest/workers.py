@@ -1,0 +1,263 @@
+"""``--workers N``: N generator processes, each offering 1/N of the rate; the parent merges their windows exactly.
+
+Each worker is ``python -m agentcli.loadtest.workers``: it reads its :class:`Hello` (the spec and its share) as
+one JSON line on stdin, builds its own target, reports :class:`Ready`, and starts when the parent sends the
+common wall-clock start time, so every worker's windows cover the same stretch of time. It streams each closed
+window (counters + histogram bytes) and a status every half second to stdout as length-prefixed msgpack
+frames; ``stop`` on stdin ends it early. Windows with the same index are merged (histograms added bucket by
+bucket, which is exact) and fed to one :class:`~.collector.Collector`, as if one process had measured them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+from .collector import Collector
+from .figures import WindowRecord, merge_records
+from .plan import Plan, make_target, resolve
+from .scenario import LoadSpec, ScenarioError, load_scenario
+from .session import LiveStatus, Outcome, engine_for
+
+__all__ = ["run_workers"]
+
+_FRAME = struct.Struct(">I")
+#: A worker frame larger than this is corrupt (a window's histograms are a few tens of kB).
+MAX_FRAME = 64 * 1024 * 1024
+READY_TIMEOUT_S = 60.0
+
+
+class Hello(msgspec.Struct, frozen=True):
+    spec: LoadSpec
+    scale: float
+
+
+class Ready(msgspec.Struct, tag="ready"):
+    target: str
+
+
+class Status(msgspec.Struct, tag="status"):
+    elapsed_s: float
+    started: int
+    finished: int
+    dropped: int
+    errors: int
+    busy: int
+    vus: int
+
+
+class Window(msgspec.Struct, tag="window"):
+    rec: WindowRecord
+
+
+class Done(msgspec.Struct, tag="done"):
+    aborted: bool
+    interrupted: int
+
+
+class Failed(msgspec.Struct, tag="failed"):
+    message: str
+
+
+Message = Ready | Status | Window | Done | Failed
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+
+
+def _send(msg: Any) -> None:
+    data = _encoder.encode(msg)
+    out = sys.stdout.buffer
+    out.write(_FRAME.pack(len(data)) + data)
+    out.flush()
+
+
+async def _worker() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    hello = msgspec.json.decode(await reader.readline(), type=Hello)
+    try:
+        plan = resolve(hello.spec).scaled(hello.scale)
+        script = load_scenario(__import__("pathlib").Path(hello.spec.script))[1] if hello.spec.script else None
+        target = make_target(plan)
+    except (ScenarioError, ValueError) as exc:
+        _send(Failed(str(exc)))
+        return
+    errors = 0
+
+    def on_window(rec: WindowRecord, live: Any) -> bool:
+        nonlocal errors
+        errors += rec.errors
+        _send(Window(rec))
+        return False
+
+    async with target:
+        engine = engine_for(plan, target, on_window, script)
+        _send(Ready(target.describe()))
+        go = (await reader.readline()).split()
+        start_at = float(go[1]) if len(go) == 2 and go[0] == b"go" else time.time()
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        run = asyncio.create_task(engine.run())
+
+        async def stopper() -> None:
+            while (line := await reader.readline()) and line.strip() != b"stop":
+                pass
+            engine.stop()
+
+        stop_task = asyncio.create_task(stopper())
+        while not run.done():
+            await asyncio.wait({run}, timeout=0.5)
+            s = engine.stats
+            _send(Status(engine.elapsed(), s.started, s.finished, s.dropped, errors + engine.window.errors,
+                         engine.busy, engine.vus))  # fmt: skip
+        stop_task.cancel()
+        await asyncio.gather(stop_task, return_exceptions=True)
+        await run
+        _send(Done(engine.aborted, engine.stats.interrupted))
+
+
+# ---------------------------------------------------------------------------------------------- parent side
+
+
+class _Worker:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.status = Status(0.0, 0, 0, 0, 0, 0, 0)
+        self.done: Done | None = None
+
+    async def read(self) -> Message | None:
+        assert self.proc.stdout is not None
+        try:
+            head = await self.proc.stdout.readexactly(_FRAME.size)
+        except asyncio.IncompleteReadError:
+            return None
+        (n,) = _FRAME.unpack(head)
+        if n > MAX_FRAME:
+            raise ScenarioError(f"a worker process sent a {n}-byte frame; its output is corrupt.")
+        msg: Message = _decoder.decode(await self.proc.stdout.readexactly(n))
+        return msg
+
+    def tell(self, line: bytes) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.write(line)
+
+
+async def run_workers(plan: Plan, *, status: LiveStatus, collector: Collector | None = None) -> Outcome:
+    n = plan.spec.workers
+    collector = collector if collector is not None else Collector(plan)
+    pending: dict[int, list[WindowRecord]] = {}
+    hello = msgspec.json.encode(Hello(plan.spec, 1.0 / n)) + b"\n"
+    procs = [
+        _Worker(
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agentcli.loadtest.workers",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )
+        )
+        for _ in range(n)
+    ]  # fmt: skip
+    target = "?"
+    aborted = False
+
+    def feed(rec: WindowRecord) -> None:
+        nonlocal aborted
+        group = pending.setdefault(rec.index, [])
+        group.append(rec)
+        if len(group) == n:
+            merged = group[0]
+            for other in group[1:]:
+                merged = merge_records(merged, other, concurrent=True)
+            del pending[rec.index]
+            if collector.on_window(merged, None) and not aborted:
+                aborted = True
+                for w in procs:
+                    w.tell(b"stop\n")
+
+    async def pump(w: _Worker) -> None:
+        while (msg := await w.read()) is not None:
+            if isinstance(msg, Window):
+                feed(msg.rec)
+            elif isinstance(msg, Status):
+                w.status = msg
+                _sum_status(status, [p.status for p in procs], plan)
+            elif isinstance(msg, Done):
+                w.done = msg
+            elif isinstance(msg, Failed):
+                raise ScenarioError(msg.message)
+
+    try:
+        for w in procs:
+            w.tell(hello)
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            for w in procs:
+                msg = await w.read()
+                if isinstance(msg, Failed):
+                    raise ScenarioError(msg.message)
+                if not isinstance(msg, Ready):
+                    raise ScenarioError("a worker process exited before it was ready; see its error output above.")
+                target = msg.target
+        go = f"go {time.time() + 0.1!r}\n".encode()
+        for w in procs:
+            w.tell(go)
+        async with asyncio.TaskGroup() as tg:
+            for w in procs:
+                tg.create_task(pump(w))
+        for index in sorted(pending):  # a worker that stopped early leaves windows unmatched
+            group = pending[index]
+            merged = group[0]
+            for other in group[1:]:
+                merged = merge_records(merged, other, concurrent=True)
+            collector.on_window(merged, None)
+        pending.clear()
+        if any(w.done is None for w in procs):
+            raise ScenarioError("a worker process ended without finishing its run; see its error output above.")
+    except* ScenarioError as group:
+        raise group.exceptions[0] from None
+    finally:
+        for w in procs:
+            if w.proc.returncode is None:
+                w.tell(b"stop\n")
+                if w.proc.stdin is not None:
+                    w.proc.stdin.close()
+        for w in procs:
+            try:
+                async with asyncio.timeout(plan.graceful_stop_s + 5):
+                    await w.proc.wait()
+            except TimeoutError:
+                w.proc.kill()
+                await w.proc.wait()
+    return Outcome(
+        collector,
+        f"{target} in each of {n} processes",
+        aborted or any(w.done is not None and w.done.aborted for w in procs),
+        sum(w.done.interrupted for w in procs if w.done is not None),
+    )
+
+
+def _sum_status(into: LiveStatus, parts: list[Status], plan: Plan) -> None:
+    into.elapsed_s = max(p.elapsed_s for p in parts)
+    into.target = plan.profile().target_at(into.elapsed_s)
+    into.started = sum(p.started for p in parts)
+    into.finished = sum(p.finished for p in parts)
+    into.dropped = sum(p.dropped for p in parts)
+    into.errors = sum(p.errors for p in parts)
+    into.vus_busy = sum(p.busy for p in parts)
+    into.vus = sum(p.vus for p in parts)
+
+
+def main() -> None:
+    from ..runtime import run_async
+
+    run_async(_worker())
+
+
+if __name__ == "__main__":
+    main()

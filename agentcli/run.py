@@ -1,0 +1,255 @@
+"""``agentcli run module:runner``: run a user's agents as worker processes with their HTTP server.
+
+One worker (the default) runs in this process: it loads the app, starts the runner with its HTTP server
+(health, readiness, metrics, ingest, DLQ) and runs until SIGTERM or SIGINT. The first signal drains — ingest and
+``/readyz`` answer 503, then in-flight work finishes within ``runner.shutdown_grace_s`` (on the memory bus the
+buffered events too, since nothing else would ever handle them) — and the process exits 0. A second signal
+exits at once with 128 + the signal number; whatever was unfinished is redelivered by Kafka, and lost on the
+memory bus.
+
+``--workers N`` (N > 1) starts N such processes, each ``agentcli run --workers 1`` with its own uvloop, in their
+own session so a terminal's Ctrl-C reaches only this supervisor, which forwards every signal once. If a worker
+dies unexpectedly the supervisor stops the others and exits 1; a supervisor (systemd, Kubernetes) restarts
+the lot. The memory bus lives inside one process, so N > 1 is refused for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+import uvloop
+from rich.console import Console
+from rich.markup import escape
+
+from agentflow import ConfigError, Runner
+
+from .apps import load_runner
+
+__all__ = ["run"]
+
+logger = logging.getLogger("agentcli.run")
+
+_PARENT_POLL_S = 1.0  # how often a worker checks that its supervisor is still alive
+
+
+def run(
+    app_ref: Annotated[str, typer.Argument(metavar="MODULE:RUNNER", help="Your app: module:attr or file.py:attr.")],
+    config: Annotated[Path | None, typer.Option(help="agentflow TOML config, for an app that takes one.")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=256, help="Worker processes (Kafka bus only for > 1).")] = 1,
+    host: Annotated[
+        str | None, typer.Option(help="Address of the HTTP server.", show_default="[monitoring] host")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Port of the HTTP server; worker i uses PORT+i; 0 picks free ports.",
+            show_default="[monitoring] port",
+        ),
+    ] = None,
+    ingest: Annotated[
+        bool, typer.Option(help="Serve POST /v1/events and the /v1/dlq endpoints (token needed beyond loopback).")
+    ] = True,
+    app_dir: Annotated[Path, typer.Option(help="Directory searched first when importing the app.")] = Path("."),
+    log_level: Annotated[str, typer.Option(help="Log level of agentflow's records on stderr.")] = "info",
+    worker_index: Annotated[int, typer.Option(hidden=True)] = 0,
+    parent_pid: Annotated[int, typer.Option(hidden=True)] = 0,
+) -> None:
+    """Run your agents: worker processes with health, readiness, metrics and HTTP ingest; SIGTERM drains."""
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"{log_level!r} is not a log level; use debug, info, warning or error.")
+    if port is not None and port and port + workers - 1 > 65535:
+        raise typer.BadParameter(f"--port {port} with {workers} workers runs past port 65535.", param_hint="'--port'")
+    try:
+        runner = load_runner(app_ref, app_dir, config)
+    except typer.BadParameter as exc:
+        exc.param_hint = exc.param_hint or "'MODULE:RUNNER'"
+        raise
+    mon = runner.config.monitoring
+    if workers > 1:
+        if runner.bus.backend == "memory":
+            raise typer.BadParameter(
+                "the memory bus lives inside one process, so each of several workers would have its own bus and "
+                'see only its own events; use [bus] backend = "kafka" for several workers, or run one.',
+                param_hint="'--workers'",
+            )
+        raise typer.Exit(_supervise(app_ref, config, workers, host, port, ingest, app_dir, log_level))
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The runner is un-started, so its monitoring settings can still be swapped for the command line's.
+    runner.config = msgspec.structs.replace(
+        runner.config,
+        monitoring=msgspec.structs.replace(
+            mon,
+            metrics_enabled=True,
+            ingest_enabled=ingest,
+            host=mon.host if host is None else host,
+            port=mon.port if port is None else port,
+        ),
+    )
+    raise typer.Exit(uvloop.run(_serve(runner, app_ref, worker_index, parent_pid)))
+
+
+async def _serve(runner: Runner, app_ref: str, index: int, parent_pid: int) -> int:
+    """Run one worker until the first signal, drain, close; return the exit code."""
+    err = Console(stderr=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        signals.append(sig)
+        if len(signals) == 1:
+            err.print(f"agentcli run: worker {index} got {signal.Signals(sig).name}; draining.", highlight=False)
+            stop.set()
+        else:
+            # Forced: exit without closing anything; unfinished events are redelivered (Kafka) or lost (memory).
+            err.print(f"agentcli run: worker {index} got a second signal; exiting now.", highlight=False)
+            sys.stderr.flush()
+            os._exit(128 + sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, int(sig))
+    try:
+        try:
+            await runner.start()
+        except ConfigError as exc:
+            err.print(f"[bold red]Error:[/] {escape(str(exc))}")
+            return 2
+        except OSError as exc:
+            err.print(f"[bold red]Error:[/] the worker could not start: {escape(str(exc))}")
+            return 1
+        address = runner.http_address
+        assert address is not None
+        agents = ", ".join(f"{name} <- {topic}" for name, topic in sorted(runner.agent_topics.items()))
+        print(
+            f"agentcli run: worker {index} (pid {os.getpid()}) ready on http://{address[0]}:{address[1]} "
+            f"— {app_ref}, bus {runner.bus.backend}, agents: {agents}",
+            flush=True,
+        )
+        watcher = asyncio.ensure_future(_watch_parent(parent_pid, stop)) if parent_pid else None
+        try:
+            await stop.wait()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        return await _drain(runner, index, err)
+    finally:
+        await runner.aclose()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    # A supervisor killed with SIGKILL cannot forward anything; its workers notice they were orphaned and drain.
+    while os.getppid() == parent_pid:
+        try:
+            await asyncio.wait_for(stop.wait(), _PARENT_POLL_S)
+            return
+        except TimeoutError:
+            pass
+    logger.warning("The agentcli run supervisor (pid %d) is gone; draining.", parent_pid)
+    stop.set()
+
+
+async def _drain(runner: Runner, index: int, err: Console) -> int:
+    t0 = time.perf_counter()
+    service = runner.service
+    if service is not None:
+        service.draining = True  # ingest and /readyz answer 503 from here on
+    grace = runner.config.runner.shutdown_grace_s
+    if runner.bus.backend == "memory":
+        # Buffered events exist only in this process: handle them too, or they are gone at exit.
+        try:
+            await runner.drain(timeout_s=grace)
+        except TimeoutError:
+            pass
+    await runner.aclose()
+    s = runner.statistics()
+    left = s.bus.buffered if runner.bus.backend == "memory" else 0
+    report = s.shutdown
+    cancelled = report.cancelled if report is not None else 0
+    err.print(
+        f"agentcli run: worker {index} stopped in {time.perf_counter() - t0:.1f} s: handled {s.handled}, "
+        f"dead-lettered {s.dead_lettered}, cancelled {cancelled}"
+        + (f", {left} buffered events LOST (the memory bus ends with the process)" if left else ""),
+        highlight=False,
+    )
+    return 0
+
+
+def _supervise(
+    app_ref: str,
+    config: Path | None,
+    workers: int,
+    host: str | None,
+    port: int | None,
+    ingest: bool,
+    app_dir: Path,
+    log_level: str,
+) -> int:
+    """Start ``workers`` worker processes, forward signals to them, and exit non-zero if one crashed."""
+    err = Console(stderr=True)
+    signals: list[int] = []
+
+    def on_signal(sig: int, frame: Any) -> None:
+        signals.append(sig)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(workers):
+            argv = [sys.executable, "-m", "agentcli", "run", app_ref, "--workers", "1", "--worker-index", str(i)]
+            argv += ["--parent-pid", str(os.getpid()), "--app-dir", str(app_dir), "--log-level", log_level]
+            argv += ["--ingest" if ingest else "--no-ingest"]
+            if config is not None:
+                argv += ["--config", str(config)]
+            if host is not None:
+                argv += ["--host", host]
+            if port is not None:
+                argv += ["--port", str(port + i if port else 0)]
+            # Own session: a terminal's Ctrl-C reaches only the supervisor, which forwards it exactly once.
+            procs.append(subprocess.Popen(argv, start_new_session=True))
+        err.print(f"agentcli run: supervising {workers} workers of {app_ref} (pid {os.getpid()}).", highlight=False)
+        forwarded = 0
+        crashed = False
+        while any(p.poll() is None for p in procs):
+            while forwarded < len(signals):
+                sig = signals[forwarded]
+                forwarded += 1
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(sig)
+            if not signals and not crashed:
+                dead = [(i, p.returncode) for i, p in enumerate(procs) if p.poll() is not None]
+                if dead:
+                    crashed = True
+                    for i, code in dead:
+                        err.print(f"agentcli run: worker {i} exited unexpectedly with code {code}; stopping the rest.")
+                    for p in procs:
+                        if p.poll() is None:
+                            p.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+        codes = [p.returncode for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if crashed or any(codes):
+        err.print(f"agentcli run: worker exit codes {codes}.", highlight=False)
+        return 1
+    return 0

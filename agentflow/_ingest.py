@@ -1,0 +1,275 @@
+"""HTTP ingest and the dead-letter endpoints of the runner's HTTP server (``[monitoring] ingest_enabled``).
+
+``POST /v1/events`` takes one event or a list, as JSON or msgpack (by ``Content-Type``), each shaped
+``{"topic", "payload", "key", "headers"}``, and answers 202 with the new ids. It never waits for room in the
+bus: a full buffer answers 429 and a runner that is not running (starting, draining) 503, both with
+``Retry-After``. A request is accepted whole or not at all: every event is decoded, checked and encoded before
+any is published. On the memory bus a list goes to the bus in one ``publish_nowait`` — which is why a list's
+events must share one topic; on a broker-backed bus (Kafka) the 202 waits for the brokers' confirmation, and
+an error after a partial write (a 503) may leave some of the list published: retrying is at-least-once.
+
+``GET /v1/dlq`` lists dead letters; ``POST /v1/dlq/replay`` replays them (``runner.dlq``). All three need the
+bearer token when one is configured (``token_env``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiohttp import web
+
+from .errors import BackpressureError, BusError, ConfigError, EventTooLargeError, LifecycleError
+from .events import DeadLetter, Event, new_event_id
+
+if TYPE_CHECKING:
+    from .config import MonitoringConfig
+    from .runner import Runner
+
+__all__ = ["Ingest", "IngestEvent", "is_loopback"]
+
+logger = logging.getLogger(__name__)
+
+MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
+MAX_TOPIC_CHARS = 249  # Kafka's limit for topic names; the memory bus keeps the same rule
+MAX_DLQ_LIMIT = 1000
+DEFAULT_DLQ_LIMIT = 100
+
+
+class IngestEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """One event as a client sends it to ``POST /v1/events``."""
+
+    topic: str
+    payload: Any = None
+    key: str | None = None
+    headers: dict[str, str] | None = None
+
+
+class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``POST /v1/dlq/replay``: which dead letters to replay (all of them when nothing is given)."""
+
+    ids: list[str] | None = None
+    topic: str | None = None
+    agent: str | None = None
+
+
+_Body = IngestEvent | list[IngestEvent]
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); False for anything reachable from outside."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname: assume it resolves beyond loopback
+
+
+class Ingest:
+    """The ingest and DLQ routes of one runner; built by :class:`~agentflow.service.Service`."""
+
+    def __init__(self, runner: Runner, config: MonitoringConfig) -> None:
+        self._runner = runner
+        self._config = config
+        token = os.environ.get(config.token_env, "")
+        self._token = token.encode() if token else None
+        if self._token is None and not is_loopback(config.host):
+            raise ConfigError(
+                f"HTTP ingest is enabled on {config.host}, beyond loopback, but the environment variable "
+                f"{config.token_env} (monitoring.token_env) holding its bearer token is not set. Set it to a "
+                "secret, bind monitoring.host to 127.0.0.1, or disable monitoring.ingest_enabled.",
+                key="monitoring.token_env",
+            )
+        self._json = msgspec.json.Decoder(_Body)
+        self._msgpack = msgspec.msgpack.Decoder(_Body)
+        self._replay_dec = msgspec.json.Decoder(ReplayRequest)
+        self._enc = msgspec.json.Encoder()
+        self.draining = False
+        self.accepted = 0
+        self._confirming = 0
+        self.refused: dict[int, int] = {}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/events", self.events)
+        app.router.add_get("/v1/dlq", self.dlq_list)
+        app.router.add_post("/v1/dlq/replay", self.dlq_replay)
+
+    # ---- helpers -------------------------------------------------------------------------------------
+
+    def _reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+        if status >= 400:
+            self.refused[status] = self.refused.get(status, 0) + 1
+        return web.Response(
+            status=status, body=self._enc.encode(body), content_type="application/json", headers=headers
+        )
+
+    def _error(self, status: int, message: str, *, retry: bool = False) -> web.Response:
+        headers = {"Retry-After": str(self._config.retry_after_s)} if retry else None
+        if status == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="agentflow"'}
+        return self._reply(status, {"error": message}, headers)
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token)
+
+    async def _body(self, request: web.Request) -> bytes:
+        limit = self._config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise _BadRequest(
+                413,
+                f"The request body is {request.content_length} bytes, over the limit of {limit}; send fewer "
+                "events per request or raise monitoring.max_body_bytes.",
+            )
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _BadRequest(
+                413,
+                f"The request body is over the limit of {limit} bytes; send fewer events per request or raise "
+                "monitoring.max_body_bytes.",
+            ) from None
+
+    def _decode(self, request: web.Request, body: bytes) -> list[IngestEvent]:
+        ctype = request.content_type
+        try:
+            if ctype in MSGPACK_TYPES:
+                decoded = self._msgpack.decode(body)
+            elif ctype == "application/json":
+                decoded = self._json.decode(body)
+            else:
+                raise _BadRequest(
+                    415, f"Content-Type {ctype!r} is not supported; send application/json or application/msgpack."
+                )
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
+            raise _BadRequest(
+                400,
+                f"The body is not an event or a list of events ({exc}); send "
+                '{"topic": ..., "payload": ..., "key": ..., "headers": {...}} or a list of them.',
+            ) from None
+        items = decoded if isinstance(decoded, list) else [decoded]
+        if not items:
+            raise _BadRequest(400, "The list of events is empty; send at least one event.")
+        most = self._config.max_events_per_request
+        if len(items) > most:
+            raise _BadRequest(
+                413,
+                f"The request holds {len(items)} events, over the limit of {most}; split it, or raise "
+                "monitoring.max_events_per_request.",
+            )
+        topic = items[0].topic
+        for i, item in enumerate(items):
+            if not item.topic or len(item.topic) > MAX_TOPIC_CHARS or not item.topic.isprintable():
+                raise _BadRequest(
+                    400,
+                    f"Event {i}: topic {item.topic[:60]!r} is not a topic name; use 1 to {MAX_TOPIC_CHARS} "
+                    "printable characters.",
+                )
+            if item.topic != topic:
+                raise _BadRequest(
+                    400,
+                    f"Event {i} is for topic {item.topic!r} but event 0 for {topic!r}; a request is accepted "
+                    "whole or not at all, so its events must share one topic. Send one request per topic.",
+                )
+        return items
+
+    # ---- routes --------------------------------------------------------------------------------------
+
+    async def events(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._error(401, "A valid bearer token is required: send Authorization: Bearer <token>.")
+        if self.draining:
+            return self._error(503, "This worker is shutting down; send the events to another one.", retry=True)
+        try:
+            items = self._decode(request, await self._body(request))
+        except _BadRequest as exc:
+            return self._error(exc.status, exc.message)
+        runner = self._runner
+        topic = items[0].topic
+        now = time.time()
+        events: list[Event] = []
+        for i, item in enumerate(items):
+            eid = new_event_id()
+            ev = Event(topic, item.payload, item.key, eid, item.headers, now, 1, eid)
+            try:
+                runner.codec.encode(ev)  # enforce max_event_bytes before anything is published
+            except EventTooLargeError as exc:
+                return self._error(413, f"Event {i}: {exc}")
+            events.append(ev)
+        bus = runner.bus
+        try:
+            runner._check_accepting()
+            if bus.backend == "memory":
+                bus.publish_nowait(topic, events)  # all or nothing, and never waits
+            else:
+                # A broker-backed bus answers 202 only once the brokers confirmed every event, so an accepted
+                # event survives this process; the wait is bounded by the bus's delivery timeout, and the
+                # events waiting for confirmation by the buffer size.
+                room = runner.config.runner.event_buffer_size - self._confirming
+                if len(events) > room:
+                    raise BackpressureError(
+                        f"{self._confirming} ingested event(s) are waiting for the brokers' confirmation, the "
+                        f"limit is runner.event_buffer_size={runner.config.runner.event_buffer_size}; retry later."
+                    )
+                self._confirming += len(events)
+                try:
+                    await bus.publish(topic, events)
+                finally:
+                    self._confirming -= len(events)
+        except LifecycleError as exc:
+            return self._error(503, str(exc), retry=True)
+        except BackpressureError as exc:
+            return self._error(429, str(exc), retry=True)
+        except BusError as exc:
+            logger.warning("HTTP ingest to topic %r failed: %s", topic, exc)
+            return self._error(503, str(exc), retry=True)
+        runner.metrics.emitted(topic, len(events))
+        self.accepted += len(events)
+        return self._reply(202, {"ids": [e.id for e in events]})
+
+    async def dlq_list(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._error(401, "A valid bearer token is required: send Authorization: Bearer <token>.")
+        q = request.query
+        raw_limit = q.get("limit", str(DEFAULT_DLQ_LIMIT))
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_DLQ_LIMIT:
+            return self._error(400, f"limit={raw_limit!r} is not a whole number from 1 to {MAX_DLQ_LIMIT}.")
+        letters: list[DeadLetter] = await self._runner.dlq.list(
+            topic=q.get("topic"), agent=q.get("agent"), limit=int(raw_limit)
+        )
+        return self._reply(200, {"dead_letters": letters, "count": len(letters)})
+
+    async def dlq_replay(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._error(401, "A valid bearer token is required: send Authorization: Bearer <token>.")
+        try:
+            body = await self._body(request)
+            req = self._replay_dec.decode(body) if body.strip() else ReplayRequest()
+        except _BadRequest as exc:
+            return self._error(exc.status, exc.message)
+        except msgspec.DecodeError as exc:
+            return self._error(
+                400,
+                f'The body is not a replay request ({exc}); send {{"ids": [...]}}, {{"topic": ...}}, '
+                '{"agent": ...} or nothing to replay every dead letter.',
+            )
+        try:
+            n = await self._runner.dlq.replay(req.ids, topic=req.topic, agent=req.agent)
+        except LifecycleError as exc:
+            return self._error(503, str(exc), retry=True)
+        return self._reply(200, {"replayed": n})

@@ -1,0 +1,361 @@
+"""Batch agents: one handler call for up to ``batch_size`` events at once.
+
+``@runner.agent("docs", batch_size=64)`` registers ``async def handler(events, ctx)``: ``events`` is a list of
+:class:`~agentflow.events.Event` in delivery order and ``ctx`` a :class:`BatchContext`. A worker takes the
+events already delivered to the agent, up to ``batch_size``, and never waits to fill a batch, so a batch agent
+adds no latency at light load and amortises the per-call cost under heavy load (embedding a batch of documents
+with one upstream request, bulk writes).
+
+Everything else follows the per-event agent (:mod:`agentflow.agents`):
+
+* Ordering: events with the same key run in order. A key in one worker's batch is held by that worker until the
+  batch ends; other workers park that key's events behind it, and the holder handles them in its next batch.
+* Outcome: the batch succeeds or fails as a whole. A failure (or timeout of the whole call) retries the whole
+  batch per the agent's retry policy; after the last attempt every event in it goes to the dead-letter queue.
+  ``Skip`` acknowledges them all, ``Reject`` dead-letters them all.
+* Results: return ``None`` or one result per event (in order); ``runner.request`` receives its event's result.
+* Raw bytes that do not decode and payloads that do not fit ``payload=`` go to the dead-letter queue one by one;
+  the rest of the batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from itertools import repeat, starmap
+from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
+
+from .agents import AgentWorker
+from .context import Context
+from .errors import EventDecodeError, EventError, EventTooLargeError, HandlerTimeoutError, Reject, Retry, Skip
+from .events import Event, RawEvent, convert_payload
+from .pool import Slot
+
+if TYPE_CHECKING:
+    from .llm.hub import AgentLLM
+
+__all__ = ["BatchAgentWorker", "BatchContext", "BatchHandler"]
+
+# (event, item it came from): item is the Event itself, or the RawEvent it was decoded from
+_Pair = tuple[Event, Any]
+_Bad = tuple[Any, Event | None, str, Exception]
+_key_of = operator.attrgetter("key")
+_created_of = operator.attrgetter("created_at")
+_reply_to_of = operator.attrgetter("reply_to")
+
+
+class BatchContext(msgspec.Struct, gc=False):
+    """What a batch handler gets beside its events.
+
+    Follow-up events belong to one event's workflow, so ``emit`` names it with ``parent``::
+
+        @runner.agent("docs", batch_size=64)
+        async def embed(events, ctx):
+            vectors = await my_model.embed([e.payload["text"] for e in events])
+            for ev, vec in zip(events, vectors):
+                await ctx.emit("vectors", {"id": ev.payload["id"], "vector": vec}, parent=ev)
+    """
+
+    events: list[Event]
+    _worker: AgentWorker
+
+    def __repr__(self) -> str:
+        return f"<BatchContext agent={self._worker.name!r} events={len(self.events)} attempt={self.attempt}>"
+
+    @property
+    def agent(self) -> str:
+        return self._worker.name
+
+    @property
+    def attempt(self) -> int:
+        """This batch's attempt number (1 on the first call)."""
+        return max((e.attempt for e in self.events), default=1)
+
+    @property
+    def llm(self) -> AgentLLM:
+        """The LLM providers of ``[llm.*]``, with calls attributed to this agent.
+
+        A batch spans several workflows, so these calls count against no workflow's token budget; use
+        ``ctx.of(event).llm`` for calls made on behalf of one event's workflow.
+        """
+        return self._worker._host._llm_for(self._worker.name, None)
+
+    def of(self, event: Event) -> Context:
+        """The per-event :class:`~agentflow.context.Context` of one event of this batch."""
+        return Context(event, self._worker)
+
+    async def emit(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        parent: Event,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str | None:
+        """Emit one follow-up event of ``parent``'s workflow; None when it was dead-lettered for depth."""
+        return await Context(parent, self._worker).emit(topic, payload, key=key, headers=headers)
+
+    async def emit_many(
+        self,
+        topic: str,
+        payloads: Sequence[Any],
+        *,
+        parent: Event,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> list[str]:
+        """Emit several follow-up events of ``parent``'s workflow at once."""
+        return await Context(parent, self._worker).emit_many(topic, payloads, key=key, headers=headers)
+
+
+BatchHandler = Callable[[list[Event], BatchContext], Awaitable[Any]]
+
+
+class BatchAgentWorker(AgentWorker):
+    """An :class:`AgentWorker` whose workers call the handler with lists of events.
+
+    A batch travels as two parallel lists, the events and the bus items they came from (the same objects
+    unless raw bytes were decoded), so the common case — plain events without keys — costs a few C-level
+    list operations per batch rather than Python work per event.
+    """
+
+    def __init__(self, *, batch_size: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch_size = batch_size
+        self._call = cast(BatchHandler, self._handler)
+
+    async def _work(self, slot: Slot) -> None:
+        local, idle = self._local, self._idle
+        loop = asyncio.get_running_loop()
+        carry: list[_Pair] = []  # events of keys this worker holds: they go first in its next batch
+        mine: set[str] = set()  # keys this worker holds
+        items: list[Any] = []
+        try:
+            while True:
+                if not carry and not local:
+                    if self._stopping:
+                        return
+                    fut = loop.create_future()
+                    idle.append(fut)
+                    await fut
+                    continue
+                events, items, carry, bad = self._collect(carry, mine)
+                if local and idle:
+                    nxt = idle.popleft()
+                    if not nxt.done():
+                        nxt.set_result(None)
+                for item, ev, reason, exc in bad:
+                    await self._dead(item, ev, reason, exc, 0)
+                if events:
+                    await self._run(events, items, slot)
+                items = []
+                if mine:
+                    carry += self._release_keys(mine, carry)
+        except asyncio.CancelledError:
+            parked = [it for key in mine for _, it in (self._active.pop(key, None) or ())]
+            slot.deadline = 0.0
+            self._give_back(items + [it for _, it in carry] + parked)
+            raise
+
+    def _collect(self, carry: list[_Pair], mine: set[str]) -> tuple[list[Event], list[Any], list[_Pair], list[_Bad]]:
+        """Take up to ``batch_size`` events, ``carry`` first, claiming keys and parking busy ones.
+
+        Returns the batch (events, items), the part of ``carry`` that did not fit (it stays first in line for
+        this worker, its keys still held), and the items that go to the dead-letter queue.
+        """
+        n = self.batch_size
+        events = [ev for ev, _ in carry[:n]]
+        items = [it for _, it in carry[:n]]
+        rest = carry[n:]
+        local = self._local
+        bad: list[_Bad] = []
+        while len(events) < n and local:
+            chunk: list[Any] = list(starmap(local.popleft, repeat((), min(n - len(events), len(local)))))
+            k = len(chunk)
+            if (
+                self._payload_type is None
+                and list(map(type, chunk)).count(Event) == k
+                and list(map(_key_of, chunk)).count(None) == k
+            ):
+                events += chunk
+                items += chunk
+            else:
+                self._sort(chunk, events, items, mine, bad)
+        return events, items, rest, bad
+
+    def _sort(self, chunk: list[Any], events: list[Event], items: list[Any], mine: set[str], bad: list[_Bad]) -> None:
+        """The general path of :meth:`_collect`: decode, convert, and claim or park keys, item by item."""
+        active = self._active
+        for item in chunk:
+            prepared = self._prepare(item)
+            if not isinstance(prepared, Event):
+                bad.append((item, *prepared))
+                continue
+            ev = prepared
+            key = ev.key
+            if key is not None and key not in mine:
+                if key in active:
+                    parked = active[key]
+                    if parked is None:
+                        parked = active[key] = deque()
+                    parked.append((ev, item))
+                    continue
+                active[key] = None
+                mine.add(key)
+            events.append(ev)
+            items.append(item)
+
+    def _prepare(self, item: Any) -> Event | tuple[Event | None, str, Exception]:
+        """Decode raw bytes and convert the payload; on failure (event or None, reason, error)."""
+        ev: Event = item
+        if type(item) is RawEvent:
+            try:
+                ev = self._codec.decode(item.data)
+            except EventError as exc:
+                return None, "too_large" if isinstance(exc, EventTooLargeError) else "undecodable", exc
+            if ev.topic != item.topic:
+                ev = msgspec.structs.replace(ev, topic=item.topic)
+        if self._payload_type is not None:
+            try:
+                ev = msgspec.structs.replace(ev, payload=convert_payload(ev.payload, self._payload_type))
+            except EventDecodeError as exc:
+                return ev, "wrong_schema", exc
+        return ev
+
+    def _release_keys(self, mine: set[str], rest: list[_Pair]) -> list[_Pair]:
+        """After a batch: keys with parked events, or with events in ``rest``, stay held (those run next);
+        the others are released. Returns the parked events, to go after ``rest``."""
+        active = self._active
+        keep = {ev.key for ev, _ in rest}
+        carry: list[_Pair] = []
+        for key in list(mine):
+            parked = active[key]
+            if parked:
+                carry.extend(parked)
+                active[key] = None
+            elif key not in keep:
+                del active[key]
+                mine.discard(key)
+        return carry
+
+    async def _run(self, events: list[Event], items: list[Any], slot: Slot) -> None:
+        pool = self._pool
+        if pool.busy < pool.size and not pool._waiters:
+            pool.busy += 1
+        else:
+            await pool.acquire()
+        t0 = time.perf_counter()
+        self._queue_waits(events, t0 + self._wall_offset)
+        slot.deadline = t0 + self.timeout_s
+        try:
+            results = await self._invoke(events)
+        except BaseException as exc:  # noqa: BLE001 - classified in _failed_batch
+            slot.deadline = 0.0
+            pool.release()
+            self._m.duration.observe(time.perf_counter() - t0)
+            await self._failed_batch(events, items, slot, exc)
+            return
+        self._batch_succeeded(events, items, slot, t0, results)
+
+    def _queue_waits(self, events: list[Event], now: float) -> None:
+        """Observe emit → start for each event; events emitted together (equal created_at) cost one step."""
+        qw = self._m.queue_wait
+        created = list(map(_created_of, events))
+        first = created[0]
+        n = len(created)
+        if created.count(first) == n:
+            qw.observe_many(now - first, n)
+        else:
+            for c in created:
+                qw.observe(now - c)
+
+    def _results(self, result: Any, n: int) -> Sequence[Any] | None:
+        if result is None:
+            return None
+        if isinstance(result, list | tuple) and len(result) == n:
+            return result
+        got = f"{len(result)} results" if isinstance(result, list | tuple) else f"a {type(result).__name__}"
+        raise TypeError(
+            f"Batch agent {self.name!r} returned {got} for {n} events; return None or a list with one result "
+            "per event, in order."
+        )
+
+    def _batch_succeeded(
+        self, events: list[Event], items: list[Any], slot: Slot, t0: float, results: Sequence[Any] | None
+    ) -> None:
+        slot.deadline = 0.0
+        if slot.timed_out:
+            self._swallowed_timeout(slot)
+        self._pool.release()
+        m = self._m
+        m.duration.observe(time.perf_counter() - t0)
+        m.handled += len(events)
+        self._finish_batch(items)
+        self._reply_all(events, results)
+
+    def _reply_all(self, events: list[Event], results: Sequence[Any] | None) -> None:
+        n = len(events)
+        if list(map(_reply_to_of, events)).count(None) == n:
+            return
+        reply = self._host._reply
+        for i, ev in enumerate(events):
+            if ev.reply_to is not None:
+                reply(ev, None if results is None else results[i], None)
+
+    def _finish_batch(self, items: list[Any]) -> None:
+        self._sub.ack_many(items)
+        self.inflight -= len(items)
+        self._room_freed()
+
+    async def _failed_batch(self, events: list[Event], items: list[Any], slot: Slot, exc: BaseException) -> None:
+        """Classify, back off and retry the whole batch; finally dead-letter every event in it."""
+        m = self._m
+        n = len(events)
+        attempt = max(e.attempt for e in events)
+        what = f"a batch of {n} events starting with {events[0].id}"
+        while True:
+            exc = self._as_timeout(exc, slot, what, attempt)
+            if isinstance(exc, Skip):
+                m.skipped += n
+                self._finish_batch(items)
+                self._reply_all(events, None)
+                return
+            if isinstance(exc, Reject):
+                await self._dead_batch(events, items, "rejected", exc, attempt)
+                return
+            if not isinstance(exc, Exception):
+                raise exc
+            kind = "timeout" if isinstance(exc, HandlerTimeoutError) else "error"
+            for _ in range(n):
+                m.failed(kind)
+            if not self.policy.should_retry(attempt):
+                await self._dead_batch(events, items, "timeout" if kind == "timeout" else "exhausted", exc, attempt)
+                return
+            delay = self.policy.delay_s(attempt, exc)
+            m.retries += n
+            if not isinstance(exc, Retry):
+                self._log_retry(what, attempt, exc, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+            events = [msgspec.structs.replace(ev, attempt=attempt) for ev in events]
+            t0, results, error = await self._call_in_slot(slot, self._invoke, events)
+            if error is not None:
+                exc = error
+                continue
+            self._batch_succeeded(events, items, slot, t0, results)
+            return
+
+    async def _invoke(self, events: list[Event]) -> Sequence[Any] | None:
+        return self._results(await self._call(events, BatchContext(events, self)), len(events))
+
+    async def _dead_batch(
+        self, events: list[Event], items: list[Any], reason: str, exc: BaseException, attempt: int
+    ) -> None:
+        for ev, item in zip(events, items, strict=True):
+            await self._dead(item, ev, reason, exc, attempt)

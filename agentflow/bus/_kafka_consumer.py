@@ -1,0 +1,372 @@
+"""A Kafka bus subscription: one aiokafka consumer in the agent's group, its fetcher and committer tasks.
+
+Part of :mod:`agentflow.bus.kafka` (split out for size; only the Kafka modules import aiokafka). The fetcher
+polls without pause and keeps fetched records per partition, pausing the partitions when buffered + unfinished
+reach the bus's ``buffer_size``; the committer commits the contiguous prefix of finished offsets
+(:class:`~agentflow.bus.offsets.OffsetTracker`). With ``[kafka] retry_topics`` the same consumer reads the
+agent's retry tiers (:mod:`agentflow.bus._kafka_retry`). See docs/kafka.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+
+from ..errors import BusUnavailableError, EventError
+from ..events import Event, RawEvent
+from ._kafka_retry import GROUP_HEADER, RetryTiers
+from .base import Item, Subscription, SubscriptionStatistics
+from .offsets import OffsetTracker
+
+if TYPE_CHECKING:
+    from .kafka import KafkaBus
+
+__all__ = ["KafkaSubscription"]
+
+logger = logging.getLogger("agentflow.bus.kafka")  # one logger name for the whole Kafka bus
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, sub: KafkaSubscription) -> None:
+        self.sub = sub
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.sub._revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.sub._assigned(set(assigned))
+
+
+class KafkaSubscription(Subscription):
+    """A member of a consumer group on a Kafka topic (one aiokafka consumer)."""
+
+    def __init__(self, bus: KafkaBus, topic: str, group: str, *, offset_reset: str | None = None) -> None:
+        self.topic = topic
+        self.group = group
+        self._bus = bus
+        self._kname = bus.topic_name(topic)
+        self._offset_reset = offset_reset or bus.kafka.auto_offset_reset
+        self._buf: dict[Any, deque[tuple[Item, int]]] = {}
+        self._order: list[Any] = []
+        self._next = 0
+        self._buffered = 0
+        self._unacked: dict[int, tuple[Item, Any, int]] = {}
+        self._tracker: OffsetTracker[Any] = OffsetTracker()
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self.generation = 0
+        self._assigned_evt = asyncio.Event()
+        # True between an assignment and the next revoke: this member holds its share of the group's partitions.
+        self.joined = False
+        k = bus.kafka
+        self._tiers = RetryTiers(self._kname, k.retry_tier_delays_s) if k.retry_topics else None
+        self._taken = self._acked = self._requeued = self._skipped = 0
+        self._consumer: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"<KafkaSubscription topic={self.topic!r} group={self.group!r} partitions={self._partitions()} "
+            f"buffered={self._buffered} unacked={len(self._unacked)} paused={self._paused} joined={self.joined}"
+            f"{'' if self._tiers is None else f' retry_waiting={len(self._tiers.delayed)}'}>"
+        )
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        bus, k = self._bus, self._bus.kafka
+        self._consumer = AIOKafkaConsumer(
+            **bus._client_opts,
+            group_id=bus.topic_name(self.group),
+            enable_auto_commit=False,
+            auto_offset_reset=self._offset_reset,
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=k.heartbeat_interval_ms,
+            max_poll_interval_ms=k.max_poll_interval_ms,
+            fetch_max_wait_ms=k.fetch_max_wait_ms,
+            fetch_max_bytes=k.fetch_max_bytes,
+            max_partition_fetch_bytes=k.max_partition_fetch_bytes,
+        )
+        # The agent's retry tiers are read by the same consumer, in the same group (docs/kafka.md, retries).
+        topics = [self._kname, *(self._tiers.names if self._tiers is not None else ())]
+        self._consumer.subscribe(topics, listener=_Listener(self))
+        await bus._retry_connect(self._consumer.start, f"join group {self.group!r}")
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._fetch(), name=f"agentflow-kafka-fetch-{self.topic}-{self.group}"),
+            loop.create_task(self._commit_loop(), name=f"agentflow-kafka-commit-{self.topic}-{self.group}"),
+        ]
+        timeout = k.max_poll_interval_ms / 1000 + k.session_timeout_ms / 1000
+        try:
+            async with asyncio.timeout(timeout):
+                await self._assigned_evt.wait()
+        except TimeoutError:
+            await self.aclose()
+            raise BusUnavailableError(
+                f"Joining consumer group {self.group!r} on topic {self._kname!r} got no partitions within "
+                f"{timeout:g} s; check that the brokers are reachable and the group coordinator is healthy."
+            ) from None
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._consumer is not None:
+            try:
+                await self._commit()
+            finally:
+                # Leaving the group hands our partitions to the others from the last commit: everything
+                # taken and not acknowledged is delivered again.
+                await self._consumer.stop()
+        self._buf.clear()
+        self._unacked.clear()
+        self._buffered = 0
+        peers = self._bus._left(self)
+        if not self._bus._closed:
+            # The contract: once aclose returns, the rest of the group (in this process) owns our partitions.
+            await self._bus._settle({p: p.generation for p in peers})
+
+    # ---- rebalance -------------------------------------------------------------------------------------
+
+    def _assigned(self, parts: set[Any]) -> None:
+        for tp in sorted(parts, key=lambda tp: tp.partition):
+            self._buf.setdefault(tp, deque())
+        self._order = sorted(self._buf, key=lambda tp: tp.partition)
+        self._next = 0
+        self.generation += 1
+        self.joined = True
+        self._assigned_evt.set()
+        if self._tiers is not None:
+            self._tiers.forget()  # positions restart from the committed offsets; waits are found again
+        if self._paused:
+            self._consumer.pause(*self._order)
+        self._wake()
+
+    async def _revoked(self, parts: set[Any]) -> None:
+        self.joined = False
+        if self._tiers is not None:
+            self._tiers.forget(parts)
+        # 1. stop handing out events of these partitions (the buffered ones are not started: drop them, the new
+        #    owner gets them from the committed offset).
+        for tp in parts:
+            dq = self._buf.pop(tp, None)
+            if dq:
+                self._buffered -= len(dq)
+        self._order = sorted(self._buf, key=lambda tp: tp.partition)
+        self._next = 0
+        # 2. let the events in flight finish, within a bound, so their offsets can be committed.
+        if not self._closed:
+            deadline = time.monotonic() + self._bus.kafka.rebalance_grace_s
+            while True:
+                left = sum(1 for _, tp, _ in self._unacked.values() if tp in parts)
+                if not left:
+                    break
+                if time.monotonic() >= deadline:
+                    logger.warning(
+                        "Rebalance of group %r: %d event(s) still running after %.1f s (kafka.rebalance_grace_s); "
+                        "their partitions are released and the new owner handles them again.",
+                        self.group,
+                        left,
+                        self._bus.kafka.rebalance_grace_s,
+                    )
+                    break
+                await asyncio.sleep(0.005)
+        # 3. commit, then forget: later acks of these partitions are ignored (the new owner redelivers them).
+        await self._commit()
+        self._tracker.revoke(parts)
+        for key in [k for k, (_, tp, _) in self._unacked.items() if tp in parts]:
+            del self._unacked[key]
+
+    # ---- fetching --------------------------------------------------------------------------------------
+
+    async def _fetch(self) -> None:
+        consumer, bus = self._consumer, self._bus
+        codec, cap = bus.codec, bus.buffer_size
+        decode = codec.decode
+        group = self.group
+        tiers = self._tiers
+        backoff = 0.1
+        while True:
+            room = cap - self._buffered - len(self._unacked)
+            if room <= 0 and not self._paused:
+                self._paused = True
+                consumer.pause(*self._order)
+            poll_ms = 200
+            if tiers is not None:
+                for tp in tiers.due():
+                    if not self._paused and tp in self._buf:
+                        consumer.resume(tp)
+                poll_ms = tiers.wait_ms(poll_ms)
+            try:
+                # Polls go on while paused: they keep the membership alive (max_poll_interval_ms) and heartbeats
+                # run beside them, so a slow handler never triggers a rebalance loop.
+                batches = await consumer.getmany(timeout_ms=poll_ms, max_records=max(room, 1))
+                backoff = 0.1
+            except KafkaError as exc:
+                logger.warning("Kafka fetch for group %r failed (%s); retrying in %.1f s.", group, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            got = 0
+            for tp, records in batches.items():
+                dq = self._buf.get(tp)
+                if dq is None:
+                    continue  # revoked meanwhile
+                if tiers is not None and tiers.is_tier(tp.topic):
+                    records = tiers.admit(tp, records, consumer, self._for_me)
+                track = self._tracker
+                for rec in records:
+                    track.taken(tp, rec.offset)
+                    if rec.headers and not self._for_me(rec.headers):
+                        track.finished(tp, rec.offset)
+                        self._skipped += 1
+                        continue
+                    value = rec.value or b""
+                    key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
+                    item: Item
+                    try:
+                        item = decode(value)
+                    except EventError:
+                        item = RawEvent(self.topic, bytes(value), key)
+                    dq.append((item, rec.offset))
+                    got += 1
+            if got:
+                self._buffered += got
+                self._wake()
+
+    def _for_me(self, headers: Sequence[tuple[str, bytes]]) -> bool:
+        for name, value in headers:
+            if name == GROUP_HEADER:
+                return value.decode() == self.group
+        return True
+
+    async def _commit_loop(self) -> None:
+        interval = self._bus.kafka.commit_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        pending = self._tracker.pending_commits()
+        if not pending or self._consumer is None:
+            return
+        assigned = self._consumer.assignment()
+        pending = {tp: off for tp, off in pending.items() if tp in assigned}
+        if not pending:
+            return
+        try:
+            await self._consumer.commit(pending)
+        except KafkaError as exc:
+            self._tracker.uncommit(pending)
+            logger.warning("Commit for group %r failed (%s); it is retried with the next commit.", self.group, exc)
+
+    # ---- the Subscription contract ---------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _partitions(self) -> list[int]:
+        return [tp.partition for tp in self._order if tp.topic == self._kname]  # not the retry tiers
+
+    def take_nowait(self, max_n: int) -> list[Item]:
+        if not self._buffered or self._closed:
+            return []
+        order = self._order
+        n = len(order)
+        start = self._next
+        for j in range(n):
+            tp = order[(start + j) % n]
+            dq = self._buf[tp]
+            if not dq:
+                continue
+            # One partition per call, rotating, so a busy partition cannot starve the others.
+            self._next = (start + j + 1) % n
+            k = min(len(dq), max_n)
+            pop = dq.popleft
+            unacked = self._unacked
+            items = []
+            for _ in range(k):
+                item, off = pop()
+                unacked[id(item)] = (item, tp, off)
+                items.append(item)
+            self._buffered -= k
+            self._taken += k
+            return items
+        return []
+
+    async def wait(self) -> bool:
+        if self._closed:
+            return False
+        if self._buffered:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter = fut
+        try:
+            await fut
+        finally:
+            self._waiter = None
+        return not self._closed
+
+    def ack(self, item: Item) -> None:
+        entry = self._unacked.pop(id(item), None)
+        if entry is None:
+            return
+        self._tracker.finished(entry[1], entry[2])
+        self._acked += 1
+        if self._paused and self._buffered + len(self._unacked) < self._bus.buffer_size:
+            self._paused = False
+            waiting = self._tiers.delayed if self._tiers is not None else ()
+            self._consumer.resume(*[tp for tp in self._order if tp not in waiting])
+
+    async def defer_retry(self, event: Event, attempt: int, exc: BaseException) -> bool:
+        """Hand the retry after failed attempt ``attempt`` to the retry tiers (``[kafka] retry_topics``).
+
+        True when it was written to ``<topic>.retry.N`` — the caller then acknowledges the original, so the
+        partition's commit moves on. False when retry topics are off or the write failed: retry in-process.
+        """
+        if self._tiers is None or self._closed:
+            return False
+        return await self._tiers.send(self._bus, self.topic, self.group, event, attempt, exc)
+
+    def requeue(self, items: Sequence[Item]) -> None:
+        back: list[tuple[Item, Any, int]] = []
+        for it in items:
+            entry = self._unacked.pop(id(it), None)
+            if entry is not None:
+                back.append(entry)
+        # Offsets stay unfinished in the tracker: putting them back ahead of newer records keeps their order.
+        for item, tp, off in sorted(back, key=lambda e: e[2], reverse=True):
+            dq = self._buf.get(tp)
+            if dq is not None:
+                dq.appendleft((item, off))
+                self._buffered += 1
+        self._requeued += len(back)
+        if back:
+            self._wake()
+
+    def statistics(self) -> SubscriptionStatistics:
+        return SubscriptionStatistics(
+            topic=self.topic,
+            group=self.group,
+            partitions=tuple(self._partitions()),
+            buffered=self._buffered,
+            unacked=len(self._unacked),
+            taken=self._taken,
+            acked=self._acked,
+            requeued=self._requeued,
+        )

@@ -1,0 +1,139 @@
+"""The LLM layer's Prometheus families, rendered from plain counters at scrape time.
+
+Labels are bounded: ``provider`` names come from the config, ``model`` values beyond
+:data:`MAX_MODELS` per provider are counted under ``model="_other"``, ``agent`` names are the agents
+registered in code (``_none`` for calls made outside an agent), and ``outcome``/``kind``/``result`` are fixed
+sets. The families are listed in docs/llm.md ("Metrics").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from ..cache import TTLCache
+from ..metrics import Pow2Histogram
+from .cost import CostTracker
+
+__all__ = ["OUTCOMES", "LLMMetrics", "ModelMetrics"]
+
+#: Values of the ``outcome`` label, one per member of the LLM error tree plus success.
+OUTCOMES = (
+    "success",
+    "timeout",
+    "rate_limited",
+    "unavailable",
+    "bad_request",
+    "auth",
+    "circuit_open",
+    "error",
+)
+MAX_MODELS = 100
+
+
+class ModelMetrics:
+    """Counters of one (provider, model): HTTP requests by outcome, retries and latencies."""
+
+    __slots__ = ("duration", "inter_token", "outcomes", "retries", "ttft")
+
+    def __init__(self) -> None:
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self.retries = 0
+        self.duration = Pow2Histogram()
+        self.ttft = Pow2Histogram()
+        self.inter_token = Pow2Histogram()
+
+
+class LLMMetrics:
+    """Everything the LLM layer counts; :meth:`collect` turns it into Prometheus families."""
+
+    def __init__(self, costs: CostTracker) -> None:
+        self.costs = costs
+        self._models: dict[tuple[str, str], ModelMetrics] = {}
+        self._caches: dict[str, TTLCache[object, object]] = {}
+
+    def model(self, provider: str, model: str) -> ModelMetrics:
+        key = (provider, model)
+        m = self._models.get(key)
+        if m is None:
+            if sum(1 for p, _ in self._models if p == provider) >= MAX_MODELS:
+                key = (provider, "_other")
+                m = self._models.get(key)
+            if m is None:
+                m = self._models[key] = ModelMetrics()
+        return m
+
+    def add_cache(self, provider: str, cache: TTLCache[object, object]) -> None:
+        self._caches[provider] = cache
+
+    def requests_total(self) -> int:
+        return sum(sum(m.outcomes.values()) for m in self._models.values())
+
+    def collect(self) -> Iterator[Metric]:
+        if not self._models and not self._caches:
+            return
+        requests = CounterMetricFamily(
+            "agentflow_llm_requests",
+            "HTTP requests to LLM providers (each retry counts), by outcome.",
+            labels=["provider", "model", "outcome"],
+        )
+        retries = CounterMetricFamily(
+            "agentflow_llm_retries", "LLM requests retried after a retriable failure.", labels=["provider", "model"]
+        )
+        duration = HistogramMetricFamily(
+            "agentflow_llm_request_duration_seconds",
+            "Time of one HTTP request to the provider, to the last byte of the answer.",
+            labels=["provider", "model"],
+        )
+        ttft = HistogramMetricFamily(
+            "agentflow_llm_time_to_first_token_seconds",
+            "Streamed chat: time from sending the request to the first content token.",
+            labels=["provider", "model"],
+        )
+        inter = HistogramMetricFamily(
+            "agentflow_llm_inter_token_seconds",
+            "Streamed chat: time between consecutive content chunks.",
+            labels=["provider", "model"],
+        )
+        for (provider, model), m in sorted(self._models.items()):
+            for outcome, n in m.outcomes.items():
+                requests.add_metric([provider, model, outcome], n)
+            retries.add_metric([provider, model], m.retries)
+            duration.add_metric([provider, model], m.duration.cumulative_buckets(), m.duration.sum)
+            ttft.add_metric([provider, model], m.ttft.cumulative_buckets(), m.ttft.sum)
+            inter.add_metric([provider, model], m.inter_token.cumulative_buckets(), m.inter_token.sum)
+        yield from (requests, retries, duration, ttft, inter)
+        tokens = CounterMetricFamily(
+            "agentflow_llm_tokens",
+            "Tokens the provider reported, by kind: prompt or completion.",
+            labels=["provider", "model", "agent", "kind"],
+        )
+        cost = CounterMetricFamily(
+            "agentflow_llm_cost_usd",
+            "Cost in US dollars from the [llm.NAME.prices] table.",
+            labels=["provider", "model", "agent"],
+        )
+        for row in self.costs.rows():
+            tokens.add_metric([row.provider, row.model, row.agent, "prompt"], row.prompt_tokens)
+            tokens.add_metric([row.provider, row.model, row.agent, "completion"], row.completion_tokens)
+            cost.add_metric([row.provider, row.model, row.agent], row.cost_usd)
+        yield from (tokens, cost)
+        lookups = CounterMetricFamily(
+            "agentflow_llm_cache_lookups",
+            "Response cache lookups, by result: hit or miss.",
+            labels=["provider", "result"],
+        )
+        entries = GaugeMetricFamily(
+            "agentflow_llm_cache_entries", "Entries in the response cache.", labels=["provider"]
+        )
+        for provider, cache in sorted(self._caches.items()):
+            lookups.add_metric([provider, "hit"], cache.hits)
+            lookups.add_metric([provider, "miss"], cache.misses)
+            entries.add_metric([provider], len(cache))
+        yield from (lookups, entries)
+        refused = CounterMetricFamily(
+            "agentflow_llm_budget_refusals", "LLM calls refused because the workflow's token budget was used up."
+        )
+        refused.add_metric([], self.costs.budget_refusals)
+        yield refused

@@ -1,0 +1,847 @@
+"""One OpenAI-compatible provider over a pooled aiohttp session: chat (plain and SSE), embeddings, completions.
+
+Each call goes: token budget → cache → (batcher, for embeddings and list-prompt completions) → rate limiter
+→ circuit breaker → HTTP, with retries of retriable failures (429, 5xx, timeouts, resets) inside one deadline
+shared by all attempts. aiohttp exceptions and HTTP statuses are translated here into the
+:class:`~agentflow.errors.LLMError` tree. The resilience parts are passed in (see :mod:`agentflow.llm.hub`,
+which builds them from ``[llm.NAME]``), so this module only needs them to look like the small protocols below.
+
+Works against OpenAI, vLLM, Ollama and the mock server through ``base_url``; ``api_style = "azure"`` sends the
+key in an ``api-key`` header and adds ``?api-version=`` (``base_url`` is then the deployment's URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+import msgspec
+
+from ..cache import TTLCache
+from ..config import LLMConfig
+from ..errors import (
+    CircuitOpenError,
+    LifecycleError,
+    LLMAuthError,
+    LLMBadRequestError,
+    LLMError,
+    LLMRateLimitedError,
+    LLMTimeoutError,
+    LLMUnavailableError,
+)
+from ..resilience.retry import RetryPolicy
+from ._metrics import LLMMetrics, ModelMetrics
+from .cost import CostTracker
+from .types import (
+    CHAT_DECODER,
+    CHUNK_DECODER,
+    COMPLETION_DECODER,
+    EMBEDDING_DECODER,
+    ENCODER,
+    ERROR_DECODER,
+    ChatChoice,
+    ChatMessage,
+    ChatResponse,
+    CompletionChoice,
+    CompletionResponse,
+    Embedding,
+    EmbeddingResponse,
+    Usage,
+)
+
+__all__ = ["ProviderClient"]
+
+logger = logging.getLogger(__name__)
+
+T_contra = TypeVar("T_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
+
+
+class PermitLike(Protocol):
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> Any: ...
+
+
+class BreakerLike(Protocol):
+    def acquire(self) -> PermitLike: ...
+
+    def open_for(self, seconds: float) -> None: ...
+
+
+class BreakersLike(Protocol):
+    def get(self, *key: str) -> BreakerLike: ...
+
+
+class LimiterLike(Protocol):
+    async def acquire(self, tokens: int = 1, *, priority: int = 0) -> None: ...
+
+    def adjust(self, tokens_delta: int) -> None: ...
+
+
+class BudgetLike(Protocol):
+    def record_call(self) -> None: ...
+
+    def try_spend(self) -> bool: ...
+
+
+class BatcherLike(Protocol[T_contra, R_co]):
+    async def submit(self, item: T_contra, *, tokens: int = 0, deadline: float | None = None) -> R_co: ...
+
+    async def aclose(self) -> None: ...
+
+
+BatcherFactory = Callable[[Callable[[list[Any]], Awaitable[Sequence[Any]]], str], BatcherLike[Any, Any]]
+
+
+class _NoBreaker:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def acquire(self) -> _NoBreaker:
+        return self
+
+    def open_for(self, seconds: float) -> None:
+        return None
+
+
+_NO_BREAKER = _NoBreaker()
+
+
+def estimate_tokens(text: str) -> int:
+    """~4 characters per token: the estimate the rate limiter charges before the provider reports usage."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None  # an HTTP date: rare from LLM providers, and the backoff still applies
+
+
+class ProviderClient:
+    """A pooled client for one provider, named as in ``[llm.NAME]``::
+
+    async with ProviderClient("local", LLMConfig(base_url=server.url, default_model="mock")) as client:
+        reply = await client.chat([{"role": "user", "content": "hi"}], temperature=0)
+        vectors = (await client.embed(["a", "b"])).vectors
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: LLMConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+        llm_metrics: LLMMetrics | None = None,
+        breakers: BreakersLike | None = None,
+        limiter_factory: Callable[[str], LimiterLike | None] | None = None,
+        budget: BudgetLike | None = None,
+        batcher_factory: BatcherFactory | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self._env = os.environ if env is None else env
+        self.metrics = llm_metrics or LLMMetrics(CostTracker())
+        self.costs = self.metrics.costs
+        self.costs.set_prices(name, config.prices)
+        self._breakers = breakers
+        self._limiter_factory = limiter_factory
+        self._limiters: dict[str, LimiterLike | None] = {}
+        self._budget = budget
+        self._batcher_factory = batcher_factory if config.batching.enabled else None
+        self._batchers: dict[tuple[Any, ...], BatcherLike[Any, Any]] = {}
+        cc = config.cache
+        self.cache: TTLCache[object, object] | None = (
+            TTLCache(max_entries=cc.max_entries, ttl_s=cc.ttl_s) if cc.enabled else None
+        )
+        if self.cache is not None:
+            self.metrics.add_cache(name, self.cache)
+        rc = config.retry
+        self._policy = RetryPolicy(
+            max_attempts=rc.max_attempts,
+            initial_backoff_s=rc.initial_backoff_s,
+            max_backoff_s=rc.max_backoff_s,
+            multiplier=rc.multiplier,
+            jitter_s=rc.jitter_s,
+        )
+        base = config.base_url.rstrip("/")
+        query = f"?api-version={config.api_version}" if config.api_style == "azure" and config.api_version else ""
+        self._urls = {e: f"{base}/{e}{query}" for e in ("chat/completions", "embeddings", "completions")}
+        self._base = base
+        self._headers: dict[str, str] = {"Content-Type": "application/json"}
+        self._timeout: aiohttp.ClientTimeout | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._sessions_in_use: dict[int, int] = {}
+        self._state = "created"
+        self._rotator: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.requests = 0
+        self.in_flight = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        # The API key is deliberately absent: only the variable's name is shown.
+        return (
+            f"<ProviderClient {self.name!r} state={self._state} base_url={self._base!r} "
+            f"api_key_env={self.config.api_key_env!r} requests={self.requests} in_flight={self.in_flight}>"
+        )
+
+    async def __aenter__(self) -> ProviderClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Read the API key from the environment, open the pool and pre-warm ``min_connections``."""
+        if self._state != "created":
+            raise LifecycleError(f"LLM provider client {self.name!r} starts once; create a new one.")
+        self._state = "running"
+        cfg = self.config
+        if cfg.api_key_env is not None:
+            key = self._env.get(cfg.api_key_env)
+            if not key:
+                self._state = "closed"
+                raise LLMAuthError(
+                    f"The environment variable {cfg.api_key_env} (api_key_env of [llm.{self.name}]) is not set; "
+                    "export the provider's API key in it before starting.",
+                    provider=self.name,
+                )
+            if cfg.api_style == "azure":
+                self._headers["api-key"] = key
+            else:
+                self._headers["Authorization"] = f"Bearer {key}"
+        self._session = self._new_session()
+        await self._prewarm(self._session)
+        if cfg.max_connection_lifetime_s is not None:
+            self._rotator = asyncio.create_task(
+                self._rotate(cfg.max_connection_lifetime_s), name=f"llm-{self.name}-rotate"
+            )
+
+    async def aclose(self) -> None:
+        """Close batchers (flushing what they hold), then the pool; idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        for batcher in list(self._batchers.values()):
+            await batcher.aclose()
+        self._batchers.clear()
+        tasks = [t for t in (self._rotator, *self._retiring) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        cfg = self.config
+        connector = aiohttp.TCPConnector(
+            limit=cfg.max_connections,
+            limit_per_host=cfg.max_connections_per_host,
+            keepalive_timeout=cfg.idle_timeout_s,
+            ttl_dns_cache=300,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=cfg.request_timeout_s, sock_connect=cfg.connection_timeout_s),
+            skip_auto_headers=("User-Agent",),
+            raise_for_status=False,
+        )
+
+    async def _prewarm(self, session: aiohttp.ClientSession) -> None:
+        n = min(self.config.min_connections, self.config.max_connections)
+        if n == 0:
+            return
+
+        async def touch() -> None:
+            async with session.get(f"{self._base}/models", headers=self._headers) as resp:
+                await resp.read()
+
+        # Concurrent requests so each needs its own connection; they stay in the pool (keep-alive) afterwards.
+        results = await asyncio.gather(*(touch() for _ in range(n)), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            logger.warning(
+                "Could not pre-warm %d of %d connections to LLM provider %r (%s); calls will connect on demand.",
+                len(failed),
+                n,
+                self.name,
+                type(failed[0]).__name__,
+            )
+
+    async def _rotate(self, lifetime_s: float) -> None:
+        """Replace the pool every ``lifetime_s``, so no connection outlives it by more than one request.
+
+        aiohttp has no per-connection lifetime; a fresh session (pre-warmed) takes new requests, and the old one
+        closes once its requests finish (or after ``request_timeout_s``).
+        """
+        while True:  # noqa: ASYNC110 - a timer, not a poll
+            await asyncio.sleep(lifetime_s)
+            old, self._session = self._session, self._new_session()
+            await self._prewarm(self._session)
+            if old is not None:
+                task = asyncio.create_task(self._retire(old))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, session: aiohttp.ClientSession) -> None:
+        deadline = time.monotonic() + self.config.request_timeout_s
+        try:
+            # Polled: requests finish far more often than pools rotate, so an Event per request is not worth it.
+            while self._sessions_in_use.get(id(session), 0) > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        finally:
+            self._sessions_in_use.pop(id(session), None)
+            await session.close()
+
+    # ---- public calls ----------------------------------------------------------------------------------
+
+    async def chat(
+        self,
+        messages: Sequence[Mapping[str, Any] | ChatMessage],
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        stream: bool = False,
+        agent: str | None = None,
+        workflow: str | None = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
+        cache: bool | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ChatResponse:
+        """One chat completion. ``stream=True`` reads it as server-sent events and records time to first token
+        and inter-token latency (the answer is still returned whole). ``cache=None`` caches only when
+        ``temperature == 0`` (and ``[llm.NAME.cache] deterministic_only``); ``extra`` adds body fields."""
+        if not messages:
+            raise LLMBadRequestError("chat() needs at least one message.", provider=self.name)
+        model = model or self.config.default_model
+        body: dict[str, Any] = {"model": model, "messages": list(messages)}
+        if temperature is not None:
+            body["temperature"] = temperature
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if extra:
+            body.update(extra)
+        self._check_budget(workflow)
+        key = self._cache_key(cache, temperature, ("chat", body))
+        if key is not None and self.cache is not None:
+            hit = self.cache.get(key)
+            if isinstance(hit, ChatResponse):
+                return msgspec.structs.replace(hit, cached=True)
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        est = sum(
+            estimate_tokens(str(m.get("content") or "") if isinstance(m, Mapping) else (m.content or ""))
+            for m in messages
+        )
+        est += max_tokens or 0
+        resp: ChatResponse = await self._send("chat/completions", body, model, est, priority, timeout_s, stream=stream)
+        self._account(model, agent, workflow, resp.usage)
+        if key is not None and self.cache is not None:
+            self.cache.put(key, resp)
+        return resp
+
+    async def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        agent: str | None = None,
+        workflow: str | None = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
+        cache: bool | None = None,
+    ) -> EmbeddingResponse:
+        """Embeddings of ``inputs`` in order. Concurrent calls are coalesced into batched requests when
+        batching is on; each input is cached on its own (embeddings are deterministic)."""
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        if not texts:
+            raise LLMBadRequestError("embed() needs at least one input.", provider=self.name)
+        model = model or self.config.default_model
+        self._check_budget(workflow)
+        use_cache = self.cache is not None and cache is not False
+        vectors: list[list[float] | None] = [None] * len(texts)
+        missing: list[int] = []
+        for i, text in enumerate(texts):
+            hit = self.cache.get(("embed", model, dimensions, text)) if use_cache and self.cache is not None else None
+            if isinstance(hit, list):
+                vectors[i] = hit
+            else:
+                missing.append(i)
+        usage = Usage()
+        if missing:
+            todo = [texts[i] for i in missing]
+            if self._batcher_factory is not None:
+                # One batcher serves many callers, so its requests use the provider's deadline and priority 0;
+                # each caller's own deadline still bounds its wait for the batch.
+                batcher = self._batcher(("embed", model, dimensions), self._embed_dispatch(model, dimensions, None))
+                deadline = self._deadline(timeout_s)
+                if len(todo) == 1:  # the common case: no gather, so no task per call
+                    results = [await batcher.submit(todo[0], tokens=estimate_tokens(todo[0]), deadline=deadline)]
+                else:
+                    results = await asyncio.gather(
+                        *(batcher.submit(t, tokens=estimate_tokens(t), deadline=deadline) for t in todo)
+                    )
+            else:
+                results = await self._embed_dispatch(model, dimensions, timeout_s, priority)(todo)
+            for i, (vec, tokens) in zip(missing, results, strict=True):
+                vectors[i] = vec
+                usage.prompt_tokens += tokens
+                if use_cache and self.cache is not None:
+                    self.cache.put(("embed", model, dimensions, texts[i]), vec)
+            usage.total_tokens = usage.prompt_tokens
+            self._account(model, agent, workflow, usage)
+        data = [Embedding(index=i, embedding=v or []) for i, v in enumerate(vectors)]
+        return EmbeddingResponse(model=model, data=data, usage=usage, cached=not missing)
+
+    async def complete(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        agent: str | None = None,
+        workflow: str | None = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
+    ) -> CompletionResponse:
+        """Completions of a list of prompts (one choice per prompt, in order); batched like embeddings."""
+        items = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not items:
+            raise LLMBadRequestError("complete() needs at least one prompt.", provider=self.name)
+        model = model or self.config.default_model
+        self._check_budget(workflow)
+        if self._batcher_factory is not None:
+            dispatch = self._complete_dispatch(model, max_tokens, temperature, None, 0)
+            batcher = self._batcher(("complete", model, max_tokens, temperature), dispatch)
+            deadline = self._deadline(timeout_s)
+            results = await asyncio.gather(
+                *(batcher.submit(p, tokens=estimate_tokens(p) + (max_tokens or 0), deadline=deadline) for p in items)
+            )
+        else:
+            results = await self._complete_dispatch(model, max_tokens, temperature, timeout_s, priority)(items)
+        usage = Usage()
+        choices = []
+        for i, (text, prompt_tokens, completion_tokens) in enumerate(results):
+            choices.append(CompletionChoice(index=i, text=text, finish_reason="stop"))
+            usage.prompt_tokens += prompt_tokens
+            usage.completion_tokens += completion_tokens
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        self._account(model, agent, workflow, usage)
+        return CompletionResponse(model=model, choices=choices, usage=usage)
+
+    # ---- batching --------------------------------------------------------------------------------------
+
+    def _batcher(
+        self, key: tuple[Any, ...], dispatch: Callable[[list[Any]], Awaitable[Sequence[Any]]]
+    ) -> BatcherLike[Any, Any]:
+        b = self._batchers.get(key)
+        if b is None:
+            assert self._batcher_factory is not None
+            b = self._batchers[key] = self._batcher_factory(dispatch, f"{self.name}/{key[0]}/{key[1]}")
+        return b
+
+    def _embed_dispatch(
+        self, model: str, dimensions: int | None, timeout_s: float | None, priority: int = 0
+    ) -> Callable[[list[str]], Awaitable[list[tuple[list[float], int]]]]:
+        async def dispatch(texts: list[str]) -> list[tuple[list[float], int]]:
+            body: dict[str, Any] = {"model": model, "input": texts}
+            if dimensions is not None:
+                body["dimensions"] = dimensions
+            est = sum(estimate_tokens(t) for t in texts)
+            resp: EmbeddingResponse = await self._send("embeddings", body, model, est, priority, timeout_s)
+            if len(resp.data) != len(texts):
+                raise LLMError(
+                    f"Provider {self.name!r} returned {len(resp.data)} embeddings for {len(texts)} inputs; check "
+                    "that base_url points at an OpenAI-compatible embeddings endpoint.",
+                    provider=self.name,
+                    model=model,
+                )
+            vecs = [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
+            return [(v, s) for v, s in zip(vecs, _split(resp.usage.prompt_tokens, texts), strict=True)]
+
+        return dispatch
+
+    def _complete_dispatch(
+        self, model: str, max_tokens: int | None, temperature: float | None, timeout_s: float | None, priority: int
+    ) -> Callable[[list[str]], Awaitable[list[tuple[str, int, int]]]]:
+        async def dispatch(prompts: list[str]) -> list[tuple[str, int, int]]:
+            body: dict[str, Any] = {"model": model, "prompt": prompts}
+            if max_tokens is not None:
+                body["max_tokens"] = max_tokens
+            if temperature is not None:
+                body["temperature"] = temperature
+            est = sum(estimate_tokens(p) for p in prompts) + (max_tokens or 0) * len(prompts)
+            resp: CompletionResponse = await self._send("completions", body, model, est, priority, timeout_s)
+            texts = resp.texts
+            if len(texts) != len(prompts):
+                raise LLMError(
+                    f"Provider {self.name!r} returned {len(texts)} completions for {len(prompts)} prompts; list "
+                    "prompts need an OpenAI-compatible /completions endpoint (n = 1).",
+                    provider=self.name,
+                    model=model,
+                )
+            p = _split(resp.usage.prompt_tokens, prompts)
+            c = _split(resp.usage.completion_tokens, prompts)
+            return list(zip(texts, p, c, strict=True))
+
+        return dispatch
+
+    # ---- the request pipeline --------------------------------------------------------------------------
+
+    def _deadline(self, timeout_s: float | None) -> float:
+        return asyncio.get_running_loop().time() + (
+            timeout_s if timeout_s is not None else self.config.retry.deadline_s
+        )
+
+    def _check_budget(self, workflow: str | None) -> None:
+        self.costs.check_budget(workflow, self.config.token_budget_per_workflow)
+
+    def _cache_key(self, cache: bool | None, temperature: float | None, what: Any) -> bytes | None:
+        if self.cache is None or cache is False:
+            return None
+        if cache is None and self.config.cache.deterministic_only and temperature != 0:
+            return None
+        try:
+            return ENCODER.encode(what)
+        except (TypeError, msgspec.EncodeError):
+            return None
+
+    def _account(self, model: str, agent: str | None, workflow: str | None, usage: Usage) -> None:
+        self.costs.record(self.name, model, agent or "_none", workflow, usage)
+
+    def _limiter(self, model: str) -> LimiterLike | None:
+        if self._limiter_factory is None:
+            return None
+        if model not in self._limiters:
+            self._limiters[model] = self._limiter_factory(model)
+        return self._limiters[model]
+
+    async def _send(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        model: str,
+        est_tokens: int,
+        priority: int,
+        timeout_s: float | None,
+        *,
+        stream: bool = False,
+    ) -> Any:
+        """POST ``body`` with rate limiting, the breaker and retries inside one deadline; return the decoded answer."""
+        if self._state != "running":
+            raise LifecycleError(f"LLM provider client {self.name!r} is not running; use it inside the Runner.")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout_s if timeout_s is not None else self.config.retry.deadline_s)
+        data = ENCODER.encode(body)
+        url = self._urls[endpoint]
+        decoder = _DECODERS[endpoint]
+        m = self.metrics.model(self.name, model)
+        breaker = self._breakers.get(self.name, model) if self._breakers is not None else _NO_BREAKER
+        limiter = self._limiter(model)
+        if self._budget is not None:
+            self._budget.record_call()
+        attempt = 0
+        while True:
+            attempt += 1
+            if limiter is not None:
+                await limiter.acquire(est_tokens, priority=priority)
+            try:
+                async with breaker.acquire():
+                    result = await self._attempt(url, data, model, deadline - loop.time(), m, stream, decoder)
+            except LLMError as exc:
+                m.outcomes[_outcome(exc)] += 1
+                if isinstance(exc, LLMRateLimitedError) and exc.retry_after_s:
+                    breaker.open_for(exc.retry_after_s)
+                wait = self._retry_wait(exc, attempt, deadline - loop.time())
+                if wait is None:
+                    raise
+                m.retries += 1
+                logger.debug(
+                    "Retrying %s call to %r after %s (attempt %d).", endpoint, self.name, type(exc).__name__, attempt
+                )
+                await asyncio.sleep(wait)
+                continue
+            except CircuitOpenError:  # fail fast; the agent's retry policy waits its retry_after_s (after_s)
+                m.outcomes["circuit_open"] += 1
+                if limiter is not None:
+                    limiter.adjust(-est_tokens)  # nothing was sent: give the tokens back
+                raise
+            m.outcomes["success"] += 1
+            if limiter is not None:
+                used = result.usage.total_tokens or (result.usage.prompt_tokens + result.usage.completion_tokens)
+                if used:
+                    limiter.adjust(used - est_tokens)
+            return result
+
+    def _retry_wait(self, exc: LLMError, attempt: int, remaining_s: float) -> float | None:
+        """Seconds to wait before retrying, or None when this failure must not be retried."""
+        if not exc.retriable or not self._policy.should_retry(attempt):
+            return None
+        wait = self._policy.delay_s(attempt, None)
+        if isinstance(exc, LLMRateLimitedError) and exc.retry_after_s is not None:
+            wait = max(wait, exc.retry_after_s)
+        if wait >= remaining_s:
+            return None  # the shared deadline would pass while waiting
+        if self._budget is not None and not self._budget.try_spend():
+            logger.warning("Retry budget of LLM provider %r exhausted; not retrying %s.", self.name, type(exc).__name__)
+            return None
+        return wait
+
+    async def _attempt(
+        self,
+        url: str,
+        data: bytes,
+        model: str,
+        remaining_s: float,
+        m: ModelMetrics,
+        stream: bool,
+        decoder: msgspec.json.Decoder[Any],
+    ) -> Any:
+        if remaining_s <= 0:
+            raise LLMTimeoutError(
+                f"The deadline for this call to LLM provider {self.name!r} passed before it could be sent; raise "
+                "[llm.NAME.retry] deadline_s or the call's timeout_s.",
+                provider=self.name,
+                model=model,
+            )
+        session = self._session
+        assert session is not None
+        sid = id(session)
+        inuse = self._sessions_in_use
+        inuse[sid] = inuse.get(sid, 0) + 1
+        self.requests += 1
+        self.in_flight += 1
+        cfg = self.config
+        timeout = self._timeout
+        if timeout is None or remaining_s < cfg.request_timeout_s:  # built once for the common case
+            timeout = aiohttp.ClientTimeout(
+                total=min(cfg.request_timeout_s, remaining_s), sock_connect=cfg.connection_timeout_s
+            )
+            if remaining_s >= cfg.request_timeout_s:
+                self._timeout = timeout
+        t0 = time.perf_counter()
+        try:
+            async with session.post(url, data=data, headers=self._headers, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    raise self._http_error(resp.status, await self._read(resp, model), resp.headers, model)
+                if stream:
+                    return await self._read_stream(resp, model, t0, m)
+                raw = await self._read(resp, model)
+                try:
+                    return decoder.decode(raw)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise LLMBadRequestError(
+                        f"LLM provider {self.name!r} answered with a body that is not a valid OpenAI-compatible "
+                        f"response ({exc}); check base_url.",
+                        provider=self.name,
+                        model=model,
+                    ) from None
+        except LLMError:
+            raise
+        except TimeoutError:
+            raise LLMTimeoutError(
+                f"LLM provider {self.name!r} did not answer within {min(cfg.request_timeout_s, remaining_s):.3g} s; "
+                "raise request_timeout_s, or check the provider's status.",
+                provider=self.name,
+                model=model,
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise LLMUnavailableError(
+                f"Cannot connect to LLM provider {self.name!r} at {self._base} ({exc.os_error}); check base_url "
+                "and that the server is running.",
+                provider=self.name,
+                model=model,
+            ) from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise LLMUnavailableError(
+                f"The connection to LLM provider {self.name!r} failed mid-request ({type(exc).__name__}: {exc}); "
+                "it was retried if attempts and the deadline allowed.",
+                provider=self.name,
+                model=model,
+            ) from None
+        finally:
+            m.duration.observe(time.perf_counter() - t0)
+            self.in_flight -= 1
+            inuse[sid] -= 1
+
+    async def _read(self, resp: aiohttp.ClientResponse, model: str) -> bytes:
+        limit = self.config.max_response_bytes
+        length = resp.content_length
+        if length is not None and length <= limit:
+            return await resp.read()
+        if length is not None:
+            raise self._too_large(model, limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > limit:
+                raise self._too_large(model, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, model: str, limit: int) -> LLMBadRequestError:
+        return LLMBadRequestError(
+            f"The answer from LLM provider {self.name!r} is larger than max_response_bytes ({limit}); raise it or "
+            "ask for less (max_tokens, fewer inputs).",
+            provider=self.name,
+            model=model,
+        )
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse, model: str, t0: float, m: ModelMetrics) -> ChatResponse:
+        parts: list[str] = []
+        usage: Usage | None = None
+        rid = ""
+        first: float | None = None
+        last = 0.0
+        size = 0
+        limit = self.config.max_response_bytes
+        async for line in resp.content:
+            size += len(line)
+            if size > limit:
+                raise self._too_large(model, limit)
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                break
+            try:
+                chunk = CHUNK_DECODER.decode(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise LLMBadRequestError(
+                    f"LLM provider {self.name!r} sent a stream event that is not valid JSON ({exc}); check base_url.",
+                    provider=self.name,
+                    model=model,
+                ) from None
+            rid = rid or chunk.id
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    now = time.perf_counter()
+                    if first is None:
+                        first = now
+                        m.ttft.observe(now - t0)
+                    else:
+                        m.inter_token.observe(now - last)
+                    last = now
+                    parts.append(choice.delta.content)
+        text = "".join(parts)
+        if usage is None:  # a provider that ignores stream_options: estimate, so budgets and costs still move
+            usage = Usage(completion_tokens=estimate_tokens(text))
+            usage.total_tokens = usage.completion_tokens
+        return ChatResponse(
+            id=rid,
+            model=model,
+            choices=[ChatChoice(index=0, message=ChatMessage(role="assistant", content=text), finish_reason="stop")],
+            usage=usage,
+            ttft_s=None if first is None else first - t0,
+        )
+
+    def _http_error(self, status: int, raw: bytes, headers: Mapping[str, str], model: str) -> LLMError:
+        try:
+            detail = ERROR_DECODER.decode(raw).message
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            detail = raw[:200].decode("utf-8", "replace")
+        detail = detail[:300]
+        who = f"LLM provider {self.name!r} (model {model!r})"
+        if status == 429:
+            after = _retry_after_s(headers)
+            wait = f"; it asked to wait {after:g} s" if after is not None else ""
+            return LLMRateLimitedError(
+                f"{who} is rate-limiting this client (429: {detail}){wait}. Lower [llm.{self.name}.limits] rpm/tpm "
+                "or ask the provider for a higher quota.",
+                provider=self.name,
+                model=model,
+                retry_after_s=after,
+            )
+        if status in (401, 403):
+            env = self.config.api_key_env
+            fix = (
+                f"check the key in the environment variable {env}"
+                if env
+                else "set api_key_env to the variable holding the key"
+            )
+            return LLMAuthError(
+                f"{who} refused the credentials ({status}: {detail}); {fix}.",
+                provider=self.name,
+                model=model,
+                status=status,
+            )
+        if status == 408:
+            return LLMTimeoutError(
+                f"{who} timed out the request (408: {detail}).", provider=self.name, model=model, status=status
+            )
+        if status >= 500:
+            return LLMUnavailableError(
+                f"{who} failed ({status}: {detail}); it was retried if attempts and the deadline allowed.",
+                provider=self.name,
+                model=model,
+                status=status,
+            )
+        return LLMBadRequestError(
+            f"{who} rejected the request ({status}: {detail}); fix the request — retrying would not help.",
+            provider=self.name,
+            model=model,
+            status=status,
+        )
+
+
+_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
+    "chat/completions": CHAT_DECODER,
+    "embeddings": EMBEDDING_DECODER,
+    "completions": COMPLETION_DECODER,
+}
+
+
+def _outcome(exc: LLMError) -> str:
+    if isinstance(exc, LLMTimeoutError):
+        return "timeout"
+    if isinstance(exc, LLMRateLimitedError):
+        return "rate_limited"
+    if isinstance(exc, LLMUnavailableError):
+        return "unavailable"
+    if isinstance(exc, LLMAuthError):
+        return "auth"
+    if isinstance(exc, LLMBadRequestError):
+        return "bad_request"
+    return "error"
+
+
+def _split(total: int, items: Sequence[str]) -> list[int]:
+    """Share ``total`` tokens between ``items`` in proportion to their estimated size (sums to ``total``)."""
+    weights = [estimate_tokens(t) for t in items]
+    w = sum(weights)
+    shares = [total * x // w for x in weights]
+    shares[-1] += total - sum(shares)
+    return shares

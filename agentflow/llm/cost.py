@@ -1,0 +1,127 @@
+"""Tokens and cost per agent, provider and model, and the token budget per workflow.
+
+Prices come from ``[llm.NAME.prices.MODEL]`` (US dollars per million tokens); a model without a price costs 0
+and is still counted in tokens. A workflow is one correlation id: every event of one emitted workflow shares
+it, so the budget stops a runaway chain of agents rather than one call::
+
+    tracker = CostTracker()
+    tracker.set_prices("openai", {"gpt-4o-mini": LLMPrice(input_usd_per_mtok=0.15, output_usd_per_mtok=0.6)})
+    tracker.check_budget("wf-1", budget=10_000)           # raises TokenBudgetExceededError once used up
+    tracker.record("openai", "gpt-4o-mini", "summarize", "wf-1", Usage(prompt_tokens=900, completion_tokens=100))
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import msgspec
+
+from ..config import LLMPrice
+from ..errors import TokenBudgetExceededError
+from .types import Usage
+
+__all__ = ["CostRow", "CostTracker"]
+
+#: Workflows whose usage is remembered; the oldest are forgotten first, so memory stays bounded.
+DEFAULT_MAX_WORKFLOWS = 100_000
+#: Distinct (provider, model, agent) rows kept; further ones are summed under model "_other".
+MAX_ROWS = 1000
+
+
+class CostRow(msgspec.Struct, kw_only=True):
+    """Usage of one (provider, model, agent): calls, tokens and US dollars."""
+
+    provider: str
+    model: str
+    agent: str
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class CostTracker:
+    """Accumulates usage and cost, and the tokens each workflow has used."""
+
+    def __init__(self, *, max_workflows: int = DEFAULT_MAX_WORKFLOWS) -> None:
+        self._prices: dict[str, dict[str, LLMPrice]] = {}
+        self._rows: dict[tuple[str, str, str], CostRow] = {}
+        self._workflows: OrderedDict[str, int] = OrderedDict()
+        self._max_workflows = max_workflows
+        self.budget_refusals = 0
+
+    def __repr__(self) -> str:
+        total = self.total()
+        return (
+            f"<CostTracker rows={len(self._rows)} workflows={len(self._workflows)} tokens="
+            f"{total.prompt_tokens + total.completion_tokens} cost_usd={total.cost_usd:.6f}>"
+        )
+
+    def set_prices(self, provider: str, prices: dict[str, LLMPrice]) -> None:
+        self._prices[provider] = dict(prices)
+
+    def cost_usd(self, provider: str, model: str, usage: Usage) -> float:
+        price = self._prices.get(provider, {}).get(model)
+        if price is None:
+            return 0.0
+        return (
+            usage.prompt_tokens * price.input_usd_per_mtok + usage.completion_tokens * price.output_usd_per_mtok
+        ) / 1e6
+
+    def record(self, provider: str, model: str, agent: str, workflow: str | None, usage: Usage) -> float:
+        """Count one call's usage; return its cost in US dollars."""
+        cost = self.cost_usd(provider, model, usage)
+        key = (provider, model, agent)
+        row = self._rows.get(key)
+        if row is None:
+            if len(self._rows) >= MAX_ROWS:
+                key = (provider, "_other", agent)
+                row = self._rows.get(key)
+            if row is None:
+                row = self._rows[key] = CostRow(provider=provider, model=key[1], agent=agent)
+        row.calls += 1
+        row.prompt_tokens += usage.prompt_tokens
+        row.completion_tokens += usage.completion_tokens
+        row.cost_usd += cost
+        if workflow is not None:
+            used = self._workflows.pop(workflow, 0) + usage.prompt_tokens + usage.completion_tokens
+            self._workflows[workflow] = used
+            if len(self._workflows) > self._max_workflows:
+                self._workflows.popitem(last=False)
+        return cost
+
+    def used(self, workflow: str) -> int:
+        """Tokens the workflow has used so far (0 when unknown or forgotten)."""
+        return self._workflows.get(workflow, 0)
+
+    def check_budget(self, workflow: str | None, budget: int | None) -> None:
+        """Raise TokenBudgetExceededError when ``workflow`` has used ``budget`` tokens or more.
+
+        Calls already running when the budget is reached still finish and are counted, so a workflow can end a
+        little over its budget; no call starts after it.
+        """
+        if workflow is None or budget is None:
+            return
+        used = self._workflows.get(workflow, 0)
+        if used >= budget:
+            self.budget_refusals += 1
+            raise TokenBudgetExceededError(
+                f"Workflow {workflow!r} has used {used} LLM tokens, reaching its budget of {budget} "
+                "(token_budget_per_workflow); no further LLM calls are made for it. Raise the budget, or look for "
+                "a loop between agents.",
+                workflow=workflow,
+                used=used,
+                budget=budget,
+            )
+
+    def rows(self) -> list[CostRow]:
+        return [self._rows[k] for k in sorted(self._rows)]
+
+    def total(self) -> CostRow:
+        out = CostRow(provider="*", model="*", agent="*")
+        for r in self._rows.values():
+            out.calls += r.calls
+            out.prompt_tokens += r.prompt_tokens
+            out.completion_tokens += r.completion_tokens
+            out.cost_usd += r.cost_usd
+        return out

@@ -1,0 +1,221 @@
+"""Several providers at once, built from ``[llm.NAME]``, and the ``ctx.llm`` view an agent gets.
+
+The hub owns one :class:`~agentflow.llm.client.ProviderClient` per provider and the resilience parts each
+needs: a breaker registry keyed by (provider, model), a rate limiter per (provider, model), a retry budget per
+provider and micro-batchers for the batchable endpoints. The Runner opens it in ``start`` and closes it in its
+one shutdown path; ``ctx.llm`` attributes every call to the agent and the workflow (correlation id)::
+
+    @runner.agent("questions")
+    async def answer(event, ctx):
+        reply = await ctx.llm.chat([{"role": "user", "content": event.payload["q"]}], temperature=0)
+        return reply.text
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from ..batching import MicroBatcher
+from ..config import LLMConfig
+from ..errors import ConfigError, LifecycleError, LLMError
+from ..metrics import Metrics
+from ..resilience.breaker import BreakerConfig, BreakerRegistry
+from ..resilience.budget import RetryBudget
+from ..resilience.limits import RateLimiter
+from ._metrics import LLMMetrics
+from .client import BatcherLike, LimiterLike, ProviderClient
+from .cost import CostTracker
+from .types import ChatMessage, ChatResponse, CompletionResponse, EmbeddingResponse
+
+__all__ = ["AgentLLM", "LLMHub"]
+
+
+def _is_failure(exc: BaseException) -> bool:
+    # 429, 5xx, timeouts and resets count against the provider; a bad request is the caller's fault.
+    return isinstance(exc, LLMError) and exc.retriable
+
+
+def _is_ignored(exc: BaseException) -> bool:
+    return isinstance(exc, LLMError) and not exc.retriable
+
+
+class LLMHub:
+    """The providers of ``[llm.*]``; ``hub.client("openai")`` is one of them, started and closed with the hub."""
+
+    def __init__(
+        self,
+        providers: Mapping[str, LLMConfig],
+        *,
+        metrics: Metrics | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.costs = CostTracker()
+        self.llm_metrics = LLMMetrics(self.costs)
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.add_families(self.llm_metrics.collect)
+        self._env = os.environ if env is None else env
+        self._clients: dict[str, ProviderClient] = {}
+        self._limiters: list[RateLimiter] = []
+        self._state = "created"
+        for name, cfg in providers.items():
+            self._clients[name] = self._build(name, cfg)
+
+    def _build(self, name: str, cfg: LLMConfig) -> ProviderClient:
+        metrics = self._metrics
+        bc = cfg.breaker
+        breakers = None
+        if bc.enabled:
+            fields = {k: v for k, v in msgspec.structs.asdict(bc).items() if k != "enabled"}
+            try:
+                breaker_config = BreakerConfig(**fields)
+            except (ValueError, msgspec.ValidationError) as exc:
+                raise ConfigError(f"[llm.{name}.breaker]: {exc}", key=f"llm.{name}.breaker") from None
+            breakers = BreakerRegistry(breaker_config, is_failure=_is_failure, is_ignored=_is_ignored, metrics=metrics)
+        rc = cfg.retry
+        budget = RetryBudget(
+            ratio=rc.budget_ratio,
+            window_s=rc.budget_window_s,
+            min_retries_per_s=rc.budget_min_per_s,
+            name=name,
+            metrics=metrics,
+        )
+        lc = cfg.limits
+
+        def limiter(model: str) -> LimiterLike | None:
+            if lc.rpm is None and lc.tpm is None:
+                return None
+            lim = RateLimiter(rpm=lc.rpm, tpm=lc.tpm, max_queue=lc.max_queue, name=f"{name}/{model}", metrics=metrics)
+            self._limiters.append(lim)
+            return lim
+
+        bt = cfg.batching
+
+        def batcher(dispatch: Callable[[list[Any]], Awaitable[Sequence[Any]]], label: str) -> BatcherLike[Any, Any]:
+            return MicroBatcher(
+                dispatch,
+                max_batch_size=bt.max_batch_size,
+                max_wait_ms=bt.max_wait_ms,
+                max_batch_tokens=bt.max_batch_tokens,
+                adaptive=bt.adaptive,
+                target_latency_ms=bt.target_latency_ms,
+                name=label,
+                metrics=metrics,
+            )
+
+        return ProviderClient(
+            name,
+            cfg,
+            env=self._env,
+            llm_metrics=self.llm_metrics,
+            breakers=breakers,
+            limiter_factory=limiter,
+            budget=budget,
+            batcher_factory=batcher,
+        )
+
+    def __repr__(self) -> str:
+        return f"<LLMHub state={self._state} providers={sorted(self._clients)} {self.costs!r}>"
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._clients)
+
+    def client(self, provider: str | None = None) -> ProviderClient:
+        """The client of ``provider``; with None, the only (or first configured) provider."""
+        if not self._clients:
+            raise LifecycleError(
+                "No LLM provider is configured; add an [llm.NAME] table with base_url to the config (docs/llm.md)."
+            )
+        if provider is None:
+            return next(iter(self._clients.values()))
+        c = self._clients.get(provider)
+        if c is None:
+            raise LifecycleError(
+                f"No LLM provider named {provider!r} is configured; configured: {', '.join(sorted(self._clients))}."
+            )
+        return c
+
+    async def __aenter__(self) -> LLMHub:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self._state != "created":
+            raise LifecycleError("An LLMHub starts once; create a new one.")
+        self._state = "running"
+        try:
+            for c in self._clients.values():
+                await c.start()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Close every client (flushing batchers) and rate limiter; idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        for c in self._clients.values():
+            await c.aclose()
+        for lim in self._limiters:
+            await lim.aclose()
+
+    def for_agent(self, agent: str | None, workflow: str | None) -> AgentLLM:
+        return AgentLLM(self, agent, workflow)
+
+
+class AgentLLM:
+    """``ctx.llm``: the hub's calls, attributed to one agent and workflow (the event's correlation id).
+
+    ``provider`` picks an ``[llm.NAME]`` (default: the first configured); ``model`` defaults to its
+    ``default_model``. Raises :class:`~agentflow.errors.TokenBudgetExceededError` once the workflow used up
+    ``token_budget_per_workflow``.
+    """
+
+    __slots__ = ("_agent", "_hub", "_workflow")
+
+    def __init__(self, hub: LLMHub, agent: str | None, workflow: str | None) -> None:
+        self._hub = hub
+        self._agent = agent
+        self._workflow = workflow
+
+    def __repr__(self) -> str:
+        return f"<AgentLLM agent={self._agent!r} workflow={self._workflow!r} providers={self._hub.providers}>"
+
+    async def chat(
+        self,
+        messages: Sequence[Mapping[str, Any] | ChatMessage],
+        *,
+        model: str | None = None,
+        provider: str | None = None,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        return await self._hub.client(provider).chat(
+            messages, model=model, agent=self._agent, workflow=self._workflow, **kwargs
+        )
+
+    async def embed(
+        self, inputs: str | Sequence[str], *, model: str | None = None, provider: str | None = None, **kwargs: Any
+    ) -> EmbeddingResponse:
+        return await self._hub.client(provider).embed(
+            inputs, model=model, agent=self._agent, workflow=self._workflow, **kwargs
+        )
+
+    async def complete(
+        self, prompts: str | Sequence[str], *, model: str | None = None, provider: str | None = None, **kwargs: Any
+    ) -> CompletionResponse:
+        return await self._hub.client(provider).complete(
+            prompts, model=model, agent=self._agent, workflow=self._workflow, **kwargs
+        )
+
+    def used_tokens(self) -> int:
+        """Tokens this workflow has used so far, across providers."""
+        return 0 if self._workflow is None else self._hub.costs.used(self._workflow)

@@ -1,0 +1,229 @@
+"""``agentflow.Producer``: emit events (and make requests) from any process, without running agents.
+
+The same ``emit`` / ``emit_many`` / ``request`` shape as the Runner. On Kafka every emit returns once the
+brokers confirmed the write (``[kafka] acks``), so an id you got back is an event that will be handled. A
+request carries ``reply_to = [kafka] reply_topic``; the worker that handles it publishes the handler's result
+there (see :func:`reply_event`) and the producer, which reads that topic in a consumer group of its own, hands it
+back to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from .bus import Bus, Subscription, create_bus
+from .config import Config, load_config
+from .errors import DeadLetteredError, LifecycleError, RequestTimeoutError
+from .events import DeadLetter, Event, make_events, new_event_id
+
+__all__ = ["Producer", "ProducerStatistics", "reply_event"]
+
+logger = logging.getLogger(__name__)
+
+REPLY_HEADER = "agentflow-reply"
+
+
+class ProducerStatistics(msgspec.Struct, frozen=True):
+    """Live counts of a producer."""
+
+    emitted: int
+    requests_pending: int
+    replies: int
+    requests_timed_out: int
+
+
+def reply_event(request: Event, result: Any, dead: DeadLetter | None) -> Event:
+    """The event a worker publishes on ``request.reply_to``: the result, or why the request was dead-lettered.
+
+    ``correlation_id`` carries the id of the request.
+    """
+    if dead is None:
+        headers = {REPLY_HEADER: "ok"}
+        payload = result
+    else:
+        headers = {REPLY_HEADER: "dead_lettered", "reason": dead.reason, "agent": dead.agent or ""}
+        payload = f"{dead.error_type}: {dead.error}"
+    eid = new_event_id()
+    return Event(request.reply_to or "", payload, None, eid, headers, time.time(), 1, request.id)
+
+
+class Producer:
+    """Emits events to the bus of ``config`` (Kafka, normally) from a process that runs no agents::
+
+        async with Producer("config/agentflow.toml") as producer:
+            await producer.emit("orders", {"id": 7}, key="customer-1")
+            answer = await producer.request("greetings", {"name": "Ada"}, timeout_s=10)
+
+    Pass ``bus=`` to share a bus you manage (a producer closes only a bus it created).
+    """
+
+    def __init__(self, config: Config | str | os.PathLike[str] | None = None, *, bus: Bus | None = None) -> None:
+        self.config = config if isinstance(config, Config) else load_config(config)
+        self._owns_bus = bus is None
+        self.bus: Bus = bus or create_bus(self.config)
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._reply_sub: Subscription | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._reply_lock = asyncio.Lock()
+        self._state = "new"
+        self._emitted = self._replies = self._timed_out = 0
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return (
+            f"<Producer {self._state} backend={self.bus.backend} emitted={s.emitted} "
+            f"requests_pending={s.requests_pending} replies={s.replies}>"
+        )
+
+    async def __aenter__(self) -> Producer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self._state == "closed":
+            raise LifecycleError("Cannot restart a Producer once it has been closed; create a new one.")
+        if self._state == "open":
+            return
+        await self.bus.start()
+        self._state = "open"
+
+    async def aclose(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(LifecycleError("The Producer closed before the result of this request arrived."))
+        if self._reply_sub is not None:
+            await self._reply_sub.aclose()
+        if self._owns_bus:
+            await self.bus.aclose()
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            what = "has been closed" if self._state == "closed" else "has not started; use 'async with producer:'"
+            raise LifecycleError(f"Cannot emit: the Producer {what}.")
+
+    async def emit(
+        self, topic: str, payload: Any, *, key: str | None = None, headers: dict[str, str] | None = None
+    ) -> str:
+        """Emit one event; return its id once the bus has it (on Kafka: confirmed by the brokers)."""
+        return (await self.emit_many(topic, [payload], key=key, headers=headers))[0]
+
+    async def emit_many(
+        self, topic: str, payloads: Sequence[Any], *, key: str | None = None, headers: dict[str, str] | None = None
+    ) -> list[str]:
+        """Emit a batch (one bus operation, batched by the Kafka producer); return the ids in order."""
+        self._check_open()
+        events = make_events(topic, list(payloads), key, headers, None, 0)
+        await self.bus.publish(topic, events)
+        self._emitted += len(events)
+        return [e.id for e in events]
+
+    async def request(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout_s: float | None = None,
+        result_type: Any = None,
+    ) -> Any:
+        """Emit an event and return its handler's result (converted to ``result_type`` when given).
+
+        Raises :class:`RequestTimeoutError` after ``timeout_s`` (default ``runner.request_timeout_s``) and
+        :class:`DeadLetteredError` when the event was dead-lettered. Workers publish results to the topic the
+        request names, so producers and workers need not share ``[kafka] reply_topic``.
+        """
+        self._check_open()
+        await self._ensure_replies()
+        eid = new_event_id()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[eid] = fut
+        t = self.config.runner.request_timeout_s if timeout_s is None else timeout_s
+        try:
+            ev = Event(topic, payload, key, eid, headers, time.time(), 1, eid, 0, self.config.kafka.reply_topic)
+            async with asyncio.timeout(t):
+                await self.bus.publish(topic, [ev])
+                self._emitted += 1
+                reply: Event = await fut
+        except TimeoutError:
+            self._timed_out += 1
+            raise RequestTimeoutError(
+                f"No result for the request to topic {topic!r} within {t:g} s; check that a worker runs an agent "
+                f"on it, or raise timeout_s."
+            ) from None
+        finally:
+            del self._pending[eid]
+        hdrs = reply.headers or {}
+        if hdrs.get(REPLY_HEADER) == "dead_lettered":
+            raise DeadLetteredError(
+                f"The event for this request was dead-lettered by agent {hdrs.get('agent')!r} "
+                f"({hdrs.get('reason')}): {reply.payload}",
+                reason=hdrs.get("reason", ""),
+            )
+        if result_type is None:
+            return reply.payload
+        return msgspec.convert(reply.payload, result_type, strict=False)
+
+    async def _ensure_replies(self) -> None:
+        if self._reader is not None:
+            return
+        async with self._reply_lock:
+            if self._reader is not None:
+                return
+            topic = self.config.kafka.reply_topic
+            # A group of its own, starting at the end: this producer sees every reply from now on and no old ones.
+            group = f"agentflow.producer.{new_event_id()}"
+            sub: Subscription
+            if self.bus.backend == "kafka":
+                from .bus.kafka import KafkaBus
+
+                assert isinstance(self.bus, KafkaBus)
+                sub = await self.bus.subscribe(topic, group, offset_reset="latest")
+            else:
+                sub = await self.bus.subscribe(topic, group)
+            self._reply_sub = sub
+            self._reader = asyncio.get_running_loop().create_task(self._read(sub), name="agentflow-producer-replies")
+
+    async def _read(self, sub: Subscription) -> None:
+        while True:
+            items = sub.take_nowait(1000)
+            if not items:
+                if not await sub.wait():
+                    return
+                continue
+            for it in items:
+                sub.ack(it)
+                if not isinstance(it, Event) or it.correlation_id is None:
+                    continue
+                fut = self._pending.get(it.correlation_id)
+                if fut is not None and not fut.done():
+                    self._replies += 1
+                    fut.set_result(it)
+
+    def statistics(self) -> ProducerStatistics:
+        return ProducerStatistics(
+            emitted=self._emitted,
+            requests_pending=len(self._pending),
+            replies=self._replies,
+            requests_timed_out=self._timed_out,
+        )
+

@@ -1,0 +1,215 @@
+"""Worker processes on a real Kafka-protocol broker (Tansu): crashes, SIGTERM, members joining and leaving.
+
+Every test runs ``agentcli run tests/workerapp.py:runner`` as real subprocesses in one consumer group, emits
+events through :class:`agentflow.Producer` (or HTTP ingest / ``agentcli emit``), and counts from the workers'
+output file which event ids were handled, how often, and by which process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import msgspec
+import pytest
+from test_cli_run import APP, ROOT, WorkerProcess, handled_lines, post_events
+
+from agentflow import Producer, config_from_dict
+
+if TYPE_CHECKING:
+    from kafka_broker import TansuBroker
+
+MAX_IN_FLIGHT = 256  # runner.max_concurrent_events of each worker: the in-flight window
+PARTITIONS = 4
+
+
+def kafka_config(tmp_path: Path, broker: TansuBroker, **kafka: Any) -> tuple[Path, dict[str, Any]]:
+    """A TOML file for the workers and the same settings as a dict for the test's Producer (``kafka``
+    overrides [kafka] settings)."""
+    from kafka_broker import kafka_settings
+
+    data: dict[str, Any] = {
+        "bus": {"backend": "kafka", "partitions": PARTITIONS},
+        "runner": {"max_concurrent_events": MAX_IN_FLIGHT, "shutdown_grace_s": 15.0},
+        "kafka": kafka_settings(broker.bootstrap, prefix=f"proc{os.urandom(4).hex()}.", **kafka),
+    }
+    lines = []
+    for section, table in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {msgspec.json.encode(v).decode()}" for k, v in table.items()]
+    path = tmp_path / "kafka.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path, data
+
+
+async def start_worker(
+    tmp_path: Path, config: Path, out: Path, *extra: str, workers: int = 1, sleep_ms: int = 1
+) -> WorkerProcess:
+    # sleep_ms=20 with 64 handler slots: ~3k events/s per worker, so a signal or a kill lands mid-backlog.
+    w = await WorkerProcess.start(
+        tmp_path, APP, "--config", str(config), "--port", "0", "--workers", str(workers), *extra,
+        env={"WORKERAPP_OUT": str(out), "WORKERAPP_SLEEP_MS": str(sleep_ms)},
+    )  # fmt: skip
+    await w.wait_ready(workers)
+    return w
+
+
+async def emit_all(data: dict[str, Any], n: int, *, batch: int = 500, pause_s: float = 0.0) -> list[str]:
+    ids: list[str] = []
+    async with Producer(config_from_dict(data)) as producer:
+        for i in range(0, n, batch):
+            ids += await producer.emit_many("jobs", [{"n": j} for j in range(i, min(n, i + batch))])
+            if pause_s:
+                await asyncio.sleep(pause_s)
+    return ids
+
+
+async def until(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def report(name: str, sent: list[str], handled: Counter[str]) -> tuple[int, int]:
+    lost = len(set(sent) - set(handled))
+    dups = sum(handled.values()) - len(handled)
+    print(f"\n{name}: sent {len(sent)}, handled {sum(handled.values())}, lost {lost}, duplicates {dups}")
+    return lost, dups
+
+
+@pytest.mark.slow
+async def test_kill_9_one_of_two_workers_mid_run(tmp_path: Path, kafka_broker: TansuBroker) -> None:
+    config, data = kafka_config(tmp_path, kafka_broker)
+    out = tmp_path / "handled.txt"
+    a = await start_worker(tmp_path, config, out, sleep_ms=20)
+    b = await start_worker(tmp_path, config, out, sleep_ms=20)
+    try:
+        sending = asyncio.ensure_future(emit_all(data, 20_000, pause_s=0.01))
+        await until(lambda: sum(handled_lines(out).values()) >= 5000, 60, "5000 handled events")
+        by_pid = Counter(line.split()[1] for line in out.read_text().splitlines())
+        assert by_pid[str(a.proc.pid)] > 0 and by_pid[str(b.proc.pid)] > 0, "both workers must be handling events"
+        a.proc.kill()  # SIGKILL: no drain, no commit
+        assert await a.wait() == -signal.SIGKILL
+        sent = await sending
+        await until(lambda: set(handled_lines(out)) >= set(sent), 90, "every event handled by the survivor")
+        b.signal(signal.SIGTERM)
+        assert await b.wait() == 0, b.stderr()
+    finally:
+        await a.kill()
+        await b.kill()
+    lost, dups = report("kill -9", sent, handled_lines(out))
+    assert lost == 0
+    # Redelivered: what the killed worker had taken but whose offsets were not committed yet — at most its
+    # in-flight window plus what it finished within one commit interval (20 ms here).
+    assert dups <= 2 * MAX_IN_FLIGHT, dups
+
+
+@pytest.mark.slow
+async def test_sigterm_during_load_loses_nothing_and_duplicates_nothing(
+    tmp_path: Path, kafka_broker: TansuBroker
+) -> None:
+    config, data = kafka_config(tmp_path, kafka_broker)
+    out = tmp_path / "handled.txt"
+    # The supervisor: one SIGTERM to it reaches both children.
+    pair = await start_worker(tmp_path, config, out, workers=2, sleep_ms=20)
+    try:
+        sent = await emit_all(data, 20_000)
+        await until(lambda: sum(handled_lines(out).values()) >= 3000, 60, "3000 handled events")
+        pair.signal(signal.SIGTERM)
+        assert await pair.wait() == 0, pair.stderr()
+        before = handled_lines(out)
+        assert len(before) < len(sent), "the test must signal while work is still pending"
+        rest = await start_worker(tmp_path, config, out)  # a fresh worker picks up from the committed offsets
+        await until(lambda: set(handled_lines(out)) >= set(sent), 90, "every event handled")
+        rest.signal(signal.SIGTERM)
+        assert await rest.wait() == 0, rest.stderr()
+    finally:
+        await pair.kill()
+    lost, dups = report("SIGTERM", sent, handled_lines(out))
+    assert lost == 0 and dups == 0
+    assert pair.stderr().count("got SIGTERM; draining") == 2
+
+
+@pytest.mark.slow
+async def test_a_second_worker_joins_and_leaves_under_load(tmp_path: Path, kafka_broker: TansuBroker) -> None:
+    config, data = kafka_config(tmp_path, kafka_broker)
+    out = tmp_path / "handled.txt"
+    a = await start_worker(tmp_path, config, out)
+    b: WorkerProcess | None = None
+    try:
+        sending = asyncio.ensure_future(emit_all(data, 20_000, batch=250, pause_s=0.02))
+        await until(lambda: sum(handled_lines(out).values()) >= 3000, 60, "3000 handled events")
+        b = await start_worker(tmp_path, config, out)
+        b_pid = b.proc.pid
+        await until(lambda: str(b_pid) in out.read_text(), 30, "the new member handling events")
+        b.signal(signal.SIGTERM)
+        assert await b.wait() == 0, b.stderr()
+        sent = await sending
+        await until(lambda: set(handled_lines(out)) >= set(sent), 90, "every event handled")
+        a.signal(signal.SIGTERM)
+        assert await a.wait() == 0, a.stderr()
+    finally:
+        await a.kill()
+        if b is not None:
+            await b.kill()
+    lost, dups = report("join and leave", sent, handled_lines(out))
+    by_pid = Counter(line.split()[1] for line in out.read_text().splitlines())
+    print(f"handled per process: {dict(by_pid)}")
+    assert lost == 0
+    assert by_pid[str(b_pid)] > 0
+
+
+async def test_http_ingest_and_agentcli_emit_into_a_kafka_worker(tmp_path: Path, kafka_broker: TansuBroker) -> None:
+    config, _ = kafka_config(tmp_path, kafka_broker)
+    out = tmp_path / "handled.txt"
+    w = await start_worker(tmp_path, config, out)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            via_http = await post_events(http, w.urls[0], [{"n": n} for n in range(200)], batch=50)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentcli", "emit", "--topic", "jobs", "--data", '{"x": 1}', "--count", "300",
+            "--batch", "100", "--bootstrap", kafka_broker.bootstrap, "--config", str(config),
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, stderr.decode()
+        via_kafka = stdout.decode().split()
+        assert len(via_kafka) == 300
+        sent = via_http + via_kafka
+        await until(lambda: set(handled_lines(out)) >= set(sent), 60, "every event handled")
+        w.signal(signal.SIGTERM)
+        assert await w.wait() == 0, w.stderr()
+    finally:
+        await w.kill()
+    lost, dups = report("ingest + emit", sent, handled_lines(out))
+    assert lost == 0 and dups == 0
+
+
+async def test_supervisor_exits_1_when_a_worker_crashes_and_stops_the_other(
+    tmp_path: Path, kafka_broker: TansuBroker
+) -> None:
+    config, _ = kafka_config(tmp_path, kafka_broker)
+    sup = await start_worker(tmp_path, config, tmp_path / "handled.txt", workers=2)
+    try:
+        os.kill(sup.pids[0], signal.SIGKILL)
+        code = await sup.wait(timeout_s=60)
+    finally:
+        await sup.kill()
+    err = sup.stderr()
+    assert code == 1, err
+    flat = " ".join(err.split())
+    crashed = re.search(r"worker (\d) exited unexpectedly with code -9; stopping the rest", flat)
+    assert crashed is not None, err
+    other = 1 - int(crashed.group(1))
+    assert f"worker {other} got SIGTERM; draining" in err
