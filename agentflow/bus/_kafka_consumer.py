@@ -72,6 +72,8 @@ class KafkaSubscription(Subscription):
         self._taken = self._acked = self._requeued = self._skipped = 0
         self._consumer: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._commits: asyncio.Task[None] | None = None
+        self._stop_commits = asyncio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -101,9 +103,10 @@ class KafkaSubscription(Subscription):
         self._consumer.subscribe(topics, listener=_Listener(self))
         await bus._retry_connect(self._consumer.start, f"join group {self.group!r}")
         loop = asyncio.get_running_loop()
+        self._commits = loop.create_task(self._commit_loop(), name=f"agentflow-kafka-commit-{self.topic}-{self.group}")
         self._tasks = [
             loop.create_task(self._fetch(), name=f"agentflow-kafka-fetch-{self.topic}-{self.group}"),
-            loop.create_task(self._commit_loop(), name=f"agentflow-kafka-commit-{self.topic}-{self.group}"),
+            self._commits,
         ]
         timeout = k.max_poll_interval_ms / 1000 + k.session_timeout_ms / 1000
         try:
@@ -121,8 +124,12 @@ class KafkaSubscription(Subscription):
             return
         self._closed = True
         self._wake()
+        # The commit loop is asked to stop, not cancelled: aiokafka shields a commit in flight, so cancelling
+        # it would leave the commit running on its own and failing unobserved once the consumer stops.
+        self._stop_commits.set()
         for t in self._tasks:
-            t.cancel()
+            if t is not self._commits:
+                t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._consumer is not None:
             try:
@@ -256,8 +263,12 @@ class KafkaSubscription(Subscription):
     async def _commit_loop(self) -> None:
         interval = self._bus.kafka.commit_interval_ms / 1000
         while True:
-            await asyncio.sleep(interval)
-            await self._commit()
+            try:
+                async with asyncio.timeout(interval):
+                    await self._stop_commits.wait()
+                return  # aclose makes the last commit itself
+            except TimeoutError:
+                await self._commit()
 
     async def _commit(self) -> None:
         pending = self._tracker.pending_commits()
