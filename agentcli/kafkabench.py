@@ -224,7 +224,7 @@ async def run_kafka_benchmark(
     if bootstrap is None:
         from .tansu import TansuBroker
 
-        broker = TansuBroker().start()
+        broker = await asyncio.to_thread(TansuBroker().start)  # it polls the port with time.sleep
         bootstrap, where = broker.bootstrap, f"Tansu test broker started at {broker.bootstrap}"
     else:
         where = f"brokers at {bootstrap}"
@@ -247,7 +247,7 @@ async def run_kafka_benchmark(
         return results, where
     finally:
         if broker is not None:
-            broker.close()
+            await asyncio.to_thread(broker.close)
 
 
 def print_report(results: list[KafkaBenchResult], where: str, command: str, json_path: Any = None) -> None:

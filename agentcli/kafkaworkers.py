@@ -151,7 +151,7 @@ async def run_scaling(
     ``tansu`` applies the test broker's client settings (default: when the broker was started here)."""
     from .tansu import TansuBroker
 
-    broker = None if bootstrap else TansuBroker().start()
+    broker = None if bootstrap else await asyncio.to_thread(TansuBroker().start)  # it polls the port with time.sleep
     limits = broker is not None if tansu is None else tansu
     try:
         where = bootstrap or (broker.bootstrap if broker else "")
@@ -159,7 +159,7 @@ async def run_scaling(
             return [await _one(where, limits, k, events, work_us, Path(tmp)) for k in (1, workers)]
     finally:
         if broker is not None:
-            broker.close()
+            await asyncio.to_thread(broker.close)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import operator
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import repeat, starmap
 from typing import TYPE_CHECKING, Any, cast
@@ -191,7 +190,6 @@ class BatchAgentWorker(AgentWorker):
 
     def _sort(self, chunk: list[Any], events: list[Event], items: list[Any], mine: set[str], bad: list[_Bad]) -> None:
         """The general path of :meth:`_collect`: decode, convert, and claim or park keys, item by item."""
-        active = self._active
         for item in chunk:
             prepared = self._prepare(item)
             if not isinstance(prepared, Event):
@@ -200,13 +198,8 @@ class BatchAgentWorker(AgentWorker):
             ev = prepared
             key = ev.key
             if key is not None and key not in mine:
-                if key in active:
-                    parked = active[key]
-                    if parked is None:
-                        parked = active[key] = deque()
-                    parked.append((ev, item))
-                    continue
-                active[key] = None
+                if not self._claim(key, ev, item):
+                    continue  # parked behind the worker that holds the key
                 mine.add(key)
             events.append(ev)
             items.append(item)
