@@ -408,3 +408,40 @@ async def test_azure_style(mock_server: ServerFactory) -> None:
         assert client._urls["chat/completions"].endswith(
             "/openai/deployments/my-gpt/chat/completions?api-version=2024-06-01"
         )
+
+
+async def test_requests_identify_agentflow_and_carry_json() -> None:
+    from aiohttp import web
+
+    from agentflow.llm.client import USER_AGENT
+
+    seen: list[dict[str, str]] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.json_response(
+            {
+                "id": "c1",
+                "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        config = LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", default_model="m")
+        async with ProviderClient("p", config) as client:
+            assert (await client.chat(MSG)).text == "ok"
+    finally:
+        await runner.cleanup()
+    [headers] = seen
+    assert headers["User-Agent"] == USER_AGENT
+    assert USER_AGENT.startswith("agentflow/")
+    assert headers["Content-Type"] == "application/json"

@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -57,6 +56,11 @@ from .types import (
 
 __all__ = ["ProviderClient"]
 
+#: Sent with every request, so a provider's logs can tell agentflow's traffic apart.
+USER_AGENT = "agentflow/0.1 (+aiohttp)"
+#: Models whose metrics, breaker and limiter are remembered for the hot path.
+MAX_ROUTES = 256
+
 logger = logging.getLogger(__name__)
 
 T_contra = TypeVar("T_contra", contravariant=True)
@@ -64,11 +68,11 @@ R_co = TypeVar("R_co", covariant=True)
 
 
 class PermitLike(Protocol):
-    async def __aenter__(self) -> Any: ...
+    def success(self) -> None: ...
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> Any: ...
+    def failure(self, exc: BaseException) -> None: ...
+
+    def cancel(self) -> None: ...
 
 
 class BreakerLike(Protocol):
@@ -103,14 +107,19 @@ BatcherFactory = Callable[[Callable[[list[Any]], Awaitable[Sequence[Any]]], str]
 
 
 class _NoBreaker:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+    """Breaker and permit in one, for providers without a breaker: every call goes through."""
 
     def acquire(self) -> _NoBreaker:
         return self
+
+    def success(self) -> None:
+        return None
+
+    def failure(self, exc: BaseException) -> None:
+        return None
+
+    def cancel(self) -> None:
+        return None
 
     def open_for(self, seconds: float) -> None:
         return None
@@ -169,6 +178,7 @@ class ProviderClient:
         self._breakers = breakers
         self._limiter_factory = limiter_factory
         self._limiters: dict[str, LimiterLike | None] = {}
+        self._routes: dict[str, tuple[ModelMetrics, BreakerLike, LimiterLike | None]] = {}
         self._budget = budget
         self._batcher_factory = batcher_factory if config.batching.enabled else None
         self._batchers: dict[tuple[Any, ...], BatcherLike[Any, Any]] = {}
@@ -190,7 +200,8 @@ class ProviderClient:
         query = f"?api-version={config.api_version}" if config.api_style == "azure" and config.api_version else ""
         self._urls = {e: f"{base}/{e}{query}" for e in ("chat/completions", "embeddings", "completions")}
         self._base = base
-        self._headers: dict[str, str] = {"Content-Type": "application/json"}
+        # A User-Agent of our own also keeps aiohttp off its slower skip-auto-headers path.
+        self._headers: dict[str, str] = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         self._timeout: aiohttp.ClientTimeout | None = None
         self._session: aiohttp.ClientSession | None = None
         self._sessions_in_use: dict[int, int] = {}
@@ -268,7 +279,6 @@ class ProviderClient:
         return aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=cfg.request_timeout_s, sock_connect=cfg.connection_timeout_s),
-            skip_auto_headers=("User-Agent",),
             raise_for_status=False,
         )
 
@@ -357,11 +367,13 @@ class ProviderClient:
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        est = sum(
-            estimate_tokens(str(m.get("content") or "") if isinstance(m, Mapping) else (m.content or ""))
-            for m in messages
-        )
-        est += max_tokens or 0
+        est = 0
+        if self._limiter_factory is not None:  # only the rate limiter charges estimates
+            est = sum(
+                estimate_tokens(str(m.get("content") or "") if isinstance(m, Mapping) else (m.content or ""))
+                for m in messages
+            )
+            est += max_tokens or 0
         resp: ChatResponse = await self._send("chat/completions", body, model, est, priority, timeout_s, stream=stream)
         self._account(model, agent, workflow, resp.usage)
         if key is not None and self.cache is not None:
@@ -546,6 +558,16 @@ class ProviderClient:
             self._limiters[model] = self._limiter_factory(model)
         return self._limiters[model]
 
+    def _route(self, model: str) -> tuple[ModelMetrics, BreakerLike, LimiterLike | None]:
+        """The metrics, breaker and limiter of ``model``, looked up once per model."""
+        route = self._routes.get(model)
+        if route is None:
+            breaker = self._breakers.get(self.name, model) if self._breakers is not None else _NO_BREAKER
+            route = (self.metrics.model(self.name, model), breaker, self._limiter(model))
+            if len(self._routes) < MAX_ROUTES:  # models come from code, but a typo loop must not grow this
+                self._routes[model] = route
+        return route
+
     async def _send(
         self,
         endpoint: str,
@@ -557,51 +579,138 @@ class ProviderClient:
         *,
         stream: bool = False,
     ) -> Any:
-        """POST ``body`` with rate limiting, the breaker and retries inside one deadline; return the decoded answer."""
+        """POST ``body`` with rate limiting, the breaker and retries inside one deadline; return the decoded answer.
+
+        One coroutine for the whole pipeline on purpose: every extra coroutine layer costs its creation and a
+        resumption per suspension, and this path is measured against a bare aiohttp loop (docs/benchmarking.md).
+        """
         if self._state != "running":
             raise LifecycleError(f"LLM provider client {self.name!r} is not running; use it inside the Runner.")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout_s if timeout_s is not None else self.config.retry.deadline_s)
         data = ENCODER.encode(body)
         url = self._urls[endpoint]
-        decoder = _DECODERS[endpoint]
-        m = self.metrics.model(self.name, model)
-        breaker = self._breakers.get(self.name, model) if self._breakers is not None else _NO_BREAKER
-        limiter = self._limiter(model)
+        m, breaker, limiter = self._route(model)
         if self._budget is not None:
             self._budget.record_call()
+        cfg = self.config
         attempt = 0
         while True:
             attempt += 1
             if limiter is not None:
                 await limiter.acquire(est_tokens, priority=priority)
             try:
-                async with breaker.acquire():
-                    result = await self._attempt(url, data, model, deadline - loop.time(), m, stream, decoder)
-            except LLMError as exc:
-                m.outcomes[_outcome(exc)] += 1
-                if isinstance(exc, LLMRateLimitedError) and exc.retry_after_s:
-                    breaker.open_for(exc.retry_after_s)
-                wait = self._retry_wait(exc, attempt, deadline - loop.time())
-                if wait is None:
-                    raise
-                m.retries += 1
-                logger.debug(
-                    "Retrying %s call to %r after %s (attempt %d).", endpoint, self.name, type(exc).__name__, attempt
-                )
-                await asyncio.sleep(wait)
-                continue
+                permit = breaker.acquire()
             except CircuitOpenError:  # fail fast; the agent's retry policy waits its retry_after_s (after_s)
                 m.outcomes["circuit_open"] += 1
                 if limiter is not None:
                     limiter.adjust(-est_tokens)  # nothing was sent: give the tokens back
                 raise
-            m.outcomes["success"] += 1
-            if limiter is not None:
-                used = result.usage.total_tokens or (result.usage.prompt_tokens + result.usage.completion_tokens)
-                if used:
-                    limiter.adjust(used - est_tokens)
-            return result
+            remaining_s = deadline - loop.time()
+            session = self._session
+            assert session is not None
+            inuse = self._sessions_in_use
+            sid = id(session)
+            inuse[sid] = inuse.get(sid, 0) + 1
+            self.requests += 1
+            self.in_flight += 1
+            t0 = time.perf_counter()
+            try:
+                if remaining_s <= 0:
+                    raise LLMTimeoutError(
+                        f"The deadline for this call to LLM provider {self.name!r} passed before it could be sent; "
+                        "raise [llm.NAME.retry] deadline_s or the call's timeout_s.",
+                        provider=self.name,
+                        model=model,
+                    )
+                timeout = self._timeout
+                if timeout is None or remaining_s < cfg.request_timeout_s:  # built once for the common case
+                    timeout = aiohttp.ClientTimeout(
+                        total=min(cfg.request_timeout_s, remaining_s), sock_connect=cfg.connection_timeout_s
+                    )
+                    if remaining_s >= cfg.request_timeout_s:
+                        self._timeout = timeout
+                async with session.post(url, data=data, headers=self._headers, timeout=timeout) as resp:
+                    if resp.status >= 400:
+                        raise self._http_error(resp.status, await self._read(resp, model), resp.headers, model)
+                    if stream:
+                        result = await self._read_stream(resp, model, t0, m)
+                    else:
+                        result = self._decode(_DECODERS[endpoint], await self._read(resp, model), model)
+            except LLMError as exc:
+                permit.failure(exc)
+                failure: LLMError = exc
+            except BaseException as exc:  # noqa: BLE001 - translated, or re-raised untouched
+                translated = self._translate(exc, model, remaining_s)
+                if translated is None:
+                    if isinstance(exc, Exception):
+                        permit.failure(exc)  # a bug, not the provider's answer: counted, and raised untouched
+                    else:
+                        permit.cancel()  # cancelled: the call has no outcome, and its permit goes back
+                    raise
+                permit.failure(translated)
+                failure = translated
+            else:
+                permit.success()
+                m.outcomes["success"] += 1
+                if limiter is not None:
+                    usage = result.usage
+                    used = usage.total_tokens or (usage.prompt_tokens + usage.completion_tokens)
+                    if used:
+                        limiter.adjust(used - est_tokens)
+                return result
+            finally:
+                m.duration.observe(time.perf_counter() - t0)
+                self.in_flight -= 1
+                inuse[sid] -= 1
+            m.outcomes[_outcome(failure)] += 1
+            if isinstance(failure, LLMRateLimitedError) and failure.retry_after_s:
+                breaker.open_for(failure.retry_after_s)
+            wait = self._retry_wait(failure, attempt, deadline - loop.time())
+            if wait is None:
+                raise failure
+            m.retries += 1
+            logger.debug(
+                "Retrying %s call to %r after %s (attempt %d).", endpoint, self.name, type(failure).__name__, attempt
+            )
+            await asyncio.sleep(wait)
+
+    def _decode(self, decoder: msgspec.json.Decoder[Any], raw: bytes, model: str) -> Any:
+        try:
+            return decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise LLMBadRequestError(
+                f"LLM provider {self.name!r} answered with a body that is not a valid OpenAI-compatible "
+                f"response ({exc}); check base_url.",
+                provider=self.name,
+                model=model,
+            ) from None
+
+    def _translate(self, exc: BaseException, model: str, remaining_s: float) -> LLMError | None:
+        """aiohttp's and the OS's exceptions as LLMErrors; None for what must propagate (cancellation)."""
+        if isinstance(exc, TimeoutError):
+            return LLMTimeoutError(
+                f"LLM provider {self.name!r} did not answer within "
+                f"{min(self.config.request_timeout_s, remaining_s):.3g} s; raise request_timeout_s, or check the "
+                "provider's status.",
+                provider=self.name,
+                model=model,
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return LLMUnavailableError(
+                f"Cannot connect to LLM provider {self.name!r} at {self._base} ({exc.os_error}); check base_url "
+                "and that the server is running.",
+                provider=self.name,
+                model=model,
+            )
+        if isinstance(exc, aiohttp.ClientError | ConnectionError):
+            return LLMUnavailableError(
+                f"The connection to LLM provider {self.name!r} failed mid-request ({type(exc).__name__}: {exc}); "
+                "it was retried if attempts and the deadline allowed.",
+                provider=self.name,
+                model=model,
+            )
+        return None
 
     def _retry_wait(self, exc: LLMError, attempt: int, remaining_s: float) -> float | None:
         """Seconds to wait before retrying, or None when this failure must not be retried."""
@@ -616,83 +725,6 @@ class ProviderClient:
             logger.warning("Retry budget of LLM provider %r exhausted; not retrying %s.", self.name, type(exc).__name__)
             return None
         return wait
-
-    async def _attempt(
-        self,
-        url: str,
-        data: bytes,
-        model: str,
-        remaining_s: float,
-        m: ModelMetrics,
-        stream: bool,
-        decoder: msgspec.json.Decoder[Any],
-    ) -> Any:
-        if remaining_s <= 0:
-            raise LLMTimeoutError(
-                f"The deadline for this call to LLM provider {self.name!r} passed before it could be sent; raise "
-                "[llm.NAME.retry] deadline_s or the call's timeout_s.",
-                provider=self.name,
-                model=model,
-            )
-        session = self._session
-        assert session is not None
-        sid = id(session)
-        inuse = self._sessions_in_use
-        inuse[sid] = inuse.get(sid, 0) + 1
-        self.requests += 1
-        self.in_flight += 1
-        cfg = self.config
-        timeout = self._timeout
-        if timeout is None or remaining_s < cfg.request_timeout_s:  # built once for the common case
-            timeout = aiohttp.ClientTimeout(
-                total=min(cfg.request_timeout_s, remaining_s), sock_connect=cfg.connection_timeout_s
-            )
-            if remaining_s >= cfg.request_timeout_s:
-                self._timeout = timeout
-        t0 = time.perf_counter()
-        try:
-            async with session.post(url, data=data, headers=self._headers, timeout=timeout) as resp:
-                if resp.status >= 400:
-                    raise self._http_error(resp.status, await self._read(resp, model), resp.headers, model)
-                if stream:
-                    return await self._read_stream(resp, model, t0, m)
-                raw = await self._read(resp, model)
-                try:
-                    return decoder.decode(raw)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    raise LLMBadRequestError(
-                        f"LLM provider {self.name!r} answered with a body that is not a valid OpenAI-compatible "
-                        f"response ({exc}); check base_url.",
-                        provider=self.name,
-                        model=model,
-                    ) from None
-        except LLMError:
-            raise
-        except TimeoutError:
-            raise LLMTimeoutError(
-                f"LLM provider {self.name!r} did not answer within {min(cfg.request_timeout_s, remaining_s):.3g} s; "
-                "raise request_timeout_s, or check the provider's status.",
-                provider=self.name,
-                model=model,
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise LLMUnavailableError(
-                f"Cannot connect to LLM provider {self.name!r} at {self._base} ({exc.os_error}); check base_url "
-                "and that the server is running.",
-                provider=self.name,
-                model=model,
-            ) from None
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise LLMUnavailableError(
-                f"The connection to LLM provider {self.name!r} failed mid-request ({type(exc).__name__}: {exc}); "
-                "it was retried if attempts and the deadline allowed.",
-                provider=self.name,
-                model=model,
-            ) from None
-        finally:
-            m.duration.observe(time.perf_counter() - t0)
-            self.in_flight -= 1
-            inuse[sid] -= 1
 
     async def _read(self, resp: aiohttp.ClientResponse, model: str) -> bytes:
         limit = self.config.max_response_bytes

@@ -14,7 +14,7 @@ one shutdown path; ``ctx.llm`` attributes every call to the agent and the workfl
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -64,6 +64,7 @@ class LLMHub:
         self._state = "created"
         for name, cfg in providers.items():
             self._clients[name] = self._build(name, cfg)
+        self._first: ProviderClient | None = next(iter(self._clients.values()), None)
 
     def _build(self, name: str, cfg: LLMConfig) -> ProviderClient:
         metrics = self._metrics
@@ -127,18 +128,16 @@ class LLMHub:
 
     def client(self, provider: str | None = None) -> ProviderClient:
         """The client of ``provider``; with None, the only (or first configured) provider."""
+        c = self._first if provider is None else self._clients.get(provider)
+        if c is not None:
+            return c
         if not self._clients:
             raise LifecycleError(
                 "No LLM provider is configured; add an [llm.NAME] table with base_url to the config (docs/llm.md)."
             )
-        if provider is None:
-            return next(iter(self._clients.values()))
-        c = self._clients.get(provider)
-        if c is None:
-            raise LifecycleError(
-                f"No LLM provider named {provider!r} is configured; configured: {', '.join(sorted(self._clients))}."
-            )
-        return c
+        raise LifecycleError(
+            f"No LLM provider named {provider!r} is configured; configured: {', '.join(sorted(self._clients))}."
+        )
 
     async def __aenter__(self) -> LLMHub:
         await self.start()
@@ -190,29 +189,35 @@ class AgentLLM:
     def __repr__(self) -> str:
         return f"<AgentLLM agent={self._agent!r} workflow={self._workflow!r} providers={self._hub.providers}>"
 
-    async def chat(
+    # Plain functions returning the client's coroutine: ``await ctx.llm.chat(...)`` works the same, and the
+    # call path has one coroutine layer less (each layer costs on every suspension of every call).
+
+    def chat(
         self,
         messages: Sequence[Mapping[str, Any] | ChatMessage],
         *,
         model: str | None = None,
         provider: str | None = None,
         **kwargs: Any,
-    ) -> ChatResponse:
-        return await self._hub.client(provider).chat(
+    ) -> Coroutine[Any, Any, ChatResponse]:
+        """``await ctx.llm.chat(messages, ...)``: :meth:`ProviderClient.chat` for this agent and workflow."""
+        return self._hub.client(provider).chat(
             messages, model=model, agent=self._agent, workflow=self._workflow, **kwargs
         )
 
-    async def embed(
+    def embed(
         self, inputs: str | Sequence[str], *, model: str | None = None, provider: str | None = None, **kwargs: Any
-    ) -> EmbeddingResponse:
-        return await self._hub.client(provider).embed(
+    ) -> Coroutine[Any, Any, EmbeddingResponse]:
+        """``await ctx.llm.embed(inputs, ...)``: :meth:`ProviderClient.embed` for this agent and workflow."""
+        return self._hub.client(provider).embed(
             inputs, model=model, agent=self._agent, workflow=self._workflow, **kwargs
         )
 
-    async def complete(
+    def complete(
         self, prompts: str | Sequence[str], *, model: str | None = None, provider: str | None = None, **kwargs: Any
-    ) -> CompletionResponse:
-        return await self._hub.client(provider).complete(
+    ) -> Coroutine[Any, Any, CompletionResponse]:
+        """``await ctx.llm.complete(prompts, ...)``: :meth:`ProviderClient.complete` for this agent and workflow."""
+        return self._hub.client(provider).complete(
             prompts, model=model, agent=self._agent, workflow=self._workflow, **kwargs
         )
 
