@@ -98,6 +98,7 @@ async def _one(bootstrap: str, tansu: bool, workers: int, events: int, work_us: 
         )  # fmt: skip
     finally:
         os.close(err)  # the child has its own copy
+    spawned = time.monotonic()
     try:
         assert proc.stdout is not None
         ready = 0
@@ -116,6 +117,7 @@ async def _one(bootstrap: str, tansu: bool, workers: int, events: int, work_us: 
         # A worker prints its ready line once its subscription has partitions, after any rebalance its arrival
         # caused: from the last one on, all K workers share the partitions. Events handled before are not timed.
         t0 = time.time()
+        ready_s = time.monotonic() - spawned
         # Every line is "<10-digit epoch>.<6 digits>\n", 18 bytes: the file size counts the events handled.
         deadline = time.monotonic() + 600
         for _ in iter(int, 1):
@@ -127,9 +129,7 @@ async def _one(bootstrap: str, tansu: bool, workers: int, events: int, work_us: 
             await asyncio.sleep(0.2 if n < total * 0.9 else 0.02)
         stamps = [float(x) for x in out.read_text().split()]
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await proc.wait()
+        await _stop(proc, err_path)
     timed = [t for t in stamps if t > t0]
     last = max(stamps)
     return {
@@ -139,9 +139,28 @@ async def _one(bootstrap: str, tansu: bool, workers: int, events: int, work_us: 
         "timed_events": len(timed),
         "seconds": round(last - t0, 3),
         "first_event_after_s": round(min(stamps) - t0, 3),
+        # None when every event was handled before the last worker was ready (a loaded machine, few events).
         "events_per_s": round(len(timed) / (last - t0)) if timed and last > t0 else None,
         "work_us": work_us,
+        "ready_after_s": round(ready_s, 3),
     }
+
+
+async def _stop(proc: asyncio.subprocess.Process, err_path: Path, grace_s: float = 60.0) -> None:
+    """SIGTERM the supervisor (it forwards it; the workers drain and leave the group), bounded: a run that does
+    not stop within ``grace_s`` is killed and reported, rather than hanging the benchmark or its test."""
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        async with asyncio.timeout(grace_s):
+            await proc.wait()
+            return
+    except TimeoutError:
+        proc.kill()  # the workers have their own session; they notice the supervisor is gone and drain
+        await proc.wait()
+    tail = (await asyncio.to_thread(err_path.read_text, errors="replace"))[-2000:]
+    raise RuntimeError(f"The workers did not stop within {grace_s:g} s of SIGTERM:\n{tail}")
 
 
 async def run_scaling(

@@ -74,6 +74,7 @@ def _kafka_benchmark(
     load_fraction: float | None,
     compare_raw: bool,
     json_path: Path | None,
+    repeat: int = 1,
 ) -> None:
     from .kafkabench import print_report, run_kafka_benchmark
 
@@ -92,6 +93,7 @@ def _kafka_benchmark(
         latency=mode is Mode.latency,
         load_fraction=load_fraction or 0.5,
         compare_raw=compare_raw,
+        repeat=repeat,
     )
     results, where = run_async(coro)
     print_report(results, where, " ".join(["agentcli", *(_argv or sys.argv[1:])]), json_path)
@@ -260,7 +262,7 @@ def benchmark(
     """Measure agentflow's throughput and latency, optionally against a raw asyncio.Queue baseline."""
     seconds = parse_duration_option(duration)
     if bus is BusChoice.kafka:
-        _kafka_benchmark(config, bootstrap, requests, batch_size, mode, load_fraction, compare_raw, json_path)
+        _kafka_benchmark(config, bootstrap, requests, batch_size, mode, load_fraction, compare_raw, json_path, repeat)
         return
     if bootstrap is not None:
         raise typer.BadParameter("--bootstrap applies to --bus kafka.", param_hint="'--bootstrap'")

@@ -92,6 +92,7 @@ class AgentWorker:
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         self._dispatcher = tg.create_task(self._dispatch(), name=f"agentflow-dispatch-{self.name}")
+        self._sub.set_listener(self._pump)
         for i in range(self.concurrency):
             slot = self._pool.slot()
             task = tg.create_task(self._work(slot), name=f"agentflow-worker-{self.name}-{i}")
@@ -102,6 +103,7 @@ class AgentWorker:
     async def stop_intake(self) -> None:
         """Stop taking events; give back the ones taken but not started."""
         self._stopping = True
+        self._sub.set_listener(None)
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
@@ -132,7 +134,6 @@ class AgentWorker:
 
     async def _dispatch(self) -> None:
         sub = self._sub
-        local = self._local
         loop = asyncio.get_running_loop()
         while True:
             room = self.max_inflight - self.inflight
@@ -143,19 +144,41 @@ class AgentWorker:
                 finally:
                     self._room = None
                 continue
-            items = sub.take_nowait(room)
-            if items:
-                self.inflight += len(items)
-                self._wall_offset = time.time() - time.perf_counter()
-                local.extend(items)
-                idle = self._idle
-                if idle:
-                    fut = idle.popleft()
-                    if not fut.done():
-                        fut.set_result(None)
+            if self._take(room):
                 continue
             if not await sub.wait():
                 return
+
+    def _take(self, room: int) -> bool:
+        """Move up to ``room`` items from the subscription to the workers' queue and wake one worker."""
+        items = self._sub.take_nowait(room)
+        if not items:
+            return False
+        self.inflight += len(items)
+        self._wall_offset = time.time() - time.perf_counter()
+        self._local.extend(items)
+        idle = self._idle
+        if idle:
+            fut = idle.popleft()
+            if not fut.done():
+                fut.set_result(None)
+        return True
+
+    def _pump(self) -> bool:
+        """The subscription's listener: called as events arrive while the dispatcher waits for them.
+
+        Takes them at once, as the dispatcher would, so an event reaches a worker in one event-loop turn less
+        (the dispatcher is not woken). False leaves the work to the dispatcher: when stopping, or when
+        ``max_inflight`` is reached (it then waits for room).
+        """
+        if self._stopping:
+            return False
+        while True:
+            room = self.max_inflight - self.inflight
+            if room <= 0:
+                return False
+            if not self._take(room):
+                return True
 
     def _finished(self, item: Item) -> None:
         self._sub.ack(item)

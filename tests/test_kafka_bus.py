@@ -145,6 +145,30 @@ async def test_rebalance_hands_unfinished_events_to_the_new_owner(make_bus: Make
     assert sorted(set(redelivered)) == sorted(set(range(40)) - done), "an unfinished event was lost"
 
 
+async def test_a_member_paused_when_a_rebalance_comes_resumes_its_new_partitions(
+    make_bus: MakeBus, eventually: Any
+) -> None:
+    bus = await make_bus(partitions=4, buffer_size=10, rebalance_grace_s=0.5)
+    first = await bus.subscribe("t", "g")
+    await bus.publish("t", [ev("t", i, f"k{i}") for i in range(60)])
+    # Full (10 buffered, the bus's buffer_size): its partitions are paused.
+    await eventually(lambda: first.statistics().buffered == 10, timeout_s=TIMEOUT_S, what="a full buffer")
+    held = first.take_nowait(4)  # taken and never acknowledged: revoked with the partitions
+    # The rebalance drops what the first member buffered and held: it has room again, so the partitions it gets
+    # next must be fetched from, not left paused with no acknowledgement ever coming to resume them.
+    second = await bus.subscribe("t", "g")
+    assert first.statistics().partitions and second.statistics().partitions
+    got: set[Any] = set()
+    async with asyncio.timeout(TIMEOUT_S):
+        while got != set(range(60)):
+            for s in (first, second):
+                for it in s.take_nowait(100):
+                    s.ack(it)
+                    got.add(it.payload)  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+    assert held and all(it.payload in got for it in held)  # type: ignore[union-attr]
+
+
 async def test_a_record_for_another_group_is_skipped(make_bus: MakeBus) -> None:
     bus = await make_bus()
     a = await bus.subscribe("t", "a")

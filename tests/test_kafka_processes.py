@@ -72,6 +72,20 @@ async def emit_all(data: dict[str, Any], n: int, *, batch: int = 500, pause_s: f
     return ids
 
 
+async def emit_until(
+    data: dict[str, Any], stop: asyncio.Event, *, batch: int = 100, pause_s: float = 0.05
+) -> list[str]:
+    """Emit batches until ``stop`` is set: a steady load whatever the machine's speed (a fixed count can be
+    handled completely before a slow-starting worker joins). Returns every id emitted."""
+    ids: list[str] = []
+    async with Producer(config_from_dict(data)) as producer:
+        while not stop.is_set():
+            n = len(ids)
+            ids += await producer.emit_many("jobs", [{"n": j} for j in range(n, n + batch)])
+            await asyncio.sleep(pause_s)
+    return ids
+
+
 async def until(predicate: Any, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -146,19 +160,27 @@ async def test_a_second_worker_joins_and_leaves_under_load(tmp_path: Path, kafka
     out = tmp_path / "handled.txt"
     a = await start_worker(tmp_path, config, out)
     b: WorkerProcess | None = None
+    # Events keep coming until the second worker has joined, handled some and left, and the first has handled
+    # more after that: both rebalances happen under load however slow or loaded the machine is.
+    stop = asyncio.Event()
+    sending = asyncio.ensure_future(emit_until(data, stop))
     try:
-        sending = asyncio.ensure_future(emit_all(data, 20_000, batch=250, pause_s=0.02))
         await until(lambda: sum(handled_lines(out).values()) >= 3000, 60, "3000 handled events")
         b = await start_worker(tmp_path, config, out)
         b_pid = b.proc.pid
         await until(lambda: str(b_pid) in out.read_text(), 30, "the new member handling events")
         b.signal(signal.SIGTERM)
         assert await b.wait() == 0, b.stderr()
+        left_at = sum(handled_lines(out).values())
+        await until(lambda: sum(handled_lines(out).values()) >= left_at + 2000, 60, "handling after the leave")
+        stop.set()
         sent = await sending
         await until(lambda: set(handled_lines(out)) >= set(sent), 90, "every event handled")
         a.signal(signal.SIGTERM)
         assert await a.wait() == 0, a.stderr()
     finally:
+        stop.set()
+        await asyncio.gather(sending, return_exceptions=True)
         await a.kill()
         if b is not None:
             await b.kill()

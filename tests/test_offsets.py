@@ -115,3 +115,27 @@ def test_offsets_must_ascend() -> None:
     t.taken(0, 4)
     with pytest.raises(ValueError, match="ascend"):
         t.taken(0, 4)
+
+
+@given(runs(), st.integers(min_value=1, max_value=20))
+def test_batches_taken_at_once_track_like_single_offsets(run: tuple[list[int], list[int]], size: int) -> None:
+    offsets, order = run
+    one, many = OffsetTracker[int](), OffsetTracker[int]()
+    for off in offsets:
+        one.taken(0, off)
+    for i in range(0, len(offsets), size):
+        many.partition(0).taken_many(offsets[i : i + size])
+    for off in order:
+        assert one.finished(0, off) == many.partition(0).finished(off)
+        assert one.position(0) == many.position(0)
+    assert many.pending_commits() == {0: offsets[-1] + 1}
+
+
+def test_a_batch_must_ascend_strictly_and_follow_what_was_taken() -> None:
+    po = OffsetTracker[int]().partition(0)
+    po.taken_many([5, 6, 9])
+    for bad in ([9, 10], [7, 8], [10, 10], [12, 11]):
+        with pytest.raises(ValueError):
+            po.taken_many(bad)
+    po.taken_many([10, 12])
+    assert list(po.outstanding) == [5, 6, 9, 10, 12]

@@ -13,18 +13,20 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from math import isfinite
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from ..errors import BusUnavailableError, EventError
+from ..errors import BusUnavailableError, EventDecodeError, EventError, EventTooLargeError
 from ..events import Event, RawEvent
 from ._kafka_retry import GROUP_HEADER, RetryTiers
 from .base import Item, Subscription, SubscriptionStatistics
-from .offsets import OffsetTracker
+from .offsets import OffsetTracker, PartitionOffsets
 
 if TYPE_CHECKING:
     from .kafka import KafkaBus
@@ -58,10 +60,12 @@ class KafkaSubscription(Subscription):
         self._order: list[Any] = []
         self._next = 0
         self._buffered = 0
-        self._unacked: dict[int, tuple[Item, Any, int]] = {}
+        # id(item) -> (item, partition, offset, the partition's offsets): ack marks the offset finished directly.
+        self._unacked: dict[int, tuple[Item, Any, int, PartitionOffsets]] = {}
         self._tracker: OffsetTracker[Any] = OffsetTracker()
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self._listener: Callable[[], bool] | None = None
         self._closed = False
         self.generation = 0
         self._assigned_evt = asyncio.Event()
@@ -158,8 +162,13 @@ class KafkaSubscription(Subscription):
         self._assigned_evt.set()
         if self._tiers is not None:
             self._tiers.forget()  # positions restart from the committed offsets; waits are found again
+        # A new assignment starts unpaused: pause it again only if there is still no room (the revoke dropped
+        # the buffered events, so there usually is — a flag left set here would stall these partitions forever).
         if self._paused:
-            self._consumer.pause(*self._order)
+            if self._buffered + len(self._unacked) < self._bus.buffer_size:
+                self._paused = False
+            else:
+                self._set_paused(True)
         self._wake()
 
     async def _revoked(self, parts: set[Any]) -> None:
@@ -178,7 +187,7 @@ class KafkaSubscription(Subscription):
         if not self._closed:
             deadline = time.monotonic() + self._bus.kafka.rebalance_grace_s
             while True:
-                left = sum(1 for _, tp, _ in self._unacked.values() if tp in parts)
+                left = sum(1 for e in self._unacked.values() if e[1] in parts)
                 if not left:
                     break
                 if time.monotonic() >= deadline:
@@ -194,15 +203,20 @@ class KafkaSubscription(Subscription):
         # 3. commit, then forget: later acks of these partitions are ignored (the new owner redelivers them).
         await self._commit()
         self._tracker.revoke(parts)
-        for key in [k for k, (_, tp, _) in self._unacked.items() if tp in parts]:
+        for key in [k for k, e in self._unacked.items() if e[1] in parts]:
             del self._unacked[key]
+        # Their acks never come now: if that frees room, resume what is left (ack would have done it).
+        self._resume_if_room()
 
     # ---- fetching --------------------------------------------------------------------------------------
 
     async def _fetch(self) -> None:
         consumer, bus = self._consumer, self._bus
-        codec, cap = bus.codec, bus.buffer_size
-        decode = codec.decode
+        cap = bus.buffer_size
+        # The bus codec's checks, inlined (this loop runs per record): over the size limit, not an event, or a
+        # non-finite created_at stays RawEvent, and the agent dead-letters it with the codec's reason.
+        decode = msgspec.msgpack.Decoder(Event).decode
+        max_bytes = bus.codec.max_event_bytes
         group = self.group
         tiers = self._tiers
         backoff = 0.1
@@ -210,7 +224,7 @@ class KafkaSubscription(Subscription):
             room = cap - self._buffered - len(self._unacked)
             if room <= 0 and not self._paused:
                 self._paused = True
-                consumer.pause(*self._order)
+                self._set_paused(True)
             poll_ms = 200
             if tiers is not None:
                 for tp in tiers.due():
@@ -234,21 +248,26 @@ class KafkaSubscription(Subscription):
                     continue  # revoked meanwhile
                 if tiers is not None and tiers.is_tier(tp.topic):
                     records = tiers.admit(tp, records, consumer, self._for_me)
-                track = self._tracker
+                po = self._tracker.partition(tp)
+                po.taken_many([rec.offset for rec in records])
+                append = dq.append
                 for rec in records:
-                    track.taken(tp, rec.offset)
                     if rec.headers and not self._for_me(rec.headers):
-                        track.finished(tp, rec.offset)
+                        po.finished(rec.offset)
                         self._skipped += 1
                         continue
                     value = rec.value or b""
-                    key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
                     item: Item
                     try:
+                        if len(value) > max_bytes:
+                            raise EventTooLargeError("too large")
                         item = decode(value)
-                    except EventError:
+                        if not isfinite(item.created_at):
+                            raise EventDecodeError("created_at")
+                    except (msgspec.DecodeError, EventError):
+                        key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
                         item = RawEvent(self.topic, bytes(value), key)
-                    dq.append((item, rec.offset))
+                    append((item, rec.offset))
                     got += 1
             if got:
                 self._buffered += got
@@ -289,7 +308,14 @@ class KafkaSubscription(Subscription):
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
+            listener = self._listener
+            if listener is not None and not self._closed and listener():
+                return  # taken synchronously by the agent: one event-loop turn less per fetched batch
             w.set_result(None)
+
+    def set_listener(self, listener: Callable[[], bool] | None) -> bool:
+        self._listener = listener
+        return True
 
     def _partitions(self) -> list[int]:
         return [tp.partition for tp in self._order if tp.topic == self._kname]  # not the retry tiers
@@ -310,11 +336,13 @@ class KafkaSubscription(Subscription):
             k = min(len(dq), max_n)
             pop = dq.popleft
             unacked = self._unacked
-            items = []
+            po = self._tracker.partition(tp)
+            items: list[Item] = []
+            add = items.append
             for _ in range(k):
                 item, off = pop()
-                unacked[id(item)] = (item, tp, off)
-                items.append(item)
+                unacked[id(item)] = (item, tp, off, po)
+                add(item)
             self._buffered -= k
             self._taken += k
             return items
@@ -337,12 +365,25 @@ class KafkaSubscription(Subscription):
         entry = self._unacked.pop(id(item), None)
         if entry is None:
             return
-        self._tracker.finished(entry[1], entry[2])
+        entry[3].finished(entry[2])
         self._acked += 1
+        if self._paused:
+            self._resume_if_room()
+
+    def _resume_if_room(self) -> None:
         if self._paused and self._buffered + len(self._unacked) < self._bus.buffer_size:
             self._paused = False
+            self._set_paused(False)
+
+    def _set_paused(self, pause: bool) -> None:
+        """Pause or resume this member's partitions (those it still holds: aiokafka refuses others)."""
+        consumer = self._consumer
+        held = consumer.assignment()
+        if pause:
+            consumer.pause(*[tp for tp in self._order if tp in held])
+        else:
             waiting = self._tiers.delayed if self._tiers is not None else ()
-            self._consumer.resume(*[tp for tp in self._order if tp not in waiting])
+            consumer.resume(*[tp for tp in self._order if tp in held and tp not in waiting])
 
     async def defer_retry(self, event: Event, attempt: int, exc: BaseException) -> bool:
         """Hand the retry after failed attempt ``attempt`` to the retry tiers (``[kafka] retry_topics``).
@@ -355,13 +396,13 @@ class KafkaSubscription(Subscription):
         return await self._tiers.send(self._bus, self.topic, self.group, event, attempt, exc)
 
     def requeue(self, items: Sequence[Item]) -> None:
-        back: list[tuple[Item, Any, int]] = []
+        back: list[tuple[Item, Any, int, PartitionOffsets]] = []
         for it in items:
             entry = self._unacked.pop(id(it), None)
             if entry is not None:
                 back.append(entry)
         # Offsets stay unfinished in the tracker: putting them back ahead of newer records keeps their order.
-        for item, tp, off in sorted(back, key=lambda e: e[2], reverse=True):
+        for item, tp, off, _ in sorted(back, key=lambda e: e[2], reverse=True):
             dq = self._buf.get(tp)
             if dq is not None:
                 dq.appendleft((item, off))

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 import msgspec
@@ -78,6 +78,15 @@ class Subscription(abc.ABC):
 
         True means the bus keeps the event for a later attempt (the Kafka bus's retry topics) and the worker
         acknowledges the original; False (the default) means the worker retries in-process.
+        """
+        return False
+
+    def set_listener(self, listener: Callable[[], bool] | None) -> bool:
+        """Ask to be called synchronously when items arrive while a ``wait()`` is pending; True if supported.
+
+        The listener may take items at once (no wake-up of the waiting task, so one event-loop turn less per
+        event); it returns True when it took everything it could, or False to have ``wait()`` return as usual.
+        Buses that cannot call back (the default) return False, and consumers rely on ``wait()`` alone.
         """
         return False
 

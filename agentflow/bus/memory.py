@@ -12,7 +12,7 @@ import asyncio
 import logging
 import operator
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import repeat, starmap
 
 from ..errors import BackpressureError, LifecycleError
@@ -69,6 +69,7 @@ class MemorySubscription(Subscription):
         self._next = 0
         self._unacked: dict[int, Item] = {}
         self._waiter: asyncio.Future[None] | None = None
+        self._listener: Callable[[], bool] | None = None
         self._closed = False
         self._taken = 0
         self._requeued = 0
@@ -82,7 +83,14 @@ class MemorySubscription(Subscription):
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
+            listener = self._listener
+            if listener is not None and not self._closed and listener():
+                return  # taken synchronously: the waiting task sleeps on, and the loop saves a turn
             w.set_result(None)
+
+    def set_listener(self, listener: Callable[[], bool] | None) -> bool:
+        self._listener = listener
+        return True
 
     def take_nowait(self, max_n: int) -> list[Item]:
         g = self._g

@@ -43,6 +43,20 @@ class PartitionOffsets:
         if self.position is None:
             self.position = offset
 
+    def taken_many(self, offsets: list[int]) -> None:
+        """:meth:`taken` for the ascending offsets of one fetched batch, in one call."""
+        if not offsets:
+            return
+        first = offsets[0]
+        out = self.outstanding
+        if (out and first <= out[-1]) or (self.position is not None and first < self.position):
+            self.taken(first)  # raises with the reason
+        if len(offsets) > 1 and sorted(set(offsets)) != offsets:
+            raise ValueError(f"The offsets of one batch must ascend strictly: {offsets[:10]}...")
+        out.extend(offsets)
+        if self.position is None:
+            self.position = first
+
     def finished(self, offset: int) -> bool:
         """Mark ``offset`` finished; return True when the committable position moved."""
         out = self.outstanding
@@ -90,6 +104,13 @@ class OffsetTracker(Generic[P]):
         if po is None:
             po = self._parts[part] = PartitionOffsets()
         po.taken(offset)
+
+    def partition(self, part: P) -> PartitionOffsets:
+        """The offsets of ``part`` (created empty if new): the hot paths call its methods directly."""
+        po = self._parts.get(part)
+        if po is None:
+            po = self._parts[part] = PartitionOffsets()
+        return po
 
     def finished(self, part: P, offset: int) -> bool:
         """Mark an offset finished; unknown partitions (revoked meanwhile) are ignored. True if it moved."""
