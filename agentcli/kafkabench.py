@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from agentflow import Config, Event, LatencyHistogram, Runner, config_from_dict, new_event_id
+from agentflow import Config, Event, KafkaConfig, LatencyHistogram, Runner, config_from_dict, new_event_id
 
 __all__ = ["KafkaBenchResult", "run_kafka_benchmark"]
 
@@ -32,7 +32,7 @@ TOPIC = "agentcli.noop"
 #: Settings the benchmark uses against the Tansu broker it starts (see docs/kafka.md, "The test broker").
 TANSU_SETTINGS: dict[str, Any] = {
     "enable_idempotence": False,
-    "fetch_max_wait_ms": 5,
+    "fetch_max_wait_ms": 2,  # Tansu always waits the full time: a low value is what the latency goal assumes
     "session_timeout_ms": 2000,
     "heartbeat_interval_ms": 500,
     "linger_ms": 1,
@@ -66,12 +66,15 @@ class KafkaBenchResult:
 
 
 def bench_config(base: Config, bootstrap: str, *, tansu: bool, partitions: int) -> Config:
-    """``base`` with the bootstrap servers, a fresh topic prefix (a clean topic per run) and, for Tansu, its limits."""
+    """``base`` with the bootstrap servers, a fresh topic prefix (a clean topic per run) and, for Tansu, its limits
+    (each only where ``base`` keeps agentflow's default, so ``--config`` can set, say, ``fetch_max_wait_ms``)."""
     data = msgspec.to_builtins(base)
     kafka = data.setdefault("kafka", {})
     kafka.update(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.")
     if tansu:
-        kafka.update(TANSU_SETTINGS)
+        # Tansu's settings replace only values left at agentflow's defaults: a --config that sets one wins.
+        defaults = msgspec.to_builtins(KafkaConfig())
+        kafka.update({k: v for k, v in TANSU_SETTINGS.items() if kafka.get(k, defaults.get(k)) == defaults.get(k)})
     data.setdefault("bus", {}).update(backend="kafka", partitions=partitions)
     return config_from_dict(data, source="agentcli benchmark")
 

@@ -59,6 +59,36 @@ def bench_app(config: Config) -> Runner:
     return app
 
 
+def _cpu_now(pid: int | None) -> tuple[float, float, float] | None:
+    """(machine busy jiffies, machine total jiffies, ``pid``'s CPU jiffies) from /proc; None off Linux."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        own = 0.0
+        if pid is not None:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read().rsplit(b")", 1)[1].split()
+            own = float(int(stat[11]) + int(stat[12]))  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])
+    return float(total - idle), float(total), own
+
+
+def _cpu_use(before: tuple[float, float, float] | None, pid: int | None) -> dict[str, float | None]:
+    """Cores busy on the whole machine, and in the broker, between ``before`` and now."""
+    after = _cpu_now(pid)
+    if before is None or after is None or after[1] <= before[1]:
+        return {"machine_busy_cores": None, "broker_cores": None}
+    cores = os.cpu_count() or 1
+    span = (after[1] - before[1]) / cores  # jiffies of wall time
+    return {
+        "machine_busy_cores": round((after[0] - before[0]) / span, 2),
+        "broker_cores": round((after[2] - before[2]) / span, 2) if pid is not None else None,
+    }
+
+
 def _toml(data: dict[str, Any]) -> str:
     lines = []
     for section, table in data.items():
@@ -67,7 +97,9 @@ def _toml(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _one(bootstrap: str, tansu: bool, workers: int, events: int, work_us: int, tmp: Path) -> dict[str, Any]:
+async def _one(
+    bootstrap: str, tansu: bool, workers: int, events: int, work_us: int, tmp: Path, broker_pid: int | None = None
+) -> dict[str, Any]:
     kafka: dict[str, Any] = {"bootstrap_servers": bootstrap, "topic_prefix": f"scale-{uuid.uuid4().hex[:8]}."}
     if tansu:
         kafka.update(TANSU_SETTINGS)
@@ -117,6 +149,7 @@ async def _one(bootstrap: str, tansu: bool, workers: int, events: int, work_us: 
         # A worker prints its ready line once its subscription has partitions, after any rebalance its arrival
         # caused: from the last one on, all K workers share the partitions. Events handled before are not timed.
         t0 = time.time()
+        cpu0 = _cpu_now(broker_pid)
         ready_s = time.monotonic() - spawned
         # Every line is "<10-digit epoch>.<6 digits>\n", 18 bytes: the file size counts the events handled.
         deadline = time.monotonic() + 600
@@ -127,6 +160,7 @@ async def _one(bootstrap: str, tansu: bool, workers: int, events: int, work_us: 
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Only {n} of {total} events were handled within 600 s.")
             await asyncio.sleep(0.2 if n < total * 0.9 else 0.02)
+        cpu = _cpu_use(cpu0, broker_pid)
         stamps = [float(x) for x in out.read_text().split()]
     finally:
         await _stop(proc, err_path)
@@ -143,6 +177,9 @@ async def _one(bootstrap: str, tansu: bool, workers: int, events: int, work_us: 
         "events_per_s": round(len(timed) / (last - t0)) if timed and last > t0 else None,
         "work_us": work_us,
         "ready_after_s": round(ready_s, 3),
+        # How busy the machine (and the broker, when started here) was while the events were handled: with
+        # every core busy, more workers cannot go faster on this machine, whatever the bus does.
+        **cpu,
     }
 
 
@@ -175,7 +212,8 @@ async def run_scaling(
     try:
         where = bootstrap or (broker.bootstrap if broker else "")
         with tempfile.TemporaryDirectory(prefix="agentcli-scale-") as tmp:
-            return [await _one(where, limits, k, events, work_us, Path(tmp)) for k in (1, workers)]
+            pid = broker.proc.pid if broker is not None and broker.proc is not None else None
+            return [await _one(where, limits, k, events, work_us, Path(tmp), pid) for k in (1, workers)]
     finally:
         if broker is not None:
             await asyncio.to_thread(broker.close)

@@ -4,10 +4,13 @@ a benchmark figure, docs/kafka.md, never asserted: two noisy shared cores.)"""
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 from kafka_broker import TansuBroker
 
-from agentcli.kafkaworkers import main, run_scaling
+from agentcli.kafkaworkers import _cpu_now, _cpu_use, main, run_scaling
 
 
 @pytest.mark.slow
@@ -20,6 +23,22 @@ async def test_one_and_two_worker_processes_handle_every_event(kafka_broker: Tan
         # On a loaded machine the first worker may handle all 2000 before the last one is ready: nothing is
         # timed then and the rate is None (the benchmark's figures use 20000+ events, docs/kafka.md).
         assert (row["events_per_s"] or 0) > 0 if row["timed_events"] else row["events_per_s"] is None, row
+        # The machine's busy cores while the events were handled (from /proc/stat; Linux, like CI). The broker
+        # here is the session's, not started by run_scaling, so its own share is not known.
+        busy = row["machine_busy_cores"]
+        assert busy is None or 0 <= busy <= (os.cpu_count() or 1) + 0.5, row
+        assert row["broker_cores"] is None, row
+
+
+def test_cpu_accounting_reads_this_process() -> None:
+    before = _cpu_now(os.getpid())
+    assert before is not None  # Linux: /proc is there
+    end = time.perf_counter() + 0.3
+    while time.perf_counter() < end:  # burn a third of a second of CPU in this process
+        pass
+    use = _cpu_use(before, os.getpid())
+    assert use["machine_busy_cores"] is not None and use["machine_busy_cores"] >= 0.2, use
+    assert use["broker_cores"] is not None and 0.2 <= use["broker_cores"] <= 1.2, use  # shared cores: a loose floor
 
 
 def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
