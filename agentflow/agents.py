@@ -67,6 +67,9 @@ class AgentWorker:
         self._payload_type = payload_type
         self._local: deque[Item] = deque()
         self._idle: deque[asyncio.Future[None]] = deque()
+        # A worker was woken and has not run yet: it takes over the queue (and wakes the next if it must), so a
+        # burst of arrivals wakes one worker, not one per event.
+        self._waking = False
         self._active: dict[str, deque[tuple[Event, Item]] | None] = {}
         self._room: asyncio.Future[None] | None = None
         self.inflight = 0
@@ -157,21 +160,29 @@ class AgentWorker:
         self.inflight += len(items)
         self._wall_offset = time.time() - time.perf_counter()
         self._local.extend(items)
+        if not self._waking:
+            self._wake_one()
+        return True
+
+    def _wake_one(self) -> None:
+        """Wake one idle worker, if there is one."""
         idle = self._idle
-        if idle:
+        while idle:
             fut = idle.popleft()
             if not fut.done():
                 fut.set_result(None)
-        return True
+                self._waking = True
+                return
 
     def _pump(self) -> bool:
         """The subscription's listener: called as events arrive while the dispatcher waits for them.
 
         Takes them at once, as the dispatcher would, so an event reaches a worker in one event-loop turn less
-        (the dispatcher is not woken). False leaves the work to the dispatcher: when stopping, or when
-        ``max_inflight`` is reached (it then waits for room).
+        (the dispatcher is not woken). False leaves the work to the dispatcher: when stopping, when
+        ``max_inflight`` is reached (it then waits for room), and when a worker is already on its way — a burst
+        then gathers in the bus and the dispatcher takes it in one go on the next turn.
         """
-        if self._stopping:
+        if self._stopping or self._waking:
             return False
         while True:
             room = self.max_inflight - self.inflight
@@ -210,14 +221,15 @@ class AgentWorker:
                     return
                 fut = loop.create_future()
                 idle.append(fut)
-                await fut
+                try:
+                    await fut
+                finally:
+                    self._waking = False
                 continue
             item = local.popleft()
-            if local and idle:
+            if local and idle and not self._waking:
                 # Chain wake-ups: if this handler suspends, another worker is already on its way.
-                nxt = idle.popleft()
-                if not nxt.done():
-                    nxt.set_result(None)
+                self._wake_one()
             if typed or type(item) is not Event:
                 await self._process(item, slot)
                 continue

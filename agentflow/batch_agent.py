@@ -142,13 +142,14 @@ class BatchAgentWorker(AgentWorker):
                         return
                     fut = loop.create_future()
                     idle.append(fut)
-                    await fut
+                    try:
+                        await fut
+                    finally:
+                        self._waking = False
                     continue
                 events, items, carry, bad = self._collect(carry, mine)
-                if local and idle:
-                    nxt = idle.popleft()
-                    if not nxt.done():
-                        nxt.set_result(None)
+                if local and idle and not self._waking:
+                    self._wake_one()
                 for item, ev, reason, exc in bad:
                     await self._dead(item, ev, reason, exc, 0)
                 if events:

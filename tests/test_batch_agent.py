@@ -109,7 +109,7 @@ async def test_wrong_number_of_results_fails_the_batch_with_a_sentence(make_runn
 
     @runner.agent("t", batch_size=4)
     async def h(events: list[Event], ctx: BatchContext) -> list[int]:
-        return [1]
+        return [1] * (len(events) + 1)  # one too many, however the two requests were batched
 
     async with runner:
         with pytest.raises(DeadLetteredError):
@@ -288,5 +288,7 @@ async def test_batch_agents_reach_the_llm_through_ctx(make_runner: RunnerFactory
             assert runner.llm is not None
             [row] = runner.llm.costs.rows()
         assert all(r > 0 for r in results)
-        assert row.agent == "embed" and row.calls >= 2
-        assert server.stats().requests == row.calls
+        assert row.agent == "embed" and row.calls >= 2 and row.calls % 2 == 0
+        # Each batch made two calls: its events, then one input for its first event's workflow. The micro-batcher
+        # may have coalesced concurrent calls into fewer HTTP requests, so count the server's inputs instead.
+        assert server.stats().items == 5 + row.calls // 2

@@ -35,6 +35,29 @@ async def test_an_offered_event_is_taken_at_once_and_the_dispatcher_sleeps_on(ma
         assert seen == [1]
 
 
+async def test_a_burst_wakes_one_worker_and_the_dispatcher_takes_the_rest(make_runner: RunnerFactory) -> None:
+    runner = make_runner()
+    seen: list[int] = []
+
+    @runner.agent("t")
+    async def handle(event: Event, ctx: Context) -> None:
+        seen.append(event.payload)
+
+    async with runner:
+        await asyncio.sleep(0.01)
+        [worker] = runner._agents
+        sub = worker._sub
+        assert isinstance(sub, MemorySubscription)
+        for i in range(5):
+            await runner.emit("t", i)
+        assert len(worker._local) == 1 and worker._waking  # one taken at once, its worker on its way
+        waiter = sub._waiter
+        assert waiter is not None and waiter.done()  # the other four woke the dispatcher instead
+        assert sub.statistics().buffered == 4
+        await runner.drain()
+        assert sorted(seen) == [0, 1, 2, 3, 4]
+
+
 async def test_at_max_inflight_the_rest_waits_for_the_dispatcher_and_nothing_is_lost(
     make_runner: RunnerFactory, eventually: Eventually
 ) -> None:
@@ -52,7 +75,11 @@ async def test_at_max_inflight_the_rest_waits_for_the_dispatcher_and_nothing_is_
         [worker] = runner._agents
         for i in range(10):
             await runner.emit("t", i)
-        assert worker.inflight == 2  # the listener stopped at the bound; the other 8 stay in the bus
+        # The first went straight to a worker; with that worker on its way, the rest wait for the dispatcher.
+        assert worker.inflight == 1 and worker._sub.statistics().buffered == 9
+        await eventually(lambda: worker.inflight == 2, what="the dispatcher taking up to max_concurrent_events")
+        await asyncio.sleep(0.01)
+        assert worker.inflight == 2  # the bound holds; the other 8 stay in the bus
         assert worker._sub.statistics().buffered == 8
         gate.set()
         await eventually(lambda: len(seen) == 10, what="all ten events handled")
