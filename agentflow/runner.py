@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ._deadlines import Deadlines
 from .agents import AgentWorker
 from .batch_agent import BatchAgentWorker
 from .bus import create_bus
@@ -78,6 +79,7 @@ class Runner:
         self._specs: dict[str, AgentSpec] = {}
         self._agents: list[AgentWorker] = []
         self._replies: dict[str, asyncio.Future[Any]] = {}
+        self._deadlines = Deadlines(rc.request_timeout_s, self._expire)
         self._reply_sends: set[asyncio.Task[None]] = set()
         self._inbox = f"inbox:{new_event_id()}"
         self._stack: contextlib.AsyncExitStack | None = None
@@ -281,6 +283,7 @@ class Runner:
         finally:
             for a in self._agents:
                 await a.cancel()
+            self._deadlines.close()
             for fut in self._replies.values():
                 if not fut.done():
                     fut.set_exception(LifecycleError("The Runner closed before the result of this request arrived."))
@@ -439,8 +442,8 @@ class Runner:
         eid = new_event_id()
         fut: asyncio.Future[Any] = loop.create_future()
         self._replies[eid] = fut
-        t = self.config.runner.request_timeout_s if timeout_s is None else timeout_s
-        timer = loop.call_later(t, self._expire, eid, topic, t)
+        deadlines = self._deadlines
+        deadlines.add(loop, eid, topic, self.config.runner.request_timeout_s if timeout_s is None else timeout_s)
         try:
             batch = (Event(topic, payload, key, eid, headers, time.time(), 1, eid, 0, self._inbox),)
             if not self.bus.offer(topic, batch):
@@ -448,7 +451,7 @@ class Runner:
             self.metrics.emitted(topic)
             return await fut
         finally:
-            timer.cancel()
+            deadlines.discard(eid)
             del self._replies[eid]
             if fut.done() and not fut.cancelled():
                 fut.exception()  # mark a timeout raised while publishing as retrieved

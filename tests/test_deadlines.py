@@ -1,0 +1,73 @@
+"""Request timeouts with one shared timer (agentflow._deadlines) and through runner.request."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from agentflow import Context, Event, RequestTimeoutError
+from agentflow._deadlines import Deadlines
+
+if TYPE_CHECKING:
+    from conftest import RunnerFactory
+
+
+async def test_requests_expire_in_order_and_answered_ones_never_do() -> None:
+    loop = asyncio.get_running_loop()
+    expired: list[tuple[str, str, float, float]] = []
+    d = Deadlines(0.05, lambda eid, topic, t: expired.append((eid, topic, t, loop.time())))
+    start = loop.time()
+    d.add(loop, "a", "t", 0.05)
+    first_timer = d._timer
+    await asyncio.sleep(0.02)
+    d.add(loop, "b", "t", 0.05)
+    d.add(loop, "c", "t", 0.05)
+    assert d._timer is first_timer  # one timer for all of them
+    d.discard("a")  # answered in time: the timer fires at its deadline, finds b not due, and re-arms
+    assert len(d) == 2
+    await asyncio.sleep(0.15)
+    assert [(e, topic, t) for e, topic, t, _ in expired] == [("b", "t", 0.05), ("c", "t", 0.05)]
+    assert all(at >= start + 0.02 + 0.05 for *_, at in expired)  # never before its own deadline
+    assert len(d) == 0 and d._timer is None
+
+
+async def test_other_timeouts_get_their_own_timer_and_close_cancels_everything() -> None:
+    loop = asyncio.get_running_loop()
+    expired: list[str] = []
+    d = Deadlines(10.0, lambda eid, topic, t: expired.append(f"{eid}:{t:g}"))
+    d.add(loop, "short", "t", 0.01)
+    d.add(loop, "long", "t", 10.0)
+    d.add(loop, "gone", "t", 0.01)
+    d.discard("gone")
+    await asyncio.sleep(0.05)
+    assert expired == ["short:0.01"]
+    d.close()
+    assert len(d) == 0 and d._timer is None
+
+
+async def test_runner_requests_time_out_with_the_default_and_with_their_own(make_runner: RunnerFactory) -> None:
+    runner = make_runner({"runner": {"request_timeout_s": 0.1}})
+    release = asyncio.Event()
+
+    @runner.agent("slow")
+    async def slow(event: Event, ctx: Context) -> str:
+        await release.wait()
+        return "late"
+
+    @runner.agent("fast")
+    async def fast(event: Event, ctx: Context) -> str:
+        return "ok"
+
+    async with runner:
+        results = await asyncio.gather(
+            runner.request("slow", 1),
+            runner.request("slow", 2, timeout_s=0.05),
+            *(runner.request("fast", i) for i in range(50)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, RequestTimeoutError) for r in results[:2])
+        assert "within 0.1 s" in str(results[0]) and "within 0.05 s" in str(results[1])
+        assert results[2:] == ["ok"] * 50
+        assert len(runner._deadlines) == 0 and len(runner._replies) == 0
+        release.set()
+        await runner.drain()
