@@ -114,7 +114,7 @@ class LLMHub:
             env=self._env,
             llm_metrics=self.llm_metrics,
             breakers=breakers,
-            limiter_factory=limiter,
+            limiter_factory=None if lc.rpm is None and lc.tpm is None else limiter,  # none: no token estimates
             budget=budget,
             batcher_factory=batcher,
         )
