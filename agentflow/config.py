@@ -311,7 +311,7 @@ class LLMRetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 class LLMBreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[llm.NAME.breaker]``: the circuit breaker kept per (provider, model); see docs/resilience.md::
 
-        LLMBreakerConfig(failure_rate_threshold=0.3, open_wait_s=10.0)
+    LLMBreakerConfig(failure_rate_threshold=0.3, open_wait_s=10.0)
     """
 
     enabled: bool = True
@@ -343,7 +343,7 @@ class LLMLimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 class LLMBatchingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[llm.NAME.batching]``: coalescing of concurrent embedding and list-prompt completion calls::
 
-        LLMBatchingConfig(max_batch_size=64, max_wait_ms=2.0)
+    LLMBatchingConfig(max_batch_size=64, max_wait_ms=2.0)
     """
 
     enabled: bool = True
@@ -357,7 +357,7 @@ class LLMBatchingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
 class LLMCacheConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[llm.NAME.cache]``: the response cache (LRU with a TTL), by default for deterministic calls only::
 
-        LLMCacheConfig(max_entries=50_000, ttl_s=3600)
+    LLMCacheConfig(max_entries=50_000, ttl_s=3600)
     """
 
     enabled: bool = True
@@ -401,7 +401,6 @@ class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     batching: LLMBatchingConfig = msgspec.field(default_factory=LLMBatchingConfig)
     cache: LLMCacheConfig = msgspec.field(default_factory=LLMCacheConfig)
     prices: dict[str, LLMPrice] = msgspec.field(default_factory=dict)
-
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

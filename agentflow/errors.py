@@ -141,9 +141,7 @@ class LLMError(AgentflowError):
 
     retriable = False
 
-    def __init__(
-        self, message: str, *, provider: str = "", model: str = "", status: int | None = None
-    ) -> None:
+    def __init__(self, message: str, *, provider: str = "", model: str = "", status: int | None = None) -> None:
         super().__init__(message)
         self.provider = provider
         self.model = model

@@ -226,4 +226,3 @@ class Producer:
             replies=self._replies,
             requests_timed_out=self._timed_out,
         )
-

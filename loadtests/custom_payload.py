@@ -1,7 +1,7 @@
 """An example Python scenario: per-request payloads and a check on each result.
 
-    agentcli loadtest --script loadtests/custom_payload.py
-    agentcli loadtest --script loadtests/custom_payload.py --rate 200/s --duration 30s   # options override
+agentcli loadtest --script loadtests/custom_payload.py
+agentcli loadtest --script loadtests/custom_payload.py --rate 200/s --duration 30s   # options override
 """
 
 from __future__ import annotations

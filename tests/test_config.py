@@ -222,9 +222,7 @@ def test_env_unknown_key_names_the_variable() -> None:
 
 def test_env_unknown_section_names_the_variable() -> None:
     message = str(config_error(None, env={"AGENTFLOW__RUNER__WORKER_POOL_SIZE": "8"}))
-    assert message.startswith(
-        "AGENTFLOW__RUNER__WORKER_POOL_SIZE: unknown key 'runer'; did you mean 'runner'?"
-    )
+    assert message.startswith("AGENTFLOW__RUNER__WORKER_POOL_SIZE: unknown key 'runer'; did you mean 'runner'?")
 
 
 def test_env_bad_value_names_the_variable_not_the_file(write_toml: WriteToml) -> None:
@@ -307,9 +305,7 @@ def test_key_one_level_too_high_suggests_its_section(write_toml: WriteToml) -> N
         ),
     ],
 )
-def test_unknown_agent_key_suggests_closest(
-    write_toml: WriteToml, toml: str, key: str, suggestion: str
-) -> None:
+def test_unknown_agent_key_suggests_closest(write_toml: WriteToml, toml: str, key: str, suggestion: str) -> None:
     path = write_toml(toml)
     error = config_error(path)
     assert str(error).startswith(f"{path}: unknown key '{key}'; did you mean '{suggestion}'?")

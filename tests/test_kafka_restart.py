@@ -54,9 +54,7 @@ async def test_broker_killed_and_restarted_mid_run_loses_nothing(tmp_path: Path,
 
     try:
         producing = asyncio.ensure_future(produce())
-        await until(
-            lambda: producing.done() or sum(handled_lines(out).values()) >= 800, 60, "800 handled events"
-        )
+        await until(lambda: producing.done() or sum(handled_lines(out).values()) >= 800, 60, "800 handled events")
         if producing.done():
             producing.result()  # a producer that died: its error, not a time-out
             raise AssertionError("the producer finished before the broker was killed; emit more events")

@@ -1,7 +1,7 @@
 """Lint and types as tests, so the one test command enforces them (STYLE item 16).
 
-Both tools read their configuration from pyproject.toml (ruff: E, F, I, B, UP, ASYNC; mypy: strict, files =
-agentflow) and run from the repository root.
+Both tools read their configuration from pyproject.toml (ruff: E, F, I, B, UP, ASYNC, and its formatter; mypy:
+strict, files = agentflow) and run from the repository root.
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ def test_ruff_is_clean() -> None:
     targets = [t for t in ("agentflow", "agentcli", "tests") if (ROOT / t).exists()]
     proc = run("ruff", "check", "--no-cache", *targets, timeout_s=60)
     assert proc.returncode == 0, f"ruff check {' '.join(targets)} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_ruff_format_is_clean() -> None:
+    targets = [t for t in ("agentflow", "agentcli", "tests", "loadtests") if (ROOT / t).exists()]
+    proc = run("ruff", "format", "--check", "--no-cache", *targets, timeout_s=60)
+    assert proc.returncode == 0, f"ruff format --check failed (run `ruff format`):\n{proc.stdout}\n{proc.stderr}"
 
 
 def test_mypy_strict_is_clean() -> None:

@@ -136,8 +136,12 @@ def main() -> None:
                     ("rate", lambda: locust(server, args.locust, 50, s, 0, tmp)),
                     ("rate", lambda: agentcli(server, ["--vus", "50", "--duration", f"{s}s"], tmp / "c.json")),
                     *[
-                        ("rate", lambda r=r: agentcli(server, ["--rate", f"{r}/s", "--duration", f"{s}s"],
-                                                      tmp / f"o{r}.json"))  # fmt: skip
+                        (
+                            "rate",
+                            lambda r=r: agentcli(
+                                server, ["--rate", f"{r}/s", "--duration", f"{s}s"], tmp / f"o{r}.json"
+                            ),
+                        )  # fmt: skip
                         for r in (1000, 4000, 8000)
                     ],
                 ]
@@ -145,8 +149,12 @@ def main() -> None:
                 stall_run = 2 * s
                 runs += [
                     ("stall", lambda: locust(server, args.locust, 20, stall_run, 10.0, tmp)),
-                    ("stall", lambda: agentcli(server, ["--rate", "200/s", "--duration", f"{stall_run}s"],
-                                               tmp / "stall.json")),  # fmt: skip
+                    (
+                        "stall",
+                        lambda: agentcli(
+                            server, ["--rate", "200/s", "--duration", f"{stall_run}s"], tmp / "stall.json"
+                        ),
+                    ),  # fmt: skip
                 ]
             for kind, run in runs:
                 server.reset()
