@@ -47,6 +47,21 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sub._assigned(set(assigned))
 
 
+async def _stop_consumer(consumer: Any) -> None:
+    """``consumer.stop()``, minus a cancellation that is not ours: aiokafka's fetcher awaits the fetch tasks it has
+    just cancelled, so stopping while a fetch is backing off (brokers unreachable) raises their CancelledError."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled ourselves
+        # stop() gave up before its last step, closing the client's connections: take that step here.
+        client = getattr(consumer, "_client", None)
+        if client is not None:
+            await client.close()
+
+
 class KafkaSubscription(Subscription):
     """A member of a consumer group on a Kafka topic (one aiokafka consumer)."""
 
@@ -134,14 +149,31 @@ class KafkaSubscription(Subscription):
         for t in self._tasks:
             if t is not self._commits:
                 t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: aiokafka retries a commit until the coordinator answers, so with the brokers unreachable an
+        # unbounded close would hang the worker's shutdown. Past the bound the commit is given up (cancelling our
+        # wait; aiokafka's shielded request ends with the consumer), and what it covered is delivered again.
+        limit = self._bus.kafka.request_timeout_ms / 1000
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=limit)
+            for t in stuck:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._consumer is not None:
             try:
-                await self._commit()
+                async with asyncio.timeout(limit):
+                    await self._commit()
+            except TimeoutError:
+                logger.warning(
+                    "The last offset commit of group %r on %r did not finish within %g s (request_timeout_ms; are "
+                    "the brokers reachable?); events handled since the previous commit will be delivered again.",
+                    self.group,
+                    self._kname,
+                    limit,
+                )
             finally:
                 # Leaving the group hands our partitions to the others from the last commit: everything
                 # taken and not acknowledged is delivered again.
-                await self._consumer.stop()
+                await _stop_consumer(self._consumer)
         self._buf.clear()
         self._unacked.clear()
         self._buffered = 0
