@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from math import isfinite
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from ..errors import BusUnavailableError, EventDecodeError, EventError, EventTooLargeError
 from ..events import Event, RawEvent
 from ._kafka_retry import GROUP_HEADER, RetryTiers
-from .base import Item, Subscription, SubscriptionStatistics
+from .base import Item, Subscription, SubscriptionStatistics, WakeUps
 from .offsets import OffsetTracker, PartitionOffsets
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ async def _stop_consumer(consumer: Any) -> None:
             await client.close()
 
 
-class KafkaSubscription(Subscription):
+class KafkaSubscription(WakeUps, Subscription):
     """A member of a consumer group on a Kafka topic (one aiokafka consumer)."""
 
     def __init__(self, bus: KafkaBus, topic: str, group: str, *, offset_reset: str | None = None) -> None:
@@ -79,8 +79,6 @@ class KafkaSubscription(Subscription):
         self._unacked: dict[int, tuple[Item, Any, int, PartitionOffsets]] = {}
         self._tracker: OffsetTracker[Any] = OffsetTracker()
         self._paused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._listener: Callable[[], bool] | None = None
         self._closed = False
         self.generation = 0
         self._assigned_evt = asyncio.Event()
@@ -337,18 +335,6 @@ class KafkaSubscription(Subscription):
 
     # ---- the Subscription contract ---------------------------------------------------------------------
 
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            listener = self._listener
-            if listener is not None and not self._closed and listener():
-                return  # taken synchronously by the agent: one event-loop turn less per fetched batch
-            w.set_result(None)
-
-    def set_listener(self, listener: Callable[[], bool] | None) -> bool:
-        self._listener = listener
-        return True
-
     def _partitions(self) -> list[int]:
         return [tp.partition for tp in self._order if tp.topic == self._kname]  # not the retry tiers
 
@@ -385,13 +371,7 @@ class KafkaSubscription(Subscription):
             return False
         if self._buffered:
             return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiter = fut
-        try:
-            await fut
-        finally:
-            self._waiter = None
-        return not self._closed
+        return await self._sleep()
 
     def ack(self, item: Item) -> None:
         entry = self._unacked.pop(id(item), None)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
@@ -106,6 +107,39 @@ class Subscription(abc.ABC):
     @abc.abstractmethod
     def statistics(self) -> SubscriptionStatistics:
         """Live counts of this subscription."""
+
+
+class WakeUps:
+    """What both buses' subscriptions share for ``wait()``: the one task waiting for items, and the listener
+    (:meth:`Subscription.set_listener`) that may take them instead. Mix it in before :class:`Subscription`; the
+    subscription sets ``_closed`` and calls :meth:`_wake` when items arrive, and ``wait()`` ends in :meth:`_sleep`.
+    """
+
+    _waiter: asyncio.Future[None] | None = None
+    _listener: Callable[[], bool] | None = None
+    _closed: bool = False
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            listener = self._listener
+            if listener is not None and not self._closed and listener():
+                return  # taken synchronously: the waiting task sleeps on, and the loop saves a turn
+            w.set_result(None)
+
+    def set_listener(self, listener: Callable[[], bool] | None) -> bool:
+        self._listener = listener
+        return True
+
+    async def _sleep(self) -> bool:
+        """Wait for the next wake-up; False once the subscription is closed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter = fut
+        try:
+            await fut
+        finally:
+            self._waiter = None
+        return not self._closed
 
 
 class Bus(abc.ABC):

@@ -12,12 +12,12 @@ import asyncio
 import logging
 import operator
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import repeat, starmap
 
 from ..errors import BackpressureError, LifecycleError
 from ..events import DeadLetter, RawEvent
-from .base import Bus, BusStatistics, Item, Subscription, SubscriptionStatistics
+from .base import Bus, BusStatistics, Item, Subscription, SubscriptionStatistics, WakeUps
 
 __all__ = ["MemoryBus", "MemorySubscription"]
 
@@ -56,7 +56,7 @@ class _Group:
             m._wake()
 
 
-class MemorySubscription(Subscription):
+class MemorySubscription(WakeUps, Subscription):
     """A member of a consumer group on the memory bus."""
 
     def __init__(self, bus: MemoryBus, group: _Group) -> None:
@@ -68,8 +68,6 @@ class MemorySubscription(Subscription):
         self._part_ids: list[int] = []
         self._next = 0
         self._unacked: dict[int, Item] = {}
-        self._waiter: asyncio.Future[None] | None = None
-        self._listener: Callable[[], bool] | None = None
         self._closed = False
         self._taken = 0
         self._requeued = 0
@@ -79,18 +77,6 @@ class MemorySubscription(Subscription):
             f"<MemorySubscription topic={self.topic!r} group={self.group!r} partitions={self._part_ids} "
             f"buffered={sum(map(len, self._parts))} unacked={len(self._unacked)}>"
         )
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            listener = self._listener
-            if listener is not None and not self._closed and listener():
-                return  # taken synchronously: the waiting task sleeps on, and the loop saves a turn
-            w.set_result(None)
-
-    def set_listener(self, listener: Callable[[], bool] | None) -> bool:
-        self._listener = listener
-        return True
 
     def take_nowait(self, max_n: int) -> list[Item]:
         g = self._g
@@ -124,13 +110,7 @@ class MemorySubscription(Subscription):
         for dq in self._parts:
             if dq:
                 return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiter = fut
-        try:
-            await fut
-        finally:
-            self._waiter = None
-        return not self._closed
+        return await self._sleep()
 
     def ack(self, item: Item) -> None:
         self._unacked.pop(id(item), None)
