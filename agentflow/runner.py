@@ -439,22 +439,31 @@ class Runner:
         if self.bus.subscriber_count(topic) == 0:
             raise LifecycleError(f"No agent subscribes to topic {topic!r}, so a request to it cannot be answered.")
         loop = asyncio.get_running_loop()
-        eid = new_event_id()
+        eid = _ID_PREFIX + str(next(_id_counter))  # new_event_id(), inlined
         fut: asyncio.Future[Any] = loop.create_future()
-        self._replies[eid] = fut
+        replies = self._replies
+        replies[eid] = fut
         deadlines = self._deadlines
         deadlines.add(loop, eid, topic, self.config.runner.request_timeout_s if timeout_s is None else timeout_s)
         try:
             batch = (Event(topic, payload, key, eid, headers, time.time(), 1, eid, 0, self._inbox),)
             if not self.bus.offer(topic, batch):
                 await self._publish_blocking(topic, batch, fut)
-            self.metrics.emitted(topic)
-            return await fut
-        finally:
+            em = self._emitted
+            if topic in em:
+                em[topic] += 1
+            else:
+                self.metrics.emitted(topic)
+            result = await fut
+        except BaseException:
             deadlines.discard(eid)
-            del self._replies[eid]
+            del replies[eid]
             if fut.done() and not fut.cancelled():
                 fut.exception()  # mark a timeout raised while publishing as retrieved
+            raise
+        deadlines.discard(eid)
+        del replies[eid]
+        return result
 
     async def _publish_blocking(
         self, topic: str, events: Sequence[Any], expiry: asyncio.Future[Any] | None = None

@@ -80,7 +80,7 @@ class MemorySubscription(WakeUps, Subscription):
 
     def take_nowait(self, max_n: int) -> list[Item]:
         g = self._g
-        if not g.size or self._closed:
+        if not g.size or self._closed or max_n < 1:
             return []
         parts = self._parts
         n = len(parts)
@@ -91,16 +91,23 @@ class MemorySubscription(WakeUps, Subscription):
                 continue
             # Drain one partition per call and rotate, so a busy partition cannot starve the others.
             self._next = (start + j + 1) % n
-            if len(dq) <= max_n:
-                items = list(dq)
-                dq.clear()
+            k = len(dq)
+            if k == 1:  # one event at a time is the common case under light load: no zip/map machinery
+                item = dq.popleft()
+                items = [item]
+                self._unacked[id(item)] = item
             else:
-                items = list(starmap(dq.popleft, repeat((), max_n)))  # max_n poplefts in C
-            k = len(items)
+                if k <= max_n:
+                    items = list(dq)
+                    dq.clear()
+                else:
+                    items = list(starmap(dq.popleft, repeat((), max_n)))  # max_n poplefts in C
+                    k = max_n
+                self._unacked.update(zip(map(id, items), items, strict=True))
             g.size -= k
             self._taken += k
-            self._unacked.update(zip(map(id, items), items, strict=True))
-            self._bus._wake_putters(g.topic, k)
+            if self._bus._putters.get(g.topic):
+                self._bus._wake_putters(g.topic, k)
             return items
         return []
 

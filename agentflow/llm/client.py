@@ -280,6 +280,8 @@ class ProviderClient:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=cfg.request_timeout_s, sock_connect=cfg.connection_timeout_s),
             raise_for_status=False,
+            # The session's own headers: a request then only copies them (per-request headers are merged in Python).
+            headers=self._headers,
         )
 
     async def _prewarm(self, session: aiohttp.ClientSession) -> None:
@@ -288,7 +290,7 @@ class ProviderClient:
             return
 
         async def touch() -> None:
-            async with session.get(f"{self._base}/models", headers=self._headers) as resp:
+            async with session.get(f"{self._base}/models") as resp:
                 await resp.read()
 
         # Concurrent requests so each needs its own connection; they stay in the pool (keep-alive) afterwards.
@@ -358,8 +360,9 @@ class ProviderClient:
             body["max_tokens"] = max_tokens
         if extra:
             body.update(extra)
-        self._check_budget(workflow)
-        key = self._cache_key(cache, temperature, ("chat", body))
+        if workflow is not None:
+            self._check_budget(workflow)
+        key = None if self.cache is None or cache is False else self._cache_key(cache, temperature, ("chat", body))
         if key is not None and self.cache is not None:
             hit = self.cache.get(key)
             if isinstance(hit, ChatResponse):
@@ -375,7 +378,7 @@ class ProviderClient:
             )
             est += max_tokens or 0
         resp: ChatResponse = await self._send("chat/completions", body, model, est, priority, timeout_s, stream=stream)
-        self._account(model, agent, workflow, resp.usage)
+        self.costs.record(self.name, model, agent or "_none", workflow, resp.usage)  # _account(), inlined
         if key is not None and self.cache is not None:
             self.cache.put(key, resp)
         return resp
@@ -630,7 +633,7 @@ class ProviderClient:
                     )
                     if remaining_s >= cfg.request_timeout_s:
                         self._timeout = timeout
-                async with session.post(url, data=data, headers=self._headers, timeout=timeout) as resp:
+                async with session.post(url, data=data, timeout=timeout) as resp:
                     if resp.status >= 400:
                         raise self._http_error(resp.status, await self._read(resp, model), resp.headers, model)
                     if stream:

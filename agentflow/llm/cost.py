@@ -70,7 +70,13 @@ class CostTracker:
 
     def record(self, provider: str, model: str, agent: str, workflow: str | None, usage: Usage) -> float:
         """Count one call's usage; return its cost in US dollars."""
-        cost = self.cost_usd(provider, model, usage)
+        prompt = usage.prompt_tokens
+        completion = usage.completion_tokens
+        prices = self._prices.get(provider)
+        price = None if prices is None else prices.get(model)  # cost_usd(), inlined: this runs on every call
+        cost = (
+            0.0 if price is None else (prompt * price.input_usd_per_mtok + completion * price.output_usd_per_mtok) / 1e6
+        )
         key = (provider, model, agent)
         row = self._rows.get(key)
         if row is None:
@@ -80,11 +86,11 @@ class CostTracker:
             if row is None:
                 row = self._rows[key] = CostRow(provider=provider, model=key[1], agent=agent)
         row.calls += 1
-        row.prompt_tokens += usage.prompt_tokens
-        row.completion_tokens += usage.completion_tokens
+        row.prompt_tokens += prompt
+        row.completion_tokens += completion
         row.cost_usd += cost
         if workflow is not None:
-            used = self._workflows.pop(workflow, 0) + usage.prompt_tokens + usage.completion_tokens
+            used = self._workflows.pop(workflow, 0) + prompt + completion
             self._workflows[workflow] = used
             if len(self._workflows) > self._max_workflows:
                 self._workflows.popitem(last=False)

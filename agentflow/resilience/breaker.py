@@ -283,6 +283,7 @@ class CircuitBreaker:
         )
         # minimum_calls above a count window's size could never be reached; resilience4j caps it the same way.
         self._minimum = min(cfg.minimum_calls, cfg.window_size) if cfg.window_type == "count" else cfg.minimum_calls
+        self._slow_s = cfg.slow_call_duration_s
         self._state = BreakerState.CLOSED
         self._m.state = self._state.value
         self._epoch = 0  # bumped on every transition: outcomes of permits from an earlier state are not counted
@@ -355,9 +356,12 @@ class CircuitBreaker:
     def acquire(self) -> BreakerPermit:
         """Take a permit for one call, or raise :class:`CircuitOpenError` at once; report the outcome on it."""
         now = self._clock()
+        st = self._state
+        if st is BreakerState.CLOSED:  # the common case first: nothing to refresh
+            return BreakerPermit(self, self._epoch, False, now)
         self._refresh(now)
         st = self._state
-        if st is BreakerState.CLOSED or st is BreakerState.DISABLED:
+        if st is BreakerState.DISABLED:
             return BreakerPermit(self, self._epoch, False, now)
         if st is BreakerState.HALF_OPEN and self._probe_room():
             self._probes_in_flight += 1
@@ -383,7 +387,22 @@ class CircuitBreaker:
     def _record(self, permit: BreakerPermit, exc: BaseException | None) -> None:
         now = self._clock()
         m = self._m
-        slow = now - permit.start > self.config.slow_call_duration_s
+        slow = now - permit.start > self._slow_s
+        if exc is None and not permit.probe and permit.epoch == self._epoch and self._state is BreakerState.CLOSED:
+            # The common case, a success while closed: it lowers the failure rate, so it can open the breaker
+            # only through the slow-call rate, or when an earlier failure is still in the window.
+            m.calls["success"] += 1
+            w = self._window
+            w.record(False, slow, now)
+            if slow:
+                m.slow += 1
+            elif not w.failed and not w.slow:
+                return
+            if w.calls >= self._minimum and self._over(w.failed, w.slow, w.calls):
+                self._open_count = 1
+                why = f"{w.failed} of the last {w.calls} calls failed, {w.slow} were slow"
+                self._transition(BreakerState.OPEN, now, self._open_wait(), why)
+            return
         if exc is not None and self._is_ignored(exc):
             m.calls["ignored"] += 1
             if permit.probe and permit.epoch == self._epoch:

@@ -89,7 +89,11 @@ class RetryBudget:
 
     def record_call(self) -> None:
         """Count one call (a first attempt); each earns ``ratio`` of a retry for ``window_s``."""
-        self._bucket()[1] += 1
+        b = self._buckets
+        if b and b[-1][0] == int(self._clock() // self._width):  # the current bucket: nothing expires
+            b[-1][1] += 1
+        else:
+            self._bucket()[1] += 1
         self._calls += 1
 
     def _available(self) -> float:
