@@ -1,20 +1,22 @@
-"""Timeouts of pending ``runner.request`` calls with one event-loop timer, not one per request.
+"""Timeouts of pending requests with one event-loop timer, not one per request.
 
-A timer per request costs ~2 µs to arm and cancel on uvloop, a third of a whole in-process request. Requests with
-the same timeout expire in the order they were made, so an insertion-ordered dict of them, oldest first, needs a
-single timer armed at the oldest deadline::
+A timer per request costs ~2 µs to arm and cancel on uvloop (aiohttp's per-request timer context ~4 µs), a third
+of a whole in-process ``runner.request``. Requests with the same timeout expire in the order they were made, so an
+insertion-ordered dict of them, oldest first, needs a single timer armed at the oldest deadline::
 
-    deadlines = Deadlines(30.0, on_expire)    # on_expire(eid, topic, timeout_s) is called once a request is due
+    deadlines = Deadlines(30.0, on_expire)    # on_expire(key, tag, timeout_s) is called once a request is due
     deadlines.add(loop, eid, "topic", 30.0)   # the default timeout: the shared timer
     deadlines.discard(eid)                    # answered in time
 
-A request with another timeout gets a timer of its own (rare: an explicit ``timeout_s``).
+A request with another timeout gets a timer of its own (rare: an explicit ``timeout_s``). Used for
+``runner.request`` (key: the event id, tag: the topic) and for LLM HTTP requests (key: the call, tag: unused).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 __all__ = ["Deadlines"]
 
@@ -24,30 +26,30 @@ class Deadlines:
 
     __slots__ = ("_default", "_on_expire", "_others", "_timer", "_waits")
 
-    def __init__(self, default_s: float, on_expire: Callable[[str, str, float], None]) -> None:
+    def __init__(self, default_s: float, on_expire: Callable[[Any, Any, float], None]) -> None:
         self._default = default_s
         self._on_expire = on_expire
-        # eid -> (deadline, topic); insertion order is deadline order, since they share one timeout.
-        self._waits: dict[str, tuple[float, str]] = {}
-        self._others: dict[str, asyncio.TimerHandle] = {}
+        # key -> (deadline, tag); insertion order is deadline order, since they share one timeout.
+        self._waits: dict[Hashable, tuple[float, Any]] = {}
+        self._others: dict[Hashable, asyncio.TimerHandle] = {}
         # Invariant: armed, at or before the oldest deadline in _waits, whenever _waits is not empty.
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._waits) + len(self._others)
 
-    def add(self, loop: asyncio.AbstractEventLoop, eid: str, topic: str, timeout_s: float) -> None:
+    def add(self, loop: asyncio.AbstractEventLoop, key: Hashable, tag: Any, timeout_s: float) -> None:
         if timeout_s != self._default:
-            self._others[eid] = loop.call_later(timeout_s, self._expire_other, eid, topic, timeout_s)
+            self._others[key] = loop.call_later(timeout_s, self._expire_other, key, tag, timeout_s)
             return
         deadline = loop.time() + timeout_s
-        self._waits[eid] = (deadline, topic)
+        self._waits[key] = (deadline, tag)
         if self._timer is None:  # _waits was empty: this one is the oldest
             self._timer = loop.call_at(deadline, self._fire, loop)
 
-    def discard(self, eid: str) -> None:
-        if self._waits.pop(eid, None) is None:
-            timer = self._others.pop(eid, None)
+    def discard(self, key: Hashable) -> None:
+        if self._waits.pop(key, None) is None:
+            timer = self._others.pop(key, None)
             if timer is not None:
                 timer.cancel()
 
@@ -63,16 +65,16 @@ class Deadlines:
     def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
         now = loop.time()
-        due: list[tuple[str, str]] = []
-        for eid, (deadline, topic) in self._waits.items():
+        due: list[tuple[Hashable, Any]] = []
+        for key, (deadline, tag) in self._waits.items():
             if deadline > now:
                 self._timer = loop.call_at(deadline, self._fire, loop)
                 break
-            due.append((eid, topic))
-        for eid, topic in due:
-            del self._waits[eid]
-            self._on_expire(eid, topic, self._default)
+            due.append((key, tag))
+        for key, tag in due:
+            del self._waits[key]
+            self._on_expire(key, tag, self._default)
 
-    def _expire_other(self, eid: str, topic: str, timeout_s: float) -> None:
-        if self._others.pop(eid, None) is not None:
-            self._on_expire(eid, topic, timeout_s)
+    def _expire_other(self, key: Hashable, tag: Any, timeout_s: float) -> None:
+        if self._others.pop(key, None) is not None:
+            self._on_expire(key, tag, timeout_s)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -25,6 +25,9 @@ from agentflow.llm.hub import LLMHub
 from agentflow.llm.mock import Faults, LatencyModel, MockLLMServer
 from agentflow.metrics import Metrics
 from agentflow.resilience.limits import RateLimiter
+
+if TYPE_CHECKING:
+    from conftest import Eventually
 
 MSG = [{"role": "user", "content": "hello there"}]
 ServerFactory = Callable[..., Awaitable[MockLLMServer]]
@@ -158,6 +161,56 @@ async def test_per_call_timeout_overrides_the_deadline(mock_server: ServerFactor
     async with ProviderClient("p", cfg(server), env={}) as client:
         with pytest.raises(LLMTimeoutError, match="did not answer"):
             await client.chat(MSG, timeout_s=0.1)
+
+
+async def test_the_shared_request_timer_times_out_each_request_after_its_own_timeout(
+    mock_server: ServerFactory,
+) -> None:
+    # Requests with the full request_timeout_s share one timer (no aiohttp timer of their own): staggered
+    # requests must each get their whole timeout, and the task must be left without a pending cancellation.
+    server = await mock_server(faults=Faults(hang_rate=1.0))
+    config = cfg(server, request_timeout_s=0.3, retry={"max_attempts": 1})
+    async with ProviderClient("p", config, env={}) as client:
+
+        async def one() -> float:
+            t0 = time.perf_counter()
+            with pytest.raises(LLMTimeoutError, match="did not answer within 0.3 s"):
+                await client.chat(MSG)
+            task = asyncio.current_task()
+            assert task is not None and task.cancelling() == 0
+            await asyncio.sleep(0)  # no cancellation left over for the next await
+            return time.perf_counter() - t0
+
+        tasks = []
+        for _ in range(3):
+            tasks.append(asyncio.create_task(one()))
+            await asyncio.sleep(0.1)
+        waits = await asyncio.gather(*tasks)
+        assert all(w >= 0.3 for w in waits), waits  # never before its own deadline
+        assert all(w < 1.5 for w in waits), waits  # and not unbounded (loose: a shared, noisy machine)
+        assert len(client._expiries) == 0
+
+
+async def test_a_request_cancelled_from_outside_stays_cancelled(
+    mock_server: ServerFactory, eventually: Eventually
+) -> None:
+    server = await mock_server(faults=Faults(hang_rate=1.0))
+    async with ProviderClient("p", cfg(server, request_timeout_s=30.0), env={}) as client:
+        task = asyncio.create_task(client.chat(MSG))
+        await eventually(lambda: server.stats().requests == 1, what="the request at the server")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(client._expiries) == 0
+
+        # The timer and an outside cancellation at once: the outside one wins, as with asyncio.timeout.
+        task = asyncio.create_task(client.chat(MSG))
+        await eventually(lambda: server.stats().requests == 2, what="the second request at the server")
+        (call,) = client._expiries._waits
+        client._expiries._on_expire(call, None, 30.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
 
 async def test_retry_budget_stops_retries(mock_server: ServerFactory, hubs: Callable[..., Awaitable[LLMHub]]) -> None:
