@@ -381,7 +381,7 @@ class ProviderClient:
             body["max_tokens"] = max_tokens
         if extra:
             body.update(extra)
-        if workflow is not None:
+        if workflow is not None and self.config.token_budget_per_workflow is not None:
             self._check_budget(workflow)
         key = None if self.cache is None or cache is False else self._cache_key(cache, temperature, ("chat", body))
         if key is not None and self.cache is not None:
@@ -614,7 +614,8 @@ class ProviderClient:
         deadline = loop.time() + (timeout_s if timeout_s is not None else self.config.retry.deadline_s)
         data = ENCODER.encode(body)
         url = self._urls[endpoint]
-        m, breaker, limiter = self._route(model)
+        route = self._routes.get(model)
+        m, breaker, limiter = route if route is not None else self._route(model)
         if self._budget is not None:
             self._budget.record_call()
         cfg = self.config
@@ -694,7 +695,10 @@ class ProviderClient:
             finally:
                 if call is not None:
                     self._expiries.discard(call)
-                m.duration.observe(time.perf_counter() - t0)
+                took = time.perf_counter() - t0  # m.duration.observe(took), inlined: never negative, never huge
+                duration = m.duration
+                duration.counts[int(took * 1_000_000).bit_length()] += 1
+                duration.sum += took
                 self.in_flight -= 1
                 inuse[sid] -= 1
             m.outcomes[_outcome(failure)] += 1
