@@ -294,6 +294,24 @@ async def test_timeouts_count_against_the_breaker(
         await hub.client("p").chat(MSG)
 
 
+async def test_calls_refused_by_an_open_breaker_spend_no_rate_limit(
+    mock_server: ServerFactory, hubs: Callable[..., Awaitable[LLMHub]]
+) -> None:
+    server = await mock_server()
+    hub = await hubs(cfg(server, limits={"rpm": 2}))
+    client = hub.client("p")
+    assert client._breakers is not None
+    breaker = client._breakers.get("p", "m")
+    breaker.force_open()
+    for _ in range(5):
+        with pytest.raises(CircuitOpenError):
+            await client.chat(MSG)
+    breaker.reset()
+    # Had the refused calls kept their rate-limit grants, these two would queue for a minute.
+    await asyncio.wait_for(asyncio.gather(client.chat(MSG), client.chat(MSG)), 5)
+    assert server.stats().requests == 2
+
+
 # ---- rate limits and batching --------------------------------------------------------------------------
 
 

@@ -159,6 +159,20 @@ async def test_a_waiter_cancelled_after_its_grant_gives_the_capacity_back() -> N
     assert lim.try_acquire()
 
 
+async def test_a_refunded_grant_leaves_the_window_and_lets_a_waiter_through() -> None:
+    lim = RateLimiter(rpm=1, tpm=100, period_s=3600)
+    grant = await lim.acquire(40)
+    waiter = asyncio.create_task(lim.acquire(10))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    lim.refund(grant)  # the call was never sent
+    await asyncio.wait_for(waiter, 5)
+    s = lim.statistics()
+    assert (s.window_requests, s.window_tokens, s.granted) == (1, 10, 1)
+    lim.refund(grant)  # a second refund of the same grant changes nothing
+    assert lim.statistics().window_requests == 1
+
+
 async def test_negative_adjust_lets_token_waiters_through_at_once() -> None:
     lim = RateLimiter(tpm=100, period_s=3600)
     await lim.acquire(90)

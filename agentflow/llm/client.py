@@ -87,7 +87,9 @@ class BreakersLike(Protocol):
 
 
 class LimiterLike(Protocol):
-    async def acquire(self, tokens: int = 1, *, priority: int = 0) -> None: ...
+    async def acquire(self, tokens: int = 1, *, priority: int = 0) -> Any: ...
+
+    def refund(self, grant: Any) -> None: ...
 
     def adjust(self, tokens_delta: int) -> None: ...
 
@@ -622,14 +624,13 @@ class ProviderClient:
         attempt = 0
         while True:
             attempt += 1
-            if limiter is not None:
-                await limiter.acquire(est_tokens, priority=priority)
+            grant = None if limiter is None else await limiter.acquire(est_tokens, priority=priority)
             try:
                 permit = breaker.acquire()
             except CircuitOpenError:  # fail fast; the agent's retry policy waits its retry_after_s (after_s)
                 m.outcomes["circuit_open"] += 1
                 if limiter is not None:
-                    limiter.adjust(-est_tokens)  # nothing was sent: give the tokens back
+                    limiter.refund(grant)  # nothing was sent: the request and its tokens go back
                 raise
             remaining_s = deadline - loop.time()
             session = self._session

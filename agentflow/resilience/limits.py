@@ -161,19 +161,26 @@ class RateLimiter:
 
     def try_acquire(self, tokens: int = 1) -> bool:
         """Take capacity now if it is free and nobody waits; never queues."""
+        return self._try(tokens) is not None
+
+    def _try(self, tokens: int) -> _Grant | None:
         self._check(tokens)
         now = self._clock()
         self._expire(now)
         if self._queued or not self._fits(tokens):
-            return False
-        self._charge(now, tokens)
+            return None
+        g = self._charge(now, tokens)
         self._m.wait.observe(0.0)
-        return True
+        return g
 
-    async def acquire(self, tokens: int = 1, *, priority: int = 0) -> None:
-        """Wait until a call of ``tokens`` fits both limits, behind callers of a lower ``priority`` number."""
-        if self.try_acquire(tokens):
-            return
+    async def acquire(self, tokens: int = 1, *, priority: int = 0) -> _Grant:
+        """Wait until a call of ``tokens`` fits both limits, behind callers of a lower ``priority`` number.
+
+        Returns the grant; :meth:`refund` it if the call is then not sent after all.
+        """
+        g = self._try(tokens)
+        if g is not None:
+            return g
         if self._queued >= self.max_queue:
             self._m.rejected += 1
             raise RateLimitQueueFullError(
@@ -189,7 +196,7 @@ class RateLimiter:
         if self._heap[0][2] is fut:
             self._pump()  # a new head: arm the timer for it
         try:
-            await fut
+            return await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self._refund(fut.result())  # granted, but the caller is gone: the capacity goes back
@@ -201,6 +208,14 @@ class RateLimiter:
                 self._m.queued = self._queued
             self._pump()
             raise
+
+    def refund(self, grant: _Grant) -> None:
+        """Give back a grant whose call was not sent (say, an open breaker refused it): its request and tokens
+        leave the window now, and waiters may go through. A second refund of the same grant does nothing."""
+        if grant.requests or grant.tokens:
+            self._refund(grant)
+            if self._queued:
+                self._pump()
 
     def _refund(self, g: _Grant) -> None:
         self._requests -= g.requests
