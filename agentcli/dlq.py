@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import aiohttp
 import msgspec
@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agentflow import AgentflowError, Config, Runner, create_bus
+from agentflow import AgentflowError, Config, DeadLetters, Runner, create_bus
 
 from .apps import check_destination, config_or_exit
 
@@ -102,48 +102,79 @@ def list_(
     config: _Config = None,
     topic: _Topic = None,
     agent: _Agent = None,
-    limit: Annotated[int, typer.Option(min=1, max=MAX_LIST, help="Show at most N dead letters.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIST, help="Show at most N dead letters (one page).")] = 100,
+    cursor: Annotated[
+        str | None, typer.Option(help="Show the page after this one: the cursor the previous page printed.")
+    ] = None,
+    newest: Annotated[
+        bool | None,
+        typer.Option(
+            "--newest/--oldest", help="Newest or oldest failures first (default: oldest, or the cursor's order)."
+        ),
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     token_env: _TokenEnv = "AGENTFLOW_HTTP_TOKEN",
 ) -> None:
-    """List dead letters, oldest first: id, topic, agent, reason, attempts and the last error."""
+    """List dead letters a page at a time: id, event id, topic, agent, reason, attempts and the last error.
+
+    The footer names the --cursor for the next page; with --json the output is the page itself,
+    {"dead_letters": [...], "count": n, "next_cursor": "..." or null}, as GET /v1/dlq answers.
+    """
     check_destination(url, bootstrap, config)
-    letters: list[dict[str, Any]]
+    order: Literal["oldest", "newest"] | None = None if newest is None else "newest" if newest else "oldest"
+    if cursor is not None:
+        try:
+            DeadLetters.check_cursor(cursor, order)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--cursor'") from None
+    page: dict[str, Any]
     if url is not None:
-        params = {"limit": str(limit), **({"topic": topic} if topic else {}), **({"agent": agent} if agent else {})}
-        letters = _run(_http("GET", url.rstrip("/") + "/v1/dlq", token_env, params=params))["dead_letters"]
+        params = {
+            "limit": str(limit),
+            **({"topic": topic} if topic else {}),
+            **({"agent": agent} if agent else {}),
+            **({"cursor": cursor} if cursor else {}),
+            **({"order": order} if order else {}),
+        }
+        page = _run(_http("GET", url.rstrip("/") + "/v1/dlq", token_env, params=params))
     else:
         assert bootstrap is not None
 
-        async def read(runner: Runner) -> list[dict[str, Any]]:
-            found = await runner.dlq.list(topic=topic, agent=agent, limit=limit)
-            return [msgspec.to_builtins(d) for d in found]
+        async def read(runner: Runner) -> dict[str, Any]:
+            found = await runner.dlq.page(topic=topic, agent=agent, limit=limit, cursor=cursor, order=order)
+            letters = msgspec.to_builtins(found.dead_letters)
+            return {"dead_letters": letters, "count": len(letters), "next_cursor": found.next_cursor}
 
-        letters = _run(_with_kafka_runner(_kafka_config(config, bootstrap), read))
+        page = _run(_with_kafka_runner(_kafka_config(config, bootstrap), read))
     if json:
-        sys.stdout.write(msgspec.json.encode(letters).decode() + "\n")
+        sys.stdout.write(msgspec.json.encode(page).decode() + "\n")
         return
     console = Console()
     if not console.is_terminal:
-        console = Console(width=200)  # piped or redirected: 80 columns would truncate ids
+        console = Console(width=240)  # piped or redirected: 80 columns would truncate ids
     table = Table(title="dead letters")
-    for name in ("id", "topic", "agent", "reason", "attempts", "failed at (UTC)"):
+    for name in ("id", "event id", "topic", "agent", "reason", "attempts", "failed at (UTC)"):
         table.add_column(name, no_wrap=True)  # ids are copied into `dlq replay --id`: never split them
     table.add_column("error")
-    for d in letters:
+    for d in page["dead_letters"]:
         at = datetime.datetime.fromtimestamp(d["failed_at"], datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
         error = f"{d['error_type']}: {d['error']}"
         table.add_row(
-            d["id"], d["topic"], d["agent"] or "-", d["reason"], str(d["attempts"]), at,
+            d["id"], d.get("event_id") or "-", d["topic"], d["agent"] or "-", d["reason"], str(d["attempts"]), at,
             error if len(error) <= 80 else error[:77] + "...",
         )  # fmt: skip
     console.print(table)
-    console.print(f"{len(letters)} dead letter(s)" + (" (--limit reached)" if len(letters) == limit else ""))
+    console.print(f"{len(page['dead_letters'])} dead letter(s)", highlight=False)
+    if page.get("next_cursor"):
+        console.print(f"more: add --cursor {page['next_cursor']}", highlight=False, soft_wrap=True)
 
 
 @dlq_app.command()
 def replay(
-    ids: Annotated[list[str] | None, typer.Option("--id", help="Replay this dead letter (repeatable).")] = None,
+    ids: Annotated[
+        list[str] | None,
+        typer.Option("--id", help="Replay this dead letter: its id from `dlq list`, not the event id (repeatable)."),
+    ] = None,
     all_: Annotated[
         bool, typer.Option("--all", help="Replay every dead letter (or every one of --topic/--agent).")
     ] = False,
@@ -176,7 +207,8 @@ def replay(
     Console().print(f"replayed {n} dead letter(s)", highlight=False)
     if ids and n < len(ids):
         Console(stderr=True).print(
-            f"{len(ids) - n} of the given ids were not in the queue (or had no decodable event to replay).",
+            f"{len(ids) - n} of the given ids were not in the queue (or had no decodable event to replay); "
+            f"give dead-letter ids (the id column of `agentcli dlq list`), not event ids.",
             highlight=False,
         )
         raise typer.Exit(code=1)

@@ -40,7 +40,7 @@ from .config import (
     load_config,
 )
 from .context import Context
-from .dlq import DeadLetters
+from .dlq import DeadLetterPage, DeadLetters
 from .errors import (
     AgentflowError,
     BackpressureError,
@@ -129,6 +129,7 @@ __all__ = [
     "CostRow",
     "CostTracker",
     "DeadLetter",
+    "DeadLetterPage",
     "DeadLetteredError",
     "DeadLetters",
     "DlqConfig",

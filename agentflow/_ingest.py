@@ -8,8 +8,9 @@ any is published. On the memory bus a list goes to the bus in one ``publish_nowa
 events must share one topic; on a broker-backed bus (Kafka) the 202 waits for the brokers' confirmation, and
 an error after a partial write (a 503) may leave some of the list published: retrying is at-least-once.
 
-``GET /v1/dlq`` lists dead letters; ``POST /v1/dlq/replay`` replays them (``runner.dlq``). All three need the
-bearer token when one is configured (``token_env``).
+``GET /v1/dlq`` lists dead letters a page at a time (``limit``, ``order``, and the ``cursor`` each page returns
+as ``next_cursor``); ``POST /v1/dlq/replay`` replays them by dead-letter id, topic or agent (``runner.dlq``).
+All three need the bearer token when one is configured (``token_env``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from .dlq import DEFAULT_PAGE, MAX_PAGE, DeadLetters, Order
 from .errors import BackpressureError, BusError, ConfigError, EventTooLargeError, LifecycleError
-from .events import DeadLetter, Event, new_event_id
+from .events import Event, new_event_id
 
 if TYPE_CHECKING:
     from .config import MonitoringConfig
@@ -36,9 +38,8 @@ __all__ = ["Ingest", "IngestEvent", "is_loopback"]
 logger = logging.getLogger(__name__)
 
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
+_ORDERS: dict[str, Order] = {"oldest": "oldest", "newest": "newest"}
 MAX_TOPIC_CHARS = 249  # Kafka's limit for topic names; the memory bus keeps the same rule
-MAX_DLQ_LIMIT = 1000
-DEFAULT_DLQ_LIMIT = 100
 
 
 class IngestEvent(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,7 +52,9 @@ class IngestEvent(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """The body of ``POST /v1/dlq/replay``: which dead letters to replay (all of them when nothing is given)."""
+    """The body of ``POST /v1/dlq/replay``: which dead letters to replay (all of them when nothing is given).
+
+    ``ids`` are dead-letter ids (``id`` in ``GET /v1/dlq``), not event ids."""
 
     ids: list[str] | None = None
     topic: str | None = None
@@ -246,13 +249,35 @@ class Ingest:
         if not self._authorized(request):
             return self._error(401, "A valid bearer token is required: send Authorization: Bearer <token>.")
         q = request.query
-        raw_limit = q.get("limit", str(DEFAULT_DLQ_LIMIT))
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_DLQ_LIMIT:
-            return self._error(400, f"limit={raw_limit!r} is not a whole number from 1 to {MAX_DLQ_LIMIT}.")
-        letters: list[DeadLetter] = await self._runner.dlq.list(
-            topic=q.get("topic"), agent=q.get("agent"), limit=int(raw_limit)
-        )
-        return self._reply(200, {"dead_letters": letters, "count": len(letters)})
+        raw_limit = q.get("limit", str(DEFAULT_PAGE))
+        if not (
+            raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6 and 1 <= int(raw_limit) <= MAX_PAGE
+        ):
+            return self._error(400, f"limit={raw_limit!r} is not a whole number from 1 to {MAX_PAGE}.")
+        raw_order = q.get("order")
+        order: Order | None = None
+        if raw_order is not None:
+            if raw_order not in _ORDERS:
+                return self._error(400, f"order={raw_order!r} is neither 'oldest' nor 'newest'.")
+            order = _ORDERS[raw_order]
+        cursor = q.get("cursor")
+        if cursor is not None:
+            try:
+                DeadLetters.check_cursor(cursor, order)
+            except ValueError as exc:
+                return self._error(400, str(exc))
+        try:
+            page = await self._runner.dlq.page(
+                topic=q.get("topic"),
+                agent=q.get("agent"),
+                limit=int(raw_limit),
+                cursor=cursor,
+                order=order,
+            )
+        except BusError as exc:
+            return self._error(503, f"Could not read the dead-letter queue: {exc}", retry=True)
+        body = {"dead_letters": page.dead_letters, "count": len(page.dead_letters), "next_cursor": page.next_cursor}
+        return self._reply(200, body)
 
     async def dlq_replay(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -272,4 +297,6 @@ class Ingest:
             n = await self._runner.dlq.replay(req.ids, topic=req.topic, agent=req.agent)
         except LifecycleError as exc:
             return self._error(503, str(exc), retry=True)
+        except BusError as exc:
+            return self._error(503, f"Could not replay the dead letters: {exc}", retry=True)
         return self._reply(200, {"replayed": n})

@@ -521,8 +521,9 @@ class AgentWorker:
         if self._log_count < _LOG_BURST:
             self._log_count += 1
             logger.warning(
-                "Agent %r dead-lettered event %s (%s): %s: %s",
+                "Agent %r dead-lettered event %s as %s (%s): %s: %s",
                 self.name,
+                letter.event_id or "(undecodable)",
                 letter.id,
                 letter.reason,
                 letter.error_type,
@@ -533,7 +534,6 @@ class AgentWorker:
 
     async def _dead(self, item: Item, ev: Event | None, reason: str, exc: BaseException, attempts: int) -> None:
         letter = DeadLetter(
-            id=ev.id if ev is not None else f"raw-{id(item):x}-{time.time_ns():x}",
             topic=self.topic,
             agent=self.name,
             reason=reason,

@@ -40,6 +40,16 @@ def new_event_id() -> str:
     return _ID_PREFIX + str(next(_id_counter))
 
 
+def new_dead_letter_id() -> str:
+    """Return a new dead-letter id: ``dl-`` and 24 random hex digits (``dl-5e0c…``).
+
+    Never equal to an event id (those are hex digits, a dash and decimal digits). Drawn from the OS's randomness
+    rather than the event-id counter: dead-lettering is rare, and a replayed event that fails again must get an
+    id no earlier dead letter had, whichever process writes it.
+    """
+    return "dl-" + os.urandom(12).hex()
+
+
 _SUFFIXES: Final = tuple(map(str, range(1024)))
 
 
@@ -119,9 +129,14 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     ``reason`` is one of a small fixed set (``exhausted``, ``rejected``, ``undecodable``, ``too_large``,
     ``wrong_schema``, ``depth_exceeded``, ``timeout``); ``error_type`` and ``error`` carry the last exception.
     ``event`` is the original event when it could be decoded, else ``raw`` holds the bytes as received.
+
+    ``id`` names this dead letter, not the event: every dead letter gets its own (a new one by default), so an
+    event that fails again after a replay is a new entry, listed like any other. ``event_id`` is the event's id
+    (filled in from ``event`` when not given; None for bytes that never decoded). Replay and removal go by
+    ``id``.
     """
 
-    id: str
+    id: str = msgspec.field(default_factory=new_dead_letter_id)
     topic: str
     agent: str | None
     reason: str
@@ -131,6 +146,12 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     failed_at: float
     event: Event | None = None
     raw: bytes | None = None
+    event_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.event_id is None and self.event is not None:
+            # Also for dead letters decoded from the .dlq topics that were written without the field.
+            msgspec.structs.force_setattr(self, "event_id", self.event.id)
 
 
 class RawEvent(msgspec.Struct, frozen=True, gc=False):

@@ -569,7 +569,6 @@ class Runner:
                 await self.bus.publish(reply.topic, [reply], follow_up=True)
             except EventError as exc:  # a result that cannot be encoded: tell the requester why
                 dead_reply = DeadLetter(
-                    id=event.id,
                     topic=event.topic,
                     agent=None,
                     reason="rejected",
@@ -577,6 +576,7 @@ class Runner:
                     error=str(exc),
                     attempts=event.attempt,
                     failed_at=time.time(),
+                    event_id=event.id,
                 )
                 await self.bus.publish(reply.topic, [reply_event(event, None, dead_reply)], follow_up=True)
 
@@ -607,7 +607,6 @@ class Runner:
             for ev in events:
                 await self._dead_letter(
                     DeadLetter(
-                        id=ev.id,
                         topic=topic,
                         agent=None,
                         reason="depth_exceeded",

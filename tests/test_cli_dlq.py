@@ -87,7 +87,9 @@ async def test_list_and_replay_through_a_worker(
         auth = ("--token-env", "DLQ_TEST_TOKEN")
         code, out, err = await agentcli("dlq", "list", "--url", url, "--json", *auth)
         assert code == 0, err
-        letters: list[dict[str, Any]] = msgspec.json.decode(out)
+        page = msgspec.json.decode(out)
+        letters: list[dict[str, Any]] = page["dead_letters"]
+        assert page["count"] == 3 and page["next_cursor"] is None
         assert [d["event"]["payload"] for d in letters] == [1, 3, 5]
         assert {d["reason"] for d in letters} == {"rejected"}
         code, out, _ = await agentcli("dlq", "list", "--url", url, *auth)
@@ -124,7 +126,7 @@ async def test_list_and_replay_on_kafka(kafka_broker: TansuBroker, eventually: E
         boot = ("--bootstrap", kafka_broker.bootstrap, "--config", str(config_path))
         code, out, err = await agentcli("dlq", "list", "--json", *boot)
         assert code == 0, err
-        letters = msgspec.json.decode(out)
+        letters = msgspec.json.decode(out)["dead_letters"]
         assert sorted(d["event"]["payload"] for d in letters) == [1, 3, 5]
         assert {d["agent"] for d in letters} == {"picky"}
         fixed.append(True)
@@ -132,5 +134,5 @@ async def test_list_and_replay_on_kafka(kafka_broker: TansuBroker, eventually: E
         assert code == 0 and "replayed 3 dead letter(s)" in out, err
         await eventually(lambda: len(handled) == 6, timeout_s=30, what="the replayed events handled")
         code, out, _ = await agentcli("dlq", "list", "--json", *boot)
-        assert code == 0 and msgspec.json.decode(out) == []
+        assert code == 0 and msgspec.json.decode(out)["dead_letters"] == []
     assert sorted(handled) == list(range(6))

@@ -49,7 +49,8 @@ async def test_failing_handler_is_retried_then_dead_lettered(make_runner: Runner
     assert info.value.reason == "exhausted"
     assert "flaky" in str(info.value) and "boom on attempt 3" in str(info.value)
     assert sorted(attempts) == [1, 1, 2, 2, 3, 3]
-    first = next(d for d in letters if d.id == root)
+    first = next(d for d in letters if d.event_id == root)
+    assert first.id.startswith("dl-") and len({d.id for d in letters}) == 2, "each dead letter has its own id"
     assert (first.reason, first.error_type, first.error, first.attempts) == (
         "exhausted",
         "ValueError",

@@ -8,14 +8,16 @@
   closes — or given back with :meth:`Subscription.requeue` — is delivered again, in its original order.
 * Buffers are bounded: :meth:`Bus.publish` waits while a subscriber's buffer is full,
   :meth:`Bus.publish_nowait` raises :class:`~agentflow.errors.BackpressureError` instead.
-* Dead letters are kept by the bus (memory: a bounded list; Kafka: ``<topic>.dlq`` topics).
+* Dead letters are kept by the bus (memory: a bounded list; Kafka: ``<topic>.dlq`` topics). Each has its own id;
+  they are listed in *position* order, ``(failed_at, id)`` — a total order, so a listing can be paged by the
+  position of the last entry seen, exactly once per entry, in either direction.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeAlias
 
 import msgspec
@@ -27,6 +29,58 @@ __all__ = ["Bus", "BusStatistics", "Item", "Subscription", "SubscriptionStatisti
 #: What a subscription yields: an event, or raw bytes for the consumer to decode (and dead-letter when they
 #: are not a valid event).
 Item: TypeAlias = Event | RawEvent
+
+#: Where a dead letter sorts: ``(failed_at, id)``. Dead-letter ids are unique, so no two entries share one.
+DeadLetterPosition: TypeAlias = tuple[float, str]
+
+
+def dead_letter_position(letter: DeadLetter) -> DeadLetterPosition:
+    return (letter.failed_at, letter.id)
+
+
+class _Selection:
+    """The first ``limit`` dead letters in position order (or reverse) past ``after`` and up to ``until``.
+
+    Fed one letter at a time from a scan in any order; holds at most ``2 * limit`` letters, trimming by a sort
+    whenever it fills, so a page costs O(n log limit) time and O(limit) memory whatever the queue's size.
+    """
+
+    __slots__ = ("_after", "_buf", "_cap", "_limit", "_newest", "_until")
+
+    def __init__(
+        self,
+        limit: int | None,
+        newest_first: bool,
+        after: DeadLetterPosition | None,
+        until: DeadLetterPosition | None,
+    ) -> None:
+        self._limit = limit
+        self._cap = None if limit is None else 2 * limit + 16
+        self._newest = newest_first
+        self._after = after
+        self._until = until
+        self._buf: list[DeadLetter] = []
+
+    def add(self, letter: DeadLetter) -> None:
+        p = (letter.failed_at, letter.id)
+        after, until = self._after, self._until
+        if self._newest:
+            if (after is not None and p >= after) or (until is not None and p < until):
+                return
+        elif (after is not None and p <= after) or (until is not None and p > until):
+            return
+        self._buf.append(letter)
+        if self._cap is not None and len(self._buf) >= self._cap:
+            self._trim()
+
+    def _trim(self) -> None:
+        self._buf.sort(key=dead_letter_position, reverse=self._newest)
+        if self._limit is not None:
+            del self._buf[self._limit :]
+
+    def result(self) -> list[DeadLetter]:
+        self._trim()
+        return self._buf
 
 
 class SubscriptionStatistics(msgspec.Struct, frozen=True):
@@ -200,12 +254,38 @@ class Bus(abc.ABC):
         """Record a dead letter."""
 
     @abc.abstractmethod
-    async def dead_letters(self, *, topic: str | None = None, limit: int | None = None) -> list[DeadLetter]:
-        """Dead letters, oldest first, optionally only those of ``topic``."""
+    def iter_dead_letters(self, *, topic: str | None = None) -> AsyncIterator[DeadLetter]:
+        """Every dead letter not removed (only those of ``topic`` if given), in the order the bus stores them.
+
+        Iterate to the end (or ``aclose()`` the iterator): on Kafka it holds a consumer open meanwhile.
+        """
+
+    async def dead_letters(
+        self,
+        *,
+        topic: str | None = None,
+        agent: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        after: DeadLetterPosition | None = None,
+        until: DeadLetterPosition | None = None,
+    ) -> list[DeadLetter]:
+        """Dead letters in position order, oldest first (``newest_first``: the reverse), at most ``limit``.
+
+        ``topic`` and ``agent`` filter; ``after`` starts strictly past that position and ``until`` stops at it
+        (inclusive), both in the direction of the order, so the position of a page's last entry as ``after``
+        gives the next page. One pass over :meth:`iter_dead_letters`, holding at most about twice ``limit``
+        letters.
+        """
+        pick = _Selection(limit, newest_first, after, until)
+        async for letter in self.iter_dead_letters(topic=topic):
+            if agent is None or letter.agent == agent:
+                pick.add(letter)
+        return pick.result()
 
     @abc.abstractmethod
     async def remove_dead_letters(self, ids: Sequence[str]) -> int:
-        """Forget the dead letters with these ids (after a replay); return how many were removed."""
+        """Forget the dead letters with these (dead-letter) ids, after a replay; return how many were removed."""
 
     @abc.abstractmethod
     def statistics(self) -> BusStatistics:

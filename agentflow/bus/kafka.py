@@ -20,10 +20,11 @@ See docs/kafka.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import msgspec
@@ -48,6 +49,8 @@ __all__ = ["KafkaBus", "KafkaSubscription", "client_options"]
 logger = logging.getLogger(__name__)
 
 REMOVED_TOPIC = "agentflow.dlq-removed"
+_REMOVED_PER_RECORD = 10_000  # ids per record of REMOVED_TOPIC: ~300 KB, well under any broker's message limit
+_SCAN_BATCH = 500  # records per poll while reading the .dlq topics back
 _TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
 _ACKS: dict[str, int | str] = {"all": "all", "1": 1, "0": 0}
 
@@ -400,77 +403,111 @@ class KafkaBus(Bus):
         await self._send(name, [(self.codec.encode_dead_letter(letter), key.encode() if key else None)], headers)
         self._dead_count += 1
 
-    async def _read_all(self, names: list[str]) -> list[bytes]:
-        """Every record value of these topics, from the beginning to the current end."""
+    async def _scan(self, names: list[str]) -> AsyncGenerator[list[bytes], None]:
+        """The record values of these topics, one fetched batch at a time, from the beginning to the end.
+
+        Holds at most one fetch's worth of records (aiokafka's fetch limits) whatever the topics' size. Fails
+        with :class:`BusUnavailableError` when no record arrives for ``delivery_timeout_s`` before the end.
+        """
+        if not names:
+            return
         consumer = AIOKafkaConsumer(**self._client_opts, enable_auto_commit=False, fetch_max_wait_ms=10)
         await self._retry_connect(consumer.start, "read the dead-letter topics")
         try:
-            tps = [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ()) if n]
+            tps = [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ())]
             if not tps:
                 await consumer.topics()  # refresh metadata once for topics this client has not seen yet
                 tps = [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ())]
             if not tps:
-                return []
+                return
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends = await consumer.end_offsets(tps)
-            out: list[bytes] = []
-            # Read until every partition is at its end offset *and* a poll comes back empty: some brokers (Tansu)
-            # report an end offset that lags a batch just written.
-            async with asyncio.timeout(self.kafka.delivery_timeout_s):
-                while True:
-                    batches = await consumer.getmany(*tps, timeout_ms=50)
+            timeout = self.kafka.delivery_timeout_s
+            progress = time.monotonic()
+            while True:
+                batches = await consumer.getmany(*tps, timeout_ms=50, max_records=_SCAN_BATCH)
+                if batches:
+                    progress = time.monotonic()
                     for records in batches.values():
-                        out.extend(r.value for r in records if r.value is not None)
-                    if not batches and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
-                        break
-            return out
+                        yield [r.value for r in records if r.value is not None]
+                    continue
+                # The end is an empty poll *and* every partition at its end offset: some brokers (Tansu) report
+                # an end offset that lags a batch just written.
+                if all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                    return
+                if time.monotonic() - progress > timeout:
+                    raise BusUnavailableError(
+                        f"Reading {', '.join(names)} made no progress for {timeout:g} s "
+                        f"(kafka.delivery_timeout_s) before reaching the end; check that the brokers are up."
+                    )
         finally:
             await consumer.stop()
 
-    async def _dlq_topics(self, topic: str | None) -> list[str]:
+    def _dlq_topics(self, existing: set[str], topic: str | None) -> list[str]:
         if topic is not None:
-            return [self.dlq_name(topic)]
+            name = self.dlq_name(topic)
+            return [name] if name in existing else []
         prefix, suffix = self.kafka.topic_prefix, self.dlq_suffix
-        return [n for n in await self._admin.list_topics() if n.startswith(prefix) and n.endswith(suffix)]
+        return sorted(n for n in existing if n.startswith(prefix) and n.endswith(suffix))
 
-    async def _removed_ids(self) -> set[str]:
+    async def _removed_ids(self, existing: set[str]) -> set[str]:
+        """Every id ever written to the removal topic: about 100 bytes each, for as long as its retention."""
         name = self.topic_name(REMOVED_TOPIC)
-        if name not in await self._admin.list_topics():
+        if name not in existing:
             return set()
-        dec = msgspec.msgpack.Decoder(list[str])
-        return {i for value in await self._read_all([name]) for i in dec.decode(value)}
+        decode = msgspec.msgpack.Decoder(list[str]).decode
+        removed: set[str] = set()
+        async with contextlib.aclosing(self._scan([name])) as scan:
+            async for values in scan:
+                for value in values:
+                    try:
+                        removed.update(decode(value))
+                    except msgspec.DecodeError:
+                        logger.warning("Skipped a record of %r that is not a list of dead-letter ids.", name)
+        return removed
 
-    async def dead_letters(self, *, topic: str | None = None, limit: int | None = None) -> list[DeadLetter]:
-        """Dead letters read back from the ``.dlq`` topics (minus removed ones), oldest first."""
+    async def iter_dead_letters(self, *, topic: str | None = None) -> AsyncGenerator[DeadLetter, None]:
+        """Dead letters read back from the ``.dlq`` topics, minus removed ones, as stored (topic by topic,
+        partition by partition): one pass from the beginning to the current end per call. Memory: the removed
+        ids, plus one fetch of records at a time."""
         self._check_open()
         existing = set(await self._admin.list_topics())
-        names = [n for n in await self._dlq_topics(topic) if n in existing]
-        removed = await self._removed_ids()
-        letters = []
-        for value in await self._read_all(names):
-            try:
-                d = self._dlq_dec.decode(value)
-            except msgspec.DecodeError:
-                logger.warning("Skipped a record of a dead-letter topic that is not a dead letter.")
-                continue
-            if d.id not in removed:
-                letters.append(d)
-        letters.sort(key=lambda d: d.failed_at)
+        names = self._dlq_topics(existing, topic)
+        removed = await self._removed_ids(existing)
+        decode = self._dlq_dec.decode
+        count = 0
+        async with contextlib.aclosing(self._scan(names)) as scan:
+            async for values in scan:
+                for value in values:
+                    try:
+                        d = decode(value)
+                    except msgspec.DecodeError:
+                        logger.warning("Skipped a record of a dead-letter topic that is not a dead letter.")
+                        continue
+                    if d.id not in removed:
+                        count += 1
+                        yield d
         if topic is None:
-            self._dead_count = len(letters)
-        return letters if limit is None else letters[:limit]
+            self._dead_count = count
 
     async def remove_dead_letters(self, ids: Sequence[str]) -> int:
-        """Kafka cannot delete single records: removal appends the ids to ``agentflow.dlq-removed``, which
-        :meth:`dead_letters` subtracts."""
+        """Kafka cannot delete single records: removal appends the ids (of dead letters, each unique) to
+        ``agentflow.dlq-removed``, which :meth:`iter_dead_letters` subtracts. Reads the ``.dlq`` topics once to
+        count only ids that are present."""
         self._check_open()
-        present = {d.id for d in await self.dead_letters()}
-        gone = sorted(present & set(ids))
+        wanted = set(ids)
+        if not wanted:
+            return 0
+        gone = sorted({d.id async for d in self.iter_dead_letters() if d.id in wanted})
         if gone:
             name = self.topic_name(REMOVED_TOPIC)
             await self.ensure_topic(name, 1)
-            await self._send(name, [(msgspec.msgpack.encode(gone), None)])
+            step = _REMOVED_PER_RECORD
+            records: list[tuple[bytes, bytes | None]] = [
+                (msgspec.msgpack.encode(gone[i : i + step]), None) for i in range(0, len(gone), step)
+            ]
+            await self._send(name, records)
             self._dead_count -= len(gone)
         return len(gone)
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import operator
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from itertools import repeat, starmap
 
 from ..errors import BackpressureError, LifecycleError
@@ -391,9 +391,12 @@ class MemoryBus(Bus):
             )
         self._dead.append(letter)
 
-    async def dead_letters(self, *, topic: str | None = None, limit: int | None = None) -> list[DeadLetter]:
-        out = [d for d in self._dead if topic is None or d.topic == topic]
-        return out if limit is None else out[:limit]
+    async def iter_dead_letters(self, *, topic: str | None = None) -> AsyncIterator[DeadLetter]:
+        # A snapshot: dead letters written while the caller iterates (a replayed event failing again) are
+        # not part of this pass.
+        for d in list(self._dead):
+            if topic is None or d.topic == topic:
+                yield d
 
     async def remove_dead_letters(self, ids: Sequence[str]) -> int:
         wanted = set(ids)
