@@ -442,6 +442,69 @@ async def test_dead_letters_add_list_filter_remove(bus_factory: BusFactory) -> N
     assert bus.statistics().dead_letters == 3
 
 
+def failure(event: Event, agent: str, failed_at: float) -> DeadLetter:
+    """A dead letter with an id of its own (the default), as agents write them."""
+    return DeadLetter(
+        topic=event.topic,
+        agent=agent,
+        reason="rejected",
+        error_type="Reject",
+        error="no",
+        attempts=1,
+        failed_at=failed_at,
+        event=event,
+    )
+
+
+async def test_each_dead_letter_of_one_event_is_listed_and_removed_on_its_own(bus_factory: BusFactory) -> None:
+    bus = await bus_factory()
+    e = ev("t", 1, "k")
+    first, other_agent = failure(e, "a", 1.0), failure(e, "b", 2.0)
+    await bus.dead_letter(first)
+    await bus.dead_letter(other_agent)
+    assert first.id != other_agent.id and first.event_id == other_agent.event_id == e.id
+    assert await bus.remove_dead_letters([first.id]) == 1
+    again = failure(e, "a", 3.0)  # the same event failing again for agent "a" after a replay
+    await bus.dead_letter(again)
+    listed = await bus.dead_letters()
+    assert [d.id for d in listed] == [other_agent.id, again.id]
+    assert [d.event_id for d in listed] == [e.id, e.id]
+    assert await bus.remove_dead_letters([first.id]) == 0, "a removed dead letter stays removed"
+    assert await bus.remove_dead_letters([again.id]) == 1
+    assert [d.id for d in await bus.dead_letters()] == [other_agent.id]
+    assert bus.statistics().dead_letters == 1
+
+
+async def test_dead_letters_page_by_position_in_both_orders(bus_factory: BusFactory) -> None:
+    bus = await bus_factory()
+    letters = [
+        failure(ev("ab"[n % 2], n, f"k{n % 3}"), "xy"[n % 3 == 0], float(n // 4))  # four share each failed_at
+        for n in range(41)
+    ]
+    for d in reversed(letters):  # written newest first: the listing orders by position, not by arrival
+        await bus.dead_letter(d)
+    oldest = sorted(letters, key=lambda d: (d.failed_at, d.id))
+    assert await bus.dead_letters() == oldest
+    assert await bus.dead_letters(newest_first=True) == oldest[::-1]
+    for newest_first in (False, True):
+        expected = oldest[::-1] if newest_first else oldest
+        pages: list[list[DeadLetter]] = []
+        after = None
+        while True:
+            page = await bus.dead_letters(limit=7, newest_first=newest_first, after=after)
+            if not page:
+                break
+            pages.append(page)
+            after = (page[-1].failed_at, page[-1].id)
+        assert [d for p in pages for d in p] == expected and [len(p) for p in pages] == [7] * 5 + [6]
+    of_y_in_a = [d for d in oldest if d.agent == "y" and d.topic == "a"]
+    assert await bus.dead_letters(topic="a", agent="y") == of_y_in_a
+    mid = oldest[20]
+    assert await bus.dead_letters(until=(mid.failed_at, mid.id)) == oldest[:21]
+    assert await bus.dead_letters(newest_first=True, until=(mid.failed_at, mid.id), limit=3) == oldest[:19:-1][:3]
+    assert await bus.dead_letters(after=(oldest[-1].failed_at, oldest[-1].id)) == []
+
+
 async def test_dead_letters_are_bounded_and_evictions_counted(bus_factory: BusFactory) -> None:
     bus = await bus_factory(dlq_max_entries=3)
     for n in range(5):

@@ -42,13 +42,16 @@ async def agentcli(*args: str, env: dict[str, str] | None = None) -> tuple[int, 
         (["list", "--url", "http://127.0.0.1:1", "--bootstrap", "127.0.0.1:2"], "give --url"),
         (["list", "--url", "nope"], "is not http://host:port"),
         (["list", "--url", "http://127.0.0.1:1", "--limit", "0"], "--limit"),
+        (["list", "--url", "http://127.0.0.1:1", "--limit", "1001"], "--limit"),
+        (["list", "--url", "http://127.0.0.1:1", "--cursor", "nope!"], "not one a dead-letter listing returned"),
+        (["list", "--bootstrap", "127.0.0.1:1", "--cursor", "bm9wZQ"], "not one a dead-letter listing returned"),
         (["replay", "--url", "http://127.0.0.1:1"], "say which dead letters"),
         (["replay", "--url", "http://127.0.0.1:1", "--id", "x", "--all"], "not both"),
     ],
 )
 def test_bad_flags_exit_2(args: list[str], expected: str) -> None:
     result = cli.invoke(app, ["dlq", *args])
-    out = " ".join(result.output.split())
+    out = " ".join(result.output.replace("│", " ").split())  # rich boxes the message, wrapped at words
     assert result.exit_code == 2, out
     assert "Usage: agentcli dlq" in out and expected in out
 
@@ -136,3 +139,61 @@ async def test_list_and_replay_on_kafka(kafka_broker: TansuBroker, eventually: E
         code, out, _ = await agentcli("dlq", "list", "--json", *boot)
         assert code == 0 and msgspec.json.decode(out)["dead_letters"] == []
     assert sorted(handled) == list(range(6))
+
+
+async def test_an_event_failing_again_after_a_replay_is_listed_and_pages_on_kafka(
+    kafka_broker: TansuBroker, eventually: Eventually, tmp_path: Path
+) -> None:
+    from kafka_broker import kafka_settings
+
+    prefix = f"dlqagain{os.urandom(3).hex()}."
+    config_path = tmp_path / "kafka.toml"
+    settings = kafka_settings(kafka_broker.bootstrap, prefix=prefix)
+    config_path.write_text(
+        '[bus]\nbackend = "kafka"\npartitions = 2\n[kafka]\n'
+        + "".join(f"{k} = {msgspec.json.encode(v).decode()}\n" for k, v in settings.items())
+    )
+    config = config_from_dict(
+        {
+            "bus": {"backend": "kafka", "partitions": 2},
+            "kafka": settings,
+            "monitoring": {"metrics_enabled": True, "port": 0, "ingest_enabled": True},
+        }
+    )
+    handled: list[int] = []
+    async with picky_runner(Runner(config), [], handled) as runner:
+        assert runner.http_address is not None
+        url = ("--url", "http://{}:{}".format(*runner.http_address))
+        boot = ("--bootstrap", kafka_broker.bootstrap, "--config", str(config_path))
+        await runner.emit_many("orders", [1, 3, 5])
+        await eventually(lambda: runner.statistics().dead_lettered == 3, timeout_s=30, what="3 dead letters")
+        code, out, err = await agentcli("dlq", "list", "--json", *boot)
+        assert code == 0, err
+        first = {d["event_id"]: d["id"] for d in msgspec.json.decode(out)["dead_letters"]}
+        assert len(first) == 3 and not set(first) & set(first.values())
+
+        code, out, err = await agentcli("dlq", "replay", *(a for i in first.values() for a in ("--id", i)), *boot)
+        assert code == 0 and "replayed 3 dead letter(s)" in out, err
+        await eventually(lambda: runner.statistics().dead_lettered == 6, timeout_s=30, what="all three fail again")
+        for where in (boot, url):
+            code, out, err = await agentcli("dlq", "list", "--json", *where)
+            assert code == 0, err
+            again = {d["event_id"]: d["id"] for d in msgspec.json.decode(out)["dead_letters"]}
+            assert set(again) == set(first), f"the events that failed again are listed ({where[0]})"
+            assert not set(again.values()) & set(first.values()), "each failure is a new dead letter"
+
+            # Newest first, two per page: the cursor printed by one page fetches the rest.
+            code, out, err = await agentcli("dlq", "list", "--json", "--newest", "--limit", "2", *where)
+            assert code == 0, err
+            page = msgspec.json.decode(out)
+            assert page["count"] == 2 and page["next_cursor"]
+            code, out, err = await agentcli("dlq", "list", "--cursor", page["next_cursor"], "--limit", "2", *where)
+            assert code == 0, err
+            assert "1 dead letter(s)" in out and "more:" not in out
+            rest = [i for i in again.values() if i not in {d["id"] for d in page["dead_letters"]}]
+            assert len(rest) == 1 and rest[0] in out
+            code, out, err = await agentcli("dlq", "list", "--limit", "1", *where)
+            assert code == 0 and "more: add --cursor " in out, err
+            code, out, err = await agentcli("dlq", "list", "--oldest", "--cursor", page["next_cursor"], *where)
+            assert code == 2 and "pages newest first" in " ".join(err.replace("│", " ").split()), err
+    assert handled == []
