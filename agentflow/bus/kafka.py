@@ -412,8 +412,8 @@ class KafkaBus(Bus):
         if not names:
             return
         consumer = AIOKafkaConsumer(**self._client_opts, enable_auto_commit=False, fetch_max_wait_ms=10)
-        await self._retry_connect(consumer.start, "read the dead-letter topics")
         try:
+            await self._retry_connect(consumer.start, "read the dead-letter topics")
             tps = [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ())]
             if not tps:
                 await consumer.topics()  # refresh metadata once for topics this client has not seen yet
