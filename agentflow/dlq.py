@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
@@ -65,7 +66,8 @@ class DeadLetters:
         page = await runner.dlq.page(agent="summarize", order="newest", limit=50)
         for letter in page.dead_letters:
             print(letter.id, letter.reason, letter.error)
-        more = await runner.dlq.page(agent="summarize", cursor=page.next_cursor)  # None after the last
+        if page.next_cursor is not None:  # None on the last page
+            more = await runner.dlq.page(agent="summarize", cursor=page.next_cursor)
         await runner.dlq.replay(agent="summarize")
     """
 
@@ -103,12 +105,13 @@ class DeadLetters:
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"The page limit {limit!r} is not a whole number from 1 to {MAX_PAGE}.")
+        if order is not None:
+            _check_order(order)
         after: DeadLetterPosition | None = None
         if cursor is not None:
             order, after = self._parse_cursor(cursor, order)
         elif order is None:
             order = "oldest"
-        _check_order(order)
         # One more than asked says whether a next page exists, without a second read.
         letters = await self._runner.bus.dead_letters(
             topic=topic, agent=agent, limit=limit + 1, newest_first=order == "newest", after=after
@@ -133,6 +136,8 @@ class DeadLetters:
             made_for, failed_at, letter_id = _cursor_dec.decode(raw)
         except (binascii.Error, ValueError, msgspec.DecodeError):
             raise _bad_cursor(cursor) from None
+        if not math.isfinite(failed_at):
+            raise _bad_cursor(cursor)
         if order is not None and order != made_for:
             raise ValueError(
                 f"The cursor pages {made_for} first, but order={order!r} was asked for; give order={made_for!r} "

@@ -208,6 +208,7 @@ async def test_bad_limit_order_and_cursor_are_refused_with_a_sentence(
             ({"cursor": "not-a-cursor"}, "not one a dead-letter listing returned"),
             ({"cursor": ""}, "not one a dead-letter listing returned"),
             ({"order": "sideways"}, "neither 'oldest' nor 'newest'"),
+            ({"order": "sideways", "cursor": newest_cursor}, "neither 'oldest' nor 'newest'"),
             ({"cursor": newest_cursor, "order": "oldest"}, "pages newest first"),
         ):
             with pytest.raises(ValueError, match=words):
