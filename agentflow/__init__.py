@@ -93,6 +93,7 @@ from .resilience import (
     RetryPolicy,
 )
 from .runner import Runner
+from .scrub import scrub_secrets
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
 
 __version__ = "0.1.0"
@@ -201,6 +202,7 @@ __all__ = [
     "create_bus",
     "load_config",
     "new_event_id",
+    "scrub_secrets",
 ]
 
 
