@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -31,14 +32,19 @@ import msgspec
 try:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-    from aiokafka.errors import KafkaConnectionError, KafkaError  # type: ignore[import-untyped]
+    from aiokafka.errors import (  # type: ignore[import-untyped]
+        BrokerResponseError,
+        KafkaConnectionError,
+        KafkaError,
+        UnknownError,
+    )
     from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
     raise ImportError("The Kafka bus needs aiokafka; install it with: pip install 'agentflow[kafka]'") from exc
 
 from ..config import Config, KafkaConfig
-from ..errors import BackpressureError, BusUnavailableError, ConfigError, LifecycleError
-from ..events import DEFAULT_MAX_EVENT_BYTES, DeadLetter, EventCodec, RawEvent
+from ..errors import BackpressureError, BusUnavailableError, ConfigError, DeliveryUncertainError, LifecycleError
+from ..events import DEFAULT_MAX_EVENT_BYTES, DeadLetter, Event, EventCodec, RawEvent
 from ._kafka_consumer import KafkaSubscription
 from ._kafka_retry import GROUP_HEADER, tier_names
 from .base import Bus, BusStatistics, Item
@@ -50,6 +56,13 @@ logger = logging.getLogger(__name__)
 REMOVED_TOPIC = "agentflow.dlq-removed"
 _TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
 _ACKS: dict[str, int | str] = {"all": "all", "1": 1, "0": 0}
+
+
+def _maybe_applied(exc: BaseException) -> bool:
+    """False only when the brokers answered that they refused the write (message too large, not authorised):
+    that answer is the same on every attempt, so no earlier attempt can have been written either. Timeouts,
+    broken connections and retriable errors that outlived the delivery timeout may follow a write."""
+    return not isinstance(exc, BrokerResponseError) or exc.retriable or isinstance(exc, UnknownError)
 
 
 def client_options(k: KafkaConfig) -> dict[str, Any]:
@@ -192,7 +205,14 @@ class KafkaBus(Bus):
             return
         k = self.kafka
         self._producer = AIOKafkaProducer(
-            **self._client_opts,
+            **{
+                **self._client_opts,
+                # aiokafka fails a batch once request_timeout_ms passed since it was made, and does not re-send
+                # a request that timed out (the broker may have applied it: a re-send would write it twice). So
+                # the producer's requests get all of delivery_timeout_s: an emit fails after
+                # delivery_timeout_s, as documented, not after request_timeout_ms while the broker is slow.
+                "request_timeout_ms": max(k.request_timeout_ms, math.ceil(k.delivery_timeout_s * 1000)),
+            },
             acks=_ACKS[k.acks],
             linger_ms=k.linger_ms,
             max_batch_size=k.max_batch_size,
@@ -265,27 +285,75 @@ class KafkaBus(Bus):
         return out
 
     async def _send(
-        self, name: str, records: list[tuple[bytes, bytes | None]], headers: list[tuple[str, bytes]] | None = None
+        self,
+        name: str,
+        records: list[tuple[bytes, bytes | None]],
+        headers: list[tuple[str, bytes]] | None = None,
+        items: Sequence[Item] | None = None,
     ) -> None:
+        """Write ``records`` to topic ``name`` and wait for the brokers' confirmation, at most
+        ``delivery_timeout_s``. ``items`` are the events the records encode, named by the error when some of
+        them may have been written without a confirmation."""
         send = self._producer.send
-        timeout = self.kafka.delivery_timeout_s
+        futs: list[asyncio.Future[Any]] = []
         self._waiting += 1
         try:
-            async with asyncio.timeout(timeout):
-                futs = [await send(name, value, key=key, headers=headers) for value, key in records]
+            async with asyncio.timeout(self.kafka.delivery_timeout_s):
+                for value, key in records:
+                    futs.append(await send(name, value, key=key, headers=headers))
                 await asyncio.gather(*futs)
         except TimeoutError:
-            raise BusUnavailableError(
-                f"The brokers did not confirm {len(records)} event(s) to {name!r} within {timeout:g} s "
-                f"(kafka.delivery_timeout_s); they may or may not have been written — emit again (at-least-once)."
-            ) from None
+            raise self._not_confirmed(name, records, futs, items, None) from None
         except KafkaError as exc:
-            raise BusUnavailableError(
-                f"Publishing {len(records)} event(s) to {name!r} failed: {type(exc).__name__}: {exc}."
-            ) from None
+            raise self._not_confirmed(name, records, futs, items, exc) from None
         finally:
             self._waiting -= 1
         self._published += len(records)
+
+    def _not_confirmed(
+        self,
+        name: str,
+        records: list[tuple[bytes, bytes | None]],
+        futs: list[asyncio.Future[Any]],
+        items: Sequence[Item] | None,
+        exc: KafkaError | None,
+    ) -> BusUnavailableError:
+        """The error for a send that did not finish: which records may have been written, and which not."""
+        uncertain: list[int] = []
+        written = 0
+        for i, fut in enumerate(futs):
+            if not fut.done() or fut.cancelled():
+                uncertain.append(i)  # still with the producer when the time was up: it may yet be sent
+            elif (err := fut.exception()) is None:
+                written += 1
+            elif _maybe_applied(err):
+                uncertain.append(i)
+        n = len(records)
+        why = (
+            f"within {self.kafka.delivery_timeout_s:g} s (kafka.delivery_timeout_s)"
+            if exc is None
+            else f"({type(exc).__name__}: {exc})"
+        )
+        if not uncertain:
+            if exc is not None and not _maybe_applied(exc):
+                return BusUnavailableError(
+                    f"The brokers refused {n - written} of {n} event(s) to {name!r} ({type(exc).__name__}: "
+                    f"{exc}); those were not written."
+                )
+            return BusUnavailableError(
+                f"Publishing {n} event(s) to {name!r} failed before {n - written} of them reached the brokers "
+                f"{why}; those were not written, emit them again."
+            )
+        chosen = [items[i] for i in uncertain] if items is not None and len(items) == n else []
+        ids = tuple(e.id for e in chosen if isinstance(e, Event))
+        shown = f" ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})" if ids else ""
+        return DeliveryUncertainError(
+            f"The brokers did not confirm {len(uncertain)} of {n} event(s) to {name!r} {why}; they may or may "
+            f"not have been written. The error's event_ids names them{shown}: emit its events again under the "
+            "same ids (Producer.resend) so that consumers can drop a copy by id, rather than as new events.",
+            event_ids=ids,
+            events=tuple(chosen),
+        )
 
     async def publish(
         self, topic: str, events: Sequence[Item], *, group: str | None = None, follow_up: bool = False
@@ -297,7 +365,7 @@ class KafkaBus(Bus):
         name = self.topic_name(topic)
         await self.ensure_topic(name)
         headers = [(GROUP_HEADER, group.encode())] if group is not None else None
-        await self._send(name, records, headers)
+        await self._send(name, records, headers, events)
 
     def offer(self, topic: str, events: Sequence[Item]) -> bool:
         # Emits wait for the brokers' confirmation (publish), so an accepted event is never lost silently.
@@ -315,17 +383,17 @@ class KafkaBus(Bus):
             )
         records = self._encode(events)
         self._nowait_events += n
-        task = asyncio.get_running_loop().create_task(self._send_nowait(topic, records))
+        task = asyncio.get_running_loop().create_task(self._send_nowait(topic, records, events))
         self._nowait.add(task)
         task.add_done_callback(self._nowait.discard)
 
-    async def _send_nowait(self, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    async def _send_nowait(self, topic: str, records: list[tuple[bytes, bytes | None]], events: Sequence[Item]) -> None:
         try:
             name = self.topic_name(topic)
             await self.ensure_topic(name)
-            await self._send(name, records)
+            await self._send(name, records, None, events)
         except Exception as exc:  # noqa: BLE001 - there is no caller left to raise to
-            logger.error("Dropped %d event(s) emitted without waiting to %r: %s", len(records), topic, exc)
+            logger.error("%d event(s) emitted without waiting to %r failed: %s", len(records), topic, exc)
         finally:
             self._nowait_events -= len(records)
 
