@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,12 @@ __all__ = ["KafkaBus", "KafkaSubscription", "client_options"]
 logger = logging.getLogger(__name__)
 
 REMOVED_TOPIC = "agentflow.dlq-removed"
+#: Topics remembered as existing (so a publish does not ask the brokers again), least recently used evicted:
+#: topic names come from callers (HTTP ingest, emits), so the list must not grow with them.
+MAX_KNOWN_TOPICS = 10_000
+#: ``topic_exists`` asks the brokers for their topic list at most this often; a topic created since is found
+#: once this has passed.
+TOPIC_LIST_INTERVAL_S = 1.0
 _TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
 _ACKS: dict[str, int | str] = {"all": "all", "1": 1, "0": 0}
 
@@ -122,7 +129,9 @@ class KafkaBus(Bus):
         self._client_opts = client_options(self.kafka)
         self._producer: Any = None
         self._admin: Any = None
-        self._known: set[str] = set()
+        self._known: OrderedDict[str, None] = OrderedDict()
+        self.max_known_topics = MAX_KNOWN_TOPICS
+        self._listed_at = -math.inf
         self._topic_lock = asyncio.Lock()
         self._subs: dict[tuple[str, str], list[KafkaSubscription]] = {}
         self._nowait: set[asyncio.Task[None]] = set()
@@ -252,12 +261,25 @@ class KafkaBus(Bus):
 
     # ---- topics ----------------------------------------------------------------------------------------
 
+    def _remember(self, name: str) -> None:
+        known = self._known
+        known[name] = None
+        known.move_to_end(name)
+        while len(known) > self.max_known_topics:
+            known.popitem(last=False)
+
+    def _is_known(self, name: str) -> bool:
+        if name in self._known:
+            self._known.move_to_end(name)
+            return True
+        return False
+
     async def ensure_topic(self, name: str, partitions: int | None = None) -> None:
         """Create the Kafka topic ``name`` (already prefixed) if auto-create is on and it is not known yet."""
-        if name in self._known or not self.kafka.auto_create_topics:
+        if not self.kafka.auto_create_topics or self._is_known(name):
             return
         async with self._topic_lock:
-            if name in self._known:
+            if self._is_known(name):
                 return
             try:
                 resp = await self._admin.create_topics(
@@ -272,7 +294,33 @@ class KafkaBus(Bus):
                         f"Could not create topic {name!r} (Kafka error code {code}: {err[2:]}); create it "
                         f"yourself or set kafka.auto_create_topics = false."
                     )
-            self._known.add(name)
+            self._remember(name)
+
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether the brokers have ``topic`` (prefixed here). Their topic list is fetched at most every
+        ``TOPIC_LIST_INTERVAL_S``, so a flood of unknown names costs the brokers one request a second."""
+        self._check_open()
+        name = self.topic_name(topic)
+        if self._is_known(name):
+            return True
+        async with self._topic_lock:
+            if self._is_known(name):
+                return True
+            if time.monotonic() - self._listed_at < TOPIC_LIST_INTERVAL_S:
+                return False
+            try:
+                names = await self._admin.list_topics()
+            except KafkaError as exc:
+                raise BusUnavailableError(f"Could not list the brokers' topics ({exc}); try again.") from None
+            self._listed_at = time.monotonic()
+            prefix = self.kafka.topic_prefix
+            for n in names:
+                if n.startswith(prefix):
+                    self._remember(n)
+            if name not in names:
+                return False
+            self._remember(name)  # the listing may hold more topics than are remembered
+            return True
 
     # ---- publishing ------------------------------------------------------------------------------------
 
