@@ -181,3 +181,50 @@ def test_emit_waits_out_a_freeze_shorter_than_the_delivery_timeout_and_names_wha
     after = report["after_resend"]
     assert set(after) == {report["warm"], *short["ids"], *long["ids"]}
     assert all(after.count(i) == 1 for i in short["ids"])
+
+
+START_SCENARIO = r"""
+import asyncio, json, os, signal, sys, time
+import msgspec
+from kafka_broker import kafka_settings
+from agentflow import BusUnavailableError
+from agentflow.bus.kafka import KafkaBus
+from agentflow.config import KafkaConfig
+
+async def main(bootstrap, pid):
+    # The producer's requests may take delivery_timeout_s (30 s here); connecting must not.
+    settings = kafka_settings(bootstrap, connect_timeout_s=3.0, request_timeout_ms=1000, delivery_timeout_s=30.0)
+    bus = KafkaBus(msgspec.convert(settings, KafkaConfig))
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        await bus.start()
+        outcome = "started"
+    except BusUnavailableError as err:
+        outcome = str(err)
+    finally:
+        took = time.monotonic() - t0
+        os.kill(pid, signal.SIGCONT)
+    await bus.aclose()
+    print(json.dumps({"outcome": outcome, "took": took}))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def test_starting_against_a_frozen_broker_is_bounded_by_connect_timeout_not_delivery_timeout() -> None:
+    with TansuBroker() as broker:
+        assert broker.proc is not None
+        proc = subprocess.run(
+            [sys.executable, "-c", START_SCENARIO, broker.bootstrap, str(broker.proc.pid)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"},
+            capture_output=True,
+            text=True,
+            timeout=110,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "within 3 s" in report["outcome"] and "brokers are up" in report["outcome"], report
+    assert report["took"] < 10, report  # connect_timeout_s (3 s) plus one attempt (1 s); not 30 s
