@@ -405,6 +405,19 @@ def _llm_benchmark(
     if json_path is not None:
         json_path.write_bytes(msgspec.json.format(msgspec.json.encode(report)))
         console.print(f"report written to {json_path}", highlight=False)
+    failed = sum(r.errors for r in report.results)
+    _exit_if_failed(failed, failed + sum(r.requests for r in report.results), "requests")
+
+
+def _exit_if_failed(failed: int, total: int, unit: str) -> None:
+    """Failed requests are left out of every figure: a run with any is not a measurement to trust, so exit 1."""
+    if failed:
+        Console(stderr=True).print(
+            f"agentcli benchmark: {failed:,} of {total:,} {unit} failed, and the figures above leave them out; "
+            "fix what made them fail (see the errors above) before trusting the figures.",
+            highlight=False,
+        )
+        raise typer.Exit(code=1)
 
 
 def parse_duration_option(text: str | None) -> float | None:
@@ -466,6 +479,7 @@ def _benchmark(target: Target, spec: BenchSpec, prof: Profiler, json_path: Path 
     if json_path is not None:
         write_json(json_path, report)
         console.print(f"report written to {json_path}", highlight=False)
+    _exit_if_failed(report.errors, report.completed + report.errors, unit)
 
 
 app.command(name="run")(run_command)

@@ -8,9 +8,11 @@ exits at once with 128 + the signal number; whatever was unfinished is redeliver
 memory bus.
 
 ``--workers N`` (N > 1) starts N such processes, each ``agentcli run --workers 1`` with its own uvloop, in their
-own session so a terminal's Ctrl-C reaches only this supervisor, which forwards every signal once. If a worker
-dies unexpectedly the supervisor stops the others and exits 1; a supervisor (systemd, Kubernetes) restarts
-the lot. The memory bus lives inside one process, so N > 1 is refused for it.
+own session so a terminal's Ctrl-C reaches only this supervisor, which forwards every signal once. A worker that
+crashes (a non-zero exit, or killed by a signal) is restarted after a delay that doubles with each crash in a row
+(1 s, 2 s, 4 s ... at most 30 s); a worker that exits cleanly (code 0) is not a crash and is not restarted; a
+worker that cannot start with this app and config (code 2) stops the unit, since a restart would repeat it.
+The memory bus lives inside one process, so N > 1 is refused for it.
 """
 
 from __future__ import annotations
@@ -189,6 +191,45 @@ async def _drain(runner: Runner, index: int, err: Console) -> int:
     return 0
 
 
+#: A crashed worker is restarted after RESTART_INITIAL_S, doubling with each crash in a row up to RESTART_MAX_S;
+#: a worker that ran STABLE_AFTER_S before it crashed starts the series again.
+RESTART_INITIAL_S = 1.0
+RESTART_MAX_S = 30.0
+STABLE_AFTER_S = 60.0
+#: The exit code of a worker that could not start with this config (ConfigError): a restart would repeat it.
+USAGE_EXIT = 2
+
+
+def restart_delay_s(crashes: int) -> float:
+    """Seconds before restarting a worker that crashed ``crashes`` times in a row: 1, 2, 4, ... at most 30."""
+    return min(RESTART_INITIAL_S * 2 ** max(crashes - 1, 0), RESTART_MAX_S)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class _Worker:
+    """One worker slot of the supervisor: its current process, and its crashes in a row."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.crashes = 0
+        self.restart_at: float | None = None
+        self.code: int | None = None  # the final exit code, once the slot is finished
+
+    @property
+    def finished(self) -> bool:
+        return self.code is not None or (self.proc is None and self.restart_at is None)
+
+
 def _supervise(
     app_ref: str,
     config: Path | None,
@@ -199,57 +240,98 @@ def _supervise(
     app_dir: Path,
     log_level: str,
 ) -> int:
-    """Start ``workers`` worker processes, forward signals to them, and exit non-zero if one crashed."""
+    """Start ``workers`` worker processes, restart the ones that crash, forward signals to them; return the exit
+    code: 0 when every worker ended cleanly, 1 when one did not, 2 when one could not start with this config."""
     err = Console(stderr=True)
     signals: list[int] = []
 
     def on_signal(sig: int, frame: Any) -> None:
         signals.append(sig)
 
+    def spawn(w: _Worker) -> subprocess.Popen[bytes]:
+        i = w.index
+        argv = [sys.executable, "-m", "agentcli", "run", app_ref, "--workers", "1", "--worker-index", str(i)]
+        argv += ["--parent-pid", str(os.getpid()), "--app-dir", str(app_dir), "--log-level", log_level]
+        argv += ["--ingest" if ingest else "--no-ingest"]
+        if config is not None:
+            argv += ["--config", str(config)]
+        if host is not None:
+            argv += ["--host", host]
+        if port is not None:
+            argv += ["--port", str(port + i if port else 0)]
+        # Own session: a terminal's Ctrl-C reaches only the supervisor, which forwards it exactly once.
+        w.proc = proc = subprocess.Popen(argv, start_new_session=True)
+        w.started_at = time.monotonic()
+        w.restart_at = None
+        return proc
+
+    def say(text: str) -> None:
+        err.print(f"agentcli run: {text}", highlight=False)
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    procs: list[subprocess.Popen[bytes]] = []
+    slots = [_Worker(i) for i in range(workers)]
+    fatal = 0
     try:
-        for i in range(workers):
-            argv = [sys.executable, "-m", "agentcli", "run", app_ref, "--workers", "1", "--worker-index", str(i)]
-            argv += ["--parent-pid", str(os.getpid()), "--app-dir", str(app_dir), "--log-level", log_level]
-            argv += ["--ingest" if ingest else "--no-ingest"]
-            if config is not None:
-                argv += ["--config", str(config)]
-            if host is not None:
-                argv += ["--host", host]
-            if port is not None:
-                argv += ["--port", str(port + i if port else 0)]
-            # Own session: a terminal's Ctrl-C reaches only the supervisor, which forwards it exactly once.
-            procs.append(subprocess.Popen(argv, start_new_session=True))
-        err.print(f"agentcli run: supervising {workers} workers of {app_ref} (pid {os.getpid()}).", highlight=False)
+        for w in slots:
+            spawn(w)
+        say(f"supervising {workers} workers of {app_ref} (pid {os.getpid()}).")
         forwarded = 0
-        crashed = False
-        while any(p.poll() is None for p in procs):
+        while not all(w.finished for w in slots):
             while forwarded < len(signals):
                 sig = signals[forwarded]
                 forwarded += 1
-                for p in procs:
-                    if p.poll() is None:
-                        p.send_signal(sig)
-            if not signals and not crashed:
-                dead = [(i, p.returncode) for i, p in enumerate(procs) if p.poll() is not None]
-                if dead:
-                    crashed = True
-                    for i, code in dead:
-                        err.print(f"agentcli run: worker {i} exited unexpectedly with code {code}; stopping the rest.")
-                    for p in procs:
-                        if p.poll() is None:
-                            p.send_signal(signal.SIGTERM)
+                for w in slots:
+                    if w.proc is not None and w.proc.poll() is None:
+                        w.proc.send_signal(sig)
+            stopping = bool(signals) or bool(fatal)
+            now = time.monotonic()
+            for w in slots:
+                if w.code is not None:
+                    continue
+                if w.proc is None:  # waiting to be restarted
+                    if stopping:
+                        w.restart_at = None  # finished: no restart while the unit stops
+                    elif w.restart_at is not None and now >= w.restart_at:
+                        say(f"worker {w.index} restarted (pid {spawn(w).pid}).")
+                    continue
+                code = w.proc.poll()
+                if code is None:
+                    continue
+                if stopping or code == 0:
+                    w.code = code
+                    if not stopping:
+                        say(f"worker {w.index} (pid {w.proc.pid}) exited cleanly (code 0); it is not restarted.")
+                elif code == USAGE_EXIT:
+                    w.code = code
+                    fatal = code
+                    say(
+                        f"worker {w.index} (pid {w.proc.pid}) could not start with this app and config (code 2; "
+                        "see its error above), which a restart would repeat; stopping the rest."
+                    )
+                    for other in slots:
+                        if other.proc is not None and other.proc.poll() is None:
+                            other.proc.send_signal(signal.SIGTERM)
+                else:
+                    w.crashes = 1 if now - w.started_at >= STABLE_AFTER_S else w.crashes + 1
+                    delay = restart_delay_s(w.crashes)
+                    say(
+                        f"worker {w.index} (pid {w.proc.pid}) {_exit_text(code)}; restarting it in {delay:.1f} s "
+                        f"({w.crashes} crash{'es' if w.crashes > 1 else ''} in a row)."
+                    )
+                    w.proc = None
+                    w.restart_at = now + delay
             time.sleep(0.05)
-        codes = [p.returncode for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        for w in slots:
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if crashed or any(codes):
-        err.print(f"agentcli run: worker exit codes {codes}.", highlight=False)
+    if fatal:
+        return fatal
+    codes = [w.code for w in slots]
+    if any(codes):
+        say(f"worker exit codes {codes}.")
         return 1
     return 0

@@ -64,9 +64,12 @@ class TansuBroker:
         storage: str = "memory://tansu/",
         env: dict[str, str] | None = None,
         start_timeout_s: float = 10.0,
+        advertised_port: int | None = None,
     ) -> None:
         self.binary = tansu_binary()
         self.port = port or free_port()
+        # Where clients are told to connect after bootstrapping: another port when a proxy stands in front.
+        self.advertised_port = advertised_port or self.port
         self.storage = storage
         self.env = env
         self.start_timeout_s = start_timeout_s
@@ -95,7 +98,7 @@ class TansuBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://127.0.0.1:{self.advertised_port}",
             "--storage-engine",
             self.storage,
         ]

@@ -51,6 +51,7 @@ from .errors import (
     CircuitOpenError,
     ConfigError,
     DeadLetteredError,
+    DeliveryUncertainError,
     EventDecodeError,
     EventError,
     EventTooLargeError,
@@ -93,6 +94,7 @@ from .resilience import (
     RetryPolicy,
 )
 from .runner import Runner
+from .scrub import scrub_secrets
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
 
 __version__ = "0.1.0"
@@ -132,6 +134,7 @@ __all__ = [
     "DeadLetterPage",
     "DeadLetteredError",
     "DeadLetters",
+    "DeliveryUncertainError",
     "DlqConfig",
     "EmbeddingResponse",
     "Event",
@@ -202,6 +205,7 @@ __all__ = [
     "create_bus",
     "load_config",
     "new_event_id",
+    "scrub_secrets",
 ]
 
 

@@ -39,7 +39,15 @@ logger = logging.getLogger(__name__)
 
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
 _ORDERS: dict[str, Order] = {"oldest": "oldest", "newest": "newest"}
+#: Topic names under this prefix are agentflow's own (the list of removed dead letters, the default reply topic).
+RESERVED_PREFIX = "agentflow."
 MAX_TOPIC_CHARS = 249  # Kafka's limit for topic names; the memory bus keeps the same rule
+#: How deeply a payload may nest arrays and objects. Decoding and encoding recurse once per level, and a
+#: body nested ~1,000 deep (1-2 KB) exhausts Python's recursion limit: bound it well below, explicitly.
+MAX_NESTING = 128
+# Bytes that may open a container: every other byte is deleted to count them (an upper bound of the depth).
+_NOT_JSON_OPENERS = bytes(b for b in range(256) if b not in b"[{")
+_NOT_MSGPACK_OPENERS = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
 
 
 class IngestEvent(msgspec.Struct, forbid_unknown_fields=True):
@@ -69,6 +77,23 @@ class _BadRequest(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True when ``value`` nests lists and dicts more than ``limit`` levels deep (walked without recursion)."""
+    stack = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        v, depth = pop()
+        children = v.values() if type(v) is dict else v if type(v) is list else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        for c in children:
+            if type(c) is dict or type(c) is list:
+                push((c, depth + 1))
+    return False
 
 
 def is_loopback(host: str) -> bool:
@@ -104,6 +129,7 @@ class Ingest:
         self.accepted = 0
         self._confirming = 0
         self.refused: dict[int, int] = {}
+        self._allowed_topics: frozenset[str] | None = None
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/events", self.events)
@@ -165,7 +191,14 @@ class Ingest:
                 f"The body is not an event or a list of events ({exc}); send "
                 '{"topic": ..., "payload": ..., "key": ..., "headers": {...}} or a list of them.',
             ) from None
+        except RecursionError:
+            raise _BadRequest(400, self._too_deep) from None
         items = decoded if isinstance(decoded, list) else [decoded]
+        # Cheap first: a body with at most MAX_NESTING container openers cannot nest deeper than that.
+        if len(body) > MAX_NESTING:
+            openers = len(body.translate(None, _NOT_MSGPACK_OPENERS if ctype in MSGPACK_TYPES else _NOT_JSON_OPENERS))
+            if openers > MAX_NESTING and any(_deeper_than(item.payload, MAX_NESTING) for item in items):
+                raise _BadRequest(400, self._too_deep)
         if not items:
             raise _BadRequest(400, "The list of events is empty; send at least one event.")
         most = self._config.max_events_per_request
@@ -191,6 +224,46 @@ class Ingest:
                 )
         return items
 
+    _too_deep = (
+        f"The payload nests arrays and objects more than {MAX_NESTING} levels deep; flatten it (agentflow "
+        "accepts at most that depth)."
+    )
+
+    async def _check_topic(self, topic: str) -> None:
+        """Refuse a topic that no agent here reads, that does not exist on the bus and that the config does not
+        allow: otherwise every name a client makes up would become a topic (Kafka creates them)."""
+        cfg = self._config
+        if cfg.ingest_any_topic or topic in self._allowed():
+            return
+        if not self._internal(topic) and await self._runner.bus.topic_exists(topic):
+            return
+        raise _BadRequest(
+            404,
+            f"Topic {topic!r} is not one this worker ingests: no agent here reads it, "
+            + ("it is internal to agentflow" if self._internal(topic) else "it does not exist on the bus")
+            + ", and it is not in monitoring.ingest_topics. Create the topic, list it in monitoring.ingest_topics, "
+            "or set monitoring.ingest_any_topic = true.",
+        )
+
+    def _allowed(self) -> frozenset[str]:
+        allowed = self._allowed_topics
+        if allowed is None:  # agents are all registered by the time the first request arrives
+            allowed = self._allowed_topics = frozenset(
+                [*self._runner.agent_topics.values(), *self._config.ingest_topics]
+            )
+        return allowed
+
+    def _internal(self, topic: str) -> bool:
+        """Dead-letter, retry-tier and reply topics and the ``agentflow.`` names: written by agentflow itself."""
+        config = self._runner.config
+        base, _, tier = topic.rpartition(".retry.")
+        return (
+            topic.endswith(config.dlq.topic_suffix)
+            or (bool(base) and tier.isdigit())
+            or topic == config.kafka.reply_topic
+            or topic.startswith(RESERVED_PREFIX)
+        )
+
     # ---- routes --------------------------------------------------------------------------------------
 
     async def events(self, request: web.Request) -> web.Response:
@@ -200,6 +273,7 @@ class Ingest:
             return self._error(503, "This worker is shutting down; send the events to another one.", retry=True)
         try:
             items = self._decode(request, await self._body(request))
+            await self._check_topic(items[0].topic)
         except _BadRequest as exc:
             return self._error(exc.status, exc.message)
         runner = self._runner

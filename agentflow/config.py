@@ -212,7 +212,9 @@ class MonitoringConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
 
     ``port = 0`` picks a free port. ``ingest_enabled`` adds ``POST /v1/events`` and the ``/v1/dlq`` endpoints;
     they need the bearer token from the environment variable ``token_env`` whenever it is set, and the server
-    refuses to start with them on an address beyond loopback without one::
+    refuses to start with them on an address beyond loopback without one. Ingest accepts events for the topics
+    this runner's agents read, the topics that exist on the bus, ``ingest_topics``, or any with
+    ``ingest_any_topic``::
 
         MonitoringConfig(metrics_enabled=True, port=0, ingest_enabled=True)
     """
@@ -225,6 +227,8 @@ class MonitoringConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     max_body_bytes: _PositiveInt = DEFAULT_MAX_BODY_BYTES
     max_events_per_request: _PositiveInt = DEFAULT_MAX_EVENTS_PER_REQUEST
     retry_after_s: _PositiveInt = DEFAULT_RETRY_AFTER_S
+    ingest_topics: list[str] = msgspec.field(default_factory=list)
+    ingest_any_topic: bool = False
 
 
 class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -12,6 +12,7 @@ Every error agentflow raises on purpose derives from :class:`AgentflowError`; th
     ├── BusError
     │   ├── BackpressureError        a bounded buffer is full and the caller asked not to wait
     │   └── BusUnavailableError      brokers unreachable, or a delivery not confirmed in time
+    │       └── DeliveryUncertainError  not confirmed, and possibly written: ``event_ids`` names the events
     ├── HandlerTimeoutError          an attempt ran past its timeout and was cancelled
     ├── WorkflowDepthError           a follow-up event would exceed ``max_workflow_depth``
     ├── RequestTimeoutError          ``runner.request`` got no result in time
@@ -46,6 +47,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "DeadLetteredError",
+    "DeliveryUncertainError",
     "EventDecodeError",
     "EventError",
     "EventTooLargeError",
@@ -111,6 +113,26 @@ class BackpressureError(BusError):
 
 class BusUnavailableError(BusError):
     """The brokers could not be reached, or did not confirm a delivery in time; nothing was lost silently."""
+
+
+class DeliveryUncertainError(BusUnavailableError):
+    """The brokers did not confirm these events, but they may have been written all the same.
+
+    A produce request that timed out or lost its connection may still have been applied by the broker.
+    ``event_ids`` names every event of the emit whose outcome is unknown (the others were confirmed, or surely
+    not written), and ``events`` holds them: emit them again *under the same ids* (``Producer.resend(error)``),
+    so a consumer that records the ids it handled can drop the copy, instead of emitting new events::
+
+        try:
+            await producer.emit_many("orders", batch)
+        except DeliveryUncertainError as err:
+            await producer.resend(err)
+    """
+
+    def __init__(self, message: str, *, event_ids: tuple[str, ...] = (), events: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.event_ids = event_ids
+        self.events = events
 
 
 class HandlerTimeoutError(AgentflowError):

@@ -1,10 +1,13 @@
 """``agentflow.Producer``: emit events (and make requests) from any process, without running agents.
 
 The same ``emit`` / ``emit_many`` / ``request`` shape as the Runner. On Kafka every emit returns once the
-brokers confirmed the write (``[kafka] acks``), so an id you got back is an event that will be handled. A
-request carries ``reply_to = [kafka] reply_topic``; the worker that handles it publishes the handler's result
-there (see :func:`reply_event`) and the producer, which reads that topic in a consumer group of its own, hands it
-back to the caller.
+brokers confirmed the write (``[kafka] acks``), so an id you got back is an event that will be handled. An
+emit the brokers did not confirm within ``[kafka] delivery_timeout_s`` raises
+:class:`~agentflow.errors.DeliveryUncertainError` when its events may have been written all the same; it names
+them, and :meth:`Producer.resend` emits them again under the same ids. A request carries
+``reply_to = [kafka] reply_topic``; the worker that handles it publishes the handler's result there (see
+:func:`reply_event`) and the producer, which reads that topic in a consumer group of its own, hands it back to
+the caller.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import msgspec
 
 from .bus import Bus, Subscription, create_bus
 from .config import Config, load_config
-from .errors import DeadLetteredError, LifecycleError, RequestTimeoutError
-from .events import DeadLetter, Event, make_events, new_event_id
+from .errors import DeadLetteredError, DeliveryUncertainError, LifecycleError, RequestTimeoutError
+from .events import DeadLetter, Event, RawEvent, make_events, new_event_id
 
 __all__ = ["Producer", "ProducerStatistics", "reply_event"]
 
@@ -129,12 +132,34 @@ class Producer:
     async def emit_many(
         self, topic: str, payloads: Sequence[Any], *, key: str | None = None, headers: dict[str, str] | None = None
     ) -> list[str]:
-        """Emit a batch (one bus operation, batched by the Kafka producer); return the ids in order."""
+        """Emit a batch (one bus operation, batched by the Kafka producer); return the ids in order.
+
+        On Kafka, raises :class:`BusUnavailableError` when the brokers did not confirm the batch within
+        ``delivery_timeout_s``, and its subclass :class:`DeliveryUncertainError` when some of the events may have
+        been written nonetheless (see :meth:`resend`).
+        """
         self._check_open()
         events = make_events(topic, list(payloads), key, headers, None, 0)
         await self.bus.publish(topic, events)
         self._emitted += len(events)
         return [e.id for e in events]
+
+    async def resend(self, error: DeliveryUncertainError) -> list[str]:
+        """Emit the events an unconfirmed emit may or may not have written again, under their own ids; return
+        the ids.
+
+        Emitting new events instead would give a copy that was written a new id, and no consumer could tell
+        the two apart; with the same id, an agent that records the ids it handled (a state write recorded with
+        the event id) applies it once. Raises :class:`DeliveryUncertainError` again if this emit is unconfirmed
+        too.
+        """
+        self._check_open()
+        events = [e for e in error.events if isinstance(e, Event | RawEvent)]
+        if not events:
+            return []
+        await self.bus.publish(events[0].topic, events)
+        self._emitted += len(events)
+        return [e.id for e in events if isinstance(e, Event)]
 
     async def request(
         self,

@@ -175,11 +175,14 @@ def test_handler_errors_are_counted(tmp_path: Path, mode: str) -> None:
     path = tmp_path / "report.json"
     result = bench(
         "--app", "agentcli_app:make_runner", "--app-dir", str(TESTS), "--agent", "flaky", "--config", str(config),
-        "--mode", mode, "--requests", "200", "--json", str(path),
+        "--mode", mode, "--requests", "200", "--json", str(path), code=1,
     )  # fmt: skip
     data = msgspec.json.decode(path.read_bytes())
     assert_consistent(data, 200)
     assert (data["completed"], data["errors"]) == (180, 20)
+    # Failed requests are left out of the figures: the run exits 1 and says how many failed.
+    unit = "requests" if mode == "closed" else "events"
+    assert f"20 of 200 {unit} failed" in " ".join(result.output.split())
     # agentflow logs at most 10 dead letters a second per agent; agentcli shows 5 of those and counts the rest
     assert re.search(r"\d+ more agentflow log records were not shown", result.output)
 

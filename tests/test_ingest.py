@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
 import pytest
+from kafka_broker import TansuBroker, kafka_settings
 
 from agentflow import ConfigError, Context, Event, Reject, Runner
+from agentflow._ingest import MAX_NESTING
 
 if TYPE_CHECKING:
     from conftest import Eventually, RunnerFactory
@@ -315,3 +319,101 @@ async def test_dlq_list_and_replay_over_http(
         async with http.get(base + "/v1/dlq") as resp:
             assert (await resp.json())["count"] == 0
     assert sorted(handled) == list(range(6))
+
+
+def _nested_json(depth: int) -> bytes:
+    return b'{"topic": "orders", "payload": ' + b"[" * depth + b"1" + b"]" * depth + b"}"
+
+
+def _nested_msgpack(depth: int) -> bytes:
+    # A map {"topic": "orders", "payload": [[[...nil...]]]}: fixarray of one element, depth times.
+    enc = msgspec.msgpack.encode
+    return b"\x82" + enc("topic") + enc("orders") + enc("payload") + b"\x91" * depth + b"\xc0"
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "application/msgpack"])
+async def test_deep_nesting_is_refused_with_400_up_to_any_depth_and_the_bound_is_exact(
+    make_runner: RunnerFactory,
+    http: aiohttp.ClientSession,
+    eventually: Eventually,
+    ctype: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[Event] = []
+    runner = recording_runner(make_runner, seen)
+    nested = _nested_json if ctype == "application/json" else _nested_msgpack
+    async with runner:
+        url = base_url(runner) + "/v1/events"
+        for depth in (MAX_NESTING + 1, 990, 5_000, 100_000):
+            async with http.post(url, data=nested(depth), headers={"Content-Type": ctype}) as resp:
+                assert resp.status == 400, depth
+                error = (await resp.json())["error"]
+            assert f"more than {MAX_NESTING} levels deep" in error and error.endswith("."), error
+        async with http.post(url, data=nested(MAX_NESTING), headers={"Content-Type": ctype}) as resp:
+            assert resp.status == 202
+        await eventually(lambda: len(seen) == 1, what="the event nested exactly MAX_NESTING deep")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback logged
+    assert runner.statistics().emitted == 1
+
+
+async def test_ingest_accepts_only_topics_agents_read_that_exist_or_that_the_config_allows(
+    make_runner: RunnerFactory, http: aiohttp.ClientSession
+) -> None:
+    runner = recording_runner(make_runner, [], ingest_topics=["audit"])
+    async with runner:
+        url = base_url(runner) + "/v1/events"
+        assert (await post_json(http, url, {"topic": "orders"}))[0] == 202
+        assert (await post_json(http, url, {"topic": "audit"}))[0] == 202
+        for topic in ("made-up", "orders.dlq", "orders.retry.1", "agentflow.dlq-removed", "agentflow.replies"):
+            status, body, _ = await post_json(http, url, {"topic": topic})
+            assert status == 404, topic
+            assert f"Topic {topic!r} is not one this worker ingests" in body["error"]
+            assert "monitoring.ingest_topics" in body["error"] and body["error"].endswith(".")
+    assert runner.statistics().emitted == 2
+    anything = recording_runner(make_runner, [], ingest_any_topic=True)
+    async with anything:
+        assert (await post_json(http, base_url(anything) + "/v1/events", {"topic": "made-up"}))[0] == 202
+
+
+async def test_on_kafka_ingest_creates_no_topics_and_the_known_topic_list_is_bounded(
+    make_runner: RunnerFactory, http: aiohttp.ClientSession, kafka_broker: TansuBroker, eventually: Eventually
+) -> None:
+    from agentflow.bus.kafka import KafkaBus
+
+    prefix = f"{uuid.uuid4().hex[:10]}."
+    seen: list[Event] = []
+    config = ingest_config()
+    config.update(
+        bus={"backend": "kafka", "partitions": 1}, kafka=kafka_settings(kafka_broker.bootstrap, prefix=prefix)
+    )
+    runner = make_runner(config)
+
+    @runner.agent("orders")
+    async def record(event: Event, ctx: Context) -> None:
+        seen.append(event)
+
+    async with runner:
+        bus = runner.bus
+        assert isinstance(bus, KafkaBus)
+        url = base_url(runner) + "/v1/events"
+        before = set(await bus._admin.list_topics())
+        statuses = [(await post_json(http, url, {"topic": f"spam-{i}"}))[0] for i in range(50)]
+        assert statuses == [404] * 50
+        assert {t for t in await bus._admin.list_topics() if t.startswith(prefix)} == {
+            t for t in before if t.startswith(prefix)
+        }
+        # A topic that exists on the brokers (made by another process) is accepted, as is an agent's topic.
+        await bus.ensure_topic(prefix + "elsewhere")
+        bus._known.pop(prefix + "elsewhere")  # as if another process had created it
+        await asyncio.sleep(1.0)  # the brokers' topic list is asked for at most once a second
+        assert (await post_json(http, url, {"topic": "elsewhere"}))[0] == 202
+        assert (await post_json(http, url, {"topic": "orders"}))[0] == 202
+        await eventually(lambda: len(seen) == 1, timeout_s=10, what="the ingested event")
+        # The topics the bus remembers as existing are bounded (least recently used evicted); an evicted topic
+        # is simply checked again.
+        bus.max_known_topics = 3
+        for i in range(6):
+            await bus.publish(f"many-{i}", [Event(f"many-{i}", i)])
+            assert len(bus._known) <= 3
+        await bus.publish("many-0", [Event("many-0", "again")])
+        assert len(bus._known) <= 3

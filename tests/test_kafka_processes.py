@@ -22,6 +22,7 @@ import msgspec
 import pytest
 from test_cli_run import APP, ROOT, WorkerProcess, handled_lines, post_events
 
+from agentcli.run import restart_delay_s
 from agentflow import Producer, config_from_dict
 
 if TYPE_CHECKING:
@@ -218,20 +219,60 @@ async def test_http_ingest_and_agentcli_emit_into_a_kafka_worker(tmp_path: Path,
     assert lost == 0 and dups == 0
 
 
-async def test_supervisor_exits_1_when_a_worker_crashes_and_stops_the_other(
+async def test_supervisor_restarts_a_crashed_worker_with_backoff_and_leaves_a_clean_exit_alone(
     tmp_path: Path, kafka_broker: TansuBroker
 ) -> None:
-    config, _ = kafka_config(tmp_path, kafka_broker)
-    sup = await start_worker(tmp_path, config, tmp_path / "handled.txt", workers=2)
+    config, data = kafka_config(tmp_path, kafka_broker)
+    out = tmp_path / "handled.txt"
+    sup = await start_worker(tmp_path, config, out, workers=2)
     try:
-        os.kill(sup.pids[0], signal.SIGKILL)
+        first, other = sup.pids
+        os.kill(first, signal.SIGKILL)  # a crash: restarted after 1 s
+        await sup.wait_ready(3)
+        flat = " ".join(sup.stderr().split())
+        crashed = re.search(
+            rf"worker (\d) \(pid {first}\) was killed by SIGKILL; restarting it in 1\.0 s \(1 crash in", flat
+        )
+        assert crashed is not None, sup.stderr()
+        index = crashed.group(1)
+        second = sup.pids[2]
+        assert f"worker {index} restarted (pid {second})" in " ".join(sup.stderr().split())
+        os.kill(second, signal.SIGKILL)  # crashed again soon after: the delay doubles
+        await sup.wait_ready(4)
+        assert f"worker {index} (pid {second}) was killed by SIGKILL; restarting it in 2.0 s (2 crashes in a row)" in (
+            " ".join(sup.stderr().split())
+        )
+        sent = await emit_all(data, 500)  # the restarted unit handles events
+        await until(lambda: set(handled_lines(out)) >= set(sent), 60, "every event handled")
+        os.kill(other, signal.SIGTERM)  # a clean exit of one worker: reported, not restarted, the unit stays up
+        await until(lambda: "exited cleanly" in sup.stderr(), 60, "the clean exit")
+        assert f"(pid {other}) exited cleanly (code 0); it is not restarted." in " ".join(sup.stderr().split())
+        await asyncio.sleep(1.5)
+        assert sup.proc.returncode is None and len(sup.pids) == 4, sup.stderr()
+        sup.signal(signal.SIGTERM)
         code = await sup.wait(timeout_s=60)
     finally:
         await sup.kill()
-    err = sup.stderr()
-    assert code == 1, err
-    flat = " ".join(err.split())
-    crashed = re.search(r"worker (\d) exited unexpectedly with code -9; stopping the rest", flat)
-    assert crashed is not None, err
-    other = 1 - int(crashed.group(1))
-    assert f"worker {other} got SIGTERM; draining" in err
+    assert code == 0, sup.stderr()
+    assert "exited unexpectedly" not in sup.stderr()
+
+
+async def test_supervisor_stops_when_a_worker_cannot_start_with_the_config(
+    tmp_path: Path, kafka_broker: TansuBroker
+) -> None:
+    config, _ = kafka_config(tmp_path, kafka_broker)
+    env = {"WORKERAPP_OUT": str(tmp_path / "x"), "AGENTFLOW_HTTP_TOKEN": ""}  # ingest beyond loopback, no token
+    sup = await WorkerProcess.start(
+        tmp_path, APP, "--config", str(config), "--workers", "2", "--host", "0.0.0.0", "--port", "0", env=env
+    )
+    try:
+        code = await sup.wait(timeout_s=60)
+    finally:
+        await sup.kill()
+    assert code == 2, sup.stderr()
+    assert "which a restart would repeat; stopping the rest" in " ".join(sup.stderr().split())
+    assert "restarting it" not in sup.stderr()
+
+
+def test_restart_delay_doubles_and_is_capped() -> None:
+    assert [restart_delay_s(n) for n in range(1, 9)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]

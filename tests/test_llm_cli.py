@@ -54,6 +54,20 @@ def test_llm_embed_benchmark_batches(tmp_path: Path) -> None:
     assert "items/s batch 32 / batch 1" in report["ratios"]
 
 
+def test_llm_chat_benchmark_whose_requests_fail_exits_1_and_says_how_many(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens: every request fails
+    result = cli.invoke(
+        app,
+        ["benchmark", "--scenario", "llm-chat", "--llm-url", url, "--requests", "12", "--concurrent-users", "12",
+         "--json", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "12 of 12 requests failed" in " ".join(result.output.split())
+    [ours] = msgspec.json.decode(out.read_bytes())["results"]
+    assert (ours["requests"], ours["errors"]) == (0, 12)  # the report is still written
+
+
 def test_llm_url_must_be_http() -> None:
     result = cli.invoke(app, ["benchmark", "--scenario", "llm-chat", "--llm-url", "ftp://x"])
     assert result.exit_code == 2

@@ -131,3 +131,12 @@ async def test_cli_loads_a_kafka_worker_end_to_end(kafka_setup: Setup, worker: l
     assert (rep.run.completed, rep.run.errors) == (20, 0)
     assert rep.spec["bus"] == "kafka" and rep.spec["topic"] == "jobs"
     assert sorted(worker) == list(range(20))
+
+
+def test_an_unconfirmed_emit_that_may_have_been_written_has_its_own_error_kind() -> None:
+    from agentcli.loadtest.targets import KafkaTarget
+    from agentflow import BusUnavailableError, DeliveryUncertainError
+
+    target = KafkaTarget(config_from_dict({"bus": {"backend": "kafka"}}), "t", timeout_s=1.0)
+    assert target.error_kind(DeliveryUncertainError("maybe written", event_ids=("a",))) == "delivery_uncertain"
+    assert target.error_kind(BusUnavailableError("brokers down")) == "bus_unavailable"

@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentflow import scrub_secrets
+
 from ..report import now_iso
 from ..runtime import Interrupted, LogLimiter, run_async
 from .collector import Collector
@@ -270,7 +272,7 @@ def _run(plan: Plan, scenario_obj: Any, json_path: Path | None, html_path: Path 
             or (f"kafka topic {plan.spec.topic}" if plan.spec.bus == "kafka" else "in-process noop agent")
         )
     console.print(
-        f"agentcli loadtest: {plan.describe()} against {target_name}"
+        f"agentcli loadtest: {plan.describe()} against {scrub_secrets(target_name)}"
         + (f", {plan.spec.workers} worker processes" if plan.spec.workers > 1 else ""),
         highlight=False,
     )

@@ -11,17 +11,38 @@ from typing import Any
 
 import msgspec
 
+from agentflow import scrub_secrets
+
 from ..report import versions
 from .collector import Collector
 from .figures import HIST_NAMES, Accumulator, WindowRecord, record_figures
 from .plan import Plan
 from .thresholds import Threshold
 
-__all__ = ["FORMAT", "LoadReport", "Verdict", "build", "read_report", "write_report"]
+__all__ = ["FORMAT", "LoadReport", "Verdict", "build", "masked_command", "read_report", "write_report"]
 
 FORMAT = "agentcli.loadtest/1"
 #: Start lag p99 above this means the generator, not the system, may be what limits the figures.
 LAG_WARN_S = 0.001
+#: What a header's value is replaced with in reports: headers are how credentials reach a target.
+MASK = "***"
+
+
+def _mask_header(text: str) -> str:
+    name, sep, _ = text.partition(":")
+    return f"{name}: {MASK}" if sep else MASK
+
+
+def masked_command(argv: list[str]) -> list[str]:
+    """The command line as a report keeps it: ``--header`` values masked, anything credential-shaped scrubbed."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if i and argv[i - 1] == "--header":
+            arg = _mask_header(arg)
+        elif arg.startswith("--header="):
+            arg = "--header=" + _mask_header(arg[len("--header=") :])
+        out.append(scrub_secrets(arg))
+    return out
 
 
 class Verdict(msgspec.Struct, frozen=True):
@@ -172,13 +193,16 @@ def build(
             )
     failed = any(v.passed is False for v in verdicts)
     spec = msgspec.to_builtins(plan.spec)
+    spec["headers"] = {name: MASK for name in plan.spec.headers}
+    if plan.spec.url is not None:
+        spec["url"] = scrub_secrets(plan.spec.url)
     return LoadReport(
         description=plan.spec.description, model="open" if plan.open_model else "closed", profile=plan.describe(),
-        target=target, workers=plan.spec.workers, started_at=started_at, duration_s=total.duration_s,
+        target=scrub_secrets(target), workers=plan.spec.workers, started_at=started_at, duration_s=total.duration_s,
         aborted=aborted, abort_reason=collector.abort_reason, passed=not failed, generator_lag_ms=lag_ms,
         generator_note=note, interrupted=interrupted, run=_stretch("run", total, plan), stages=stages,
         windows=[_window(r, plan) for r in collector.windows], window_merges=collector.windows.merges,
-        thresholds=verdicts, rss_mb=collector.rss_samples, spec=spec, command=command,
+        thresholds=verdicts, rss_mb=collector.rss_samples, spec=spec, command=masked_command(command),
         versions=msgspec.to_builtins(versions()),
     )  # fmt: skip
 

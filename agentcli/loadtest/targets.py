@@ -21,6 +21,7 @@ from agentflow import (
     Config,
     Context,
     DeadLetteredError,
+    DeliveryUncertainError,
     Event,
     Producer,
     RequestTimeoutError,
@@ -145,6 +146,8 @@ class KafkaTarget(LoadTarget):
             await producer.aclose()
 
     def error_kind(self, exc: BaseException) -> str:
+        if isinstance(exc, DeliveryUncertainError):
+            return "delivery_uncertain"  # not confirmed, but may have been written
         if isinstance(exc, BusUnavailableError):
             return "bus_unavailable"
         return super().error_kind(exc)

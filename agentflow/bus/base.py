@@ -249,6 +249,11 @@ class Bus(abc.ABC):
         """Number of consumer groups on ``topic`` known to this process, or None when unknowable."""
         return None
 
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether ``topic`` exists on the bus: for an in-process bus, whether a consumer group reads it; a
+        broker-backed bus asks the brokers. HTTP ingest accepts events only for topics that exist or are allowed."""
+        return bool(self.subscriber_count(topic))
+
     @abc.abstractmethod
     async def dead_letter(self, letter: DeadLetter) -> None:
         """Record a dead letter."""

@@ -22,8 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import ssl
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
@@ -32,14 +35,19 @@ import msgspec
 try:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-    from aiokafka.errors import KafkaConnectionError, KafkaError  # type: ignore[import-untyped]
+    from aiokafka.errors import (  # type: ignore[import-untyped]
+        BrokerResponseError,
+        KafkaConnectionError,
+        KafkaError,
+        UnknownError,
+    )
     from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
     raise ImportError("The Kafka bus needs aiokafka; install it with: pip install 'agentflow[kafka]'") from exc
 
 from ..config import Config, KafkaConfig
-from ..errors import BackpressureError, BusUnavailableError, ConfigError, LifecycleError
-from ..events import DEFAULT_MAX_EVENT_BYTES, DeadLetter, EventCodec, RawEvent
+from ..errors import BackpressureError, BusUnavailableError, ConfigError, DeliveryUncertainError, LifecycleError
+from ..events import DEFAULT_MAX_EVENT_BYTES, DeadLetter, Event, EventCodec, RawEvent
 from ._kafka_consumer import KafkaSubscription
 from ._kafka_retry import GROUP_HEADER, tier_names
 from .base import Bus, BusStatistics, Item
@@ -51,8 +59,66 @@ logger = logging.getLogger(__name__)
 REMOVED_TOPIC = "agentflow.dlq-removed"
 _REMOVED_PER_RECORD = 10_000  # ids per record of REMOVED_TOPIC: ~300 KB, well under any broker's message limit
 _SCAN_BATCH = 500  # records per poll while reading the .dlq topics back
+#: Topics remembered as existing (so a publish does not ask the brokers again), least recently used evicted:
+#: topic names come from callers (HTTP ingest, emits), so the list must not grow with them.
+MAX_KNOWN_TOPICS = 10_000
+#: ``topic_exists`` asks the brokers for their topic list at most this often; a topic created since is found
+#: once this has passed.
+TOPIC_LIST_INTERVAL_S = 1.0
 _TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
 _ACKS: dict[str, int | str] = {"all": "all", "1": 1, "0": 0}
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()
+
+
+def _maybe_applied(exc: BaseException) -> bool:
+    """False only when the brokers answered that they refused the write (message too large, not authorised):
+    that answer is the same on every attempt, so no earlier attempt can have been written either. Timeouts,
+    broken connections and retriable errors that outlived the delivery timeout may follow a write."""
+    return not isinstance(exc, BrokerResponseError) or exc.retriable or isinstance(exc, UnknownError)
+
+
+def _ssl_context(k: KafkaConfig) -> ssl.SSLContext:
+    """The TLS context of ``ssl_cafile``/``ssl_certfile``/``ssl_keyfile``; a ConfigError naming the key and the
+    file when one is missing or unreadable."""
+    files = (
+        ("kafka.ssl_cafile", k.ssl_cafile),
+        ("kafka.ssl_certfile", k.ssl_certfile),
+        ("kafka.ssl_keyfile", k.ssl_keyfile),
+    )
+    for key, path in files:
+        if path and not os.path.isfile(path):
+            empty = (
+                "to use the system CAs" if key == "kafka.ssl_cafile" else "when the brokers want no client certificate"
+            )
+            raise ConfigError(
+                f'{key} names {path!r}, which is not a file; point it at the PEM file, or set it to "" {empty}.',
+                key=key,
+            )
+    if k.ssl_keyfile and not k.ssl_certfile:
+        raise ConfigError(
+            "kafka.ssl_keyfile is set but kafka.ssl_certfile is not; set both for mutual TLS, or neither.",
+            key="kafka.ssl_certfile",
+        )
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=k.ssl_cafile or None, certfile=k.ssl_certfile or None, keyfile=k.ssl_keyfile or None
+        )
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        try:  # which file: the CA bundle loads on its own, the certificate and key only together
+            ssl.create_default_context(cafile=k.ssl_cafile or None)
+            key, path = "kafka.ssl_certfile", f"{k.ssl_certfile} (key {k.ssl_keyfile or 'in the same file'})"
+        except (ssl.SSLError, OSError, ValueError):
+            key, path = "kafka.ssl_cafile", k.ssl_cafile
+        raise ConfigError(
+            f"{key}: could not load {path} as PEM ({exc}); check that it is the right file.", key=key
+        ) from None
+    return context
 
 
 def client_options(k: KafkaConfig) -> dict[str, Any]:
@@ -64,9 +130,7 @@ def client_options(k: KafkaConfig) -> dict[str, Any]:
         "security_protocol": k.security_protocol,
     }
     if k.security_protocol in ("SSL", "SASL_SSL"):
-        opts["ssl_context"] = create_ssl_context(
-            cafile=k.ssl_cafile or None, certfile=k.ssl_certfile or None, keyfile=k.ssl_keyfile or None
-        )
+        opts["ssl_context"] = _ssl_context(k)
     if k.security_protocol.startswith("SASL"):
         password = os.environ.get(k.sasl_password_env) if k.sasl_password_env else None
         if not k.sasl_username or password is None:
@@ -112,7 +176,9 @@ class KafkaBus(Bus):
         self._client_opts = client_options(self.kafka)
         self._producer: Any = None
         self._admin: Any = None
-        self._known: set[str] = set()
+        self._known: OrderedDict[str, None] = OrderedDict()
+        self.max_known_topics = MAX_KNOWN_TOPICS
+        self._listed_at = -math.inf
         self._topic_lock = asyncio.Lock()
         self._subs: dict[tuple[str, str], list[KafkaSubscription]] = {}
         self._nowait: set[asyncio.Task[None]] = set()
@@ -124,6 +190,7 @@ class KafkaBus(Bus):
         self._dlq_dec = msgspec.msgpack.Decoder(DeadLetter)
         self._started = False
         self._closed = False
+        self._tls_checked = False
 
     @classmethod
     def from_config(cls, config: Config) -> KafkaBus:
@@ -159,34 +226,86 @@ class KafkaBus(Bus):
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
-    async def _retry_connect(self, start: Any, what: str) -> None:
-        """Call ``start`` until it connects, backing off, for at most ``connect_timeout_s``."""
-        deadline = time.monotonic() + self.kafka.connect_timeout_s
+    async def _retry_connect(self, start: Any, what: str, attempt_timeout_s: float | None = None) -> None:
+        """Call ``start`` until it connects, backing off, for at most ``connect_timeout_s`` (each attempt at most
+        ``attempt_timeout_s`` when given). A TLS failure is reported at once, with its cause."""
+        k = self.kafka
+        if not self._tls_checked:
+            self._tls_checked = True
+            await self._raise_on_tls_failure(what)  # before aiokafka's attempt, which waits out a stalled handshake
+        deadline = time.monotonic() + k.connect_timeout_s
         backoff = 0.1
         while True:
             try:
-                await start()
+                if attempt_timeout_s is None:
+                    await start()
+                else:
+                    async with asyncio.timeout(attempt_timeout_s):
+                        await start()
                 return
-            except KafkaError as exc:
-                if not (exc.retriable or isinstance(exc, KafkaConnectionError)):
+            except (KafkaError, TimeoutError) as exc:
+                cause = f"{type(exc).__name__}: {exc}" if isinstance(exc, KafkaError) else "no answer in time"
+                if isinstance(exc, KafkaError) and not (exc.retriable or isinstance(exc, KafkaConnectionError)):
                     hint = (
                         " If the brokers lack the idempotent producer (some Kafka-compatible brokers do), set "
                         "kafka.enable_idempotence = false."
-                        if self.kafka.enable_idempotence
+                        if k.enable_idempotence
                         else ""
                     )
-                    raise BusUnavailableError(
-                        f"Could not {what} at {self.kafka.bootstrap_servers}: {type(exc).__name__}: {exc}.{hint}"
-                    ) from None
+                    raise BusUnavailableError(f"Could not {what} at {k.bootstrap_servers}: {cause}.{hint}") from None
+                if not isinstance(exc, KafkaError) or isinstance(exc, KafkaConnectionError):
+                    await self._raise_on_tls_failure(what)
                 if time.monotonic() + backoff > deadline:
                     raise BusUnavailableError(
-                        f"Could not {what} at {self.kafka.bootstrap_servers} within "
-                        f"{self.kafka.connect_timeout_s:g} s ({type(exc).__name__}: {exc}); check "
-                        f"kafka.bootstrap_servers and that the brokers are up."
+                        f"Could not {what} at {k.bootstrap_servers} within {k.connect_timeout_s:g} s ({cause}); "
+                        "check kafka.bootstrap_servers and that the brokers are up."
                     ) from None
-                logger.warning("Kafka: could not %s (%s); retrying in %.1f s.", what, exc, backoff)
+                logger.warning("Kafka: could not %s (%s); retrying in %.1f s.", what, cause, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _raise_on_tls_failure(self, what: str) -> None:
+        tls = await self._tls_failure()
+        if tls is not None:
+            raise BusUnavailableError(
+                f"Could not {what} at {self.kafka.bootstrap_servers}: {tls}. Check kafka.ssl_cafile (the CA that "
+                "signed the brokers' certificates), kafka.ssl_certfile and kafka.ssl_keyfile (when the brokers want a "
+                "client certificate), and that this address is the brokers' TLS listener."
+            )
+
+    async def _tls_failure(self) -> str | None:
+        """Why TLS fails with the bootstrap servers, or None when it is not a TLS problem (no TLS configured,
+        servers down). aiokafka reports any failed connection as "Unable to bootstrap" and logs the cause only, so
+        after a failed connect this repeats the handshake itself with the same context."""
+        context = self._client_opts.get("ssl_context")
+        if context is None:
+            return None
+        limit_s = min(5.0, self.kafka.request_timeout_ms / 1000)
+        for server in self.kafka.bootstrap_servers.split(","):
+            host, _, port = server.strip().rpartition(":")
+            host = host.strip("[]")
+            try:
+                async with asyncio.timeout(limit_s):
+                    _, writer = await asyncio.open_connection(host, int(port))
+                await _close(writer)
+            except (OSError, ValueError, TimeoutError):
+                continue  # nothing listens there: not a TLS problem
+            try:
+                async with asyncio.timeout(limit_s):
+                    _, writer = await asyncio.open_connection(host, int(port), ssl=context)
+            except ssl.SSLCertVerificationError as exc:
+                return (
+                    f"the TLS handshake with {host}:{port} failed: its certificate could not be verified "
+                    f"({exc.verify_message})"
+                )
+            except ssl.SSLError as exc:
+                return f"the TLS handshake with {host}:{port} failed ({exc.reason or exc})"
+            except TimeoutError:
+                return f"the TLS handshake with {host}:{port} did not complete within {limit_s:g} s"
+            except OSError as exc:
+                return f"the TLS handshake with {host}:{port} failed ({type(exc).__name__}: {exc})"
+            await _close(writer)
+        return None
 
     async def start(self) -> None:
         if self._closed:
@@ -195,7 +314,14 @@ class KafkaBus(Bus):
             return
         k = self.kafka
         self._producer = AIOKafkaProducer(
-            **self._client_opts,
+            **{
+                **self._client_opts,
+                # aiokafka fails a batch once request_timeout_ms passed since it was made, and does not re-send
+                # a request that timed out (the broker may have applied it: a re-send would write it twice). So
+                # the producer's requests get all of delivery_timeout_s: an emit fails after
+                # delivery_timeout_s, as documented, not after request_timeout_ms while the broker is slow.
+                "request_timeout_ms": max(k.request_timeout_ms, math.ceil(k.delivery_timeout_s * 1000)),
+            },
             acks=_ACKS[k.acks],
             linger_ms=k.linger_ms,
             max_batch_size=k.max_batch_size,
@@ -205,7 +331,8 @@ class KafkaBus(Bus):
         )
         self._admin = AIOKafkaAdminClient(**self._client_opts)
         try:
-            await self._retry_connect(self._producer.start, "connect a producer")
+            # Its requests may take delivery_timeout_s (above), but connecting is bounded as for the others.
+            await self._retry_connect(self._producer.start, "connect a producer", k.request_timeout_ms / 1000)
             await self._retry_connect(self._admin.start, "connect an admin client")
         except BaseException:
             await self._producer.stop()
@@ -235,12 +362,25 @@ class KafkaBus(Bus):
 
     # ---- topics ----------------------------------------------------------------------------------------
 
+    def _remember(self, name: str) -> None:
+        known = self._known
+        known[name] = None
+        known.move_to_end(name)
+        while len(known) > self.max_known_topics:
+            known.popitem(last=False)
+
+    def _is_known(self, name: str) -> bool:
+        if name in self._known:
+            self._known.move_to_end(name)
+            return True
+        return False
+
     async def ensure_topic(self, name: str, partitions: int | None = None) -> None:
         """Create the Kafka topic ``name`` (already prefixed) if auto-create is on and it is not known yet."""
-        if name in self._known or not self.kafka.auto_create_topics:
+        if not self.kafka.auto_create_topics or self._is_known(name):
             return
         async with self._topic_lock:
-            if name in self._known:
+            if self._is_known(name):
                 return
             try:
                 resp = await self._admin.create_topics(
@@ -255,7 +395,33 @@ class KafkaBus(Bus):
                         f"Could not create topic {name!r} (Kafka error code {code}: {err[2:]}); create it "
                         f"yourself or set kafka.auto_create_topics = false."
                     )
-            self._known.add(name)
+            self._remember(name)
+
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether the brokers have ``topic`` (prefixed here). Their topic list is fetched at most every
+        ``TOPIC_LIST_INTERVAL_S``, so a flood of unknown names costs the brokers one request a second."""
+        self._check_open()
+        name = self.topic_name(topic)
+        if self._is_known(name):
+            return True
+        async with self._topic_lock:
+            if self._is_known(name):
+                return True
+            if time.monotonic() - self._listed_at < TOPIC_LIST_INTERVAL_S:
+                return False
+            try:
+                names = await self._admin.list_topics()
+            except KafkaError as exc:
+                raise BusUnavailableError(f"Could not list the brokers' topics ({exc}); try again.") from None
+            self._listed_at = time.monotonic()
+            prefix = self.kafka.topic_prefix
+            for n in names:
+                if n.startswith(prefix):
+                    self._remember(n)
+            if name not in names:
+                return False
+            self._remember(name)  # the listing may hold more topics than are remembered
+            return True
 
     # ---- publishing ------------------------------------------------------------------------------------
 
@@ -268,27 +434,75 @@ class KafkaBus(Bus):
         return out
 
     async def _send(
-        self, name: str, records: list[tuple[bytes, bytes | None]], headers: list[tuple[str, bytes]] | None = None
+        self,
+        name: str,
+        records: list[tuple[bytes, bytes | None]],
+        headers: list[tuple[str, bytes]] | None = None,
+        items: Sequence[Item] | None = None,
     ) -> None:
+        """Write ``records`` to topic ``name`` and wait for the brokers' confirmation, at most
+        ``delivery_timeout_s``. ``items`` are the events the records encode, named by the error when some of
+        them may have been written without a confirmation."""
         send = self._producer.send
-        timeout = self.kafka.delivery_timeout_s
+        futs: list[asyncio.Future[Any]] = []
         self._waiting += 1
         try:
-            async with asyncio.timeout(timeout):
-                futs = [await send(name, value, key=key, headers=headers) for value, key in records]
+            async with asyncio.timeout(self.kafka.delivery_timeout_s):
+                for value, key in records:
+                    futs.append(await send(name, value, key=key, headers=headers))
                 await asyncio.gather(*futs)
         except TimeoutError:
-            raise BusUnavailableError(
-                f"The brokers did not confirm {len(records)} event(s) to {name!r} within {timeout:g} s "
-                f"(kafka.delivery_timeout_s); they may or may not have been written — emit again (at-least-once)."
-            ) from None
+            raise self._not_confirmed(name, records, futs, items, None) from None
         except KafkaError as exc:
-            raise BusUnavailableError(
-                f"Publishing {len(records)} event(s) to {name!r} failed: {type(exc).__name__}: {exc}."
-            ) from None
+            raise self._not_confirmed(name, records, futs, items, exc) from None
         finally:
             self._waiting -= 1
         self._published += len(records)
+
+    def _not_confirmed(
+        self,
+        name: str,
+        records: list[tuple[bytes, bytes | None]],
+        futs: list[asyncio.Future[Any]],
+        items: Sequence[Item] | None,
+        exc: KafkaError | None,
+    ) -> BusUnavailableError:
+        """The error for a send that did not finish: which records may have been written, and which not."""
+        uncertain: list[int] = []
+        written = 0
+        for i, fut in enumerate(futs):
+            if not fut.done() or fut.cancelled():
+                uncertain.append(i)  # still with the producer when the time was up: it may yet be sent
+            elif (err := fut.exception()) is None:
+                written += 1
+            elif _maybe_applied(err):
+                uncertain.append(i)
+        n = len(records)
+        why = (
+            f"within {self.kafka.delivery_timeout_s:g} s (kafka.delivery_timeout_s)"
+            if exc is None
+            else f"({type(exc).__name__}: {exc})"
+        )
+        if not uncertain:
+            if exc is not None and not _maybe_applied(exc):
+                return BusUnavailableError(
+                    f"The brokers refused {n - written} of {n} event(s) to {name!r} ({type(exc).__name__}: "
+                    f"{exc}); those were not written."
+                )
+            return BusUnavailableError(
+                f"Publishing {n} event(s) to {name!r} failed before {n - written} of them reached the brokers "
+                f"{why}; those were not written, emit them again."
+            )
+        chosen = [items[i] for i in uncertain] if items is not None and len(items) == n else []
+        ids = tuple(e.id for e in chosen if isinstance(e, Event))
+        shown = f" ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})" if ids else ""
+        return DeliveryUncertainError(
+            f"The brokers did not confirm {len(uncertain)} of {n} event(s) to {name!r} {why}; they may or may "
+            f"not have been written. The error's event_ids names them{shown}: emit its events again under the "
+            "same ids (Producer.resend) so that consumers can drop a copy by id, rather than as new events.",
+            event_ids=ids,
+            events=tuple(chosen),
+        )
 
     async def publish(
         self, topic: str, events: Sequence[Item], *, group: str | None = None, follow_up: bool = False
@@ -300,7 +514,7 @@ class KafkaBus(Bus):
         name = self.topic_name(topic)
         await self.ensure_topic(name)
         headers = [(GROUP_HEADER, group.encode())] if group is not None else None
-        await self._send(name, records, headers)
+        await self._send(name, records, headers, events)
 
     def offer(self, topic: str, events: Sequence[Item]) -> bool:
         # Emits wait for the brokers' confirmation (publish), so an accepted event is never lost silently.
@@ -318,17 +532,17 @@ class KafkaBus(Bus):
             )
         records = self._encode(events)
         self._nowait_events += n
-        task = asyncio.get_running_loop().create_task(self._send_nowait(topic, records))
+        task = asyncio.get_running_loop().create_task(self._send_nowait(topic, records, events))
         self._nowait.add(task)
         task.add_done_callback(self._nowait.discard)
 
-    async def _send_nowait(self, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    async def _send_nowait(self, topic: str, records: list[tuple[bytes, bytes | None]], events: Sequence[Item]) -> None:
         try:
             name = self.topic_name(topic)
             await self.ensure_topic(name)
-            await self._send(name, records)
+            await self._send(name, records, None, events)
         except Exception as exc:  # noqa: BLE001 - there is no caller left to raise to
-            logger.error("Dropped %d event(s) emitted without waiting to %r: %s", len(records), topic, exc)
+            logger.error("%d event(s) emitted without waiting to %r failed: %s", len(records), topic, exc)
         finally:
             self._nowait_events -= len(records)
 

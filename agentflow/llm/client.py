@@ -36,6 +36,7 @@ from ..errors import (
     LLMUnavailableError,
 )
 from ..resilience.retry import RetryPolicy
+from ..scrub import scrub_secrets
 from ._metrics import LLMMetrics, ModelMetrics
 from .cost import CostTracker
 from .types import (
@@ -61,6 +62,10 @@ __all__ = ["ProviderClient"]
 USER_AGENT = "agentflow/0.1 (+aiohttp)"
 #: Models whose metrics, breaker and limiter are remembered for the hot path.
 MAX_ROUTES = 256
+#: How much of a provider's error body goes into an exception message, and how much of it is scrubbed of
+#: secrets first (all of it up to this size, so a cut never leaves the head of a key behind).
+MAX_ERROR_DETAIL_CHARS = 300
+SCRUB_WINDOW_CHARS = 65_536
 
 logger = logging.getLogger(__name__)
 
@@ -187,10 +192,14 @@ class ProviderClient:
         limiter_factory: Callable[[str], LimiterLike | None] | None = None,
         budget: BudgetLike | None = None,
         batcher_factory: BatcherFactory | None = None,
+        secret_envs: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.config = config
         self._env = os.environ if env is None else env
+        # Variables whose values are scrubbed from error messages, besides this provider's own *_env keys.
+        self._secret_envs = tuple(secret_envs)
+        self._secrets: tuple[str, ...] = ()
         self.metrics = llm_metrics or LLMMetrics(CostTracker())
         self.costs = self.metrics.costs
         self.costs.set_prices(name, config.prices)
@@ -255,6 +264,8 @@ class ProviderClient:
             raise LifecycleError(f"LLM provider client {self.name!r} starts once; create a new one.")
         self._state = "running"
         cfg = self.config
+        names = {getattr(cfg, f) for f in cfg.__struct_fields__ if f.endswith("_env")}.union(self._secret_envs)
+        self._secrets = tuple(v for n in sorted(n for n in names if n) if (v := self._env.get(n)))
         if cfg.api_key_env is not None:
             key = self._env.get(cfg.api_key_env)
             if not key:
@@ -737,15 +748,19 @@ class ProviderClient:
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
             return LLMUnavailableError(
-                f"Cannot connect to LLM provider {self.name!r} at {self._base} ({exc.os_error}); check base_url "
-                "and that the server is running.",
+                self._scrub(
+                    f"Cannot connect to LLM provider {self.name!r} at {self._base} ({exc.os_error}); check "
+                    "base_url and that the server is running."
+                ),
                 provider=self.name,
                 model=model,
             )
         if isinstance(exc, aiohttp.ClientError | ConnectionError):
             return LLMUnavailableError(
-                f"The connection to LLM provider {self.name!r} failed mid-request ({type(exc).__name__}: {exc}); "
-                "it was retried if attempts and the deadline allowed.",
+                self._scrub(
+                    f"The connection to LLM provider {self.name!r} failed mid-request ({type(exc).__name__}: "
+                    f"{exc}); it was retried if attempts and the deadline allowed."
+                ),
                 provider=self.name,
                 model=model,
             )
@@ -839,12 +854,16 @@ class ProviderClient:
             ttft_s=None if first is None else first - t0,
         )
 
+    def _scrub(self, text: str) -> str:
+        return scrub_secrets(text, self._secrets)
+
     def _http_error(self, status: int, raw: bytes, headers: Mapping[str, str], model: str) -> LLMError:
         try:
             detail = ERROR_DECODER.decode(raw).message
         except (msgspec.DecodeError, msgspec.ValidationError):
-            detail = raw[:200].decode("utf-8", "replace")
-        detail = detail[:300]
+            detail = raw[:SCRUB_WINDOW_CHARS].decode("utf-8", "replace")
+        # Providers may echo the request's credentials; the message goes on to logs, dead letters and headers.
+        detail = self._scrub(detail[:SCRUB_WINDOW_CHARS])[:MAX_ERROR_DETAIL_CHARS]
         who = f"LLM provider {self.name!r} (model {model!r})"
         if status == 429:
             after = _retry_after_s(headers)

@@ -62,6 +62,15 @@ class LLMHub:
         self._clients: dict[str, ProviderClient] = {}
         self._limiters: list[RateLimiter] = []
         self._state = "created"
+        # Every provider scrubs every provider's keys from its error messages, not only its own.
+        self._secret_envs = sorted(
+            {
+                v
+                for cfg in providers.values()
+                for f in cfg.__struct_fields__
+                if f.endswith("_env") and (v := getattr(cfg, f))
+            }
+        )
         for name, cfg in providers.items():
             self._clients[name] = self._build(name, cfg)
         self._first: ProviderClient | None = next(iter(self._clients.values()), None)
@@ -117,6 +126,7 @@ class LLMHub:
             limiter_factory=None if lc.rpm is None and lc.tpm is None else limiter,  # none: no token estimates
             budget=budget,
             batcher_factory=batcher,
+            secret_envs=self._secret_envs,
         )
 
     def __repr__(self) -> str:
