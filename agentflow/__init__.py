@@ -16,9 +16,7 @@ subscribed to them::
 """
 
 from .batch_agent import BatchContext
-from .batching import BatcherStatistics, MicroBatcher
 from .bus import Bus, BusStatistics, MemoryBus, Subscription, SubscriptionStatistics, create_bus
-from .cache import CacheStatistics, TTLCache
 from .config import (
     AgentConfig,
     BusConfig,
@@ -75,6 +73,8 @@ from .errors import (
 )
 from .events import DeadLetter, Event, EventCodec, RawEvent, new_event_id
 from .hdr import HistogramStatistics, LatencyHistogram
+from .llm.batching import BatcherStatistics, MicroBatcher
+from .llm.cache import CacheStatistics, TTLCache
 from .llm.cost import CostRow, CostTracker
 from .llm.types import ChatMessage, ChatResponse, CompletionResponse, EmbeddingResponse, Usage
 from .metrics import Metrics

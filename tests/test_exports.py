@@ -26,6 +26,22 @@ INTERNAL = {
     "agentflow.metrics": {"MAX_OBSERVED_S", "AgentMetrics", "GaugeSample", "Pow2Histogram"},  # Metrics' internals
     "agentflow.pool": {"Slot"},  # a worker's timing state, owned by the pool
     "agentflow.service": {"Service"},  # started by the Runner from [monitoring]
+    # the LLM client's parts, wired by the LLMHub from [llm.NAME]
+    "agentflow.llm.failures": {"MAX_ERROR_DETAIL_CHARS", "SCRUB_WINDOW_CHARS", "Failures", "outcome", "retry_after_s"},
+    "agentflow.llm.metrics": {"OUTCOMES", "LLMMetrics", "ModelMetrics"},
+    "agentflow.llm.protocols": {
+        "NO_BREAKER",
+        "BatcherFactory",
+        "BatcherLike",
+        "BreakerLike",
+        "BreakersLike",
+        "BudgetLike",
+        "LimiterLike",
+        "PermitLike",
+    },
+    "agentflow.llm.stream": {"read_stream"},
+    "agentflow.llm.tokens": {"estimate_tokens", "split_tokens"},
+    "agentflow.llm.transport": {"USER_AGENT", "Call", "ConnectionPool"},
 }
 
 

@@ -188,7 +188,7 @@ async def test_the_shared_request_timer_times_out_each_request_after_its_own_tim
         waits = await asyncio.gather(*tasks)
         assert all(w >= 0.3 for w in waits), waits  # never before its own deadline
         assert all(w < 1.5 for w in waits), waits  # and not unbounded (loose: a shared, noisy machine)
-        assert len(client._expiries) == 0
+        assert len(client._pool.expiries) == 0
 
 
 async def test_a_request_cancelled_from_outside_stays_cancelled(
@@ -201,13 +201,13 @@ async def test_a_request_cancelled_from_outside_stays_cancelled(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert len(client._expiries) == 0
+        assert len(client._pool.expiries) == 0
 
         # The timer and an outside cancellation at once: the outside one wins, as with asyncio.timeout.
         task = asyncio.create_task(client.chat(MSG))
         await eventually(lambda: server.stats().requests == 2, what="the second request at the server")
-        (call,) = client._expiries._waits
-        client._expiries._on_expire(call, None, 30.0)
+        (call,) = client._pool.expiries._waits
+        client._pool.expiries._on_expire(call, None, 30.0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -2,9 +2,10 @@
 
 Each call goes: token budget → cache → (batcher, for embeddings and list-prompt completions) → rate limiter
 → circuit breaker → HTTP, with retries of retriable failures (429, 5xx, timeouts, resets) inside one deadline
-shared by all attempts. aiohttp exceptions and HTTP statuses are translated here into the
-:class:`~agentflow.errors.LLMError` tree. The resilience parts are passed in (see :mod:`agentflow.llm.hub`,
-which builds them from ``[llm.NAME]``), so this module only needs them to look like the small protocols below.
+shared by all attempts. The connections are a :class:`~agentflow.llm.transport.ConnectionPool`; failures
+become :class:`~agentflow.errors.LLMError` instances in :mod:`agentflow.llm.failures`. The resilience parts are passed
+in (see :mod:`agentflow.llm.hub`, which builds them from ``[llm.NAME]``), so this module only needs them to look
+like the small protocols of :mod:`agentflow.llm.protocols`.
 
 Works against OpenAI, vLLM, Ollama and the mock server through ``base_url``; ``api_style = "azure"`` sends the
 key in an ``api-key`` header and adds ``?api-version=`` (``base_url`` is then the deployment's URL).
@@ -17,13 +18,11 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import aiohttp
 import msgspec
 
-from .._deadlines import Deadlines
-from ..cache import TTLCache
 from ..config import LLMConfig
 from ..errors import (
     CircuitOpenError,
@@ -33,20 +32,21 @@ from ..errors import (
     LLMError,
     LLMRateLimitedError,
     LLMTimeoutError,
-    LLMUnavailableError,
 )
 from ..resilience.retry import RetryPolicy
-from ..scrub import scrub_secrets
-from ._metrics import LLMMetrics, ModelMetrics
+from .cache import TTLCache
 from .cost import CostTracker
+from .failures import Failures, outcome
+from .metrics import LLMMetrics, ModelMetrics
+from .protocols import NO_BREAKER, BatcherFactory, BatcherLike, BreakerLike, BreakersLike, BudgetLike, LimiterLike
+from .stream import read_stream
+from .tokens import estimate_tokens, split_tokens
+from .transport import USER_AGENT, Call, ConnectionPool
 from .types import (
     CHAT_DECODER,
-    CHUNK_DECODER,
     COMPLETION_DECODER,
     EMBEDDING_DECODER,
     ENCODER,
-    ERROR_DECODER,
-    ChatChoice,
     ChatMessage,
     ChatResponse,
     CompletionChoice,
@@ -58,119 +58,10 @@ from .types import (
 
 __all__ = ["ProviderClient"]
 
-#: Sent with every request, so a provider's logs can tell agentflow's traffic apart.
-USER_AGENT = "agentflow/0.1 (+aiohttp)"
 #: Models whose metrics, breaker and limiter are remembered for the hot path.
 MAX_ROUTES = 256
-#: How much of a provider's error body goes into an exception message, and how much of it is scrubbed of
-#: secrets first (all of it up to this size, so a cut never leaves the head of a key behind).
-MAX_ERROR_DETAIL_CHARS = 300
-SCRUB_WINDOW_CHARS = 65_536
 
 logger = logging.getLogger(__name__)
-
-T_contra = TypeVar("T_contra", contravariant=True)
-R_co = TypeVar("R_co", covariant=True)
-
-
-class PermitLike(Protocol):
-    def success(self) -> None: ...
-
-    def failure(self, exc: BaseException) -> None: ...
-
-    def cancel(self) -> None: ...
-
-
-class BreakerLike(Protocol):
-    def acquire(self) -> PermitLike: ...
-
-    def open_for(self, seconds: float) -> None: ...
-
-
-class BreakersLike(Protocol):
-    def get(self, *key: str) -> BreakerLike: ...
-
-
-class LimiterLike(Protocol):
-    async def acquire(self, tokens: int = 1, *, priority: int = 0) -> Any: ...
-
-    def refund(self, grant: Any) -> None: ...
-
-    def adjust(self, tokens_delta: int) -> None: ...
-
-
-class BudgetLike(Protocol):
-    def record_call(self) -> None: ...
-
-    def try_spend(self) -> bool: ...
-
-
-class BatcherLike(Protocol[T_contra, R_co]):
-    async def submit(self, item: T_contra, *, tokens: int = 0, deadline: float | None = None) -> R_co: ...
-
-    async def aclose(self) -> None: ...
-
-
-BatcherFactory = Callable[[Callable[[list[Any]], Awaitable[Sequence[Any]]], str], BatcherLike[Any, Any]]
-
-
-class _NoBreaker:
-    """Breaker and permit in one, for providers without a breaker: every call goes through."""
-
-    def acquire(self) -> _NoBreaker:
-        return self
-
-    def success(self) -> None:
-        return None
-
-    def failure(self, exc: BaseException) -> None:
-        return None
-
-    def cancel(self) -> None:
-        return None
-
-    def open_for(self, seconds: float) -> None:
-        return None
-
-
-_NO_BREAKER = _NoBreaker()
-
-
-class _Call:
-    """One HTTP request bounded by the shared request timer: the task to cancel once request_timeout_s passed."""
-
-    __slots__ = ("cancelling", "expired", "task")
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        self.cancelling = task.cancelling()
-        self.expired = False
-
-
-def _expire_call(call: _Call, tag: object, timeout_s: float) -> None:
-    call.expired = True
-    call.task.cancel()
-
-
-def estimate_tokens(text: str) -> int:
-    """~4 characters per token: the estimate the rate limiter charges before the provider reports usage."""
-    return max(1, (len(text) + 3) // 4)
-
-
-def _retry_after_s(headers: Mapping[str, str]) -> float | None:
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    raw = headers.get("Retry-After")
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return None  # an HTTP date: rare from LLM providers, and the backoff still applies
 
 
 class ProviderClient:
@@ -199,7 +90,6 @@ class ProviderClient:
         self._env = os.environ if env is None else env
         # Variables whose values are scrubbed from error messages, besides this provider's own *_env keys.
         self._secret_envs = tuple(secret_envs)
-        self._secrets: tuple[str, ...] = ()
         self.metrics = llm_metrics or LLMMetrics(CostTracker())
         self.costs = self.metrics.costs
         self.costs.set_prices(name, config.prices)
@@ -229,16 +119,11 @@ class ProviderClient:
         self._urls = {e: f"{base}/{e}{query}" for e in ("chat/completions", "embeddings", "completions")}
         self._base = base
         # A User-Agent of our own also keeps aiohttp off its slower skip-auto-headers path.
-        self._headers: dict[str, str] = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        self._pool = ConnectionPool(name, config, {"Content-Type": "application/json", "User-Agent": USER_AGENT})
+        self._failures = Failures(name, config)
         # Requests with the full request_timeout_s are bounded by one shared timer (_deadlines.Deadlines), so
         # aiohttp gets no total timeout of its own for them: its per-request timer costs ~4 µs on uvloop.
-        self._untimed = aiohttp.ClientTimeout(total=None, sock_connect=config.connection_timeout_s)
-        self._expiries = Deadlines(config.request_timeout_s, _expire_call)
-        self._session: aiohttp.ClientSession | None = None
-        self._sessions_in_use: dict[int, int] = {}
         self._state = "created"
-        self._rotator: asyncio.Task[None] | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
         self.requests = 0
         self.in_flight = 0
 
@@ -265,7 +150,7 @@ class ProviderClient:
         self._state = "running"
         cfg = self.config
         names = {getattr(cfg, f) for f in cfg.__struct_fields__ if f.endswith("_env")}.union(self._secret_envs)
-        self._secrets = tuple(v for n in sorted(n for n in names if n) if (v := self._env.get(n)))
+        self._failures.secrets = tuple(v for n in sorted(n for n in names if n) if (v := self._env.get(n)))
         if cfg.api_key_env is not None:
             key = self._env.get(cfg.api_key_env)
             if not key:
@@ -276,15 +161,10 @@ class ProviderClient:
                     provider=self.name,
                 )
             if cfg.api_style == "azure":
-                self._headers["api-key"] = key
+                self._pool.headers["api-key"] = key
             else:
-                self._headers["Authorization"] = f"Bearer {key}"
-        self._session = self._new_session()
-        await self._prewarm(self._session)
-        if cfg.max_connection_lifetime_s is not None:
-            self._rotator = asyncio.create_task(
-                self._rotate(cfg.max_connection_lifetime_s), name=f"llm-{self.name}-rotate"
-            )
+                self._pool.headers["Authorization"] = f"Bearer {key}"
+        await self._pool.open()
 
     async def aclose(self) -> None:
         """Close batchers (flushing what they hold), then the pool; idempotent."""
@@ -294,75 +174,7 @@ class ProviderClient:
         for batcher in list(self._batchers.values()):
             await batcher.aclose()
         self._batchers.clear()
-        tasks = [t for t in (self._rotator, *self._retiring) if t is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()  # fails the requests still in flight
-        self._expiries.close()
-
-    def _new_session(self) -> aiohttp.ClientSession:
-        cfg = self.config
-        connector = aiohttp.TCPConnector(
-            limit=cfg.max_connections,
-            limit_per_host=cfg.max_connections_per_host,
-            keepalive_timeout=cfg.idle_timeout_s,
-            ttl_dns_cache=300,
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=cfg.request_timeout_s, sock_connect=cfg.connection_timeout_s),
-            raise_for_status=False,
-            # The session's own headers: a request then only copies them (per-request headers are merged in Python).
-            headers=self._headers,
-        )
-
-    async def _prewarm(self, session: aiohttp.ClientSession) -> None:
-        n = min(self.config.min_connections, self.config.max_connections)
-        if n == 0:
-            return
-
-        async def touch() -> None:
-            async with session.get(f"{self._base}/models") as resp:
-                await resp.read()
-
-        # Concurrent requests so each needs its own connection; they stay in the pool (keep-alive) afterwards.
-        results = await asyncio.gather(*(touch() for _ in range(n)), return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            logger.warning(
-                "Could not pre-warm %d of %d connections to LLM provider %r (%s); calls will connect on demand.",
-                len(failed),
-                n,
-                self.name,
-                type(failed[0]).__name__,
-            )
-
-    async def _rotate(self, lifetime_s: float) -> None:
-        """Replace the pool every ``lifetime_s``, so no connection outlives it by more than one request.
-
-        aiohttp has no per-connection lifetime; a fresh session (pre-warmed) takes new requests, and the old one
-        closes once its requests finish (or after ``request_timeout_s``).
-        """
-        while True:  # noqa: ASYNC110 - a timer, not a poll
-            await asyncio.sleep(lifetime_s)
-            old, self._session = self._session, self._new_session()
-            await self._prewarm(self._session)
-            if old is not None:
-                task = asyncio.create_task(self._retire(old))
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
-
-    async def _retire(self, session: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + self.config.request_timeout_s
-        try:
-            # Polled: requests finish far more often than pools rotate, so an Event per request is not worth it.
-            while self._sessions_in_use.get(id(session), 0) > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-        finally:
-            self._sessions_in_use.pop(id(session), None)
-            await session.close()
+        await self._pool.aclose()
 
     # ---- public calls ----------------------------------------------------------------------------------
 
@@ -536,7 +348,7 @@ class ProviderClient:
                     model=model,
                 )
             vecs = [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
-            return [(v, s) for v, s in zip(vecs, _split(resp.usage.prompt_tokens, texts), strict=True)]
+            return [(v, s) for v, s in zip(vecs, split_tokens(resp.usage.prompt_tokens, texts), strict=True)]
 
         return dispatch
 
@@ -559,8 +371,8 @@ class ProviderClient:
                     provider=self.name,
                     model=model,
                 )
-            p = _split(resp.usage.prompt_tokens, prompts)
-            c = _split(resp.usage.completion_tokens, prompts)
+            p = split_tokens(resp.usage.prompt_tokens, prompts)
+            c = split_tokens(resp.usage.completion_tokens, prompts)
             return list(zip(texts, p, c, strict=True))
 
         return dispatch
@@ -599,7 +411,7 @@ class ProviderClient:
         """The metrics, breaker and limiter of ``model``, looked up once per model."""
         route = self._routes.get(model)
         if route is None:
-            breaker = self._breakers.get(self.name, model) if self._breakers is not None else _NO_BREAKER
+            breaker = self._breakers.get(self.name, model) if self._breakers is not None else NO_BREAKER
             route = (self.metrics.model(self.name, model), breaker, self._limiter(model))
             if len(self._routes) < MAX_ROUTES:  # models come from code, but a typo loop must not grow this
                 self._routes[model] = route
@@ -627,6 +439,7 @@ class ProviderClient:
         deadline = loop.time() + (timeout_s if timeout_s is not None else self.config.retry.deadline_s)
         data = ENCODER.encode(body)
         url = self._urls[endpoint]
+        pool, failures = self._pool, self._failures
         route = self._routes.get(model)
         m, breaker, limiter = route if route is not None else self._route(model)
         if self._budget is not None:
@@ -644,15 +457,15 @@ class ProviderClient:
                     limiter.refund(grant)  # nothing was sent: the request and its tokens go back
                 raise
             remaining_s = deadline - loop.time()
-            session = self._session
+            session = pool.session
             assert session is not None
-            inuse = self._sessions_in_use
+            inuse = pool.in_use
             sid = id(session)
             inuse[sid] = inuse.get(sid, 0) + 1
             self.requests += 1
             self.in_flight += 1
             t0 = time.perf_counter()
-            call: _Call | None = None
+            call: Call | None = None
             try:
                 if remaining_s <= 0:
                     raise LLMTimeoutError(
@@ -662,20 +475,24 @@ class ProviderClient:
                         model=model,
                     )
                 if remaining_s >= cfg.request_timeout_s and (task := asyncio.current_task(loop)) is not None:
-                    call = _Call(task)  # the common case: request_timeout_s on the shared timer
-                    self._expiries.add(loop, call, None, cfg.request_timeout_s)
-                    timeout = self._untimed
+                    call = Call(task)  # the common case: request_timeout_s on the shared timer
+                    pool.expiries.add(loop, call, None, cfg.request_timeout_s)
+                    timeout = pool.untimed
                 else:  # less than request_timeout_s left of the deadline: aiohttp's own timer, cut to fit
                     timeout = aiohttp.ClientTimeout(
                         total=min(cfg.request_timeout_s, remaining_s), sock_connect=cfg.connection_timeout_s
                     )
                 async with session.post(url, data=data, timeout=timeout) as resp:
                     if resp.status >= 400:
-                        raise self._http_error(resp.status, await self._read(resp, model), resp.headers, model)
+                        raise failures.http_error(resp.status, await self._read(resp, model), resp.headers, model)
                     if stream:
-                        result = await self._read_stream(resp, model, t0, m)
+                        result = await read_stream(resp, failures, model, t0, m)
                     else:
-                        result = self._decode(_DECODERS[endpoint], await self._read(resp, model), model)
+                        raw = await self._read(resp, model)
+                        try:
+                            result = _DECODERS[endpoint].decode(raw)
+                        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                            raise failures.not_openai(exc, model) from None
             except LLMError as exc:
                 permit.failure(exc)
                 failure: LLMError = exc
@@ -684,7 +501,7 @@ class ProviderClient:
                     # The shared timer cancelled this request (as asyncio.timeout does): a timeout, unless the task
                     # was also cancelled from outside, which then propagates.
                     exc = TimeoutError() if isinstance(exc, asyncio.CancelledError) else exc
-                translated = self._translate(exc, model, remaining_s)
+                translated = failures.translate(exc, model, remaining_s)
                 if translated is None:
                     if isinstance(exc, Exception):
                         permit.failure(exc)  # a bug, not the provider's answer: counted, and raised untouched
@@ -706,14 +523,14 @@ class ProviderClient:
                 return result
             finally:
                 if call is not None:
-                    self._expiries.discard(call)
+                    pool.expiries.discard(call)
                 took = time.perf_counter() - t0  # m.duration.observe(took), inlined: never negative, never huge
                 duration = m.duration
                 duration.counts[int(took * 1_000_000).bit_length()] += 1
                 duration.sum += took
                 self.in_flight -= 1
                 inuse[sid] -= 1
-            m.outcomes[_outcome(failure)] += 1
+            m.outcomes[outcome(failure)] += 1
             if isinstance(failure, LLMRateLimitedError) and failure.retry_after_s:
                 breaker.open_for(failure.retry_after_s)
             wait = self._retry_wait(failure, attempt, deadline - loop.time())
@@ -724,47 +541,6 @@ class ProviderClient:
                 "Retrying %s call to %r after %s (attempt %d).", endpoint, self.name, type(failure).__name__, attempt
             )
             await asyncio.sleep(wait)
-
-    def _decode(self, decoder: msgspec.json.Decoder[Any], raw: bytes, model: str) -> Any:
-        try:
-            return decoder.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise LLMBadRequestError(
-                f"LLM provider {self.name!r} answered with a body that is not a valid OpenAI-compatible "
-                f"response ({exc}); check base_url.",
-                provider=self.name,
-                model=model,
-            ) from None
-
-    def _translate(self, exc: BaseException, model: str, remaining_s: float) -> LLMError | None:
-        """aiohttp's and the OS's exceptions as LLMErrors; None for what must propagate (cancellation)."""
-        if isinstance(exc, TimeoutError):
-            return LLMTimeoutError(
-                f"LLM provider {self.name!r} did not answer within "
-                f"{min(self.config.request_timeout_s, remaining_s):.3g} s; raise request_timeout_s, or check the "
-                "provider's status.",
-                provider=self.name,
-                model=model,
-            )
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return LLMUnavailableError(
-                self._scrub(
-                    f"Cannot connect to LLM provider {self.name!r} at {self._base} ({exc.os_error}); check "
-                    "base_url and that the server is running."
-                ),
-                provider=self.name,
-                model=model,
-            )
-        if isinstance(exc, aiohttp.ClientError | ConnectionError):
-            return LLMUnavailableError(
-                self._scrub(
-                    f"The connection to LLM provider {self.name!r} failed mid-request ({type(exc).__name__}: "
-                    f"{exc}); it was retried if attempts and the deadline allowed."
-                ),
-                provider=self.name,
-                model=model,
-            )
-        return None
 
     def _retry_wait(self, exc: LLMError, attempt: int, remaining_s: float) -> float | None:
         """Seconds to wait before retrying, or None when this failure must not be retried."""
@@ -786,125 +562,15 @@ class ProviderClient:
         if length is not None and length <= limit:
             return await resp.read()
         if length is not None:
-            raise self._too_large(model, limit)
+            raise self._failures.too_large(model, limit)
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(65536):
             size += len(chunk)
             if size > limit:
-                raise self._too_large(model, limit)
+                raise self._failures.too_large(model, limit)
             chunks.append(chunk)
         return b"".join(chunks)
-
-    def _too_large(self, model: str, limit: int) -> LLMBadRequestError:
-        return LLMBadRequestError(
-            f"The answer from LLM provider {self.name!r} is larger than max_response_bytes ({limit}); raise it or "
-            "ask for less (max_tokens, fewer inputs).",
-            provider=self.name,
-            model=model,
-        )
-
-    async def _read_stream(self, resp: aiohttp.ClientResponse, model: str, t0: float, m: ModelMetrics) -> ChatResponse:
-        parts: list[str] = []
-        usage: Usage | None = None
-        rid = ""
-        first: float | None = None
-        last = 0.0
-        size = 0
-        limit = self.config.max_response_bytes
-        async for line in resp.content:
-            size += len(line)
-            if size > limit:
-                raise self._too_large(model, limit)
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                break
-            try:
-                chunk = CHUNK_DECODER.decode(payload)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise LLMBadRequestError(
-                    f"LLM provider {self.name!r} sent a stream event that is not valid JSON ({exc}); check base_url.",
-                    provider=self.name,
-                    model=model,
-                ) from None
-            rid = rid or chunk.id
-            if chunk.usage is not None:
-                usage = chunk.usage
-            for choice in chunk.choices:
-                if choice.delta.content:
-                    now = time.perf_counter()
-                    if first is None:
-                        first = now
-                        m.ttft.observe(now - t0)
-                    else:
-                        m.inter_token.observe(now - last)
-                    last = now
-                    parts.append(choice.delta.content)
-        text = "".join(parts)
-        if usage is None:  # a provider that ignores stream_options: estimate, so budgets and costs still move
-            usage = Usage(completion_tokens=estimate_tokens(text))
-            usage.total_tokens = usage.completion_tokens
-        return ChatResponse(
-            id=rid,
-            model=model,
-            choices=[ChatChoice(index=0, message=ChatMessage(role="assistant", content=text), finish_reason="stop")],
-            usage=usage,
-            ttft_s=None if first is None else first - t0,
-        )
-
-    def _scrub(self, text: str) -> str:
-        return scrub_secrets(text, self._secrets)
-
-    def _http_error(self, status: int, raw: bytes, headers: Mapping[str, str], model: str) -> LLMError:
-        try:
-            detail = ERROR_DECODER.decode(raw).message
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            detail = raw[:SCRUB_WINDOW_CHARS].decode("utf-8", "replace")
-        # Providers may echo the request's credentials; the message goes on to logs, dead letters and headers.
-        detail = self._scrub(detail[:SCRUB_WINDOW_CHARS])[:MAX_ERROR_DETAIL_CHARS]
-        who = f"LLM provider {self.name!r} (model {model!r})"
-        if status == 429:
-            after = _retry_after_s(headers)
-            wait = f"; it asked to wait {after:g} s" if after is not None else ""
-            return LLMRateLimitedError(
-                f"{who} is rate-limiting this client (429: {detail}){wait}. Lower [llm.{self.name}.limits] rpm/tpm "
-                "or ask the provider for a higher quota.",
-                provider=self.name,
-                model=model,
-                retry_after_s=after,
-            )
-        if status in (401, 403):
-            env = self.config.api_key_env
-            fix = (
-                f"check the key in the environment variable {env}"
-                if env
-                else "set api_key_env to the variable holding the key"
-            )
-            return LLMAuthError(
-                f"{who} refused the credentials ({status}: {detail}); {fix}.",
-                provider=self.name,
-                model=model,
-                status=status,
-            )
-        if status == 408:
-            return LLMTimeoutError(
-                f"{who} timed out the request (408: {detail}).", provider=self.name, model=model, status=status
-            )
-        if status >= 500:
-            return LLMUnavailableError(
-                f"{who} failed ({status}: {detail}); it was retried if attempts and the deadline allowed.",
-                provider=self.name,
-                model=model,
-                status=status,
-            )
-        return LLMBadRequestError(
-            f"{who} rejected the request ({status}: {detail}); fix the request — retrying would not help.",
-            provider=self.name,
-            model=model,
-            status=status,
-        )
 
 
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
@@ -912,26 +578,3 @@ _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     "embeddings": EMBEDDING_DECODER,
     "completions": COMPLETION_DECODER,
 }
-
-
-def _outcome(exc: LLMError) -> str:
-    if isinstance(exc, LLMTimeoutError):
-        return "timeout"
-    if isinstance(exc, LLMRateLimitedError):
-        return "rate_limited"
-    if isinstance(exc, LLMUnavailableError):
-        return "unavailable"
-    if isinstance(exc, LLMAuthError):
-        return "auth"
-    if isinstance(exc, LLMBadRequestError):
-        return "bad_request"
-    return "error"
-
-
-def _split(total: int, items: Sequence[str]) -> list[int]:
-    """Share ``total`` tokens between ``items`` in proportion to their estimated size (sums to ``total``)."""
-    weights = [estimate_tokens(t) for t in items]
-    w = sum(weights)
-    shares = [total * x // w for x in weights]
-    shares[-1] += total - sum(shares)
-    return shares

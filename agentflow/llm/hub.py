@@ -19,16 +19,17 @@ from typing import Any
 
 import msgspec
 
-from ..batching import MicroBatcher
 from ..config import LLMConfig
 from ..errors import ConfigError, LifecycleError, LLMError
 from ..metrics import Metrics
 from ..resilience.breaker import BreakerConfig, BreakerRegistry
 from ..resilience.budget import RetryBudget
 from ..resilience.limits import RateLimiter
-from ._metrics import LLMMetrics
-from .client import BatcherLike, LimiterLike, ProviderClient
+from .batching import MicroBatcher
+from .client import ProviderClient
 from .cost import CostTracker
+from .metrics import LLMMetrics
+from .protocols import BatcherLike, LimiterLike
 from .types import ChatMessage, ChatResponse, CompletionResponse, EmbeddingResponse
 
 __all__ = ["AgentLLM", "LLMHub"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentflow.cache import TTLCache
+from agentflow.llm.cache import TTLCache
 
 
 class Clock:

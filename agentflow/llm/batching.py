@@ -21,8 +21,8 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from .errors import BatchError, BatchItemTooLargeError, LifecycleError
-from .metrics import BatcherMetrics, Metrics
+from ..errors import BatchError, BatchItemTooLargeError, LifecycleError
+from ..metrics import BatcherMetrics, Metrics
 
 __all__ = ["BatcherStatistics", "MicroBatcher"]
 

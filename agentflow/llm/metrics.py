@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from ..cache import TTLCache
 from ..metrics import Pow2Histogram
+from .cache import TTLCache
 from .cost import CostTracker
 
 __all__ = ["OUTCOMES", "LLMMetrics", "ModelMetrics"]
