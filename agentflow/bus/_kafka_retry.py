@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..errors import BusUnavailableError, EventError
+from ..errors import BusUnavailableError
 from ..events import Event
 
 if TYPE_CHECKING:
@@ -52,8 +52,8 @@ def _not_before(headers: Sequence[tuple[str, bytes]] | None) -> float:
         if name == NOT_BEFORE_HEADER:
             try:
                 return float(value)
-            except ValueError:
-                return 0.0  # a damaged header must not park a record forever: handle it now
+            except (TypeError, ValueError):
+                return 0.0  # a damaged header (no value, not a number) must not park a record forever
     return 0.0
 
 
@@ -92,7 +92,7 @@ class RetryTiers:
         name, delay = self.tier_for(attempt, exc)
         try:
             value = bus.codec.encode(msgspec.structs.replace(event, attempt=attempt + 1))
-        except EventError:
+        except Exception:  # noqa: BLE001 - over the size limit, or a payload msgpack cannot encode: retry in-process
             return False
         headers = [
             (GROUP_HEADER, group.encode()),

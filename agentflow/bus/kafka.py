@@ -141,12 +141,13 @@ class KafkaBus(Bus):
 
     @property
     def ready(self) -> bool:
-        """Connected, and every subscription holds its partition assignment (not joining or rebalancing).
+        """Connected, and every subscription holds its partition assignment (not joining or rebalancing) and is
+        fetching (its fetch loop is not down after a failure).
 
         ``/readyz`` answers 503 while this is False (agentflow/service.py)."""
         if not self._started or self._closed:
             return False
-        return not self._joining and all(s.joined for subs in self._subs.values() for s in subs)
+        return not self._joining and all(s.joined and s.fetching for subs in self._subs.values() for s in subs)
 
     def topic_name(self, topic: str) -> str:
         return self.kafka.topic_prefix + topic
@@ -196,7 +197,7 @@ class KafkaBus(Bus):
             acks=_ACKS[k.acks],
             linger_ms=k.linger_ms,
             max_batch_size=k.max_batch_size,
-            max_request_size=max(self.codec.max_event_bytes + 4096, 1_048_576),
+            max_request_size=self._max_request_size(),
             compression_type=None if k.compression == "none" else k.compression,
             enable_idempotence=k.enable_idempotence,
         )
@@ -209,6 +210,10 @@ class KafkaBus(Bus):
             await self._admin.close()
             raise
         self._started = True
+
+    def _max_request_size(self) -> int:
+        """The producer's bound on one record (key, value and headers): an event of max_event_bytes fits."""
+        return max(self.codec.max_event_bytes + 4096, 1_048_576)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -396,8 +401,13 @@ class KafkaBus(Bus):
             ("agentflow-origin", letter.topic.encode()),
             ("agentflow-agent", (letter.agent or "").encode()),
         ]
-        key = letter.event.key if letter.event is not None else None
-        await self._send(name, [(self.codec.encode_dead_letter(letter), key.encode() if key else None)], headers)
+        key = letter.event.key.encode() if letter.event is not None and letter.event.key is not None else None
+        if key is not None and len(key) > 1024:
+            key = None  # keying by a huge key buys nothing in a dead-letter topic, and it would take the room
+        # Whatever it carries, a dead letter fits the producer's request size (the letter is cut down to fit),
+        # so a failed write is an outage, never the letter itself.
+        room = self._max_request_size() - 512 - len(key or b"") - sum(len(k) + len(v) + 16 for k, v in headers)
+        await self._send(name, [(self.codec.encode_dead_letter(letter, room), key)], headers)
         self._dead_count += 1
 
     async def _read_all(self, names: list[str]) -> list[bytes]:
