@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,7 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import RecordTooLargeError
+from aiokafka.record.util import calc_crc32c
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kafka_broker import TansuBroker, kafka_settings
@@ -290,6 +292,43 @@ async def test_a_record_the_brokers_cannot_return_is_dead_lettered_not_skipped_s
     assert letter.reason == "too_large" and "offset 2" in letter.error and "max_partition_fetch_bytes" in letter.error
     await w.committed_past(tp, 3)
     assert "skipped" not in {e.id for e in w.handled}
+
+
+async def forge_unparsable(producer: AIOKafkaProducer, topic: str, values: list[bytes], bad: int) -> None:
+    """Write ``values`` as one record batch in which record ``bad`` has a header key that is not UTF-8.
+
+    aiokafka's producer only writes str header keys, so the batch is built as usual and the key's bytes replaced
+    (and the batch CRC recomputed): what a producer in another language can write, and the broker accepts.
+    """
+    batch = producer.create_batch()
+    for i, value in enumerate(values):
+        batch.append(key=None, value=value, timestamp=None, headers=[("\u00ff\u00ff" if i == bad else "ok", b"x")])
+    buf = bytearray(batch._build())
+    at = buf.find("\u00ff\u00ff".encode())
+    buf[at : at + 4] = b"\xff\xfe\xff\xfe"
+    struct.pack_into(">I", buf, 17, calc_crc32c(bytes(buf[21:])))  # the v2 batch CRC covers attributes onwards
+    batch._buffer = buf
+    await (await producer.send_batch(batch, topic, partition=0))
+
+
+async def test_records_the_kafka_client_cannot_parse_are_dead_lettered_and_the_partitions_move_on(
+    worker: Worker,
+) -> None:
+    w = worker
+    # Good events on the other partition too: the client fails the whole fetch, not just the bad partition's.
+    ids = [await w.send_event(f"before {p}", partition=p) for p in (0, 1)]
+    batch_ids = [uuid.uuid4().hex for _ in range(4)]
+    # Records 0 and 1 of the batch read fine; 2 has the bad header key; the client parses a batch as a whole,
+    # so 3 (after the bad one, same batch) cannot be read either.
+    await forge_unparsable(w.producer, w.kname, [good(i, "in the batch") for i in batch_ids], bad=2)
+    ids += [await w.send_event(f"after {p}", partition=p) for p in (0, 1)]
+    await w.handled_all({*ids, *batch_ids[:2]})
+    [letter] = await w.lettered(1)
+    assert letter.reason == "undecodable" and letter.raw == b""
+    assert "could not read the record(s) at offsets 3 to 4" in letter.error and "UnicodeDecodeError" in letter.error
+    assert not {e.id for e in w.handled} & set(batch_ids[2:])
+    assert w.sub.fetch_failures == 0 and w.bus.ready
+    await w.committed_past(TopicPartition(w.kname, 0), 5)
 
 
 # ---- generated poison ------------------------------------------------------------------------------------------

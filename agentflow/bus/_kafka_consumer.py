@@ -20,7 +20,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from math import isfinite
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -28,9 +27,10 @@ from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError, RecordTooLargeError  # type: ignore[import-untyped]
 
-from ..errors import BusUnavailableError, EventDecodeError, EventError, EventTooLargeError
-from ..events import Event, RawEvent
-from ._kafka_retry import GROUP_HEADER, RetryTiers
+from ..errors import BusUnavailableError
+from ..events import Event
+from ._kafka_records import RecordReader
+from ._kafka_retry import RetryTiers
 from .base import Item, Subscription, SubscriptionStatistics, WakeUps
 from .offsets import OffsetTracker, PartitionOffsets
 
@@ -44,11 +44,6 @@ logger = logging.getLogger("agentflow.bus.kafka")  # one logger name for the who
 # A fetch loop that failed starts again after 0.1 s, doubling up to 30 s while it keeps failing.
 _RESTART_FIRST_S = 0.1
 _RESTART_MAX_S = 30.0
-
-
-def _key(rec: Any) -> str | None:
-    key = rec.key
-    return key.decode("utf-8", "replace") if isinstance(key, bytes) else None
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -77,7 +72,7 @@ async def _stop_consumer(consumer: Any) -> None:
             await client.close()
 
 
-class KafkaSubscription(WakeUps, Subscription):
+class KafkaSubscription(RecordReader, WakeUps, Subscription):
     """A member of a consumer group on a Kafka topic (one aiokafka consumer)."""
 
     def __init__(self, bus: KafkaBus, topic: str, group: str, *, offset_reset: str | None = None) -> None:
@@ -85,6 +80,8 @@ class KafkaSubscription(WakeUps, Subscription):
         self.group = group
         self._group_bytes = group.encode()
         self._bus = bus
+        self._decode = msgspec.msgpack.Decoder(Event).decode
+        self._max_bytes = bus.codec.max_event_bytes
         self._kname = bus.topic_name(topic)
         self._offset_reset = offset_reset or bus.kafka.auto_offset_reset
         self._buf: dict[Any, deque[tuple[Item, int]]] = {}
@@ -357,14 +354,9 @@ class KafkaSubscription(WakeUps, Subscription):
     async def _fetch(self) -> None:
         consumer, bus = self._consumer, self._bus
         cap = bus.buffer_size
-        # The bus codec's checks, inlined (this loop runs per record): over the size limit, not an event, or a
-        # non-finite created_at stays RawEvent, and the agent dead-letters it with the codec's reason.
-        decode = msgspec.msgpack.Decoder(Event).decode
-        max_bytes = bus.codec.max_event_bytes
         group = self.group
         tiers = self._tiers
-        route = self._route
-        topic = self.topic
+        hand_on = self._hand_on
         backoff = 0.1
         while True:
             room = cap - self._buffered - len(self._unacked)
@@ -390,110 +382,11 @@ class KafkaSubscription(WakeUps, Subscription):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            # Every partition's offsets are taken before any record is looked at: if this loop fails halfway,
-            # _rewind finds what was fetched and not handed on, and fetches it again.
-            taken = []
-            for tp, records in batches.items():
-                dq = self._buf.get(tp)
-                if dq is None:
-                    continue  # revoked meanwhile
-                if tiers is not None and tiers.is_tier(tp.topic):
-                    records = tiers.admit(tp, records, consumer, self._for_me)
-                po = self._tracker.partition(tp)
-                po.taken_many([rec.offset for rec in records])
-                taken.append((dq, po, records))
-            got = 0
-            for dq, po, records in taken:
-                append = dq.append
-                for rec in records:
-                    value = rec.value or b""
-                    item: Item
-                    # Whatever a record holds, it becomes an item: an event, or raw bytes the agent dead-letters.
-                    try:
-                        if rec.headers:
-                            verdict = route(rec.headers)
-                            if verdict is False:  # another agent's retry or replay
-                                po.finished(rec.offset)
-                                self._skipped += 1
-                                continue
-                            if verdict is not True:
-                                append((RawEvent(topic, bytes(value), _key(rec), verdict), rec.offset))
-                                got += 1
-                                continue
-                        if len(value) > max_bytes:
-                            raise EventTooLargeError("too large")
-                        item = decode(value)
-                        if not isfinite(item.created_at):
-                            raise EventDecodeError("created_at")
-                    except (msgspec.DecodeError, EventError, RecursionError):
-                        item = RawEvent(topic, bytes(value), _key(rec))  # the agent's codec names the reason
-                    except Exception as exc:  # noqa: BLE001 - anything else about this record: dead-letter it
-                        item = self._unreadable(rec, exc)
-                    append((item, rec.offset))
-                    got += 1
-            if got:
-                self._buffered += got
-                self._wake()
-
-    def _route(self, headers: Sequence[tuple[str, bytes | None]]) -> bool | EventError:
-        """Whether a record with these headers is for this group: its ``agentflow-group`` header names the only
-        group it is for (a retry, a replay). A header that names no group at all (no value, not UTF-8) is an
-        error: every agent on the topic dead-letters the record, rather than all of them skipping it."""
-        for name, value in headers:
-            if name != GROUP_HEADER:
+            except Exception as exc:  # noqa: BLE001 - the client could not parse what it fetched
+                await self._unparsable(exc)
                 continue
-            if value == self._group_bytes:
-                return True
-            if value is None:
-                return EventDecodeError(
-                    f"The record's {GROUP_HEADER} header has no value, so it names no consumer group; the producer "
-                    f"must name the agent the record is for, or leave the header out."
-                )
-            try:
-                value.decode()
-            except UnicodeDecodeError:
-                return EventDecodeError(
-                    f"The record's {GROUP_HEADER} header ({bytes(value[:40])!r}) is not UTF-8, so it names no "
-                    f"consumer group; the producer must name the agent the record is for, or leave the header out."
-                )
-            return False
-        return True
-
-    def _for_me(self, headers: Sequence[tuple[str, bytes | None]]) -> bool:
-        return self._route(headers) is not False  # a damaged header is taken, then dead-lettered
-
-    def _unreadable(self, rec: Any, exc: Exception) -> RawEvent:
-        value = rec.value if isinstance(rec.value, bytes) else b""
-        error = EventDecodeError(
-            f"Reading the record at offset {rec.offset} of {rec.topic}[{rec.partition}] failed ({type(exc).__name__}: "
-            f"{exc}); it is dead-lettered and the partition moves on."
-        )
-        return RawEvent(self.topic, value, _key(rec), error)
-
-    def _too_large(self, exc: RecordTooLargeError) -> None:
-        """The brokers could not return a record over ``max_partition_fetch_bytes`` (brokers without KIP-74),
-        and the Kafka client skips it: dead-letter it (without its bytes) so the skip is not silent."""
-        args = exc.args
-        tp: Any = args[1] if len(args) >= 3 else None
-        offset = args[2] if len(args) >= 3 else None
-        dq = self._buf.get(tp) if tp is not None else None
-        if dq is None or not isinstance(offset, int):
-            logger.error("Kafka fetch for group %r skipped a record too large to fetch: %s", self.group, exc)
-            return
-        po = self._tracker.partition(tp)
-        resume_at = po.next_offset()
-        if resume_at is not None and offset < resume_at:
-            return  # taken already
-        po.taken_many([offset])
-        error = EventTooLargeError(
-            f"The record at offset {offset} of {tp.topic}[{tp.partition}] is larger than "
-            f"kafka.max_partition_fetch_bytes ({self._bus.kafka.max_partition_fetch_bytes}) and the brokers could "
-            f"not return it, so it is dead-lettered without its bytes; raise max_partition_fetch_bytes to fetch "
-            f"records this large."
-        )
-        dq.append((RawEvent(self.topic, b"", None, error), offset))
-        self._buffered += 1
-        self._wake()
+            if batches:
+                hand_on(batches)
 
     async def _commit_loop(self) -> None:
         interval = self._bus.kafka.commit_interval_ms / 1000
