@@ -7,7 +7,8 @@ reach the bus's ``buffer_size``; the committer commits the contiguous prefix of 
 agent's retry tiers (:mod:`agentflow.bus._kafka_retry`). See docs/kafka.md.
 
 No record stops the fetcher: one it cannot read (not an event, over the size limit, a damaged header, anything)
-is handed on as a :class:`~agentflow.events.RawEvent` the agent dead-letters with the reason. The fetcher is
+is handed on as a :class:`~agentflow.events.RawEvent` the agent dead-letters with the reason
+(:mod:`agentflow.bus._kafka_records`). The fetcher is
 supervised all the same: if it fails, the subscription reports not ready, and it starts again with back-off from
 the offsets it handed on. A rebalance that gives this member back partitions it held keeps their events in flight
 (and their buffered ones) instead of fetching and running them a second time.

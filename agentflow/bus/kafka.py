@@ -1,20 +1,23 @@
 """The Kafka bus (``[bus] backend = "kafka"``): the bus contract on Apache Kafka and compatible brokers.
 
-With :mod:`agentflow.bus._kafka_consumer` (the subscription, split out for size) the only modules that import
-aiokafka; retry tiers live in :mod:`agentflow.bus._kafka_retry`. Topics are ``[kafka] topic_prefix`` + the
-agentflow topic; every agent is its own consumer group. Each subscription owns one consumer and two tasks:
+With :mod:`agentflow.bus._kafka_consumer` (the subscription) and :mod:`agentflow.bus._kafka_records` (reading
+records, poison ones included), split out for size, the only modules that import aiokafka; retry tiers live in
+:mod:`agentflow.bus._kafka_retry`. Topics are ``[kafka] topic_prefix`` + the agentflow topic; every agent is its
+own consumer group. Each subscription owns one consumer and two tasks:
 
-* the *fetcher* polls (``getmany``) without pause, decodes records into events (undecodable bytes stay
-  :class:`~agentflow.events.RawEvent` so the agent dead-letters them with the reason) and keeps them in a local
+* the *fetcher* polls (``getmany``) without pause, decodes records into events (anything that is not one stays
+  :class:`~agentflow.events.RawEvent` so the agent dead-letters it with the reason) and keeps them in a local
   per-partition buffer. When buffered + unacknowledged reach ``buffer_size`` it *pauses* the partitions but
-  keeps polling, so heartbeats and ``max_poll_interval_ms`` are satisfied however long handlers run;
+  keeps polling, so heartbeats and ``max_poll_interval_ms`` are satisfied however long handlers run. It is
+  supervised: if it fails, the bus is not ready until it runs again;
 * the *committer* commits, every ``commit_interval_ms``, the contiguous prefix of finished offsets per
   partition (:class:`~agentflow.bus.offsets.OffsetTracker`) — never past an unfinished event.
 
 On revoke the subscription stops handing out events of the revoked partitions, waits up to
-``rebalance_grace_s`` for the ones in flight, commits, and forgets them; anything unfinished is redelivered to
-the new owner. Dead letters go to ``<topic><dlq suffix>`` with headers naming reason, error, attempts and origin.
-See docs/kafka.md.
+``rebalance_grace_s`` for the ones in flight, commits, and puts them aside: partitions assigned to it again
+resume with their events still in flight (not fetched twice), the others' unfinished events are redelivered to
+the new owner. Dead letters go to ``<topic><dlq suffix>`` with headers naming reason, error, attempts and origin,
+never larger than the producer can send. See docs/kafka.md.
 """
 
 from __future__ import annotations
