@@ -47,12 +47,12 @@ def tier_names(kafka_topic: str, tiers: int) -> list[str]:
     return [f"{kafka_topic}.retry.{n}" for n in range(1, tiers + 1)]
 
 
-def _not_before(headers: Sequence[tuple[str, bytes]] | None) -> float:
+def _not_before(headers: Sequence[tuple[str, bytes | None]] | None) -> float:
     for name, value in headers or ():
         if name == NOT_BEFORE_HEADER:
             try:
-                return float(value)
-            except (TypeError, ValueError):
+                return float(value or b"")
+            except ValueError:
                 return 0.0  # a damaged header (no value, not a number) must not park a record forever
     return 0.0
 
