@@ -20,7 +20,7 @@ import msgspec
 from .bus.base import Item, Subscription
 from .context import Context, Handler, _Host
 from .errors import EventDecodeError, EventError, EventTooLargeError, HandlerTimeoutError, Reject, Retry, Skip
-from .events import DeadLetter, Event, EventCodec, RawEvent, convert_payload
+from .events import DeadLetter, Event, EventCodec, RawEvent, bounded_dead_letter, convert_payload
 from .metrics import MAX_OBSERVED_S, AgentMetrics
 from .pool import Slot, WorkerPool
 from .resilience.retry import RetryPolicy
@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 _MISSING: Any = object()
 _LOG_BURST = 10
+# A failed dead-letter write is retried after 0.1 s, doubling up to 5 s: a broker that comes back is noticed
+# within seconds, and a long outage costs one attempt per 5 s per waiting event.
+_DLQ_RETRY_FIRST_S = 0.1
+_DLQ_RETRY_MAX_S = 5.0
 
 
 class AgentWorker:
@@ -74,6 +78,8 @@ class AgentWorker:
         self._room: asyncio.Future[None] | None = None
         self.inflight = 0
         self.returned = 0
+        #: Dead letters whose write to the dead-letter queue failed and is being retried (readiness is false).
+        self.dead_letters_failing = 0
         self._log_window = 0.0
         self._log_count = 0
         self._log_suppressed = 0
@@ -355,7 +361,13 @@ class AgentWorker:
         """The general path: decode raw bytes, park behind a busy key, handle, then drain the key."""
         ev: Event
         if type(item) is RawEvent:
-            decoded = await self._decode(item)
+            slot.current = item  # given back to the bus if shutdown cancels its dead-letter write
+            try:
+                decoded = await self._decode(item)
+            except asyncio.CancelledError:
+                self._abandon(slot, [])
+                raise
+            slot.current = None
             if decoded is None:
                 return
             ev = decoded
@@ -380,15 +392,33 @@ class AgentWorker:
         self._give_back(items + parked)
 
     async def _decode(self, raw: RawEvent) -> Event | None:
-        try:
-            ev = self._codec.decode(raw.data)
-        except EventError as exc:
-            reason = "too_large" if isinstance(exc, EventTooLargeError) else "undecodable"
-            await self._dead(raw, None, reason, exc, 0)
-            return None
-        if ev.topic != raw.topic:
-            ev = msgspec.structs.replace(ev, topic=raw.topic)  # the topic it arrived on is the truth
-        return ev
+        got = self._raw_event(raw)
+        if isinstance(got, Event):
+            return got
+        await self._dead(raw, None, got[0], got[1], 0)
+        return None
+
+    def _raw_event(self, raw: RawEvent) -> Event | tuple[str, Exception]:
+        """The event in raw bytes from the bus, or the dead-letter reason and error when there is none.
+
+        Never raises: bytes that break the decoder in any way (a payload nested past the recursion limit
+        included) are ``undecodable``, so no record can stop the agent.
+        """
+        exc: Exception
+        if raw.error is not None:
+            exc = raw.error  # the bus could not read the record (a damaged header, over the fetch size)
+        else:
+            try:
+                ev = self._codec.decode(raw.data)
+            except EventError as err:
+                exc = err
+            except Exception as err:  # noqa: BLE001 - whatever the bytes do to the decoder, dead-letter them
+                exc = EventDecodeError(f"Received bytes that could not be decoded: {type(err).__name__}: {err}.")
+            else:
+                if ev.topic != raw.topic:
+                    ev = msgspec.structs.replace(ev, topic=raw.topic)  # the topic it arrived on is the truth
+                return ev
+        return ("too_large" if isinstance(exc, EventTooLargeError) else "undecodable"), exc
 
     async def _handle(self, ev: Event, item: Item, slot: Slot) -> None:
         m = self._m
@@ -532,20 +562,74 @@ class AgentWorker:
         else:
             self._log_suppressed += 1
 
-    async def _dead(self, item: Item, ev: Event | None, reason: str, exc: BaseException, attempts: int) -> None:
-        letter = DeadLetter(
-            topic=self.topic,
-            agent=self.name,
-            reason=reason,
-            error_type=type(exc).__name__,
-            error=str(exc),
-            attempts=attempts,
-            failed_at=time.time(),
-            event=ev,
-            raw=item.data if isinstance(item, RawEvent) else None,
+    def _letter(self, item: Item, ev: Event | None, reason: str, exc: BaseException, attempts: int) -> DeadLetter:
+        return bounded_dead_letter(
+            DeadLetter(
+                topic=self.topic,
+                agent=self.name,
+                reason=reason,
+                error_type=type(exc).__name__,
+                error=str(exc),
+                attempts=attempts,
+                failed_at=time.time(),
+                event=ev,
+                raw=item.data if isinstance(item, RawEvent) else None,
+            )
         )
-        await self._host._dead_letter(letter)
-        self._m.dead_letter(reason)
+
+    async def _dead(self, item: Item, ev: Event | None, reason: str, exc: BaseException, attempts: int) -> None:
+        letter = self._letter(item, ev, reason, exc, attempts)
+        await self._record(letter)
+        self._dead_done(item, ev, letter)
+
+    async def _record(self, letter: DeadLetter) -> None:
+        """Write ``letter`` to the dead-letter queue, retrying with capped back-off until it is written.
+
+        The caller acknowledges the event only afterwards: while the queue cannot be written the event stays
+        unacknowledged, so the partition's commit cannot pass it and the in-flight bound pauses fetching.
+        Shutdown cancels the wait; the caller then gives the event back to the bus.
+        """
+        try:
+            await self._host._dead_letter(letter)
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure to record is retried, never fatal
+            error: Exception = exc
+        self.dead_letters_failing += 1
+        delay = _DLQ_RETRY_FIRST_S
+        failures = 1
+        try:
+            while True:
+                if failures & (failures - 1) == 0:  # 1st, 2nd, 4th, 8th ... failure: a long outage logs little
+                    logger.warning(
+                        "Agent %r could not write dead letter %s (%s) to the dead-letter queue (attempt %d): %s: %s "
+                        "Retrying in %.1f s; the event stays unacknowledged until it is written. Check that the "
+                        "brokers are reachable.",
+                        self.name,
+                        letter.id,
+                        letter.reason,
+                        failures,
+                        type(error).__name__,
+                        error,
+                        delay,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _DLQ_RETRY_MAX_S)
+                try:
+                    await self._host._dead_letter(letter)
+                except Exception as exc:  # noqa: BLE001 - retried
+                    error = exc
+                    failures += 1
+                    continue
+                logger.warning(
+                    "Agent %r wrote dead letter %s after %d failed attempt(s).", self.name, letter.id, failures
+                )
+                return
+        finally:
+            self.dead_letters_failing -= 1
+
+    def _dead_done(self, item: Item, ev: Event | None, letter: DeadLetter) -> None:
+        """After the dead letter was written: count, log, acknowledge, and answer a request."""
+        self._m.dead_letter(letter.reason)
         self._log_dead(letter)
         self._finished(item)
         if ev is not None and ev.reply_to is not None:

@@ -31,7 +31,7 @@ import msgspec
 
 from .agents import AgentWorker
 from .context import Context
-from .errors import EventDecodeError, EventError, EventTooLargeError, HandlerTimeoutError, Reject, Retry, Skip
+from .errors import EventDecodeError, HandlerTimeoutError, Reject, Retry, Skip
 from .events import Event, RawEvent, convert_payload
 from .pool import Slot
 
@@ -135,6 +135,7 @@ class BatchAgentWorker(AgentWorker):
         carry: list[_Pair] = []  # events of keys this worker holds: they go first in its next batch
         mine: set[str] = set()  # keys this worker holds
         items: list[Any] = []
+        bad: list[_Bad] = []  # items going to the dead-letter queue, in order; given back if cancelled meanwhile
         try:
             while True:
                 if not carry and not local:
@@ -150,8 +151,9 @@ class BatchAgentWorker(AgentWorker):
                 events, items, carry, bad = self._collect(carry, mine)
                 if local and idle and not self._waking:
                     self._wake_one()
-                for item, ev, reason, exc in bad:
-                    await self._dead(item, ev, reason, exc, 0)
+                while bad:
+                    await self._dead(*bad[0], 0)
+                    del bad[0]
                 if events:
                     await self._run(events, items, slot)
                 items = []
@@ -160,7 +162,7 @@ class BatchAgentWorker(AgentWorker):
         except asyncio.CancelledError:
             parked = [it for key in mine for _, it in (self._active.pop(key, None) or ())]
             slot.deadline = 0.0
-            self._give_back(items + [it for _, it in carry] + parked)
+            self._give_back(items + [it for _, it in carry] + parked + [b[0] for b in bad])
             raise
 
     def _collect(self, carry: list[_Pair], mine: set[str]) -> tuple[list[Event], list[Any], list[_Pair], list[_Bad]]:
@@ -209,12 +211,10 @@ class BatchAgentWorker(AgentWorker):
         """Decode raw bytes and convert the payload; on failure (event or None, reason, error)."""
         ev: Event = item
         if type(item) is RawEvent:
-            try:
-                ev = self._codec.decode(item.data)
-            except EventError as exc:
-                return None, "too_large" if isinstance(exc, EventTooLargeError) else "undecodable", exc
-            if ev.topic != item.topic:
-                ev = msgspec.structs.replace(ev, topic=item.topic)
+            got = self._raw_event(item)
+            if not isinstance(got, Event):
+                return None, *got
+            ev = got
         if self._payload_type is not None:
             try:
                 ev = msgspec.structs.replace(ev, payload=convert_payload(ev.payload, self._payload_type))
@@ -351,5 +351,10 @@ class BatchAgentWorker(AgentWorker):
     async def _dead_batch(
         self, events: list[Event], items: list[Any], reason: str, exc: BaseException, attempt: int
     ) -> None:
-        for ev, item in zip(events, items, strict=True):
-            await self._dead(item, ev, reason, exc, attempt)
+        # Every letter is written before any event is acknowledged: a shutdown that cancels a write gives the
+        # whole batch back (a letter written twice is at-least-once), never part of it.
+        letters = [self._letter(item, ev, reason, exc, attempt) for ev, item in zip(events, items, strict=True)]
+        for letter in letters:
+            await self._record(letter)
+        for ev, item, letter in zip(events, items, letters, strict=True):
+            self._dead_done(item, ev, letter)

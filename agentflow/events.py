@@ -7,6 +7,7 @@ encoded; wherever they cross a byte boundary (Kafka, HTTP ingest, ``runner.emit_
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
@@ -16,9 +17,11 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from .errors import EventDecodeError, EventTooLargeError
+from .errors import EventDecodeError, EventError, EventTooLargeError
 
 __all__ = [
+    "DEAD_LETTER_ERROR_BYTES",
+    "DEAD_LETTER_RAW_BYTES",
     "DEFAULT_MAX_EVENT_BYTES",
     "DeadLetter",
     "Event",
@@ -28,6 +31,10 @@ __all__ = [
 ]
 
 DEFAULT_MAX_EVENT_BYTES: Final = 1024 * 1024
+#: Bytes of a record that is not an event kept in its dead letter (``DeadLetter.raw``); the rest is cut off.
+DEAD_LETTER_RAW_BYTES: Final = 64 * 1024
+#: Bytes (UTF-8) of an error message kept in a dead letter (``DeadLetter.error``).
+DEAD_LETTER_ERROR_BYTES: Final = 4096
 
 # Ids are a random per-process prefix plus a counter: unique across processes for practical purposes and
 # about ten times cheaper than uuid4 on the emit hot path.
@@ -140,6 +147,10 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     event that fails again after a replay is a new entry, listed like any other. ``event_id`` is the event's id
     (filled in from ``event`` when not given; None for bytes that never decoded). Replay and removal go by
     ``id``.
+
+    Dead letters are bounded (:func:`bounded_dead_letter`): ``raw`` keeps at most ``DEAD_LETTER_RAW_BYTES`` and
+    ``error`` at most ``DEAD_LETTER_ERROR_BYTES``, each cut off with a marker naming the full size and its
+    SHA-256. ``raw_size`` and ``raw_sha256`` describe the bytes as received when ``raw`` was cut off.
     """
 
     id: str = msgspec.field(default_factory=new_dead_letter_id)
@@ -153,6 +164,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     event: Event | None = None
     raw: bytes | None = None
     event_id: str | None = None
+    raw_size: int | None = None
+    raw_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.event_id is None and self.event is not None:
@@ -160,12 +173,61 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
             msgspec.structs.force_setattr(self, "event_id", self.event.id)
 
 
+def _cut_marker(size: int, digest: str) -> str:
+    return f" [agentflow: cut off; {size} bytes in all, sha256 {digest}]"
+
+
+def _bounded_raw(raw: bytes, keep: int) -> tuple[bytes, int, str] | None:
+    """``raw`` cut to ``keep`` bytes with a marker, its size and hash; None when it fits."""
+    if len(raw) <= keep:
+        return None
+    digest = hashlib.sha256(raw).hexdigest()
+    marker = _cut_marker(len(raw), digest).encode()
+    return raw[: max(keep - len(marker), 0)] + marker, len(raw), digest
+
+
+def _bounded_error(error: str, keep: int) -> str:
+    try:
+        data = error.encode()
+    except UnicodeEncodeError:  # lone surrogates: msgpack could not encode the letter
+        data = error.encode("utf-8", "replace")
+        error = data.decode()
+    if len(data) <= keep:
+        return error
+    marker = _cut_marker(len(data), hashlib.sha256(data).hexdigest())
+    head = data[: max(keep - len(marker.encode()), 0)].decode("utf-8", "ignore")  # never half a character
+    return head + marker
+
+
+def bounded_dead_letter(
+    letter: DeadLetter, *, raw_bytes: int = DEAD_LETTER_RAW_BYTES, error_bytes: int = DEAD_LETTER_ERROR_BYTES
+) -> DeadLetter:
+    """``letter`` with ``raw`` and ``error`` cut to their bounds (the same letter when both fit).
+
+    The bounds keep a poison record from making its own dead letter unsendable (a dead letter must fit the
+    producer's request size) and keep the memory bus's dead-letter list small.
+    """
+    cut = _bounded_raw(letter.raw, raw_bytes) if letter.raw is not None else None
+    error = _bounded_error(letter.error, error_bytes)
+    if cut is None and error is letter.error:
+        return letter
+    if cut is None:
+        return msgspec.structs.replace(letter, error=error)
+    raw, size, digest = cut
+    return msgspec.structs.replace(letter, error=error, raw=raw, raw_size=size, raw_sha256=digest)
+
+
 class RawEvent(msgspec.Struct, frozen=True, gc=False):
-    """Bytes published as received (``publish_raw``); the consumer decodes them or dead-letters them."""
+    """Bytes published as received (``publish_raw``); the consumer decodes them or dead-letters them.
+
+    ``error`` is set by a bus that could not read the record it came from (a damaged header, a record over the
+    fetch size): the consumer dead-letters it with that error instead of decoding ``data``.
+    """
 
     topic: str
     data: bytes
     key: str | None = None
+    error: EventError | None = None
 
 
 class EventCodec:
@@ -203,12 +265,44 @@ class EventCodec:
             event = self._json_dec.decode(data) if json else self._dec.decode(data)
         except msgspec.DecodeError as exc:
             raise EventDecodeError(f"Received bytes that are not a valid event: {exc}.") from None
+        except RecursionError:
+            raise EventDecodeError(
+                "Received an event nested too deeply to decode (Python's recursion limit); the producer must "
+                "send flatter payloads."
+            ) from None
         if not math.isfinite(event.created_at):
             raise EventDecodeError("Received an event whose created_at is not a finite number.")
         return event
 
-    def encode_dead_letter(self, letter: DeadLetter) -> bytes:
-        return self._enc.encode(letter)
+    def encode_dead_letter(self, letter: DeadLetter, max_bytes: int | None = None) -> bytes:
+        """Encode a dead letter, never over ``max_bytes`` (default ``max_event_bytes``).
+
+        A letter that does not fit keeps its event as ``raw`` instead, cut off like any raw payload
+        (:func:`bounded_dead_letter`), and an event that cannot be encoded at all (a payload nested too deeply)
+        is left out with a note in ``error``: a dead letter can always be written, so a poison event never
+        blocks its partition.
+        """
+        limit = self.max_event_bytes if max_bytes is None else max_bytes
+        enc = self._enc.encode
+        letter = bounded_dead_letter(letter)
+        try:
+            data = enc(letter)
+        except Exception as exc:  # noqa: BLE001 - RecursionError, or a payload type msgpack cannot encode
+            note = f" [agentflow: the event could not be encoded ({type(exc).__name__}: {exc}); it is left out]"
+            letter = bounded_dead_letter(msgspec.structs.replace(letter, event=None, error=letter.error + note))
+            data = enc(letter)
+        if len(data) <= limit:
+            return data
+        if letter.event is not None:
+            letter = msgspec.structs.replace(letter, event=None, raw=enc(letter.event))
+        keep = max(min(DEAD_LETTER_RAW_BYTES, limit // 2), 256)
+        data = enc(bounded_dead_letter(letter, raw_bytes=keep, error_bytes=min(DEAD_LETTER_ERROR_BYTES, keep)))
+        if len(data) > limit:
+            raise EventTooLargeError(
+                f"Dead letter {letter.id} encodes to {len(data)} bytes even cut off, over the limit of {limit} "
+                f"bytes; raise runner.max_event_bytes."
+            )
+        return data
 
 
 def convert_payload(payload: Any, payload_type: Any) -> Any:
@@ -220,3 +314,6 @@ def convert_payload(payload: Any, payload_type: Any) -> Any:
     except msgspec.ValidationError as exc:
         name = getattr(payload_type, "__name__", repr(payload_type))
         raise EventDecodeError(f"Payload does not match {name}: {exc}.") from None
+    except RecursionError:
+        name = getattr(payload_type, "__name__", repr(payload_type))
+        raise EventDecodeError(f"Payload is nested too deeply to convert to {name}.") from None

@@ -635,6 +635,10 @@ class Runner:
         else:
             logger.error("Dropped dead letter %s (%s): dlq.enabled is false.", letter.id, letter.reason)
 
+    def _dead_letters_failing(self) -> int:
+        """Dead letters whose write to the queue failed and is being retried (``/readyz`` is 503 meanwhile)."""
+        return sum(a.dead_letters_failing for a in self._agents)
+
     # ---- introspection ---------------------------------------------------------------------------------
 
     def _pool_usage(self) -> tuple[int, int, int]:
@@ -697,6 +701,15 @@ class Runner:
                     ("agent",),
                     (a.name,),
                     float(a.inflight),
+                )
+            )
+            out.append(
+                (
+                    "agentflow_dead_letter_writes_failing",
+                    "Dead letters whose write to the dead-letter queue failed and is being retried.",
+                    ("agent",),
+                    (a.name,),
+                    float(a.dead_letters_failing),
                 )
             )
         bus = self.bus.statistics()

@@ -97,5 +97,10 @@ class Service:
         if isinstance(bus_ready, bool):
             body["bus_ready"] = bus_ready
             ready = ready and bus_ready
+        # Dead letters that cannot be written hold their events (and soon the partitions): not ready for more.
+        failing = self._runner._dead_letters_failing()
+        if failing:
+            body["dead_letters_failing"] = failing
+            ready = False
         body["ready"] = ready
         return web.json_response(body, status=200 if ready else 503)

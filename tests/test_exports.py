@@ -22,7 +22,11 @@ INTERNAL = {
     "agentflow.bus.offsets": {"OffsetTracker", "PartitionOffsets"},  # the Kafka bus's bookkeeping
     "agentflow.producer": {"reply_event"},  # the wire format of replies, used by the Runner
     "agentflow.config": {"ENV_PREFIX"},
-    "agentflow.events": {"DEFAULT_MAX_EVENT_BYTES"},
+    "agentflow.events": {
+        "DEFAULT_MAX_EVENT_BYTES",
+        "DEAD_LETTER_ERROR_BYTES",
+        "DEAD_LETTER_RAW_BYTES",
+    },  # defaults, bounds
     "agentflow.metrics": {"MAX_OBSERVED_S", "AgentMetrics", "GaugeSample", "Pow2Histogram"},  # Metrics' internals
     "agentflow.pool": {"Slot"},  # a worker's timing state, owned by the pool
     "agentflow.service": {"Service"},  # started by the Runner from [monitoring]

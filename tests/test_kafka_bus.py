@@ -128,21 +128,42 @@ async def test_rebalance_hands_unfinished_events_to_the_new_owner(make_bus: Make
     for it in taken[::2]:
         first.ack(it)
         done.add(it.payload)  # type: ignore[union-attr]
+    running = {it.payload: it for it in taken[1::2]}  # type: ignore[union-attr]
+    partition_of = {it.payload: first._unacked[id(it)][1].partition for it in running.values()}  # type: ignore[union-attr]
     await asyncio.sleep(0.1)
     # A second member joins: the first stops, waits rebalance_grace_s for its running events, commits, releases.
     second = await bus.subscribe("t", "g")
     p1, p2 = set(first.statistics().partitions), set(second.statistics().partitions)
     assert p1 and p2 and not p1 & p2 and p1 | p2 == {0, 1, 2, 3}
+    moved = {p for p, part in partition_of.items() if part in p2}
+    kept = set(running) - moved
+    assert moved and kept
     got: list[Any] = []
     async with asyncio.timeout(TIMEOUT_S):
-        while not set(range(40)) <= done | set(got):
+        while not moved <= set(got):
             for s in (first, second):
                 for it in s.take_nowait(100):
                     s.ack(it)
                     got.append(it.payload)  # type: ignore[union-attr]
             await asyncio.sleep(0.01)
-    redelivered = [p for p in got if p not in done]
-    assert sorted(set(redelivered)) == sorted(set(range(40)) - done), "an unfinished event was lost"
+    await asyncio.sleep(0.2)
+    for s in (first, second):
+        for it in s.take_nowait(100):
+            got.append(it.payload)  # type: ignore[union-attr]
+    # The new owner handles the unfinished events of the partitions it got (and the finished ones behind them,
+    # at-least-once); the events still running on the partitions the first member kept are not delivered again.
+    assert set(got) - done == moved, "an unfinished event was lost"
+    assert not set(got) & kept, "an event still running was delivered again"
+    assert first.statistics().unacked == len(kept) and first.restored == len(p1)
+    # Their acknowledgements still count: once they finish, the commit passes them and a restart redelivers none.
+    for p in kept:
+        first.ack(running[p])
+    await asyncio.sleep(0.2)
+    await first.aclose()
+    await second.aclose()
+    again = await bus.subscribe("t", "g")
+    await asyncio.sleep(0.5)
+    assert again.take_nowait(100) == []
 
 
 async def test_a_member_paused_when_a_rebalance_comes_resumes_its_new_partitions(
@@ -153,20 +174,27 @@ async def test_a_member_paused_when_a_rebalance_comes_resumes_its_new_partitions
     await bus.publish("t", [ev("t", i, f"k{i}") for i in range(60)])
     # Full (10 buffered, the bus's buffer_size): its partitions are paused.
     await eventually(lambda: first.statistics().buffered == 10, timeout_s=TIMEOUT_S, what="a full buffer")
-    held = first.take_nowait(4)  # taken and never acknowledged: revoked with the partitions
-    # The rebalance drops what the first member buffered and held: it has room again, so the partitions it gets
-    # next must be fetched from, not left paused with no acknowledgement ever coming to resume them.
+    held = first.take_nowait(4)  # taken and not acknowledged until after the rebalance
+    # The rebalance moves some of what the first member buffered and held to the second: it has room again, so
+    # the partitions it keeps must be fetched from, not left paused with no acknowledgement ever coming to resume
+    # them.
     second = await bus.subscribe("t", "g")
     assert first.statistics().partitions and second.statistics().partitions
+    # Held events on partitions the first member got back stay with it (still running, not delivered again);
+    # those on partitions that moved are the second member's now.
+    kept = {it.payload for it in held if id(it) in first._unacked}  # type: ignore[union-attr]
     got: set[Any] = set()
     async with asyncio.timeout(TIMEOUT_S):
-        while got != set(range(60)):
+        while got | kept != set(range(60)):
             for s in (first, second):
                 for it in s.take_nowait(100):
                     s.ack(it)
                     got.add(it.payload)  # type: ignore[union-attr]
             await asyncio.sleep(0.01)
-    assert held and all(it.payload in got for it in held)  # type: ignore[union-attr]
+    assert not got & kept
+    for it in held:
+        first.ack(it)
+    assert first.statistics().unacked == 0
 
 
 async def test_a_record_for_another_group_is_skipped(make_bus: MakeBus) -> None:

@@ -276,3 +276,35 @@ async def test_supervisor_stops_when_a_worker_cannot_start_with_the_config(
 
 def test_restart_delay_doubles_and_is_capped() -> None:
     assert [restart_delay_s(n) for n in range(1, 9)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+@pytest.mark.slow
+async def test_sigterm_to_one_of_two_workers_with_long_handlers_reruns_nothing_on_the_survivor(
+    tmp_path: Path, kafka_broker: TansuBroker
+) -> None:
+    # Handlers run 5 s, longer than rebalance_grace_s (2 s in the test settings): when one worker leaves, the
+    # survivor's revoke cannot wait its running events out. It gets its own partitions back in the next
+    # assignment, and must not fetch and run those events a second time while the first run goes on.
+    config, data = kafka_config(tmp_path, kafka_broker)
+    out = tmp_path / "handled.txt"
+    a = await start_worker(tmp_path, config, out, sleep_ms=5000)
+    b = await start_worker(tmp_path, config, out, sleep_ms=5000)
+    try:
+        sent = await emit_all(data, 200)
+        await asyncio.sleep(1.5)  # both workers are inside their first handlers
+        a.signal(signal.SIGTERM)  # a drains what it runs, gives back what it had not started, and leaves
+        assert await a.wait() == 0, a.stderr()
+        await until(lambda: set(handled_lines(out)) >= set(sent), 90, "every event handled")
+        b.signal(signal.SIGTERM)
+        assert await b.wait() == 0, b.stderr()
+    finally:
+        await a.kill()
+        await b.kill()
+    lost, dups = report("long handlers, SIGTERM to one of two", sent, handled_lines(out))
+    per_process = Counter(tuple(line.split()) for line in out.read_text().splitlines())
+    print(f"handled per process: {dict(Counter(pid for _, pid in per_process))}")
+    # The scenario happened: the survivor had events running across the rebalance, past the grace.
+    assert "still running after" in b.stderr(), b.stderr()
+    assert lost == 0
+    assert max(per_process.values()) == 1, "the survivor ran an event twice"
+    assert dups == 0

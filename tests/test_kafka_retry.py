@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka_broker import TansuBroker, kafka_settings
 
 from agentflow import ConfigError, Event, KafkaConfig, Retry, Runner, config_from_dict, load_config
-from agentflow.bus._kafka_retry import RetryTiers
+from agentflow.bus._kafka_retry import NOT_BEFORE_HEADER, RetryTiers, _not_before
 from agentflow.bus.kafka import KafkaBus
 
 TIMEOUT_S = 15.0
@@ -280,3 +280,11 @@ def test_tier_delays_from_the_environment() -> None:
     env = {"AGENTFLOW__KAFKA__RETRY_TOPICS": "true", "AGENTFLOW__KAFKA__RETRY_TIER_DELAYS_S": "[2, 20]"}
     kafka = load_config(None, env=env).kafka
     assert kafka.retry_topics and kafka.retry_tier_delays_s == (2.0, 20.0)
+
+
+def test_a_damaged_not_before_header_means_now_and_never_stops_the_fetch_loop() -> None:
+    # The fetch loop reads this header of every retry-topic record: a foreign record with no value, or a value
+    # that is not a number, is handled now rather than failing the loop (TypeError on None, before).
+    assert _not_before([(NOT_BEFORE_HEADER, None)]) == 0.0
+    assert _not_before([(NOT_BEFORE_HEADER, b"\xff soon")]) == 0.0
+    assert _not_before([(NOT_BEFORE_HEADER, b"12.5")]) == 12.5

@@ -139,3 +139,45 @@ def test_a_batch_must_ascend_strictly_and_follow_what_was_taken() -> None:
             po.taken_many(bad)
     po.taken_many([10, 12])
     assert list(po.outstanding) == [5, 6, 9, 10, 12]
+
+
+@given(runs(), st.data())
+def test_forgetting_the_lost_tail_and_taking_it_again_never_passes_an_unfinished_offset(
+    run: tuple[list[int], list[int]], data: st.DataObject
+) -> None:
+    # The fetch loop failed after taking a batch: some offsets were handed on (in flight or finished), the rest
+    # were lost. untake_tail forgets the lost tail, next_offset says where fetching resumes, and taking them again
+    # from there ends like a run that never failed.
+    offsets, order = run
+    t = OffsetTracker[int]()
+    po = t.partition(0)
+    po.taken_many(offsets)
+    handed = data.draw(st.integers(min_value=0, max_value=len(offsets)), label="handed on")
+    finished = [o for o in order if o in offsets[:handed]][: data.draw(st.integers(0, handed), label="finished")]
+    for o in finished:
+        po.finished(o)
+    po.untake_tail(set(offsets[:handed]))
+    resume = po.next_offset()
+    assert resume is not None
+    again = [o for o in offsets if o >= resume]
+    assert again == offsets[handed:]
+    position = t.position(0)
+    assert position is not None and position <= min(set(offsets) - set(finished), default=offsets[-1] + 1)
+    po.taken_many(again)
+    for o in offsets:
+        if o not in finished:
+            po.finished(o)
+    assert t.position(0) == offsets[-1] + 1
+
+
+def test_revoked_offsets_are_given_back_and_adopted_again() -> None:
+    t = OffsetTracker[int]()
+    for off in (10, 11, 12):
+        t.taken(0, off)
+    t.finished(0, 11)
+    kept = t.revoke([0, 1])
+    assert list(kept) == [0] and t.partitions() == []
+    kept[0].finished(10)  # a running event finished while its partition was away
+    t.adopt(0, kept[0])
+    assert t.position(0) == 12 and kept[0].next_offset() == 13
+    assert t.pending_commits() == {0: 12}

@@ -3,6 +3,8 @@
 ``runner(config)`` registers agent ``work`` on topic ``jobs``. It handles an event by sleeping
 ``WORKERAPP_SLEEP_MS`` (default 0) and appending ``<event id> <pid>`` to the file named by ``WORKERAPP_OUT``,
 one line per handled event, so a test can count every event handled, lost or handled twice across processes.
+An event whose payload has ``"reject": true`` is rejected after the sleep instead (it goes to the dead-letter
+queue, no line).
 Lines go out with single O_APPEND writes, which do not interleave between processes.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from agentflow import Config, Context, Event, Runner
+from agentflow import Config, Context, Event, Reject, Runner
 
 _fd: int | None = None
 
@@ -31,6 +33,8 @@ def runner(config: Config) -> Runner:
     async def work(event: Event, ctx: Context) -> None:
         if sleep_s:
             await asyncio.sleep(sleep_s)
+        if isinstance(event.payload, dict) and event.payload.get("reject"):
+            raise Reject("the payload asks to be rejected")
         os.write(_out(), f"{event.id} {os.getpid()}\n".encode())
 
     return app

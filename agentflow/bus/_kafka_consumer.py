@@ -5,6 +5,13 @@ polls without pause and keeps fetched records per partition, pausing the partiti
 reach the bus's ``buffer_size``; the committer commits the contiguous prefix of finished offsets
 (:class:`~agentflow.bus.offsets.OffsetTracker`). With ``[kafka] retry_topics`` the same consumer reads the
 agent's retry tiers (:mod:`agentflow.bus._kafka_retry`). See docs/kafka.md.
+
+No record stops the fetcher: one it cannot read (not an event, over the size limit, a damaged header, anything)
+is handed on as a :class:`~agentflow.events.RawEvent` the agent dead-letters with the reason
+(:mod:`agentflow.bus._kafka_records`). The fetcher is
+supervised all the same: if it fails, the subscription reports not ready, and it starts again with back-off from
+the offsets it handed on. A rebalance that gives this member back partitions it held keeps their events in flight
+(and their buffered ones) instead of fetching and running them a second time.
 """
 
 from __future__ import annotations
@@ -14,17 +21,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from math import isfinite
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError, RecordTooLargeError  # type: ignore[import-untyped]
 
-from ..errors import BusUnavailableError, EventDecodeError, EventError, EventTooLargeError
-from ..events import Event, RawEvent
-from ._kafka_retry import GROUP_HEADER, RetryTiers
+from ..errors import BusUnavailableError
+from ..events import Event
+from ._kafka_records import RecordReader
+from ._kafka_retry import RetryTiers
 from .base import Item, Subscription, SubscriptionStatistics, WakeUps
 from .offsets import OffsetTracker, PartitionOffsets
 
@@ -34,6 +41,10 @@ if TYPE_CHECKING:
 __all__ = ["KafkaSubscription"]
 
 logger = logging.getLogger("agentflow.bus.kafka")  # one logger name for the whole Kafka bus
+
+# A fetch loop that failed starts again after 0.1 s, doubling up to 30 s while it keeps failing.
+_RESTART_FIRST_S = 0.1
+_RESTART_MAX_S = 30.0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -62,13 +73,16 @@ async def _stop_consumer(consumer: Any) -> None:
             await client.close()
 
 
-class KafkaSubscription(WakeUps, Subscription):
+class KafkaSubscription(RecordReader, WakeUps, Subscription):
     """A member of a consumer group on a Kafka topic (one aiokafka consumer)."""
 
     def __init__(self, bus: KafkaBus, topic: str, group: str, *, offset_reset: str | None = None) -> None:
         self.topic = topic
         self.group = group
+        self._group_bytes = group.encode()
         self._bus = bus
+        self._decode = msgspec.msgpack.Decoder(Event).decode
+        self._max_bytes = bus.codec.max_event_bytes
         self._kname = bus.topic_name(topic)
         self._offset_reset = offset_reset or bus.kafka.auto_offset_reset
         self._buf: dict[Any, deque[tuple[Item, int]]] = {}
@@ -78,12 +92,20 @@ class KafkaSubscription(WakeUps, Subscription):
         # id(item) -> (item, partition, offset, the partition's offsets): ack marks the offset finished directly.
         self._unacked: dict[int, tuple[Item, Any, int, PartitionOffsets]] = {}
         self._tracker: OffsetTracker[Any] = OffsetTracker()
+        # Revoked partitions' buffered events and offsets, kept until the next assignment says whether they
+        # came back to this member (restored) or went to another (dropped).
+        self._parked: dict[Any, deque[tuple[Item, int]]] = {}
+        self._parked_offsets: dict[Any, PartitionOffsets] = {}
         self._paused = False
         self._closed = False
         self.generation = 0
         self._assigned_evt = asyncio.Event()
         # True between an assignment and the next revoke: this member holds its share of the group's partitions.
         self.joined = False
+        # False while the fetch loop is down (it failed and waits to start again): the bus is not ready.
+        self.fetching = True
+        self.fetch_failures = 0
+        self.restored = 0  # partitions given back to this member with their events still in flight
         k = bus.kafka
         self._tiers = RetryTiers(self._kname, k.retry_tier_delays_s) if k.retry_topics else None
         self._taken = self._acked = self._requeued = self._skipped = 0
@@ -96,6 +118,7 @@ class KafkaSubscription(WakeUps, Subscription):
         return (
             f"<KafkaSubscription topic={self.topic!r} group={self.group!r} partitions={self._partitions()} "
             f"buffered={self._buffered} unacked={len(self._unacked)} paused={self._paused} joined={self.joined}"
+            f"{'' if self.fetching else ' fetching=False'}"
             f"{'' if self._tiers is None else f' retry_waiting={len(self._tiers.delayed)}'}>"
         )
 
@@ -122,7 +145,7 @@ class KafkaSubscription(WakeUps, Subscription):
         loop = asyncio.get_running_loop()
         self._commits = loop.create_task(self._commit_loop(), name=f"agentflow-kafka-commit-{self.topic}-{self.group}")
         self._tasks = [
-            loop.create_task(self._fetch(), name=f"agentflow-kafka-fetch-{self.topic}-{self.group}"),
+            loop.create_task(self._fetch_supervised(), name=f"agentflow-kafka-fetch-{self.topic}-{self.group}"),
             self._commits,
         ]
         timeout = k.max_poll_interval_ms / 1000 + k.session_timeout_ms / 1000
@@ -173,6 +196,8 @@ class KafkaSubscription(WakeUps, Subscription):
                 # taken and not acknowledged is delivered again.
                 await _stop_consumer(self._consumer)
         self._buf.clear()
+        self._parked.clear()
+        self._parked_offsets.clear()
         self._unacked.clear()
         self._buffered = 0
         peers = self._bus._left(self)
@@ -185,6 +210,7 @@ class KafkaSubscription(WakeUps, Subscription):
     def _assigned(self, parts: set[Any]) -> None:
         for tp in sorted(parts, key=lambda tp: tp.partition):
             self._buf.setdefault(tp, deque())
+        self._restore(parts)
         self._order = sorted(self._buf, key=lambda tp: tp.partition)
         self._next = 0
         self.generation += 1
@@ -192,8 +218,8 @@ class KafkaSubscription(WakeUps, Subscription):
         self._assigned_evt.set()
         if self._tiers is not None:
             self._tiers.forget()  # positions restart from the committed offsets; waits are found again
-        # A new assignment starts unpaused: pause it again only if there is still no room (the revoke dropped
-        # the buffered events, so there usually is — a flag left set here would stall these partitions forever).
+        # A new assignment starts unpaused: pause it again only if there is still no room (a flag left set here
+        # would stall these partitions forever).
         if self._paused:
             if self._buffered + len(self._unacked) < self._bus.buffer_size:
                 self._paused = False
@@ -201,16 +227,42 @@ class KafkaSubscription(WakeUps, Subscription):
                 self._set_paused(True)
         self._wake()
 
+    def _restore(self, parts: set[Any]) -> None:
+        """Partitions held before the rebalance: take back those assigned again, with their events in flight,
+        finished and buffered, and fetch on from one past the last offset taken — so an event still running is
+        not fetched and run a second time. Forget those that went to another member (it fetches them from the
+        committed offset; acknowledgements of their events still running here are ignored)."""
+        gone: set[Any] = set()
+        for tp, po in self._parked_offsets.items():
+            if tp not in parts:
+                gone.add(tp)
+                continue
+            self._tracker.adopt(tp, po)
+            dq = self._parked.pop(tp, None)
+            if dq:
+                self._buf[tp] = dq
+                self._buffered += len(dq)
+            resume_at = po.next_offset()
+            if resume_at is not None:
+                self._consumer.seek(tp, resume_at)
+            self.restored += 1
+        self._parked.clear()
+        self._parked_offsets.clear()
+        if gone:
+            for key in [k for k, e in self._unacked.items() if e[1] in gone]:
+                del self._unacked[key]
+
     async def _revoked(self, parts: set[Any]) -> None:
         self.joined = False
         if self._tiers is not None:
             self._tiers.forget(parts)
-        # 1. stop handing out events of these partitions (the buffered ones are not started: drop them, the new
-        #    owner gets them from the committed offset).
+        # 1. stop handing out events of these partitions; their buffered events wait aside (if the partition
+        #    comes back they are handed out then; if it goes to another member, it fetches them again).
         for tp in parts:
             dq = self._buf.pop(tp, None)
-            if dq:
+            if dq is not None:
                 self._buffered -= len(dq)
+                self._parked[tp] = dq
         self._order = sorted(self._buf, key=lambda tp: tp.partition)
         self._next = 0
         # 2. let the events in flight finish, within a bound, so their offsets can be committed.
@@ -223,32 +275,89 @@ class KafkaSubscription(WakeUps, Subscription):
                 if time.monotonic() >= deadline:
                     logger.warning(
                         "Rebalance of group %r: %d event(s) still running after %.1f s (kafka.rebalance_grace_s); "
-                        "their partitions are released and the new owner handles them again.",
+                        "if their partitions go to another member, it handles them again.",
                         self.group,
                         left,
                         self._bus.kafka.rebalance_grace_s,
                     )
                     break
                 await asyncio.sleep(0.005)
-        # 3. commit, then forget: later acks of these partitions are ignored (the new owner redelivers them).
+        # 3. commit, then put the offsets aside until the new assignment (_restore): acknowledgements of the
+        #    events still running go on marking them finished meanwhile.
         await self._commit()
-        self._tracker.revoke(parts)
-        for key in [k for k, e in self._unacked.items() if e[1] in parts]:
-            del self._unacked[key]
-        # Their acks never come now: if that frees room, resume what is left (ack would have done it).
+        self._parked_offsets.update(self._tracker.revoke(parts))
         self._resume_if_room()
 
     # ---- fetching --------------------------------------------------------------------------------------
 
+    async def _fetch_supervised(self) -> None:
+        """The fetch loop, started again whenever it fails.
+
+        Records cannot make it fail (each one that cannot be read becomes a RawEvent for the dead-letter queue),
+        so a failure is a bug or a batch the Kafka client itself cannot parse: it is logged with its cause, the
+        bus reports not ready (``fetching``), and the loop starts again with back-off, fetching on from what it
+        had handed on (:meth:`_rewind`) so nothing is skipped.
+        """
+        delay = 0.0
+        while True:
+            started = time.monotonic()
+            try:
+                if not self.fetching:
+                    await self._rewind()
+                    self.fetching = True
+                    logger.warning("The Kafka fetch loop of group %r on %r is running again.", self.group, self._kname)
+                await self._fetch()
+            except Exception as exc:  # noqa: BLE001 - logged, and the loop starts again
+                self.fetching = False
+                self.fetch_failures += 1
+                # Back-off doubles while it keeps failing; a loop that had been running fine starts from the bottom.
+                fresh = not delay or time.monotonic() - started > _RESTART_MAX_S
+                delay = _RESTART_FIRST_S if fresh else min(delay * 2, _RESTART_MAX_S)
+                logger.error(
+                    "The Kafka fetch loop of group %r on %r failed (%s: %s); it starts again in %.1f s from the "
+                    "last offsets it handed on, and the bus reports not ready until then.",
+                    self.group,
+                    self._kname,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    exc_info=exc,
+                )
+                await asyncio.sleep(delay)
+
+    async def _rewind(self) -> None:
+        """Before the fetch loop starts again: forget offsets it took and lost when it failed (fetched, neither
+        buffered nor handed out), and point each held partition at one past the last offset still accounted for,
+        so those records are fetched again and nothing buffered or in flight is fetched twice."""
+        consumer = self._consumer
+        held: dict[Any, set[int]] = {}
+        for _, tp, off, _ in self._unacked.values():
+            held.setdefault(tp, set()).add(off)
+        for tp, dq in self._buf.items():
+            held.setdefault(tp, set()).update(off for _, off in dq)
+        self._buffered = sum(map(len, self._buf.values()))
+        assigned = consumer.assignment()
+        for tp in self._order:
+            if tp not in assigned:
+                continue
+            po = self._tracker.partition(tp)
+            po.untake_tail(held.get(tp, set()))
+            resume_at = po.next_offset()
+            if resume_at is None:  # nothing taken here yet: from the committed offset, as after an assignment
+                committed = await consumer.committed(tp)
+                if committed is not None:
+                    consumer.seek(tp, committed)
+                elif self._offset_reset == "earliest":
+                    await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, resume_at)
+
     async def _fetch(self) -> None:
         consumer, bus = self._consumer, self._bus
         cap = bus.buffer_size
-        # The bus codec's checks, inlined (this loop runs per record): over the size limit, not an event, or a
-        # non-finite created_at stays RawEvent, and the agent dead-letters it with the codec's reason.
-        decode = msgspec.msgpack.Decoder(Event).decode
-        max_bytes = bus.codec.max_event_bytes
         group = self.group
         tiers = self._tiers
+        hand_on = self._hand_on
         backoff = 0.1
         while True:
             room = cap - self._buffered - len(self._unacked)
@@ -266,48 +375,19 @@ class KafkaSubscription(WakeUps, Subscription):
                 # run beside them, so a slow handler never triggers a rebalance loop.
                 batches = await consumer.getmany(timeout_ms=poll_ms, max_records=max(room, 1))
                 backoff = 0.1
+            except RecordTooLargeError as exc:
+                self._too_large(exc)
+                continue
             except KafkaError as exc:
                 logger.warning("Kafka fetch for group %r failed (%s); retrying in %.1f s.", group, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            got = 0
-            for tp, records in batches.items():
-                dq = self._buf.get(tp)
-                if dq is None:
-                    continue  # revoked meanwhile
-                if tiers is not None and tiers.is_tier(tp.topic):
-                    records = tiers.admit(tp, records, consumer, self._for_me)
-                po = self._tracker.partition(tp)
-                po.taken_many([rec.offset for rec in records])
-                append = dq.append
-                for rec in records:
-                    if rec.headers and not self._for_me(rec.headers):
-                        po.finished(rec.offset)
-                        self._skipped += 1
-                        continue
-                    value = rec.value or b""
-                    item: Item
-                    try:
-                        if len(value) > max_bytes:
-                            raise EventTooLargeError("too large")
-                        item = decode(value)
-                        if not isfinite(item.created_at):
-                            raise EventDecodeError("created_at")
-                    except (msgspec.DecodeError, EventError):
-                        key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
-                        item = RawEvent(self.topic, bytes(value), key)
-                    append((item, rec.offset))
-                    got += 1
-            if got:
-                self._buffered += got
-                self._wake()
-
-    def _for_me(self, headers: Sequence[tuple[str, bytes]]) -> bool:
-        for name, value in headers:
-            if name == GROUP_HEADER:
-                return value.decode() == self.group
-        return True
+            except Exception as exc:  # noqa: BLE001 - the client could not parse what it fetched
+                await self._unparsable(exc)
+                continue
+            if batches:
+                hand_on(batches)
 
     async def _commit_loop(self) -> None:
         interval = self._bus.kafka.commit_interval_ms / 1000
@@ -419,6 +499,8 @@ class KafkaSubscription(WakeUps, Subscription):
             if dq is not None:
                 dq.appendleft((item, off))
                 self._buffered += 1
+            elif tp in self._parked:  # revoked, maybe coming back: with the buffered events put aside
+                self._parked[tp].appendleft((item, off))
         self._requeued += len(back)
         if back:
             self._wake()

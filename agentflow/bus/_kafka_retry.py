@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..errors import BusUnavailableError, EventError
+from ..errors import BusUnavailableError
 from ..events import Event
 
 if TYPE_CHECKING:
@@ -47,13 +47,13 @@ def tier_names(kafka_topic: str, tiers: int) -> list[str]:
     return [f"{kafka_topic}.retry.{n}" for n in range(1, tiers + 1)]
 
 
-def _not_before(headers: Sequence[tuple[str, bytes]] | None) -> float:
+def _not_before(headers: Sequence[tuple[str, bytes | None]] | None) -> float:
     for name, value in headers or ():
         if name == NOT_BEFORE_HEADER:
             try:
-                return float(value)
+                return float(value or b"")
             except ValueError:
-                return 0.0  # a damaged header must not park a record forever: handle it now
+                return 0.0  # a damaged header (no value, not a number) must not park a record forever
     return 0.0
 
 
@@ -92,7 +92,7 @@ class RetryTiers:
         name, delay = self.tier_for(attempt, exc)
         try:
             value = bus.codec.encode(msgspec.structs.replace(event, attempt=attempt + 1))
-        except EventError:
+        except Exception:  # noqa: BLE001 - over the size limit, or a payload msgpack cannot encode: retry in-process
             return False
         headers = [
             (GROUP_HEADER, group.encode()),

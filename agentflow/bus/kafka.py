@@ -1,20 +1,23 @@
 """The Kafka bus (``[bus] backend = "kafka"``): the bus contract on Apache Kafka and compatible brokers.
 
-With :mod:`agentflow.bus._kafka_consumer` (the subscription, split out for size) the only modules that import
-aiokafka; retry tiers live in :mod:`agentflow.bus._kafka_retry`. Topics are ``[kafka] topic_prefix`` + the
-agentflow topic; every agent is its own consumer group. Each subscription owns one consumer and two tasks:
+With :mod:`agentflow.bus._kafka_consumer` (the subscription) and :mod:`agentflow.bus._kafka_records` (reading
+records, poison ones included), split out for size, the only modules that import aiokafka; retry tiers live in
+:mod:`agentflow.bus._kafka_retry`. Topics are ``[kafka] topic_prefix`` + the agentflow topic; every agent is its
+own consumer group. Each subscription owns one consumer and two tasks:
 
-* the *fetcher* polls (``getmany``) without pause, decodes records into events (undecodable bytes stay
-  :class:`~agentflow.events.RawEvent` so the agent dead-letters them with the reason) and keeps them in a local
+* the *fetcher* polls (``getmany``) without pause, decodes records into events (anything that is not one stays
+  :class:`~agentflow.events.RawEvent` so the agent dead-letters it with the reason) and keeps them in a local
   per-partition buffer. When buffered + unacknowledged reach ``buffer_size`` it *pauses* the partitions but
-  keeps polling, so heartbeats and ``max_poll_interval_ms`` are satisfied however long handlers run;
+  keeps polling, so heartbeats and ``max_poll_interval_ms`` are satisfied however long handlers run. It is
+  supervised: if it fails, the bus is not ready until it runs again;
 * the *committer* commits, every ``commit_interval_ms``, the contiguous prefix of finished offsets per
   partition (:class:`~agentflow.bus.offsets.OffsetTracker`) — never past an unfinished event.
 
 On revoke the subscription stops handing out events of the revoked partitions, waits up to
-``rebalance_grace_s`` for the ones in flight, commits, and forgets them; anything unfinished is redelivered to
-the new owner. Dead letters go to ``<topic><dlq suffix>`` with headers naming reason, error, attempts and origin.
-See docs/kafka.md.
+``rebalance_grace_s`` for the ones in flight, commits, and puts them aside: partitions assigned to it again
+resume with their events still in flight (not fetched twice), the others' unfinished events are redelivered to
+the new owner. Dead letters go to ``<topic><dlq suffix>`` with headers naming reason, error, attempts and origin,
+never larger than the producer can send. See docs/kafka.md.
 """
 
 from __future__ import annotations
@@ -211,12 +214,13 @@ class KafkaBus(Bus):
 
     @property
     def ready(self) -> bool:
-        """Connected, and every subscription holds its partition assignment (not joining or rebalancing).
+        """Connected, and every subscription holds its partition assignment (not joining or rebalancing) and is
+        fetching (its fetch loop is not down after a failure).
 
         ``/readyz`` answers 503 while this is False (agentflow/service.py)."""
         if not self._started or self._closed:
             return False
-        return not self._joining and all(s.joined for subs in self._subs.values() for s in subs)
+        return not self._joining and all(s.joined and s.fetching for subs in self._subs.values() for s in subs)
 
     def topic_name(self, topic: str) -> str:
         return self.kafka.topic_prefix + topic
@@ -325,7 +329,7 @@ class KafkaBus(Bus):
             acks=_ACKS[k.acks],
             linger_ms=k.linger_ms,
             max_batch_size=k.max_batch_size,
-            max_request_size=max(self.codec.max_event_bytes + 4096, 1_048_576),
+            max_request_size=self._max_request_size(),
             compression_type=None if k.compression == "none" else k.compression,
             enable_idempotence=k.enable_idempotence,
         )
@@ -339,6 +343,10 @@ class KafkaBus(Bus):
             await self._admin.close()
             raise
         self._started = True
+
+    def _max_request_size(self) -> int:
+        """The producer's bound on one record (key, value and headers): an event of max_event_bytes fits."""
+        return max(self.codec.max_event_bytes + 4096, 1_048_576)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -613,8 +621,13 @@ class KafkaBus(Bus):
             ("agentflow-origin", letter.topic.encode()),
             ("agentflow-agent", (letter.agent or "").encode()),
         ]
-        key = letter.event.key if letter.event is not None else None
-        await self._send(name, [(self.codec.encode_dead_letter(letter), key.encode() if key else None)], headers)
+        key = letter.event.key.encode() if letter.event is not None and letter.event.key is not None else None
+        if key is not None and len(key) > 1024:
+            key = None  # keying by a huge key buys nothing in a dead-letter topic, and it would take the room
+        # Whatever it carries, a dead letter fits the producer's request size (the letter is cut down to fit),
+        # so a failed write is an outage, never the letter itself.
+        room = self._max_request_size() - 512 - len(key or b"") - sum(len(k) + len(v) + 16 for k, v in headers)
+        await self._send(name, [(self.codec.encode_dead_letter(letter, room), key)], headers)
         self._dead_count += 1
 
     async def _scan(self, names: list[str]) -> AsyncGenerator[list[bytes], None]:

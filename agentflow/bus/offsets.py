@@ -8,7 +8,8 @@ offset is the lowest offset still unfinished (or one past the last taken when ev
 
 Pure bookkeeping, no I/O: the Kafka bus calls :meth:`OffsetTracker.taken` when it hands a record out,
 :meth:`OffsetTracker.finished` on ack, :meth:`OffsetTracker.pending_commits` to commit, and
-:meth:`OffsetTracker.revoke` when partitions leave this consumer. Amortised O(1) per offset.
+:meth:`OffsetTracker.revoke` when partitions leave this consumer (and :meth:`OffsetTracker.adopt` when one comes
+back). Amortised O(1) per offset.
 """
 
 from __future__ import annotations
@@ -80,6 +81,24 @@ class PartitionOffsets:
     def unfinished(self) -> int:
         return len(self.outstanding) - len(self.done)
 
+    def next_offset(self) -> int | None:
+        """Where fetching resumes: one past the last offset taken (None when nothing was taken)."""
+        return self.outstanding[-1] + 1 if self.outstanding else self.position
+
+    def untake_tail(self, held: set[int]) -> int:
+        """Forget the offsets taken last that are neither finished nor in ``held`` (taken, then lost before they
+        were handed on): they must be fetched again from :meth:`next_offset`. Returns how many were forgotten.
+
+        The position does not move: it is the lowest unfinished offset, and a forgotten one stays unfinished
+        until it is taken again.
+        """
+        out, done = self.outstanding, self.done
+        n = 0
+        while out and out[-1] not in held and out[-1] not in done:
+            out.pop()
+            n += 1
+        return n
+
 
 class OffsetTracker(Generic[P]):
     """Per-partition :class:`PartitionOffsets`; ``P`` is the partition handle (aiokafka's TopicPartition).
@@ -144,10 +163,20 @@ class OffsetTracker(Generic[P]):
             return sum(po.unfinished for po in self._parts.values())
         return sum(self._parts[p].unfinished for p in parts if p in self._parts)
 
-    def revoke(self, parts: Iterable[P]) -> None:
-        """Forget ``parts`` (they now belong to another consumer); later finishes there are ignored."""
+    def revoke(self, parts: Iterable[P]) -> dict[P, PartitionOffsets]:
+        """Forget ``parts`` (they now belong to another consumer); later finishes there are ignored.
+
+        Returns their offsets, which :meth:`adopt` takes back if the same partition returns."""
+        out: dict[P, PartitionOffsets] = {}
         for p in parts:
-            self._parts.pop(p, None)
+            po = self._parts.pop(p, None)
+            if po is not None:
+                out[p] = po
+        return out
+
+    def adopt(self, part: P, offsets: PartitionOffsets) -> None:
+        """Track ``part`` with offsets kept from before (:meth:`revoke`): finishes there count again."""
+        self._parts[part] = offsets
 
     def partitions(self) -> list[P]:
         return list(self._parts)
