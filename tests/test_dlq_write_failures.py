@@ -76,7 +76,7 @@ async def test_a_failed_dead_letter_write_is_retried_until_written_and_the_worke
         await eventually(lambda: runner.statistics().in_flight == 0, timeout_s=TIMEOUT_S, what="its ack")
         assert runner._dead_letters_failing() == 0
         letters = await runner.dlq.list()
-    assert [(d.id, d.reason) for d in letters] == [(poison, "rejected")]
+    assert [(d.event_id, d.reason) for d in letters] == [(poison, "rejected")]
 
 
 async def test_shutdown_during_a_failing_dead_letter_write_gives_the_event_back(eventually: Eventually) -> None:
@@ -95,7 +95,7 @@ async def test_shutdown_during_a_failing_dead_letter_write_gives_the_event_back(
         again, _ = make(bus)
         async with again:
             await eventually(lambda: len(bus._dead) == 1, timeout_s=TIMEOUT_S, what="the dead letter written")
-        assert [d.id for d in bus._dead] == [poison]
+        assert [d.event_id for d in bus._dead] == [poison]
     finally:
         await bus.aclose()
 
@@ -164,4 +164,4 @@ async def test_concurrent_failing_writes_are_all_counted_and_all_written(eventua
         await eventually(lambda: len(bus._dead) == 5, timeout_s=TIMEOUT_S, what="every dead letter written")
         await asyncio.sleep(0)
         assert runner._dead_letters_failing() == 0
-    assert sorted(d.id for d in bus._dead) == sorted(ids)
+    assert sorted(d.event_id for d in bus._dead) == sorted(ids)

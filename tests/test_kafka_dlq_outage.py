@@ -26,8 +26,8 @@ from test_kafka_processes import kafka_config, start_worker, until
 from agentflow import DeadLetter, Producer, config_from_dict
 
 
-async def dead_letter_ids(bootstrap: str, topic: str) -> list[str]:
-    """The ids of the dead letters in ``topic``, read from the beginning with a plain consumer."""
+async def dead_letter_ids(bootstrap: str, topic: str) -> list[str | None]:
+    """The event ids of the dead letters in ``topic``, read from the beginning with a plain consumer."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=10
     )
@@ -35,7 +35,7 @@ async def dead_letter_ids(bootstrap: str, topic: str) -> list[str]:
     try:
         batches = await consumer.getmany(timeout_ms=1000)
         dec = msgspec.msgpack.Decoder(DeadLetter)
-        return [dec.decode(r.value).id for records in batches.values() for r in records]
+        return [dec.decode(r.value).event_id for records in batches.values() for r in records]
     finally:
         await consumer.stop()
 
@@ -79,7 +79,7 @@ async def test_a_broker_outage_while_dead_lettering_is_waited_out(tmp_path: Path
                 os.kill(broker.proc.pid, signal.SIGCONT)
                 frozen = False
                 dlq = f"{data['kafka']['topic_prefix']}jobs.dlq"
-                letters: list[str] = []
+                letters: list[str | None] = []
                 deadline = asyncio.get_running_loop().time() + 60
                 while not set(rejected) <= set(letters):
                     assert asyncio.get_running_loop().time() < deadline, (letters, w.stderr())
