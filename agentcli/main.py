@@ -227,7 +227,7 @@ def benchmark(
             "--repeat",
             min=1,
             help="Rounds (raw and agentflow alternately); the best of N is reported.",
-            show_default="1; overload: 3",
+            show_default="1; overload: 5",
             rich_help_panel=_REPORT,
         ),
     ] = None,
@@ -291,7 +291,7 @@ def benchmark(
                 )
         if bootstrap is not None and bus is not BusChoice.kafka:
             raise typer.BadParameter("--bootstrap applies to --bus kafka.", param_hint="'--bootstrap'")
-        _overload_benchmark(config, requests, seconds, rounds or 3, bus is BusChoice.kafka, bootstrap, json_path)
+        _overload_benchmark(config, requests, seconds, rounds or 5, bus is BusChoice.kafka, bootstrap, json_path)
         return
     if bus is BusChoice.kafka:
         _kafka_benchmark(config, bootstrap, requests, batch_size, mode, load_fraction, compare_raw, json_path, repeat)

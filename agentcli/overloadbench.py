@@ -267,11 +267,17 @@ async def blocked_emitters(spec: OverloadSpec, consumers: int, console: Console,
     runs: list[BlockedRun] = []
     for r in range(1, spec.repeat + 1):
         for side in ("raw", "agentflow"):
+            # Both sides start from a collected heap whose objects the collector then leaves alone (freeze): a
+            # full collection during the run walks only what the run allocated, not what part 1 left behind.
             gc.collect()
-            if side == "raw":
-                block, release = await _blocked_raw(spec.emitters, consumers)
-            else:
-                block, release = await _blocked_agentflow(spec.emitters, consumers, warnings)
+            gc.freeze()
+            try:
+                if side == "raw":
+                    block, release = await _blocked_raw(spec.emitters, consumers)
+                else:
+                    block, release = await _blocked_agentflow(spec.emitters, consumers, warnings)
+            finally:
+                gc.unfreeze()
             runs.append(
                 BlockedRun(
                     side=side,
