@@ -322,7 +322,6 @@ async def test_http_ingest_under_overload_answers_429_with_retry_after_and_loses
     assert sorted(e.id for e in handled) == sorted(accepted)
 
 
-@pytest.mark.slow
 async def test_http_ingest_on_kafka_under_overload_loses_nothing_it_accepted(
     make_runner: RunnerFactory, eventually: Eventually, kafka_broker: TansuBroker
 ) -> None:
@@ -338,7 +337,6 @@ async def test_http_ingest_on_kafka_under_overload_loses_nothing_it_accepted(
     assert sorted({e.id for e in handled}) == sorted(accepted)
 
 
-@pytest.mark.slow
 async def test_requests_on_kafka_are_bounded_by_max_pending_requests(
     make_runner: RunnerFactory, eventually: Eventually, kafka_broker: TansuBroker
 ) -> None:
