@@ -448,7 +448,8 @@ def _overload_benchmark(
     bootstrap: str | None,
     json_path: Path | None,
 ) -> None:
-    from .overloadbench import OverloadSpec, render_overload, run_overload_benchmark
+    from .overloadbench import OverloadSpec, run_overload_benchmark
+    from .overloadreport import render_overload
 
     if json_path is not None and not json_path.parent.is_dir():
         raise typer.BadParameter(f"directory {str(json_path.parent)!r} does not exist.", param_hint="'--json'")
