@@ -6,6 +6,7 @@ exit 2, never a traceback. The event loop and signal handlers are set up in :mod
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import re
@@ -58,6 +59,7 @@ class Scenario(enum.StrEnum):
     noop = "noop"
     llm_chat = "llm-chat"
     llm_embed = "llm-embed"
+    overload = "overload"
 
 
 class BusChoice(enum.StrEnum):
@@ -141,7 +143,9 @@ def benchmark(
     scenario: Annotated[
         Scenario | None,
         typer.Option(
-            help="Built-in scenario: noop measures framework overhead.", show_default="noop", rich_help_panel=_WHAT
+            help="Built-in scenario: noop measures framework overhead; overload, blocked emitters and 10x load.",
+            show_default="noop",
+            rich_help_panel=_WHAT,
         ),
     ] = None,
     app_ref: Annotated[
@@ -217,12 +221,16 @@ def benchmark(
             rich_help_panel=_REPORT,
         ),
     ] = False,
-    repeat: Annotated[
-        int,
+    rounds: Annotated[
+        int | None,
         typer.Option(
-            min=1, help="Rounds (raw and agentflow alternately); the best of N is reported.", rich_help_panel=_REPORT
+            "--repeat",
+            min=1,
+            help="Rounds (raw and agentflow alternately); the best of N is reported.",
+            show_default="1; overload: 5",
+            rich_help_panel=_REPORT,
         ),
-    ] = 1,
+    ] = None,
     profile: Annotated[
         ProfileKind | None,
         typer.Option(help="Profile the agentflow runs; needs --output.", rich_help_panel=_REPORT),
@@ -261,6 +269,30 @@ def benchmark(
 ) -> None:
     """Measure agentflow's throughput and latency, optionally against a raw asyncio.Queue baseline."""
     seconds = parse_duration_option(duration)
+    repeat = rounds or 1
+    if scenario is Scenario.overload:
+        others = {
+            "--app": app_ref is not None,
+            "--compare-raw": compare_raw,
+            "--batch-size": batch_size > 1,
+            "--payload": payload is not None,
+            "--profile": profile is not None,
+            "--llm-url": llm_url is not None,
+            "--load-fraction": load_fraction is not None,
+            "--concurrent-users": concurrent_users is not None,
+            "--mode": mode is not Mode.closed,
+        }
+        for flag, given in others.items():
+            if given:
+                raise typer.BadParameter(
+                    f"{flag} does not apply to --scenario overload (it takes --requests, --duration, --repeat, "
+                    "--config, --bus, --bootstrap and --json).",
+                    param_hint=f"'{flag}'",
+                )
+        if bootstrap is not None and bus is not BusChoice.kafka:
+            raise typer.BadParameter("--bootstrap applies to --bus kafka.", param_hint="'--bootstrap'")
+        _overload_benchmark(config, requests, seconds, rounds or 5, bus is BusChoice.kafka, bootstrap, json_path)
+        return
     if bus is BusChoice.kafka:
         _kafka_benchmark(config, bootstrap, requests, batch_size, mode, load_fraction, compare_raw, json_path, repeat)
         return
@@ -417,6 +449,47 @@ def _exit_if_failed(failed: int, total: int, unit: str) -> None:
             "fix what made them fail (see the errors above) before trusting the figures.",
             highlight=False,
         )
+        raise typer.Exit(code=1)
+
+
+def _overload_benchmark(
+    config: Path | None,
+    emitters: int | None,
+    seconds: float | None,
+    repeat: int,
+    kafka: bool,
+    bootstrap: str | None,
+    json_path: Path | None,
+) -> None:
+    from .overloadbench import OverloadSpec, run_overload_benchmark
+    from .overloadreport import render_overload
+
+    if json_path is not None and not json_path.parent.is_dir():
+        raise typer.BadParameter(f"directory {str(json_path.parent)!r} does not exist.", param_hint="'--json'")
+    base = config_or_exit(config)
+    spec = OverloadSpec(repeat=repeat)
+    if emitters is not None:
+        spec = dataclasses.replace(spec, emitters=emitters)
+    if seconds is not None:
+        spec = dataclasses.replace(spec, duration_s=seconds)
+    console = Console()
+    console.print(
+        f"agentcli benchmark: overload, {spec.emitters:,} blocked emitters, {spec.factor:g}x load for "
+        f"{spec.duration_s:g} s on the {'kafka' if kafka else 'memory'} bus",
+        highlight=False,
+    )
+    command = ["agentcli", *(_argv if _argv is not None else sys.argv[1:])]
+    try:
+        report = run_async(run_overload_benchmark(spec, base, console, command, kafka=kafka, bootstrap=bootstrap))
+    except Interrupted as exc:
+        Console(stderr=True).print("Interrupted: the runner was shut down; no figures reported.")
+        raise typer.Exit(code=128 + exc.signum) from None
+    render_overload(console, report)
+    if json_path is not None:
+        json_path.write_bytes(msgspec.json.format(msgspec.json.encode(report)))
+        console.print(f"report written to {json_path}", highlight=False)
+    if report.requests.lost or report.ingest.lost:
+        Console(stderr=True).print("Accepted events were not handled: see the 'lost' figures above.")
         raise typer.Exit(code=1)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import resource
 import sys
 from collections import deque
@@ -42,6 +43,7 @@ __all__ = [
     "paced",
     "paced_requests",
     "planned_events",
+    "rss_mb",
     "rss_peak_mb",
 ]
 
@@ -113,6 +115,17 @@ def cpu_seconds() -> float:
     """User + system CPU time of this process so far."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def rss_mb() -> float:
+    """This process's resident set size now, in MB (Linux ``/proc``); elsewhere the peak so far."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def rss_peak_mb() -> float:

@@ -56,6 +56,8 @@ DEFAULT_SHUTDOWN_GRACE_S = 10.0
 DEFAULT_MAX_WORKFLOW_DEPTH = 16
 DEFAULT_MAX_EVENT_BYTES = 1_048_576  # 1 MiB
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
+DEFAULT_MAX_WAITING_EMITS = 10_000
+DEFAULT_MAX_PENDING_REQUESTS = 10_000
 DEFAULT_BUS_BACKEND: Literal["memory", "kafka"] = "memory"
 DEFAULT_PARTITIONS = 8
 DEFAULT_MAX_ATTEMPTS = 3
@@ -131,7 +133,9 @@ class RunnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     ``worker_pool_size`` handlers run at once across all agents; ``max_concurrent_events`` events are taken
     from the bus and not yet acknowledged (running, waiting for a worker, waiting behind an earlier event
     with the same key, or backing off before a retry); ``event_buffer_size`` is per topic and consumer group
-    in the memory bus, and ``emit`` waits when it is full::
+    in the memory bus, and ``emit`` waits when it is full. At most ``max_waiting_emits`` emit/request calls
+    wait for room at once and ``max_pending_requests`` requests for their results; calls beyond either bound
+    fail at once with BackpressureError::
 
         RunnerConfig(worker_pool_size=8, event_timeout_s=5.0)
     """
@@ -144,6 +148,8 @@ class RunnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     max_workflow_depth: _NonNegativeInt = DEFAULT_MAX_WORKFLOW_DEPTH
     max_event_bytes: _EventBytes = DEFAULT_MAX_EVENT_BYTES
     request_timeout_s: _PositiveFloat = DEFAULT_REQUEST_TIMEOUT_S
+    max_waiting_emits: _PositiveInt = DEFAULT_MAX_WAITING_EMITS
+    max_pending_requests: _PositiveInt = DEFAULT_MAX_PENDING_REQUESTS
 
 
 class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

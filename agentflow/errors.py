@@ -10,7 +10,7 @@ Every error agentflow raises on purpose derives from :class:`AgentflowError`; th
     │   ├── EventTooLargeError       encoded event over the size limit
     │   └── EventDecodeError         bytes that are not an event, or a payload of the wrong schema
     ├── BusError
-    │   ├── BackpressureError        a bounded buffer is full and the caller asked not to wait
+    │   ├── BackpressureError        a bounded buffer is full and the caller asked not to wait, or too many wait
     │   └── BusUnavailableError      brokers unreachable, or a delivery not confirmed in time
     │       └── DeliveryUncertainError  not confirmed, and possibly written: ``event_ids`` names the events
     ├── HandlerTimeoutError          an attempt ran past its timeout and was cancelled
@@ -108,7 +108,8 @@ class BusError(AgentflowError):
 
 
 class BackpressureError(BusError):
-    """A bounded buffer is full and the caller asked not to wait."""
+    """A bounded buffer is full and the caller asked not to wait, or a runner bound on waiting callers
+    (``runner.max_waiting_emits``, ``runner.max_pending_requests``) was reached; nothing was published."""
 
 
 class BusUnavailableError(BusError):

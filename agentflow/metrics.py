@@ -103,6 +103,8 @@ class AgentMetrics:
         return sum(n for reason, n in self.dead_lettered.items() if reason != "depth_exceeded")
 
 
+#: The ``[runner]`` bounds that refuse emit/request calls (``agentflow_calls_refused_total{limit}``).
+REFUSAL_LIMITS: Final = ("max_waiting_emits", "max_pending_requests")
 #: Circuit breaker states, in the order the state gauge renders them (values of ``BreakerState``).
 BREAKER_STATES: Final = ("closed", "open", "half_open", "forced_open", "disabled")
 #: Batch-size histogram bounds: 1, 2, 4 … 4096 items; fill-ratio bounds: 0.1, 0.2 … 1.0.
@@ -192,6 +194,8 @@ class Metrics(Collector):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
         self._agents: dict[str, AgentMetrics] = {}
         self._emitted: dict[str, int] = {}
+        #: emit/request calls refused with BackpressureError, by the ``[runner]`` bound that refused them
+        self.calls_refused: dict[str, int] = dict.fromkeys(REFUSAL_LIMITS, 0)
         self._max_topics = max_topic_labels
         self._gauges: list[Callable[[], Iterable[GaugeSample]]] = []
         self._breakers: dict[str, BreakerMetrics] = {}
@@ -252,6 +256,14 @@ class Metrics(Collector):
         for topic, n in sorted(self._emitted.items()):
             emitted.add_metric([topic], n)
         yield emitted
+        refused = CounterMetricFamily(
+            "agentflow_calls_refused",
+            "emit and request calls refused with BackpressureError, by the runner bound that was reached.",
+            labels=["limit"],
+        )
+        for limit, n in self.calls_refused.items():
+            refused.add_metric([limit], n)
+        yield refused
         handled = CounterMetricFamily(
             "agentflow_events_handled",
             "Events finished by an agent, by outcome: success, skipped or dead_lettered.",

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._deadlines import Deadlines
+from ._waiting import WaitingEmits
 from .agents import AgentWorker
 from .batch_agent import BatchAgentWorker
 from .bus import create_bus
@@ -25,7 +26,15 @@ from .bus.base import Bus
 from .config import Config, RetryConfig, RetryOverride, load_config
 from .context import AgentSpec, Handler
 from .dlq import DeadLetters
-from .errors import DeadLetteredError, HandlerTimeoutError, LifecycleError, Reject, RequestTimeoutError, Skip
+from .errors import (
+    BackpressureError,
+    DeadLetteredError,
+    HandlerTimeoutError,
+    LifecycleError,
+    Reject,
+    RequestTimeoutError,
+    Skip,
+)
 from .events import _ID_PREFIX, DeadLetter, Event, EventCodec, RawEvent, _id_counter, make_events, new_event_id
 from .metrics import GaugeSample, Metrics
 from .pool import WorkerPool
@@ -80,12 +89,13 @@ class Runner:
         self._agents: list[AgentWorker] = []
         self._replies: dict[str, asyncio.Future[Any]] = {}
         self._deadlines = Deadlines(rc.request_timeout_s, self._expire)
+        self._refused = self.metrics.calls_refused
+        self._waiting = WaitingEmits(rc.max_waiting_emits, self._refused)
         self._reply_sends: set[asyncio.Task[None]] = set()
         self._inbox = f"inbox:{new_event_id()}"
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._closing_done: asyncio.Event | None = None
-        self._closing: asyncio.Future[None] | None = None
         self._shutdown: ShutdownReport | None = None
         self._service: Any = None
         #: The LLM providers of ``[llm.*]`` (None when there are none); opened in start, closed in aclose.
@@ -196,7 +206,6 @@ class Runner:
                     configured,
                 )
         self._stack = contextlib.AsyncExitStack()
-        self._closing = asyncio.get_running_loop().create_future()
         await self.bus.start()
         if self.llm is not None:
             await self.llm.start()
@@ -269,8 +278,7 @@ class Runner:
             return
         self._state = RunnerState.CLOSING
         self._closing_done = asyncio.Event()
-        if self._closing is not None and not self._closing.done():
-            self._closing.set_result(None)  # releases emits blocked on a full buffer
+        self._waiting.release_all(self._closed_while_waiting)  # stop intake: blocked emits and requests end now
         t0 = time.perf_counter()
         grace = self.config.runner.shutdown_grace_s
         drained = True
@@ -378,7 +386,7 @@ class Runner:
         eid = _ID_PREFIX + str(next(_id_counter))  # new_event_id(), inlined
         batch = (Event(topic, payload, key, eid, headers, time.time(), 1, eid),)
         if not self.bus.offer(topic, batch):
-            await self._publish_blocking(topic, batch)
+            await self._waiting.publish(self.bus, topic, batch)
         em = self._emitted
         if topic in em:
             em[topic] += 1
@@ -410,14 +418,14 @@ class Runner:
             self._check_accepting()
         events = make_events(topic, list(payloads), key, headers, None, 0)
         if not self.bus.offer(topic, events):
-            await self._publish_blocking(topic, events)
+            await self._waiting.publish(self.bus, topic, events)
         self.metrics.emitted(topic, len(events))
         return list(map(_id_of, events))
 
     async def emit_encoded(self, topic: str, data: bytes, *, key: str | None = None) -> None:
         """Emit an event as bytes (as HTTP ingest or Kafka producers do); bad bytes end in the DLQ."""
         self._check_accepting()
-        await self._publish_blocking(topic, [RawEvent(topic, bytes(data), key)])
+        await self._waiting.publish(self.bus, topic, [RawEvent(topic, bytes(data), key)])
         self.metrics.emitted(topic)
 
     async def request(
@@ -432,23 +440,32 @@ class Runner:
         """Emit an event and return what its agent's handler returned.
 
         Raises :class:`RequestTimeoutError` after ``timeout_s`` (default ``runner.request_timeout_s``) and
-        :class:`DeadLetteredError` when the event ends in the dead-letter queue.
+        :class:`DeadLetteredError` when the event ends in the dead-letter queue. Raises
+        :class:`BackpressureError` at once, publishing nothing, when ``runner.max_pending_requests`` requests
+        already wait for their results or ``runner.max_waiting_emits`` callers for room in the bus.
         """
         if self._state is not RunnerState.RUNNING:
             self._check_accepting()
         if self.bus.subscriber_count(topic) == 0:
             raise LifecycleError(f"No agent subscribes to topic {topic!r}, so a request to it cannot be answered.")
+        replies = self._replies
+        if len(replies) >= self.config.runner.max_pending_requests:
+            self._refused["max_pending_requests"] += 1
+            raise BackpressureError(
+                f"{len(replies)} requests already wait for their results, the limit of runner.max_pending_requests; "
+                f"the request to {topic!r} was refused and nothing was published. Retry later, slow down, or raise "
+                "runner.max_pending_requests."
+            )
         loop = asyncio.get_running_loop()
         eid = _ID_PREFIX + str(next(_id_counter))  # new_event_id(), inlined
         fut: asyncio.Future[Any] = loop.create_future()
-        replies = self._replies
         replies[eid] = fut
         deadlines = self._deadlines
         deadlines.add(loop, eid, topic, self.config.runner.request_timeout_s if timeout_s is None else timeout_s)
         try:
             batch = (Event(topic, payload, key, eid, headers, time.time(), 1, eid, 0, self._inbox),)
             if not self.bus.offer(topic, batch):
-                await self._publish_blocking(topic, batch, fut)
+                await self._waiting.publish(self.bus, topic, batch, eid)
             em = self._emitted
             if topic in em:
                 em[topic] += 1
@@ -465,38 +482,19 @@ class Runner:
         del replies[eid]
         return result
 
-    async def _publish_blocking(
-        self, topic: str, events: Sequence[Any], expiry: asyncio.Future[Any] | None = None
-    ) -> None:
-        """Publish, waiting for room, but give up when the runner closes (or ``expiry`` completes)."""
-        pub = asyncio.ensure_future(self.bus.publish(topic, events))
-        stops: set[asyncio.Future[Any]] = {pub}
-        if self._closing is not None:
-            stops.add(self._closing)
-        if expiry is not None:
-            stops.add(expiry)
-        try:
-            await asyncio.wait(stops, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not pub.done():
-                pub.cancel()
-                await asyncio.gather(pub, return_exceptions=True)
-        if not pub.cancelled() and pub.exception() is None:
-            return
-        if pub.done() and not pub.cancelled():
-            pub.result()  # re-raise the bus's own error
-        if expiry is not None and expiry.done():
-            expiry.result()  # raises RequestTimeoutError
-        raise LifecycleError(
-            f"The Runner closed while an emit to {topic!r} waited for room in the buffer; the event was not emitted."
+    @staticmethod
+    def _closed_while_waiting(topic: str) -> LifecycleError:
+        return LifecycleError(
+            f"The Runner closed while an emit to {topic!r} waited for room in the bus; the event was not emitted."
         )
 
     def _expire(self, eid: str, topic: str, t: float) -> None:
         fut = self._replies.get(eid)
         if fut is not None and not fut.done():
-            fut.set_exception(
-                RequestTimeoutError(f"No result for the request to topic {topic!r} within {t:g} s; raise timeout_s.")
-            )
+            exc = RequestTimeoutError(f"No result for the request to topic {topic!r} within {t:g} s; raise timeout_s.")
+            fut.set_exception(exc)
+            # timeout_s covers the wait for room in the bus too: a request still waiting there gives up now.
+            self._waiting.release(eid, lambda _topic: exc)
 
     # ---- host hooks used by agents ---------------------------------------------------------------------
 
@@ -678,6 +676,9 @@ class Runner:
             in_flight=sum(a.in_flight for a in agents),
             returned=sum(a.returned for a in agents),
             pending_requests=len(self._replies),
+            waiting_emits=len(self._waiting),
+            refused_emits=self._refused["max_waiting_emits"],
+            refused_requests=self._refused["max_pending_requests"],
             agents=agents,
             pool=self.pool.statistics(),
             bus=self.bus.statistics(),
@@ -724,6 +725,24 @@ class Runner:
                 )
             )
         out.append(("agentflow_dead_letters", "Entries in the dead-letter queue.", (), (), float(bus.dead_letters)))
+        out.append(
+            (
+                "agentflow_emits_waiting",
+                "emit and request calls waiting for room in the bus (runner.max_waiting_emits).",
+                (),
+                (),
+                float(len(self._waiting)),
+            )
+        )
+        out.append(
+            (
+                "agentflow_requests_pending",
+                "runner.request calls waiting for their results (runner.max_pending_requests).",
+                (),
+                (),
+                float(len(self._replies)),
+            )
+        )
         p = self.pool
         out.append(("agentflow_worker_pool_busy", "Handlers running now.", (), (), float(p.busy)))
         out.append(("agentflow_worker_pool_size", "Handler slots (runner.worker_pool_size).", (), (), float(p.size)))

@@ -50,7 +50,12 @@ class ShutdownReport(msgspec.Struct, frozen=True):
 
 
 class RunnerStatistics(msgspec.Struct, frozen=True):
-    """Live counts of a runner, its agents, pool and bus; ``shutdown`` is set once it has closed."""
+    """Live counts of a runner, its agents, pool and bus; ``shutdown`` is set once it has closed.
+
+    ``pending_requests`` are ``runner.request`` calls waiting for their results and ``waiting_emits`` emit and
+    request calls waiting for room in the bus; ``refused_emits`` and ``refused_requests`` count the calls
+    refused with BackpressureError by ``runner.max_waiting_emits`` and ``runner.max_pending_requests``.
+    """
 
     state: str
     emitted: int
@@ -60,6 +65,9 @@ class RunnerStatistics(msgspec.Struct, frozen=True):
     in_flight: int
     returned: int
     pending_requests: int
+    waiting_emits: int
+    refused_emits: int
+    refused_requests: int
     agents: tuple[AgentStatistics, ...]
     pool: WorkerPoolStatistics
     bus: BusStatistics

@@ -130,6 +130,33 @@ def test_repeat_alternates_and_keeps_every_run(tmp_path: Path) -> None:
     assert "best of 2" in data["order"]
 
 
+def test_overload_scenario_reports_refusals_capacity_memory_and_no_loss(tmp_path: Path) -> None:
+    # Small bounds, so the backlog drains in a moment; 50 in flight + 200 buffered + 20 waiting for room stay
+    # under max_pending_requests, so here max_waiting_emits is the bound that refuses requests.
+    config = tmp_path / "small.toml"
+    config.write_text(
+        "[runner]\nevent_buffer_size = 200\nmax_concurrent_events = 50\nmax_waiting_emits = 20\n"
+        "max_pending_requests = 300\n"
+    )
+    data = report(tmp_path, "--scenario", "overload", "--config", str(config), "--requests", "2000", "--duration", "1s")
+    assert data["scenario"] == "overload"
+    req, ingest, blocked = data["requests"], data["ingest"], data["blocked"]
+    assert req["offered"] == req["completed"] + req["refused"] + req["timed_out"] + req["failed"]
+    assert req["refused"] == req["refused_by"]["max_waiting_emits"] > 0
+    assert req["max_pending_requests"] <= 300 and req["max_waiting_emits"] <= 20
+    assert req["accepted"] == req["handled_after_drain"] and req["lost"] == 0
+    assert req["capacity_per_s"] > 0 and req["share_of_capacity"] > 0 and req["rss_growth_mb"] >= 0
+    assert ingest["refused_by_status"].get("429", 0) > 0 and ingest["client_errors"].get("http_429", 0) > 0
+    assert ingest["accepted"] == ingest["accepted_posts"] * ingest["events_per_post"] == ingest["handled_after_drain"]
+    assert ingest["lost"] == 0
+    assert [(r["side"], r["round"]) for r in blocked["runs"]] == [
+        (side, n) for n in range(1, 6) for side in ("raw", "agentflow")
+    ]
+    assert blocked["emitters"] == 2000 and blocked["ratio"] > 0
+    lost = {g["name"]: g["met"] for g in data["goals"] if "lost" in g["name"]}
+    assert lost == {"runner.request: accepted events lost": True, "HTTP ingest: accepted events lost": True}
+
+
 @pytest.mark.parametrize("agent_batch", [None, "1", "64"])
 def test_batch_size_feeds_a_batch_agent_unless_told_otherwise(tmp_path: Path, agent_batch: str | None) -> None:
     extra = [] if agent_batch is None else ["--agent-batch-size", agent_batch]
@@ -223,6 +250,8 @@ def test_app_runner_instance_cannot_take_config(tmp_path: Path) -> None:
         (["--json", "/no/such/dir/report.json"], "does not exist"),
         (["--agent-batch-size", "0"], "--agent-batch-size"),
         (["--app", "agentcli_app:make_runner", "--agent", "echo", "--agent-batch-size", "4"], "shapes the"),
+        (["--scenario", "overload", "--compare-raw"], "--compare-raw does not apply to"),
+        (["--scenario", "overload", "--bootstrap", "127.0.0.1:9092"], "--bus kafka"),
     ],
 )
 def test_bad_flags_print_usage_and_exit_2(args: list[str], expected: str) -> None:

@@ -182,6 +182,9 @@ class MemoryBus(Bus):
         self._topics: dict[str, list[_Group]] = {}
         self._groups: dict[tuple[str, str], _Group] = {}
         self._putters: dict[str, deque[asyncio.Future[None]]] = {}
+        # Per topic: publishers woken for room that have not run yet. Each will use at least one event's room,
+        # so the turn is passed on only when room remains beyond theirs (no wake-up that finds the room gone).
+        self._woken: dict[str, int] = {}
         self._dead: deque[DeadLetter] = deque()
         self._dlq_max = dlq_max_entries
         self._dlq_evicted = 0
@@ -208,11 +211,8 @@ class MemoryBus(Bus):
         for g in self._groups.values():
             for m in list(g.members):
                 await m.aclose()
-        for putters in self._putters.values():
-            while putters:
-                fut = putters.popleft()
-                if not fut.done():
-                    fut.set_result(None)
+        for topic in self._putters:
+            self._wake_putters(topic, len(self._putters[topic]))
 
     @staticmethod
     def _partition_of(key: str | None, nparts: int, default: int) -> int:
@@ -227,11 +227,14 @@ class MemoryBus(Bus):
 
     def _wake_putters(self, topic: str, k: int) -> None:
         putters = self._putters.get(topic)
-        while putters and k > 0:
+        woken = 0
+        while putters and woken < k:
             fut = putters.popleft()
             if not fut.done():
                 fut.set_result(None)
-                k -= 1
+                woken += 1
+        if woken:
+            self._woken[topic] = self._woken.get(topic, 0) + woken
 
     def offer(self, topic: str, events: Sequence[Item]) -> bool:
         if self._closed or self._putters.get(topic):
@@ -309,39 +312,38 @@ class MemoryBus(Bus):
         # A batch larger than the buffer goes in buffer-sized chunks, each waiting for room in every group.
         step = self.buffer_size
         headroom = self.buffer_size if follow_up else 0
-        putters = self._putters.setdefault(topic, deque())
+        putters = self._putters.get(topic)
+        if putters is None:
+            putters = self._putters[topic] = deque()
         for i in range(0, len(events), step):
             chunk = events[i : i + step] if len(events) > step else events
             n = len(chunk)
             if (putters and not follow_up) or not self._fits(groups, n, headroom):
-                await self._wait_for_room(topic, putters, groups, n, headroom)
-            self._append(groups, chunk)
-            if putters and self._fits(groups, 1):
-                self._wake_putters(topic, 1)  # pass the turn on while room remains
-
-    async def _wait_for_room(
-        self, topic: str, putters: deque[asyncio.Future[None]], groups: list[_Group], n: int, headroom: int
-    ) -> None:
-        # FIFO per topic: a publisher queues behind earlier waiting ones even if room just appeared; once
-        # woken it keeps its place at the head if the room was not enough.
-        again = False
-        while True:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            if again:
-                putters.appendleft(fut)
-            else:
+                # FIFO per topic: a publisher queues behind earlier waiting ones even if room just appeared; once
+                # woken it keeps its place at the head if the room was not enough. (Inline, not a helper
+                # coroutine: under overload every waiting publisher runs this.)
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 putters.append(fut)
-            try:
-                await fut
-            except BaseException:
-                fut.cancel()
-                if self._fits(groups, 1):
-                    self._wake_putters(topic, 1)  # never strand the publishers behind a cancelled one
-                raise
-            self._check_open()
-            if self._fits(groups, n, headroom):
-                return
-            again = True
+                while True:
+                    try:
+                        await fut
+                    except BaseException:
+                        if fut.done() and not fut.cancelled():
+                            self._woken[topic] -= 1  # woken, then cancelled before it ran
+                        else:
+                            fut.cancel()
+                        if self._fits(groups, 1 + self._woken.get(topic, 0)):
+                            self._wake_putters(topic, 1)  # never strand the publishers behind a cancelled one
+                        raise
+                    self._woken[topic] -= 1
+                    self._check_open()
+                    if self._fits(groups, n, headroom):
+                        break
+                    fut = asyncio.get_running_loop().create_future()
+                    putters.appendleft(fut)
+            self._append(groups, chunk)
+            if putters and self._fits(groups, 1 + self._woken.get(topic, 0)):
+                self._wake_putters(topic, 1)  # pass the turn on while room remains
 
     def publish_nowait(self, topic: str, events: Sequence[Item]) -> None:
         self._check_open()
