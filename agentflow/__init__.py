@@ -15,7 +15,7 @@ subscribed to them::
         print(await runner.request("greetings", {"name": "Ada"}))
 """
 
-from .batch_agent import BatchContext
+from .agents import BatchContext, Context
 from .bus import Bus, BusStatistics, MemoryBus, Subscription, SubscriptionStatistics, create_bus
 from .config import (
     AgentConfig,
@@ -37,7 +37,6 @@ from .config import (
     config_from_dict,
     load_config,
 )
-from .context import Context
 from .dlq import DeadLetterPage, DeadLetters
 from .errors import (
     AgentflowError,

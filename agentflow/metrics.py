@@ -45,21 +45,15 @@ class Pow2Histogram:
         self.sum = 0.0
 
     def observe(self, value_s: float) -> None:
-        if value_s < 0.0:
-            value_s = 0.0
-        elif value_s > MAX_OBSERVED_S:
-            value_s = MAX_OBSERVED_S  # also catches inf; NaN fails both tests and is stored as the maximum
-        elif value_s != value_s:
-            value_s = MAX_OBSERVED_S
+        if not 0.0 <= value_s <= MAX_OBSERVED_S:  # also catches inf and NaN (both stored as the maximum)
+            value_s = 0.0 if value_s < 0.0 else MAX_OBSERVED_S
         self.counts[int(value_s * 1_000_000).bit_length()] += 1
         self.sum += value_s
 
     def observe_many(self, value_s: float, n: int) -> None:
         """Observe the same value ``n`` times (events of one batch that waited equally long)."""
-        if value_s < 0.0:
-            value_s = 0.0
-        elif value_s > MAX_OBSERVED_S or value_s != value_s:
-            value_s = MAX_OBSERVED_S
+        if not 0.0 <= value_s <= MAX_OBSERVED_S:
+            value_s = 0.0 if value_s < 0.0 else MAX_OBSERVED_S
         self.counts[int(value_s * 1_000_000).bit_length()] += n
         self.sum += value_s * n
 

@@ -19,12 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._deadlines import Deadlines
 from ._waiting import WaitingEmits
-from .agents import AgentWorker
-from .batch_agent import BatchAgentWorker
+from .agents import AgentSpec, AgentWorker, BatchAgentWorker, Handler
 from .bus import create_bus
 from .bus.base import Bus
 from .config import Config, RetryConfig, RetryOverride, load_config
-from .context import AgentSpec, Handler
 from .dlq import DeadLetters
 from .errors import (
     BackpressureError,
@@ -133,7 +131,7 @@ class Runner:
 
         ``batch_size`` makes a batch agent: ``async def handler(events, ctx)`` gets a list of up to that many
         events already delivered (it never waits to fill one) and a
-        :class:`~agentflow.batch_agent.BatchContext`; see :mod:`agentflow.batch_agent`.
+        :class:`~agentflow.agents.batch.BatchContext`; see :mod:`agentflow.agents.batch`.
         """
         if self._state is not RunnerState.CREATED:
             raise LifecycleError("Register agents before starting the Runner; it is already running.")

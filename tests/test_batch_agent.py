@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import pytest
 
-from agentflow import DeadLetteredError, Event, MemoryBus, Reject, Retry, Skip
-from agentflow.batch_agent import BatchContext
+from agentflow import BatchContext, DeadLetteredError, Event, MemoryBus, Reject, Retry, Skip
 
 if TYPE_CHECKING:
     from conftest import Eventually, RunnerFactory

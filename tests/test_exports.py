@@ -11,9 +11,13 @@ import agentflow
 
 #: Names in a submodule's ``__all__`` that are deliberately not part of the top-level API, and why.
 INTERNAL = {
-    "agentflow.agents": {"AgentWorker"},  # runner wiring
-    "agentflow.context": {"AgentSpec", "Handler"},  # runner wiring; handlers use Event/Context
-    "agentflow.batch_agent": {"BatchAgentWorker", "BatchHandler"},  # runner wiring; handlers use BatchContext
+    # runner wiring; handlers use Event, Context and BatchContext
+    "agentflow.agents": {"AgentSpec", "AgentWorker", "BatchAgentWorker", "BatchHandler", "Handler", "Host"},
+    "agentflow.agents.batch": {"BatchAgentWorker", "BatchHandler"},
+    "agentflow.agents.context": {"ContextOwner"},
+    "agentflow.agents.failures": {"FailurePath"},
+    "agentflow.agents.spec": {"AgentSpec", "Handler", "Host"},
+    "agentflow.agents.worker": {"AgentWorker"},
     "agentflow.bus": {"Item"},  # a type alias of the bus contract, for bus implementers
     "agentflow.bus.base": {"Item"},
     "agentflow.bus.memory": {"MemorySubscription"},  # reached through Bus.subscribe

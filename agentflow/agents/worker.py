@@ -13,31 +13,30 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .bus.base import Item, Subscription
-from .context import Context, Handler, _Host
-from .errors import EventDecodeError, EventError, EventTooLargeError, HandlerTimeoutError, Reject, Retry, Skip
-from .events import DeadLetter, Event, EventCodec, RawEvent, bounded_dead_letter, convert_payload
-from .metrics import MAX_OBSERVED_S, AgentMetrics
-from .pool import Slot, WorkerPool
-from .resilience.retry import RetryPolicy
+from ..bus.base import Item, Subscription
+from ..errors import EventDecodeError, EventError, EventTooLargeError
+from ..events import Event, EventCodec, RawEvent, convert_payload
+from ..metrics import AgentMetrics
+from ..pool import Slot, WorkerPool
+from ..resilience.retry import RetryPolicy
+from .context import Context
+from .failures import FailurePath
+from .spec import Handler, Host
+
+if TYPE_CHECKING:
+    from ..llm.hub import AgentLLM
 
 __all__ = ["AgentWorker"]
 
 logger = logging.getLogger(__name__)
 
-_MISSING: Any = object()
-_LOG_BURST = 10
-# A failed dead-letter write is retried after 0.1 s, doubling up to 5 s: a broker that comes back is noticed
-# within seconds, and a long outage costs one attempt per 5 s per waiting event.
-_DLQ_RETRY_FIRST_S = 0.1
-_DLQ_RETRY_MAX_S = 5.0
 
-
-class AgentWorker:
+class AgentWorker(FailurePath):
     """Runs one agent: dispatcher, workers, ordering by key, timeouts, retries, dead letters, acks."""
 
     def __init__(
@@ -48,7 +47,7 @@ class AgentWorker:
         sub: Subscription,
         pool: WorkerPool,
         metrics: AgentMetrics,
-        host: _Host,
+        host: Host,
         codec: EventCodec,
         concurrency: int,
         timeout_s: float,
@@ -197,29 +196,27 @@ class AgentWorker:
             if not self._take(room):
                 return True
 
-    def _finished(self, item: Item) -> None:
-        self._sub.ack(item)
-        self.inflight -= 1
-        self._room_freed()
-
     # ---- workers ---------------------------------------------------------------------------------------
 
     async def _work(self, slot: Slot) -> None:
-        # The hot path, inlined on purpose: a plain event whose key is free is handled right here with no
-        # further Python calls but the handler's (each call costs ~0.06 µs of a ~1 µs budget). Anything
-        # else — raw bytes, typed payloads, failures, parked keys — takes the slow path in other methods.
+        # The hot path: a plain event whose key is free is handled right here, with the steps of _begin and
+        # _succeeded (the slow path's) written out around the handler call. Each algorithm they use — the key
+        # claim, the pool's slot accounting, the histograms, the ack — is one method, bound to a local here;
+        # tests/test_hot_path.py drives the same scenarios through both paths and compares what they record.
+        # Anything else — raw bytes, typed payloads, failures, parked keys — takes the slow path.
         local, idle = self._local, self._idle
         loop = asyncio.get_running_loop()
         handler = self._handler
+        claim = self._claim
         pool = self._pool
-        waiters = pool._waiters
+        try_acquire, release = pool.try_acquire, pool.release
         m = self._m
-        qw, du = m.queue_wait, m.duration
-        qwc, duc = qw.counts, du.counts
+        observe_wait, observe_run = m.queue_wait.observe, m.duration.observe
         perf = time.perf_counter
         timeout = self.timeout_s
         active = self._active
         ack = self._sub.ack
+        reply = self._host._reply
         typed = self._payload_type is not None
         while True:
             if not local:
@@ -241,52 +238,31 @@ class AgentWorker:
                 continue
             ev = item
             key = ev.key
-            if key is not None:
-                if key in active:
-                    parked = active[key]
-                    if parked is None:
-                        parked = active[key] = deque()
-                    parked.append((ev, item))
-                    continue
-                active[key] = None
+            if key is not None and not claim(key, ev, item):
+                continue
             slot.current = ev
-            if pool.busy < pool.size and not waiters:
-                pool.busy += 1
-            else:
+            if not try_acquire():
                 await self._acquire(slot, key)
-            t0 = perf()
-            wait = t0 + self._wall_offset - ev.created_at
-            if wait < 0.0:
-                wait = 0.0
-            elif wait > MAX_OBSERVED_S:
-                wait = MAX_OBSERVED_S
-            qwc[int(wait * 1_000_000).bit_length()] += 1
-            qw.sum += wait
+            t0 = perf()  # _begin
+            observe_wait(t0 + self._wall_offset - ev.created_at)
             slot.deadline = t0 + timeout
             try:
                 result = await handler(ev, Context(ev, self))
             except BaseException as exc:  # noqa: BLE001 - classified in _failed
-                slot.deadline = 0.0
-                pool.release()
-                du.observe(perf() - t0)
+                self._attempt_failed(slot, t0)
                 try:
-                    await self._failed(ev, item, slot, exc)
+                    await self._failed([ev], [item], slot, exc)
                     if key is not None:
                         await self._drain_key(key, slot)
                 except asyncio.CancelledError:
                     self._abandon_key(slot, key)
                     raise
                 continue
-            slot.deadline = 0.0
+            slot.deadline = 0.0  # _succeeded
             if slot.timed_out:
                 self._swallowed_timeout(slot)
-            if waiters:
-                pool.release()
-            else:
-                pool.busy -= 1
-            d = perf() - t0
-            duc[int(d * 1_000_000).bit_length()] += 1
-            du.sum += d
+            release()
+            observe_run(perf() - t0)
             m.handled += 1
             slot.current = None
             ack(item)
@@ -294,7 +270,7 @@ class AgentWorker:
             if self._room is not None:
                 self._room_freed()
             if ev.reply_to is not None:
-                self._host._reply(ev, result, None)
+                reply(ev, result, None)
             if key is not None:
                 if active[key] is None:
                     del active[key]
@@ -305,13 +281,29 @@ class AgentWorker:
                         self._abandon_key(slot, key)
                         raise
 
-    @staticmethod
-    def _swallowed_timeout(slot: Slot) -> None:
-        # The handler caught the watchdog's CancelledError and returned anyway: take the cancellation back.
-        slot.timed_out = False
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            task.uncancel()
+    def _begin(self, ev: Event, slot: Slot) -> float:
+        """A handler run starts (its pool slot taken): record the queue wait, arm the watchdog; the start time."""
+        t0 = time.perf_counter()
+        self._m.queue_wait.observe(t0 + self._wall_offset - ev.created_at)  # emit → start, slot wait included
+        slot.deadline = t0 + self.timeout_s
+        return t0
+
+    def _succeeded(self, ev: Event, item: Item, slot: Slot, t0: float, result: Any) -> None:
+        """Bookkeeping after a handler returned ``result``: disarm, free the slot, count, acknowledge, reply."""
+        slot.deadline = 0.0
+        if slot.timed_out:
+            self._swallowed_timeout(slot)
+        self._pool.release()
+        m = self._m
+        m.duration.observe(time.perf_counter() - t0)
+        m.handled += 1
+        slot.current = None
+        self._sub.ack(item)
+        self.inflight -= 1
+        if self._room is not None:
+            self._room_freed()
+        if ev.reply_to is not None:
+            self._host._reply(ev, result, None)
 
     async def _acquire(self, slot: Slot, key: str | None) -> None:
         try:
@@ -339,10 +331,7 @@ class AgentWorker:
         del active[key]
 
     def _claim(self, key: str, ev: Event, item: Item) -> bool:
-        """Take ``key`` for this worker, or park the event behind the worker that has it (False).
-
-        The hot path in ``_work`` inlines this same logic.
-        """
+        """Take ``key`` for this worker, or park the event behind the worker that has it (False)."""
         active = self._active
         if key in active:
             parked = active[key]
@@ -421,7 +410,7 @@ class AgentWorker:
         return ("too_large" if isinstance(exc, EventTooLargeError) else "undecodable"), exc
 
     async def _handle(self, ev: Event, item: Item, slot: Slot) -> None:
-        m = self._m
+        """The slow path's handler run: convert a typed payload, take a slot, run, then succeed or fail."""
         slot.current = item
         if self._payload_type is not None:
             try:
@@ -429,208 +418,47 @@ class AgentWorker:
             except EventDecodeError as exc:
                 await self._dead(item, ev, "wrong_schema", exc, 0)
                 return
-        ctx = Context(ev, self)
         pool = self._pool
         if not pool.try_acquire():
             await pool.acquire()
-        t0 = time.perf_counter()
-        m.queue_wait.observe(t0 + self._wall_offset - ev.created_at)  # emit → start, slot wait included
-        slot.deadline = t0 + self.timeout_s
+        t0 = self._begin(ev, slot)
         try:
-            result = await self._handler(ev, ctx)
+            result = await self._handler(ev, Context(ev, self))
         except BaseException as exc:  # noqa: BLE001 - classified in _failed
-            slot.deadline = 0.0
-            pool.release()
-            m.duration.observe(time.perf_counter() - t0)
-            await self._failed(ev, item, slot, exc)
+            self._attempt_failed(slot, t0)
+            await self._failed([ev], [item], slot, exc)
             return
         self._succeeded(ev, item, slot, t0, result)
 
-    def _succeeded(self, ev: Event, item: Item, slot: Slot, t0: float, result: Any) -> None:
-        """Bookkeeping after a handler returned, on the slow paths (the hot path in ``_work`` inlines it)."""
-        slot.deadline = 0.0
-        if slot.timed_out:
-            self._swallowed_timeout(slot)
-        self._pool.release()
-        self._m.duration.observe(time.perf_counter() - t0)
-        self._m.handled += 1
-        slot.current = None
-        self._finished(item)
-        if ev.reply_to is not None:
-            self._host._reply(ev, result, None)
+    # ---- the unit of the slow path (FailurePath): one event ---------------------------------------------
 
-    async def _failed(self, ev: Event, item: Item, slot: Slot, exc: BaseException) -> None:
-        """The slow path: classify, back off, retry, and finally dead-letter."""
-        m = self._m
-        attempt = ev.attempt
-        while True:
-            exc = self._as_timeout(exc, slot, f"event {ev.id}", attempt)
-            if isinstance(exc, Skip):
-                m.skipped += 1
-                slot.current = None
-                self._finished(item)
-                if ev.reply_to is not None:
-                    self._host._reply(ev, None, None)
-                return
-            if isinstance(exc, Reject):
-                await self._dead(item, ev, "rejected", exc, attempt)
-                return
-            if not isinstance(exc, Exception):
-                raise exc  # KeyboardInterrupt, SystemExit: not ours to swallow
-            kind = "timeout" if isinstance(exc, HandlerTimeoutError) else "error"
-            m.failed(kind)
-            if not self.policy.should_retry(attempt):
-                await self._dead(item, ev, "timeout" if kind == "timeout" else "exhausted", exc, attempt)
-                return
-            # A bus that can park the retry outside this worker (Kafka retry topics) takes it over: the event is
-            # finished here, so a long back-off holds neither a slot nor the partition's commit.
-            if await self._sub.defer_retry(ev, attempt, exc):
-                m.retries += 1
-                slot.current = None
-                self._finished(item)
-                return
-            delay = self.policy.delay_s(attempt, exc)
-            m.retries += 1
-            if not isinstance(exc, Retry):
-                self._log_retry(f"event {ev.id}", attempt, exc, delay)
-            await asyncio.sleep(delay)
-            attempt += 1
-            ev = msgspec.structs.replace(ev, attempt=attempt)
-            t0, result, error = await self._call_in_slot(slot, self._handler, ev, Context(ev, self))
-            if error is not None:
-                exc = error
-                continue
-            self._succeeded(ev, item, slot, t0, result)
-            return
+    async def _invoke(self, events: list[Event]) -> Any:
+        ev = events[0]
+        return await self._handler(ev, Context(ev, self))
 
-    async def _call_in_slot(self, slot: Slot, fn: Any, *args: Any) -> tuple[float, Any, BaseException | None]:
-        """One retry attempt on the slow path: take a pool slot, run ``fn(*args)`` under the watchdog, and
-        return (start time, result, None), or (start time, None, what it raised) with the slot released."""
-        pool = self._pool
-        if not pool.try_acquire():
-            await pool.acquire()
-        t0 = time.perf_counter()
-        slot.deadline = t0 + self.timeout_s
-        try:
-            return t0, await fn(*args), None
-        except BaseException as exc:  # noqa: BLE001 - the caller classifies it
-            slot.deadline = 0.0
-            pool.release()
-            self._m.duration.observe(time.perf_counter() - t0)
-            return t0, None, exc
+    def _succeeded_all(self, events: list[Event], items: list[Item], slot: Slot, t0: float, result: Any) -> None:
+        self._succeeded(events[0], items[0], slot, t0, result)
 
-    def _as_timeout(self, exc: BaseException, slot: Slot, what: str, attempt: int) -> BaseException:
-        """The watchdog's cancellation as a HandlerTimeoutError; a real cancellation (shutdown) is re-raised
-        so the caller gives its events back."""
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-        task = asyncio.current_task()
-        if not (slot.timed_out and task is not None and task.uncancel() == 0):
-            slot.timed_out = False
-            raise exc
-        slot.timed_out = False
-        return HandlerTimeoutError(
-            f"Agent {self.name!r} took longer than {self.timeout_s:g} s on {what} "
-            f"(attempt {attempt}) and was cancelled; raise its timeout_s or make the handler faster."
-        )
-
-    def _log_retry(self, what: str, attempt: int, exc: BaseException, delay: float) -> None:
-        logger.debug("Agent %r: attempt %d of %s failed (%r); retrying in %.3f s", self.name, attempt, what, exc, delay)
-
-    def _log_dead(self, letter: DeadLetter) -> None:
-        # At most _LOG_BURST warnings per agent per second: a failure storm must not become a log storm.
-        now = time.monotonic()
-        if now - self._log_window >= 1.0:
-            if self._log_suppressed:
-                logger.warning(
-                    "Agent %r: %d more dead letters in the last second were not logged one by one.",
-                    self.name,
-                    self._log_suppressed,
-                )
-            self._log_window, self._log_count, self._log_suppressed = now, 0, 0
-        if self._log_count < _LOG_BURST:
-            self._log_count += 1
-            logger.warning(
-                "Agent %r dead-lettered event %s as %s (%s): %s: %s",
-                self.name,
-                letter.event_id or "(undecodable)",
-                letter.id,
-                letter.reason,
-                letter.error_type,
-                letter.error,
-            )
+    def _finish_all(self, items: Sequence[Item]) -> None:
+        if len(items) == 1:
+            self._sub.ack(items[0])
         else:
-            self._log_suppressed += 1
+            self._sub.ack_many(items)
+        self.inflight -= len(items)
+        self._room_freed()
 
-    def _letter(self, item: Item, ev: Event | None, reason: str, exc: BaseException, attempts: int) -> DeadLetter:
-        return bounded_dead_letter(
-            DeadLetter(
-                topic=self.topic,
-                agent=self.name,
-                reason=reason,
-                error_type=type(exc).__name__,
-                error=str(exc),
-                attempts=attempts,
-                failed_at=time.time(),
-                event=ev,
-                raw=item.data if isinstance(item, RawEvent) else None,
-            )
-        )
+    def _reply_all(self, events: list[Event], results: Any) -> None:
+        reply = self._host._reply
+        for ev in events:
+            if ev.reply_to is not None:
+                reply(ev, None, None)
 
-    async def _dead(self, item: Item, ev: Event | None, reason: str, exc: BaseException, attempts: int) -> None:
-        letter = self._letter(item, ev, reason, exc, attempts)
-        await self._record(letter)
-        self._dead_done(item, ev, letter)
+    # ---- what a Context needs (ContextOwner) -------------------------------------------------------------
 
-    async def _record(self, letter: DeadLetter) -> None:
-        """Write ``letter`` to the dead-letter queue, retrying with capped back-off until it is written.
+    def llm_for(self, event: Event | None) -> AgentLLM:
+        return self._host._llm_for(self.name, event)
 
-        The caller acknowledges the event only afterwards: while the queue cannot be written the event stays
-        unacknowledged, so the partition's commit cannot pass it and the in-flight bound pauses fetching.
-        Shutdown cancels the wait; the caller then gives the event back to the bus.
-        """
-        try:
-            await self._host._dead_letter(letter)
-            return
-        except Exception as exc:  # noqa: BLE001 - any failure to record is retried, never fatal
-            error: Exception = exc
-        self.dead_letters_failing += 1
-        delay = _DLQ_RETRY_FIRST_S
-        failures = 1
-        try:
-            while True:
-                if failures & (failures - 1) == 0:  # 1st, 2nd, 4th, 8th ... failure: a long outage logs little
-                    logger.warning(
-                        "Agent %r could not write dead letter %s (%s) to the dead-letter queue (attempt %d): %s: %s "
-                        "Retrying in %.1f s; the event stays unacknowledged until it is written. Check that the "
-                        "brokers are reachable.",
-                        self.name,
-                        letter.id,
-                        letter.reason,
-                        failures,
-                        type(error).__name__,
-                        error,
-                        delay,
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _DLQ_RETRY_MAX_S)
-                try:
-                    await self._host._dead_letter(letter)
-                except Exception as exc:  # noqa: BLE001 - retried
-                    error = exc
-                    failures += 1
-                    continue
-                logger.warning(
-                    "Agent %r wrote dead letter %s after %d failed attempt(s).", self.name, letter.id, failures
-                )
-                return
-        finally:
-            self.dead_letters_failing -= 1
-
-    def _dead_done(self, item: Item, ev: Event | None, letter: DeadLetter) -> None:
-        """After the dead letter was written: count, log, acknowledge, and answer a request."""
-        self._m.dead_letter(letter.reason)
-        self._log_dead(letter)
-        self._finished(item)
-        if ev is not None and ev.reply_to is not None:
-            self._host._reply(ev, None, letter)
+    async def emit_follow_up(
+        self, parent: Event, topic: str, payloads: list[Any], key: str | None, headers: dict[str, str] | None
+    ) -> list[str]:
+        return await self._host._emit_follow_up(parent, self.name, topic, payloads, key, headers)

@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from .agents import AgentWorker
+from ..errors import EventDecodeError
+from ..events import Event, RawEvent, convert_payload
+from ..pool import Slot
 from .context import Context
-from .errors import EventDecodeError, HandlerTimeoutError, Reject, Retry, Skip
-from .events import Event, RawEvent, convert_payload
-from .pool import Slot
+from .worker import AgentWorker
 
 if TYPE_CHECKING:
-    from .llm.hub import AgentLLM
+    from ..llm.hub import AgentLLM
 
 __all__ = ["BatchAgentWorker", "BatchContext", "BatchHandler"]
 
@@ -82,7 +82,7 @@ class BatchContext(msgspec.Struct, gc=False):
         A batch spans several workflows, so these calls count against no workflow's token budget; use
         ``ctx.of(event).llm`` for calls made on behalf of one event's workflow.
         """
-        return self._worker._host._llm_for(self._worker.name, None)
+        return self._worker.llm_for(None)
 
     def of(self, event: Event) -> Context:
         """The per-event :class:`~agentflow.context.Context` of one event of this batch."""
@@ -240,22 +240,18 @@ class BatchAgentWorker(AgentWorker):
 
     async def _run(self, events: list[Event], items: list[Any], slot: Slot) -> None:
         pool = self._pool
-        if pool.busy < pool.size and not pool._waiters:
-            pool.busy += 1
-        else:
+        if not pool.try_acquire():
             await pool.acquire()
         t0 = time.perf_counter()
         self._queue_waits(events, t0 + self._wall_offset)
         slot.deadline = t0 + self.timeout_s
         try:
             results = await self._invoke(events)
-        except BaseException as exc:  # noqa: BLE001 - classified in _failed_batch
-            slot.deadline = 0.0
-            pool.release()
-            self._m.duration.observe(time.perf_counter() - t0)
-            await self._failed_batch(events, items, slot, exc)
+        except BaseException as exc:  # noqa: BLE001 - classified in _failed
+            self._attempt_failed(slot, t0)
+            await self._failed(events, items, slot, exc)
             return
-        self._batch_succeeded(events, items, slot, t0, results)
+        self._succeeded_all(events, items, slot, t0, results)
 
     def _queue_waits(self, events: list[Event], now: float) -> None:
         """Observe emit → start for each event; events emitted together (equal created_at) cost one step."""
@@ -280,7 +276,12 @@ class BatchAgentWorker(AgentWorker):
             "per event, in order."
         )
 
-    def _batch_succeeded(
+    # ---- the unit of the slow path (FailurePath): one batch ---------------------------------------------
+
+    async def _invoke(self, events: list[Event]) -> Sequence[Any] | None:
+        return self._results(await self._call(events, BatchContext(events, self)), len(events))
+
+    def _succeeded_all(
         self, events: list[Event], items: list[Any], slot: Slot, t0: float, results: Sequence[Any] | None
     ) -> None:
         slot.deadline = 0.0
@@ -290,7 +291,7 @@ class BatchAgentWorker(AgentWorker):
         m = self._m
         m.duration.observe(time.perf_counter() - t0)
         m.handled += len(events)
-        self._finish_batch(items)
+        self._finish_all(items)
         self._reply_all(events, results)
 
     def _reply_all(self, events: list[Event], results: Sequence[Any] | None) -> None:
@@ -301,60 +302,3 @@ class BatchAgentWorker(AgentWorker):
         for i, ev in enumerate(events):
             if ev.reply_to is not None:
                 reply(ev, None if results is None else results[i], None)
-
-    def _finish_batch(self, items: list[Any]) -> None:
-        self._sub.ack_many(items)
-        self.inflight -= len(items)
-        self._room_freed()
-
-    async def _failed_batch(self, events: list[Event], items: list[Any], slot: Slot, exc: BaseException) -> None:
-        """Classify, back off and retry the whole batch; finally dead-letter every event in it."""
-        m = self._m
-        n = len(events)
-        attempt = max(e.attempt for e in events)
-        what = f"a batch of {n} events starting with {events[0].id}"
-        while True:
-            exc = self._as_timeout(exc, slot, what, attempt)
-            if isinstance(exc, Skip):
-                m.skipped += n
-                self._finish_batch(items)
-                self._reply_all(events, None)
-                return
-            if isinstance(exc, Reject):
-                await self._dead_batch(events, items, "rejected", exc, attempt)
-                return
-            if not isinstance(exc, Exception):
-                raise exc
-            kind = "timeout" if isinstance(exc, HandlerTimeoutError) else "error"
-            for _ in range(n):
-                m.failed(kind)
-            if not self.policy.should_retry(attempt):
-                await self._dead_batch(events, items, "timeout" if kind == "timeout" else "exhausted", exc, attempt)
-                return
-            delay = self.policy.delay_s(attempt, exc)
-            m.retries += n
-            if not isinstance(exc, Retry):
-                self._log_retry(what, attempt, exc, delay)
-            await asyncio.sleep(delay)
-            attempt += 1
-            events = [msgspec.structs.replace(ev, attempt=attempt) for ev in events]
-            t0, results, error = await self._call_in_slot(slot, self._invoke, events)
-            if error is not None:
-                exc = error
-                continue
-            self._batch_succeeded(events, items, slot, t0, results)
-            return
-
-    async def _invoke(self, events: list[Event]) -> Sequence[Any] | None:
-        return self._results(await self._call(events, BatchContext(events, self)), len(events))
-
-    async def _dead_batch(
-        self, events: list[Event], items: list[Any], reason: str, exc: BaseException, attempt: int
-    ) -> None:
-        # Every letter is written before any event is acknowledged: a shutdown that cancels a write gives the
-        # whole batch back (a letter written twice is at-least-once), never part of it.
-        letters = [self._letter(item, ev, reason, exc, attempt) for ev, item in zip(events, items, strict=True)]
-        for letter in letters:
-            await self._record(letter)
-        for ev, item, letter in zip(events, items, letters, strict=True):
-            self._dead_done(item, ev, letter)

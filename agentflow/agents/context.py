@@ -1,55 +1,30 @@
-"""What agents are made of before they run: the registration record, the context a handler gets, and the
-hooks an agent needs from its runner."""
+"""The context a handler gets beside its event: who it is, and how to emit follow-up events and call LLMs."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from .events import DeadLetter, Event
+from ..events import Event
 
 if TYPE_CHECKING:
-    from .agents import AgentWorker
-    from .llm.hub import AgentLLM
+    from ..llm.hub import AgentLLM
 
-__all__ = ["AgentSpec", "Context", "Handler"]
-
-Handler = Callable[[Event, "Context"], Awaitable[Any]]
+__all__ = ["Context", "ContextOwner"]
 
 
-class _Host(Protocol):
-    """What an agent needs from its runner."""
-
-    async def _emit_follow_up(
-        self,
-        parent: Event,
-        agent: str,
-        topic: str,
-        payloads: list[Any],
-        key: str | None,
-        headers: dict[str, str] | None,
-    ) -> list[str]: ...
-
-    async def _dead_letter(self, letter: DeadLetter) -> None: ...
-
-    def _reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None: ...
-
-    def _llm_for(self, agent: str, event: Event | None) -> AgentLLM: ...
-
-
-class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """An agent as registered with ``@runner.agent`` (before config overrides are applied)."""
+class ContextOwner(Protocol):
+    """What a :class:`Context` needs from the agent worker that made it."""
 
     name: str
-    topic: str
-    handler: Any
-    concurrency: int | None = None
-    timeout_s: float | None = None
-    retry: Any = None
-    payload_type: Any = None
-    batch_size: int | None = None
+
+    def llm_for(self, event: Event | None) -> AgentLLM: ...
+
+    async def emit_follow_up(
+        self, parent: Event, topic: str, payloads: list[Any], key: str | None, headers: dict[str, str] | None
+    ) -> list[str]: ...
 
 
 class Context(msgspec.Struct, gc=False):
@@ -64,7 +39,7 @@ class Context(msgspec.Struct, gc=False):
     """
 
     event: Event
-    _worker: AgentWorker
+    _worker: ContextOwner
 
     def __repr__(self) -> str:
         return f"<Context agent={self._worker.name!r} event={self.event.id} attempt={self.event.attempt}>"
@@ -87,19 +62,17 @@ class Context(msgspec.Struct, gc=False):
 
         reply = await ctx.llm.chat([{"role": "user", "content": "hi"}], model="gpt-4o-mini")
         """
-        return self._worker._host._llm_for(self._worker.name, self.event)
+        return self._worker.llm_for(self.event)
 
     async def emit(
         self, topic: str, payload: Any, *, key: str | None = None, headers: dict[str, str] | None = None
     ) -> str | None:
         """Emit one follow-up event; return its id, or None when it was dead-lettered for depth."""
-        ids = await self._worker._host._emit_follow_up(self.event, self._worker.name, topic, [payload], key, headers)
+        ids = await self._worker.emit_follow_up(self.event, topic, [payload], key, headers)
         return ids[0] if ids else None
 
     async def emit_many(
         self, topic: str, payloads: Sequence[Any], *, key: str | None = None, headers: dict[str, str] | None = None
     ) -> list[str]:
         """Emit several follow-up events at once; return their ids (empty when dead-lettered for depth)."""
-        return await self._worker._host._emit_follow_up(
-            self.event, self._worker.name, topic, list(payloads), key, headers
-        )
+        return await self._worker.emit_follow_up(self.event, topic, list(payloads), key, headers)
