@@ -413,7 +413,7 @@ def test_directory_is_not_a_file(tmp_path: Path) -> None:
 
 
 def test_msgspec_messages_are_translated() -> None:
-    from agentflow.config import _Reporter
+    from agentflow.config.loader import _Reporter
 
     reporter = _Reporter("f.toml", {})
     assert str(reporter.from_validation_error("Expected `int` >= 1 - at `$.agents[...].concurrency`")) == (

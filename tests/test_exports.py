@@ -26,6 +26,7 @@ INTERNAL = {
     "agentflow.bus.offsets": {"OffsetTracker", "PartitionOffsets"},  # the Kafka bus's bookkeeping
     "agentflow.producer": {"reply_event"},  # the wire format of replies, used by the Runner
     "agentflow.config": {"ENV_PREFIX"},
+    "agentflow.config.loader": {"ENV_PREFIX"},
     "agentflow.events": {
         "DEFAULT_MAX_EVENT_BYTES",
         "DEAD_LETTER_ERROR_BYTES",
