@@ -274,6 +274,14 @@ class EventCodec:
             raise EventDecodeError("Received an event whose created_at is not a finite number.")
         return event
 
+    def try_decode(self, data: bytes | bytearray | memoryview) -> Event | None:
+        """The event in ``data``, or None where :meth:`decode` would raise (the same checks, without building the
+        reason: a consumer hands the bytes on, and whoever dead-letters them asks :meth:`decode` why)."""
+        try:
+            return self.decode(data)
+        except EventError:
+            return None
+
     def encode_dead_letter(self, letter: DeadLetter, max_bytes: int | None = None) -> bytes:
         """Encode a dead letter, never over ``max_bytes`` (default ``max_event_bytes``).
 

@@ -23,7 +23,13 @@ INTERNAL = {
     "agentflow.bus.memory": {"MemorySubscription"},  # reached through Bus.subscribe
     # optional dependency (aiokafka): importing agentflow must not import it; create_bus builds the Kafka bus
     "agentflow.bus.kafka": {"KafkaBus", "KafkaSubscription", "client_options"},
-    "agentflow.bus.offsets": {"OffsetTracker", "PartitionOffsets"},  # the Kafka bus's bookkeeping
+    "agentflow.bus.kafka.bus": {"KafkaBus"},
+    "agentflow.bus.kafka.client": {"Connector", "client_options"},
+    "agentflow.bus.kafka.link": {"BusLink"},
+    "agentflow.bus.kafka.offsets": {"OffsetTracker", "PartitionOffsets"},  # the Kafka bus's bookkeeping
+    "agentflow.bus.kafka.records": {"RecordReader"},
+    "agentflow.bus.kafka.retry": {"GROUP_HEADER", "NOT_BEFORE_HEADER", "RetryTiers", "tier_names"},
+    "agentflow.bus.kafka.subscription": {"KafkaSubscription"},
     "agentflow.producer": {"reply_event"},  # the wire format of replies, used by the Runner
     "agentflow.config": {"ENV_PREFIX"},
     "agentflow.config.loader": {"ENV_PREFIX"},

@@ -26,8 +26,7 @@ from hypothesis import strategies as st
 from kafka_broker import TansuBroker, kafka_settings
 
 from agentflow import Context, DeadLetter, Event, EventCodec, KafkaConfig, Runner, config_from_dict
-from agentflow.bus import offsets
-from agentflow.bus.kafka import KafkaBus, KafkaSubscription
+from agentflow.bus.kafka import KafkaBus, KafkaSubscription, offsets
 from agentflow.events import DEAD_LETTER_RAW_BYTES
 
 TIMEOUT_S = 20.0
@@ -240,7 +239,7 @@ async def test_the_fetch_loop_restarts_after_a_failure_and_loses_nothing(
         real(self, offs)
 
     monkeypatch.setattr(offsets.PartitionOffsets, "taken_many", fail_once)
-    monkeypatch.setattr("agentflow.bus._kafka_consumer._RESTART_FIRST_S", 1.0)
+    monkeypatch.setattr("agentflow.bus.kafka.subscription._RESTART_FIRST_S", 1.0)
     seen_not_ready = False
     ids: list[str] = []
     with caplog.at_level(logging.WARNING, logger="agentflow.bus.kafka"):

@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka_broker import TansuBroker, kafka_settings
 
 from agentflow import ConfigError, Event, KafkaConfig, Retry, Runner, config_from_dict, load_config
-from agentflow.bus._kafka_retry import NOT_BEFORE_HEADER, RetryTiers, _not_before
 from agentflow.bus.kafka import KafkaBus
+from agentflow.bus.kafka.retry import NOT_BEFORE_HEADER, RetryTiers, _not_before
 
 TIMEOUT_S = 15.0
 

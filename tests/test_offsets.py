@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentflow.bus.offsets import OffsetTracker
+from agentflow.bus.kafka.offsets import OffsetTracker
 
 
 @st.composite

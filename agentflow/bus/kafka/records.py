@@ -1,6 +1,6 @@
 """How a Kafka subscription turns fetched records into items: events, or raw bytes for the dead-letter queue.
 
-Part of :mod:`agentflow.bus.kafka` (split out of :mod:`agentflow.bus._kafka_consumer` for size). No record stops
+The record-reading methods of :class:`~agentflow.bus.kafka.subscription.KafkaSubscription`. No record stops
 the fetch path: one that is not an event, is over the size limit, has a damaged ``agentflow-group`` header, or
 fails in any other way becomes a :class:`~agentflow.events.RawEvent` the agent dead-letters with the reason; a
 record over the fetch size that the brokers cannot return, and records the Kafka client itself cannot parse, are
@@ -12,22 +12,20 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
-from math import isfinite
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from aiokafka.errors import KafkaError, RecordTooLargeError  # type: ignore[import-untyped]
 
-from ..errors import EventDecodeError, EventError, EventTooLargeError
-from ..events import Event, RawEvent
-from ._kafka_retry import GROUP_HEADER, RetryTiers
-from .base import Item
+from ...errors import EventDecodeError, EventError, EventTooLargeError
+from ...events import RawEvent
+from ..base import Item
 from .offsets import OffsetTracker, PartitionOffsets
+from .retry import GROUP_HEADER, RetryTiers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
-    from .kafka import KafkaBus
+    from .link import BusLink
 
 __all__ = ["RecordReader"]
 
@@ -43,13 +41,13 @@ def _key(rec: Any) -> str | None:
 
 
 class RecordReader:
-    """The record-reading half of :class:`~agentflow.bus._kafka_consumer.KafkaSubscription` (a mixin: the state
-    below is the subscription's)."""
+    """The record-reading methods of :class:`~agentflow.bus.kafka.subscription.KafkaSubscription` (a mixin: the
+    state below is the subscription's)."""
 
     topic: str
     group: str
     _kname: str
-    _bus: KafkaBus
+    _bus: BusLink
     _consumer: Any
     _buf: dict[Any, deque[tuple[Item, int]]]
     _order: list[Any]
@@ -59,8 +57,6 @@ class RecordReader:
     _tracker: OffsetTracker[Any]
     _tiers: RetryTiers | None
     _group_bytes: bytes
-    _decode: Callable[[bytes], Event]
-    _max_bytes: int
 
     # Provided by the subscription (annotations only: a stub here would shadow WakeUps._wake in the MRO).
     _wake: Callable[[], None]
@@ -69,9 +65,7 @@ class RecordReader:
     def _hand_on(self, batches: Mapping[Any, Sequence[Any]]) -> None:
         """Take fetched records: each becomes an item in its partition's buffer (an event, or raw bytes the agent
         dead-letters), or is skipped as another group's."""
-        # The bus codec's checks, inlined (this runs per record): over the size limit, not an event, or a
-        # non-finite created_at stays RawEvent, and the agent dead-letters it with the codec's reason.
-        decode, max_bytes = self._decode, self._max_bytes
+        decode = self._bus.codec.try_decode
         tiers = self._tiers
         route = self._route
         topic = self.topic
@@ -105,13 +99,10 @@ class RecordReader:
                             append((RawEvent(topic, bytes(value), _key(rec), verdict), rec.offset))
                             got += 1
                             continue
-                    if len(value) > max_bytes:
-                        raise EventTooLargeError("too large")
-                    item = decode(value)
-                    if not isfinite(item.created_at):
-                        raise EventDecodeError("created_at")
-                except (msgspec.DecodeError, EventError, RecursionError):
-                    item = RawEvent(topic, bytes(value), _key(rec))  # the agent's codec names the reason
+                    event = decode(value)
+                    # Bytes that are not an event (too large, not one, a bad created_at) go on as they are: the
+                    # agent's codec names the reason when it dead-letters them.
+                    item = RawEvent(topic, bytes(value), _key(rec)) if event is None else event
                 except Exception as exc:  # noqa: BLE001 - anything else about this record: dead-letter it
                     item = self._unreadable(rec, exc)
                 append((item, rec.offset))

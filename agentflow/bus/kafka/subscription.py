@@ -1,14 +1,14 @@
 """A Kafka bus subscription: one aiokafka consumer in the agent's group, its fetcher and committer tasks.
 
-Part of :mod:`agentflow.bus.kafka` (split out for size; only the Kafka modules import aiokafka). The fetcher
+It talks to its bus only through :class:`~agentflow.bus.kafka.link.BusLink`. The fetcher
 polls without pause and keeps fetched records per partition, pausing the partitions when buffered + unfinished
 reach the bus's ``buffer_size``; the committer commits the contiguous prefix of finished offsets
-(:class:`~agentflow.bus.offsets.OffsetTracker`). With ``[kafka] retry_topics`` the same consumer reads the
-agent's retry tiers (:mod:`agentflow.bus._kafka_retry`). See docs/kafka.md.
+(:class:`~agentflow.bus.kafka.offsets.OffsetTracker`). With ``[kafka] retry_topics`` the same consumer reads the
+agent's retry tiers (:mod:`agentflow.bus.kafka.retry`). See docs/kafka.md.
 
 No record stops the fetcher: one it cannot read (not an event, over the size limit, a damaged header, anything)
 is handed on as a :class:`~agentflow.events.RawEvent` the agent dead-letters with the reason
-(:mod:`agentflow.bus._kafka_records`). The fetcher is
+(:mod:`agentflow.bus.kafka.records`). The fetcher is
 supervised all the same: if it fails, the subscription reports not ready, and it starts again with back-off from
 the offsets it handed on. A rebalance that gives this member back partitions it held keeps their events in flight
 (and their buffered ones) instead of fetching and running them a second time.
@@ -23,20 +23,19 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError, RecordTooLargeError  # type: ignore[import-untyped]
 
-from ..errors import BusUnavailableError
-from ..events import Event
-from ._kafka_records import RecordReader
-from ._kafka_retry import RetryTiers
-from .base import Item, Subscription, SubscriptionStatistics, WakeUps
+from ...errors import BusUnavailableError
+from ...events import Event
+from ..base import Item, Subscription, SubscriptionStatistics, WakeUps
 from .offsets import OffsetTracker, PartitionOffsets
+from .records import RecordReader
+from .retry import RetryTiers
 
 if TYPE_CHECKING:
-    from .kafka import KafkaBus
+    from .link import BusLink
 
 __all__ = ["KafkaSubscription"]
 
@@ -76,13 +75,11 @@ async def _stop_consumer(consumer: Any) -> None:
 class KafkaSubscription(RecordReader, WakeUps, Subscription):
     """A member of a consumer group on a Kafka topic (one aiokafka consumer)."""
 
-    def __init__(self, bus: KafkaBus, topic: str, group: str, *, offset_reset: str | None = None) -> None:
+    def __init__(self, bus: BusLink, topic: str, group: str, *, offset_reset: str | None = None) -> None:
         self.topic = topic
         self.group = group
         self._group_bytes = group.encode()
         self._bus = bus
-        self._decode = msgspec.msgpack.Decoder(Event).decode
-        self._max_bytes = bus.codec.max_event_bytes
         self._kname = bus.topic_name(topic)
         self._offset_reset = offset_reset or bus.kafka.auto_offset_reset
         self._buf: dict[Any, deque[tuple[Item, int]]] = {}
@@ -122,12 +119,16 @@ class KafkaSubscription(RecordReader, WakeUps, Subscription):
             f"{'' if self._tiers is None else f' retry_waiting={len(self._tiers.delayed)}'}>"
         )
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # ---- lifecycle -------------------------------------------------------------------------------------
 
     async def _start(self) -> None:
         bus, k = self._bus, self._bus.kafka
         self._consumer = AIOKafkaConsumer(
-            **bus._client_opts,
+            **bus.client_opts,
             group_id=bus.topic_name(self.group),
             enable_auto_commit=False,
             auto_offset_reset=self._offset_reset,
@@ -141,7 +142,7 @@ class KafkaSubscription(RecordReader, WakeUps, Subscription):
         # The agent's retry tiers are read by the same consumer, in the same group (docs/kafka.md, retries).
         topics = [self._kname, *(self._tiers.names if self._tiers is not None else ())]
         self._consumer.subscribe(topics, listener=_Listener(self))
-        await bus._retry_connect(self._consumer.start, f"join group {self.group!r}")
+        await bus.connect(self._consumer.start, f"join group {self.group!r}")
         loop = asyncio.get_running_loop()
         self._commits = loop.create_task(self._commit_loop(), name=f"agentflow-kafka-commit-{self.topic}-{self.group}")
         self._tasks = [
@@ -200,10 +201,10 @@ class KafkaSubscription(RecordReader, WakeUps, Subscription):
         self._parked_offsets.clear()
         self._unacked.clear()
         self._buffered = 0
-        peers = self._bus._left(self)
-        if not self._bus._closed:
+        peers = self._bus.member_left(self)
+        if not self._bus.closed:
             # The contract: once aclose returns, the rest of the group (in this process) owns our partitions.
-            await self._bus._settle({p: p.generation for p in peers})
+            await self._bus.settle({p: p.generation for p in peers})
 
     # ---- rebalance -------------------------------------------------------------------------------------
 

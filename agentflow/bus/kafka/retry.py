@@ -13,7 +13,7 @@ until then (:meth:`RetryTiers.admit` / :meth:`RetryTiers.due`) — the consumer 
 handler slot, and the tier's commit stays before the waiting record, so a crash loses nothing. Records of one
 tier share one delay, so the first record of a partition is always the next one due.
 
-Imports nothing from aiokafka itself: the consumer and records are passed in by :mod:`agentflow.bus.kafka`.
+Imports nothing from aiokafka itself: the consumer and records are passed in by the subscription.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..errors import BusUnavailableError
-from ..events import Event
+from ...errors import BusUnavailableError
+from ...events import Event
 
 if TYPE_CHECKING:
-    from .kafka import KafkaBus
+    from .link import BusLink
 
 __all__ = ["GROUP_HEADER", "NOT_BEFORE_HEADER", "RetryTiers", "tier_names"]
 
@@ -87,7 +87,7 @@ class RetryTiers:
             delay = float(after)
         return self.names[n - 1], delay
 
-    async def send(self, bus: KafkaBus, topic: str, group: str, event: Event, attempt: int, exc: BaseException) -> bool:
+    async def send(self, bus: BusLink, topic: str, group: str, event: Event, attempt: int, exc: BaseException) -> bool:
         """Write the retry of ``event`` to its tier; False (the worker retries in-process) if that fails."""
         name, delay = self.tier_for(attempt, exc)
         try:
@@ -104,7 +104,7 @@ class RetryTiers:
         ]
         try:
             await bus.ensure_topic(name)
-            await bus._send(name, [(value, event.key.encode() if event.key is not None else None)], headers)
+            await bus.send_records(name, [(value, event.key.encode() if event.key is not None else None)], headers)
         except BusUnavailableError as err:
             # Not lost: the worker falls back to the in-process retry and the offset stays unfinished.
             logger.warning(

@@ -1,8 +1,6 @@
 """The Kafka bus (``[bus] backend = "kafka"``): the bus contract on Apache Kafka and compatible brokers.
 
-With :mod:`agentflow.bus._kafka_consumer` (the subscription) and :mod:`agentflow.bus._kafka_records` (reading
-records, poison ones included), split out for size, the only modules that import aiokafka; retry tiers live in
-:mod:`agentflow.bus._kafka_retry`. Topics are ``[kafka] topic_prefix`` + the agentflow topic; every agent is its
+Topics are ``[kafka] topic_prefix`` + the agentflow topic; every agent is its
 own consumer group. Each subscription owns one consumer and two tasks:
 
 * the *fetcher* polls (``getmany``) without pause, decodes records into events (anything that is not one stays
@@ -11,7 +9,7 @@ own consumer group. Each subscription owns one consumer and two tasks:
   keeps polling, so heartbeats and ``max_poll_interval_ms`` are satisfied however long handlers run. It is
   supervised: if it fails, the bus is not ready until it runs again;
 * the *committer* commits, every ``commit_interval_ms``, the contiguous prefix of finished offsets per
-  partition (:class:`~agentflow.bus.offsets.OffsetTracker`) — never past an unfinished event.
+  partition (:class:`~agentflow.bus.kafka.offsets.OffsetTracker`) — never past an unfinished event.
 
 On revoke the subscription stops handing out events of the revoked partitions, waits up to
 ``rebalance_grace_s`` for the ones in flight, commits, and puts them aside: partitions assigned to it again
@@ -26,11 +24,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import ssl
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -40,22 +36,21 @@ try:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
     from aiokafka.errors import (  # type: ignore[import-untyped]
         BrokerResponseError,
-        KafkaConnectionError,
         KafkaError,
         UnknownError,
     )
-    from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
     raise ImportError("The Kafka bus needs aiokafka; install it with: pip install 'agentflow[kafka]'") from exc
 
-from ..config import Config, KafkaConfig
-from ..errors import BackpressureError, BusUnavailableError, ConfigError, DeliveryUncertainError, LifecycleError
-from ..events import DEFAULT_MAX_EVENT_BYTES, DeadLetter, Event, EventCodec, RawEvent
-from ._kafka_consumer import KafkaSubscription
-from ._kafka_retry import GROUP_HEADER, tier_names
-from .base import Bus, BusStatistics, Item
+from ...config import Config, KafkaConfig
+from ...errors import BackpressureError, BusUnavailableError, DeliveryUncertainError, LifecycleError
+from ...events import DEFAULT_MAX_EVENT_BYTES, DeadLetter, Event, EventCodec, RawEvent
+from ..base import Bus, BusStatistics, Item
+from .client import Connector
+from .retry import GROUP_HEADER, tier_names
+from .subscription import KafkaSubscription
 
-__all__ = ["KafkaBus", "KafkaSubscription", "client_options"]
+__all__ = ["KafkaBus"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,79 +67,11 @@ _TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
 _ACKS: dict[str, int | str] = {"all": "all", "1": 1, "0": 0}
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
-        async with asyncio.timeout(1.0):
-            await writer.wait_closed()
-
-
 def _maybe_applied(exc: BaseException) -> bool:
     """False only when the brokers answered that they refused the write (message too large, not authorised):
     that answer is the same on every attempt, so no earlier attempt can have been written either. Timeouts,
     broken connections and retriable errors that outlived the delivery timeout may follow a write."""
     return not isinstance(exc, BrokerResponseError) or exc.retriable or isinstance(exc, UnknownError)
-
-
-def _ssl_context(k: KafkaConfig) -> ssl.SSLContext:
-    """The TLS context of ``ssl_cafile``/``ssl_certfile``/``ssl_keyfile``; a ConfigError naming the key and the
-    file when one is missing or unreadable."""
-    files = (
-        ("kafka.ssl_cafile", k.ssl_cafile),
-        ("kafka.ssl_certfile", k.ssl_certfile),
-        ("kafka.ssl_keyfile", k.ssl_keyfile),
-    )
-    for key, path in files:
-        if path and not os.path.isfile(path):
-            empty = (
-                "to use the system CAs" if key == "kafka.ssl_cafile" else "when the brokers want no client certificate"
-            )
-            raise ConfigError(
-                f'{key} names {path!r}, which is not a file; point it at the PEM file, or set it to "" {empty}.',
-                key=key,
-            )
-    if k.ssl_keyfile and not k.ssl_certfile:
-        raise ConfigError(
-            "kafka.ssl_keyfile is set but kafka.ssl_certfile is not; set both for mutual TLS, or neither.",
-            key="kafka.ssl_certfile",
-        )
-    try:
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=k.ssl_cafile or None, certfile=k.ssl_certfile or None, keyfile=k.ssl_keyfile or None
-        )
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        try:  # which file: the CA bundle loads on its own, the certificate and key only together
-            ssl.create_default_context(cafile=k.ssl_cafile or None)
-            key, path = "kafka.ssl_certfile", f"{k.ssl_certfile} (key {k.ssl_keyfile or 'in the same file'})"
-        except (ssl.SSLError, OSError, ValueError):
-            key, path = "kafka.ssl_cafile", k.ssl_cafile
-        raise ConfigError(
-            f"{key}: could not load {path} as PEM ({exc}); check that it is the right file.", key=key
-        ) from None
-    return context
-
-
-def client_options(k: KafkaConfig) -> dict[str, Any]:
-    """Connection and security options shared by producer, consumers and admin client."""
-    opts: dict[str, Any] = {
-        "bootstrap_servers": k.bootstrap_servers,
-        "client_id": k.client_id,
-        "request_timeout_ms": k.request_timeout_ms,
-        "security_protocol": k.security_protocol,
-    }
-    if k.security_protocol in ("SSL", "SASL_SSL"):
-        opts["ssl_context"] = _ssl_context(k)
-    if k.security_protocol.startswith("SASL"):
-        password = os.environ.get(k.sasl_password_env) if k.sasl_password_env else None
-        if not k.sasl_username or password is None:
-            raise ConfigError(
-                f"kafka.security_protocol is {k.security_protocol!r}: set kafka.sasl_username and name the "
-                f"environment variable holding the password in kafka.sasl_password_env "
-                f"({k.sasl_password_env or 'unset'}{' is not set' if k.sasl_password_env else ''}).",
-                key="kafka.sasl_password_env",
-            )
-        opts.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username, sasl_plain_password=password)
-    return opts
 
 
 class KafkaBus(Bus):
@@ -176,7 +103,8 @@ class KafkaBus(Bus):
         self.buffer_size = buffer_size
         self.dlq_suffix = dlq_suffix
         self.codec = EventCodec(max_event_bytes)
-        self._client_opts = client_options(self.kafka)
+        self._connector = Connector(self.kafka)
+        self.client_opts = self._connector.client_opts
         self._producer: Any = None
         self._admin: Any = None
         self._known: OrderedDict[str, None] = OrderedDict()
@@ -193,7 +121,6 @@ class KafkaBus(Bus):
         self._dlq_dec = msgspec.msgpack.Decoder(DeadLetter)
         self._started = False
         self._closed = False
-        self._tls_checked = False
 
     @classmethod
     def from_config(cls, config: Config) -> KafkaBus:
@@ -222,6 +149,10 @@ class KafkaBus(Bus):
             return False
         return not self._joining and all(s.joined and s.fetching for subs in self._subs.values() for s in subs)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def topic_name(self, topic: str) -> str:
         return self.kafka.topic_prefix + topic
 
@@ -230,86 +161,12 @@ class KafkaBus(Bus):
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
-    async def _retry_connect(self, start: Any, what: str, attempt_timeout_s: float | None = None) -> None:
+    async def connect(
+        self, start: Callable[[], Awaitable[None]], what: str, attempt_timeout_s: float | None = None
+    ) -> None:
         """Call ``start`` until it connects, backing off, for at most ``connect_timeout_s`` (each attempt at most
         ``attempt_timeout_s`` when given). A TLS failure is reported at once, with its cause."""
-        k = self.kafka
-        if not self._tls_checked:
-            self._tls_checked = True
-            await self._raise_on_tls_failure(what)  # before aiokafka's attempt, which waits out a stalled handshake
-        deadline = time.monotonic() + k.connect_timeout_s
-        backoff = 0.1
-        while True:
-            try:
-                if attempt_timeout_s is None:
-                    await start()
-                else:
-                    async with asyncio.timeout(attempt_timeout_s):
-                        await start()
-                return
-            except (KafkaError, TimeoutError) as exc:
-                cause = f"{type(exc).__name__}: {exc}" if isinstance(exc, KafkaError) else "no answer in time"
-                if isinstance(exc, KafkaError) and not (exc.retriable or isinstance(exc, KafkaConnectionError)):
-                    hint = (
-                        " If the brokers lack the idempotent producer (some Kafka-compatible brokers do), set "
-                        "kafka.enable_idempotence = false."
-                        if k.enable_idempotence
-                        else ""
-                    )
-                    raise BusUnavailableError(f"Could not {what} at {k.bootstrap_servers}: {cause}.{hint}") from None
-                if not isinstance(exc, KafkaError) or isinstance(exc, KafkaConnectionError):
-                    await self._raise_on_tls_failure(what)
-                if time.monotonic() + backoff > deadline:
-                    raise BusUnavailableError(
-                        f"Could not {what} at {k.bootstrap_servers} within {k.connect_timeout_s:g} s ({cause}); "
-                        "check kafka.bootstrap_servers and that the brokers are up."
-                    ) from None
-                logger.warning("Kafka: could not %s (%s); retrying in %.1f s.", what, cause, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    async def _raise_on_tls_failure(self, what: str) -> None:
-        tls = await self._tls_failure()
-        if tls is not None:
-            raise BusUnavailableError(
-                f"Could not {what} at {self.kafka.bootstrap_servers}: {tls}. Check kafka.ssl_cafile (the CA that "
-                "signed the brokers' certificates), kafka.ssl_certfile and kafka.ssl_keyfile (when the brokers want a "
-                "client certificate), and that this address is the brokers' TLS listener."
-            )
-
-    async def _tls_failure(self) -> str | None:
-        """Why TLS fails with the bootstrap servers, or None when it is not a TLS problem (no TLS configured,
-        servers down). aiokafka reports any failed connection as "Unable to bootstrap" and logs the cause only, so
-        after a failed connect this repeats the handshake itself with the same context."""
-        context = self._client_opts.get("ssl_context")
-        if context is None:
-            return None
-        limit_s = min(5.0, self.kafka.request_timeout_ms / 1000)
-        for server in self.kafka.bootstrap_servers.split(","):
-            host, _, port = server.strip().rpartition(":")
-            host = host.strip("[]")
-            try:
-                async with asyncio.timeout(limit_s):
-                    _, writer = await asyncio.open_connection(host, int(port))
-                await _close(writer)
-            except (OSError, ValueError, TimeoutError):
-                continue  # nothing listens there: not a TLS problem
-            try:
-                async with asyncio.timeout(limit_s):
-                    _, writer = await asyncio.open_connection(host, int(port), ssl=context)
-            except ssl.SSLCertVerificationError as exc:
-                return (
-                    f"the TLS handshake with {host}:{port} failed: its certificate could not be verified "
-                    f"({exc.verify_message})"
-                )
-            except ssl.SSLError as exc:
-                return f"the TLS handshake with {host}:{port} failed ({exc.reason or exc})"
-            except TimeoutError:
-                return f"the TLS handshake with {host}:{port} did not complete within {limit_s:g} s"
-            except OSError as exc:
-                return f"the TLS handshake with {host}:{port} failed ({type(exc).__name__}: {exc})"
-            await _close(writer)
-        return None
+        await self._connector.connect(start, what, attempt_timeout_s)
 
     async def start(self) -> None:
         if self._closed:
@@ -319,7 +176,7 @@ class KafkaBus(Bus):
         k = self.kafka
         self._producer = AIOKafkaProducer(
             **{
-                **self._client_opts,
+                **self.client_opts,
                 # aiokafka fails a batch once request_timeout_ms passed since it was made, and does not re-send
                 # a request that timed out (the broker may have applied it: a re-send would write it twice). So
                 # the producer's requests get all of delivery_timeout_s: an emit fails after
@@ -333,11 +190,11 @@ class KafkaBus(Bus):
             compression_type=None if k.compression == "none" else k.compression,
             enable_idempotence=k.enable_idempotence,
         )
-        self._admin = AIOKafkaAdminClient(**self._client_opts)
+        self._admin = AIOKafkaAdminClient(**self.client_opts)
         try:
             # Its requests may take delivery_timeout_s (above), but connecting is bounded as for the others.
-            await self._retry_connect(self._producer.start, "connect a producer", k.request_timeout_ms / 1000)
-            await self._retry_connect(self._admin.start, "connect an admin client")
+            await self.connect(self._producer.start, "connect a producer", k.request_timeout_ms / 1000)
+            await self.connect(self._admin.start, "connect an admin client")
         except BaseException:
             await self._producer.stop()
             await self._admin.close()
@@ -441,7 +298,7 @@ class KafkaBus(Bus):
             out.append((value, e.key.encode() if e.key is not None else None))
         return out
 
-    async def _send(
+    async def send_records(
         self,
         name: str,
         records: list[tuple[bytes, bytes | None]],
@@ -522,7 +379,7 @@ class KafkaBus(Bus):
         name = self.topic_name(topic)
         await self.ensure_topic(name)
         headers = [(GROUP_HEADER, group.encode())] if group is not None else None
-        await self._send(name, records, headers, events)
+        await self.send_records(name, records, headers, events)
 
     def offer(self, topic: str, events: Sequence[Item]) -> bool:
         # Emits wait for the brokers' confirmation (publish), so an accepted event is never lost silently.
@@ -548,7 +405,7 @@ class KafkaBus(Bus):
         try:
             name = self.topic_name(topic)
             await self.ensure_topic(name)
-            await self._send(name, records, None, events)
+            await self.send_records(name, records, None, events)
         except Exception as exc:  # noqa: BLE001 - there is no caller left to raise to
             logger.error("%d event(s) emitted without waiting to %r failed: %s", len(records), topic, exc)
         finally:
@@ -584,18 +441,18 @@ class KafkaBus(Bus):
             if sub in peers:
                 peers.remove(sub)
             raise
-        await self._settle(before)
+        await self.settle(before)
         return sub
 
-    async def _settle(self, before: dict[KafkaSubscription, int]) -> None:
+    async def settle(self, before: dict[KafkaSubscription, int]) -> None:
         """Wait (bounded) until each of these members has been through a new rebalance."""
         deadline = time.monotonic() + 2 * self.kafka.session_timeout_ms / 1000
         while time.monotonic() < deadline:
-            if all(p._closed or p.generation > g for p, g in before.items()):
+            if all(p.closed or p.generation > g for p, g in before.items()):
                 return
             await asyncio.sleep(0.01)
 
-    def _left(self, sub: KafkaSubscription) -> list[KafkaSubscription]:
+    def member_left(self, sub: KafkaSubscription) -> list[KafkaSubscription]:
         peers = self._subs.get((sub.topic, sub.group), [])
         if sub in peers:
             peers.remove(sub)
@@ -627,7 +484,7 @@ class KafkaBus(Bus):
         # Whatever it carries, a dead letter fits the producer's request size (the letter is cut down to fit),
         # so a failed write is an outage, never the letter itself.
         room = self._max_request_size() - 512 - len(key or b"") - sum(len(k) + len(v) + 16 for k, v in headers)
-        await self._send(name, [(self.codec.encode_dead_letter(letter, room), key)], headers)
+        await self.send_records(name, [(self.codec.encode_dead_letter(letter, room), key)], headers)
         self._dead_count += 1
 
     async def _scan(self, names: list[str]) -> AsyncGenerator[list[bytes], None]:
@@ -638,9 +495,9 @@ class KafkaBus(Bus):
         """
         if not names:
             return
-        consumer = AIOKafkaConsumer(**self._client_opts, enable_auto_commit=False, fetch_max_wait_ms=10)
+        consumer = AIOKafkaConsumer(**self.client_opts, enable_auto_commit=False, fetch_max_wait_ms=10)
         try:
-            await self._retry_connect(consumer.start, "read the dead-letter topics")
+            await self.connect(consumer.start, "read the dead-letter topics")
             tps = [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ())]
             if not tps:
                 await consumer.topics()  # refresh metadata once for topics this client has not seen yet
@@ -734,7 +591,7 @@ class KafkaBus(Bus):
             records: list[tuple[bytes, bytes | None]] = [
                 (msgspec.msgpack.encode(gone[i : i + step]), None) for i in range(0, len(gone), step)
             ]
-            await self._send(name, records)
+            await self.send_records(name, records)
             self._dead_count -= len(gone)
         return len(gone)
 
