@@ -39,7 +39,8 @@ INTERNAL = {
         "LimiterLike",
         "PermitLike",
     },
-    "agentflow.llm.stream": {"read_stream"},
+    "agentflow.llm.stream": {"StreamAssembler", "open_stream", "read_stream"},
+    "agentflow.llm.toolspec": {"tool_fields"},  # chat()'s checks of its tool arguments
     "agentflow.llm.tokens": {"estimate_tokens", "split_tokens"},
     "agentflow.llm.transport": {"USER_AGENT", "Call", "ConnectionPool"},
 }
