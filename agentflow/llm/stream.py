@@ -5,8 +5,9 @@ reading them.
   joined answer; a failure anywhere is retried like any other attempt, since nothing was handed out yet.
 * ``ctx.llm.stream`` (:class:`ChatStream`) hands out :class:`~agentflow.llm.types.StreamDelta` objects as
   they arrive: text pieces, whole tool calls (their fragments assembled), then the whole answer. The HTTP
-  attempt ends at the first token (:func:`open_stream`), so failures before it go through the client's
-  retries; a failure after it raises :class:`~agentflow.errors.LLMStreamInterruptedError`, not retried.
+  attempt ends when the first delta is ready to be handed out (:func:`open_stream`): until then nothing was
+  seen by the caller, so failures go through the client's retries; a failure after it raises
+  :class:`~agentflow.errors.LLMStreamInterruptedError`, and is not retried.
 
 Time to first token and inter-token latency are recorded as chunks arrive. Both text and tool-call fragments
 count as tokens: a model answering with a tool call generates its arguments token by token.
@@ -251,12 +252,14 @@ class StreamAssembler:
     def response(self) -> ChatResponse:
         """The answer as received so far; usage is estimated when the provider sent none."""
         choices = []
-        text0 = ""
+        generated: list[str] = []  # what the model wrote, for an estimate when no usage came
         for index in sorted(self._choices):
             state = self._choices[index]
             text = "".join(state.parts)
-            if index == 0:
-                text0 = text
+            generated.append(text)
+            for c in state.calls.values():
+                generated.append(c.name)
+                generated.extend(c.args)
             calls = [
                 MessageToolCall(id=c.id, function=FunctionCall(name=c.name, arguments="".join(c.args)))
                 for c in state.calls.values()
@@ -268,7 +271,8 @@ class StreamAssembler:
             choices.append(ChatChoice(index=0, message=ChatMessage(role="assistant", content="")))
         usage = self.usage
         if usage is None:  # a provider that ignores stream_options: estimate, so budgets and costs still move
-            usage = Usage(completion_tokens=estimate_tokens(text0))
+            written = "".join(generated)
+            usage = Usage(completion_tokens=estimate_tokens(written) if written else 0)
             usage.total_tokens = usage.completion_tokens
         return ChatResponse(id=self.rid, model=self.model, choices=choices, usage=usage, ttft_s=self.ttft_s)
 
@@ -298,10 +302,11 @@ async def read_stream(
 async def open_stream(
     resp: aiohttp.ClientResponse, failures: Failures, model: str, t0: float, m: ModelMetrics
 ) -> StreamAssembler:
-    """Read ``resp`` up to its first token (or its end); the deltas read so far wait in ``pending``."""
-    asm = StreamAssembler(failures, model, t0, m, deque())
+    """Read ``resp`` until a delta is ready to be handed out (or the end); the deltas wait in ``pending``."""
+    pending: deque[StreamDelta] = deque()
+    asm = StreamAssembler(failures, model, t0, m, pending)
     readany = resp.content.readany
-    while not asm.started and not asm.done:
+    while not pending and not asm.done:
         asm.feed(await readany())
     return asm
 
@@ -329,12 +334,13 @@ class ChatStream:
     ``async with``, that happens when the stream object is dropped.
     """
 
-    __slots__ = ("_asm", "_on_end", "_open", "_state", "response")
+    __slots__ = ("_asm", "_failure", "_on_end", "_open", "_state", "response")
 
     def __init__(self, opener: Callable[[], Awaitable[StreamAssembler]], on_end: OnEnd) -> None:
         self._open: Callable[[], Awaitable[StreamAssembler]] | None = opener
         self._on_end = on_end
         self._asm: StreamAssembler | None = None
+        self._failure: LLMStreamInterruptedError | None = None  # raised once the deltas before it are out
         self._state = "created"
         #: The whole answer, once the stream has ended (None before, or when it was left early or failed).
         self.response: ChatResponse | None = None
@@ -377,6 +383,9 @@ class ChatStream:
         assert pending is not None
         if pending:
             return pending.popleft()
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
         if self._state != "open":
             raise StopAsyncIteration
         resp = asm.resp
@@ -391,10 +400,12 @@ class ChatStream:
             except asyncio.CancelledError:
                 self._end(asm, None)
                 raise
-            except LLMError as exc:
-                raise self._interrupted(asm, exc) from None
-            except Exception as exc:  # noqa: BLE001 - the connection's failures, translated
-                raise self._interrupted(asm, self._translate(asm, exc)) from exc
+            except Exception as exc:  # noqa: BLE001 - the provider's and the connection's failures, translated
+                cause = exc if isinstance(exc, LLMError) else self._translate(asm, exc)
+                failure = self._interrupted(asm, cause)
+                if not pending:
+                    raise failure from None
+                self._failure = failure  # hand out what arrived before the failure first
         return pending.popleft()
 
     def _finish(self, asm: StreamAssembler, resp: aiohttp.ClientResponse) -> None:

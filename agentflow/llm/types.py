@@ -288,9 +288,18 @@ class ErrorBody(msgspec.Struct, kw_only=True):
 # ---- request bodies (what the client sends and the mock server reads) -----------------------------------
 
 
+class _RequestMessage(msgspec.Struct, kw_only=True):
+    # As sent by any client: content may also be a list of parts ({"type": "text", "text": ...}).
+    role: str
+    content: str | list[Any] | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
 class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: str
-    messages: list[ChatMessage]
+    messages: list[_RequestMessage]
     temperature: float | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
