@@ -220,3 +220,28 @@ async def test_the_hub_passes_tool_arguments_through() -> None:
         reply = await llm.chat([user("[[call get_time]]")], tools=[TIME])
         assert [t.name for t in reply.tool_calls] == ["get_time"]
         assert hub.costs.used("wf-1") > 0
+
+
+async def test_stream_sends_the_body_chat_sends_with_stream_true() -> None:
+    # stream() builds its request body apart from chat() (chat's path is kept free of extra calls): same body.
+    async def handler(request: web.Request, body: dict[str, Any], n: int) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices": [{"index": 0, "delta": {"content": "ok"}}]}\n\ndata: [DONE]\n\n')
+        return resp
+
+    kwargs: dict[str, Any] = {
+        "model": "x",
+        "temperature": 0.5,
+        "max_tokens": 9,
+        "tools": [WEATHER, TIME],
+        "tool_choice": "get_time",
+        "parallel_tool_calls": False,
+        "extra": {"seed": 3},
+    }
+    async with ScriptedLLM(handler) as server, ProviderClient("p", config(server.url)) as c:
+        assert (await c.chat([user("hi")], stream=True, **kwargs)).text == "ok"
+        async with c.stream([user("hi")], **kwargs) as stream:
+            assert [d.text async for d in stream] == ["ok", ""]
+    joined, streamed = server.bodies
+    assert joined == streamed and joined["stream"] is True and joined["tool_choice"]["function"]["name"] == "get_time"

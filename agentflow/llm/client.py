@@ -64,7 +64,7 @@ __all__ = ["ProviderClient"]
 MAX_ROUTES = 256
 
 #: ``_send``'s ``stream``: 0 (False) reads a JSON answer, 1 (True) a whole SSE answer (``chat(stream=True)``),
-#: ``_OPEN`` reads up to the first token and hands the open response to a :class:`ChatStream`.
+#: ``_OPEN`` reads until the first delta is ready and hands the open response to a :class:`ChatStream`.
 _OPEN = 2
 
 Messages = Sequence[Mapping[str, Any] | ChatMessage]
@@ -261,10 +261,11 @@ class ProviderClient:
         """A chat completion handed out as it arrives: ``async with client.stream(messages) as s: async for
         delta in s: ...`` (see :class:`~agentflow.llm.stream.ChatStream`). Never cached.
 
-        Until the first token, the call goes through the budget, the rate limiter, the breaker and retries
+        Until the first delta, the call goes through the budget, the rate limiter, the breaker and retries
         like :meth:`chat`, bounded by ``timeout_s`` (or ``retry.deadline_s``) and ``request_timeout_s``. After
         it, each wait for the next chunk is bounded by ``request_timeout_s``, and a failure raises
-        :class:`~agentflow.errors.LLMStreamInterruptedError` without a retry."""
+        :class:`~agentflow.errors.LLMStreamInterruptedError` without a retry. The body is built as
+        :meth:`chat` builds it with ``stream=True`` (a test compares them)."""
         if not messages:
             raise LLMBadRequestError("stream() needs at least one message.", provider=self.name)
         model = model or self.config.default_model
@@ -529,8 +530,8 @@ class ProviderClient:
 
         One coroutine for the whole pipeline on purpose: every extra coroutine layer costs its creation and a
         resumption per suspension, and this path is measured against a bare aiohttp loop (docs/benchmarking.md).
-        ``stream`` is 0 (a JSON answer), 1 (a whole SSE answer) or ``_OPEN``: the attempt ends at the first token
-        and the response, still open, is handed to a :class:`ChatStream`, which then ends the attempt's accounting.
+        ``stream`` is 0 (a JSON answer), 1 (a whole SSE answer) or ``_OPEN``: the attempt ends when the first delta
+        is ready and the response, still open, goes to a :class:`ChatStream`, which ends the attempt's accounting.
         """
         if self._state != "running":
             raise LifecycleError(f"LLM provider client {self.name!r} is not running; use it inside the Runner.")
@@ -577,7 +578,7 @@ class ProviderClient:
                         model=model,
                     )
                 if stream == _OPEN:
-                    # The timer bounds the wait for the first token only; afterwards each read of the open stream
+                    # The timer bounds the wait for the first delta only; afterwards each read of the open stream
                     # waits at most request_timeout_s (sock_read), however long the consumer takes per delta.
                     stream_task = asyncio.current_task(loop)
                     assert stream_task is not None  # a coroutine awaited by a ChatStream runs in a task

@@ -73,8 +73,8 @@ class _ChoiceState:
 class StreamAssembler:
     """The state of one streamed chat completion: feed it the body as it arrives, read the answer at the end.
 
-    ``feed`` takes bytes as they come off the socket (any split); ``done`` is set by ``[DONE]``; ``started``
-    once the first token arrived. With ``pending`` (a deque), each event's deltas are appended to it for a
+    ``feed`` takes bytes as they come off the socket (any split); ``done`` is set by ``[DONE]`` or the end of
+    the body. With ``pending`` (a deque), each event's deltas are appended to it for a
     :class:`ChatStream` to hand out; without, only the answer is kept. The body is bounded by
     ``max_response_bytes``.
     """
@@ -122,11 +122,6 @@ class StreamAssembler:
         # Set when the stream is handed to a ChatStream: the response to read and release, its session's id.
         self.resp: aiohttp.ClientResponse | None = None
         self.sid = 0
-
-    @property
-    def started(self) -> bool:
-        """True once the first token (text or a tool-call fragment) arrived."""
-        return self._first is not None
 
     @property
     def ttft_s(self) -> float | None:
@@ -328,7 +323,7 @@ class ChatStream:
                     calls.append(delta.tool_call)
         reply = stream.response  # the whole answer: text, tool calls, usage, finish_reason
 
-    The request is sent on ``async with`` (or the first ``async for`` step). Failures before the first token
+    The request is sent on ``async with`` (or the first ``async for`` step). Failures before the first delta
     are retried like any call; one after it raises :class:`~agentflow.errors.LLMStreamInterruptedError`.
     Leaving early (``break``, an exception, :meth:`aclose`) closes the response and its connection; without
     ``async with``, that happens when the stream object is dropped.
