@@ -1,5 +1,8 @@
 """``agentcli mock-llm``: the OpenAI-compatible mock server (:mod:`agentflow.llm.mock`) as a command.
 
+Its tool calls are scripted by ``[[call NAME {json}]]`` and ``[[loop NAME {json}]]`` in the conversation
+(:mod:`agentflow.llm.mock_script`, docs/llm.md).
+
 It serves until SIGINT/SIGTERM, then prints its own counts (the same as ``GET /stats``). Faults can be changed
 while it runs with ``POST /admin/faults``.
 """
@@ -62,7 +65,8 @@ def mock_llm(
     max_items: Annotated[int, typer.Option(min=1, help="Inputs per request; more get 400.")] = DEFAULT_MAX_ITEMS,
     api_key_env: Annotated[str | None, typer.Option(help="Require the key held in this environment variable.")] = None,
 ) -> None:
-    """Serve an OpenAI-compatible mock LLM (chat, SSE, embeddings, completions) with latency and faults."""
+    """Serve an OpenAI-compatible mock LLM (chat with scripted tool calls, SSE, embeddings, completions) with
+    latency and faults."""
     import os
 
     if distribution not in ("fixed", "uniform", "exponential", "lognormal"):

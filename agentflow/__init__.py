@@ -58,6 +58,7 @@ from .errors import (
     LLMBadRequestError,
     LLMError,
     LLMRateLimitedError,
+    LLMStreamInterruptedError,
     LLMTimeoutError,
     LLMUnavailableError,
     RateLimitError,
@@ -75,7 +76,17 @@ from .hdr import HistogramStatistics, LatencyHistogram
 from .llm.batching import BatcherStatistics, MicroBatcher
 from .llm.cache import CacheStatistics, TTLCache
 from .llm.cost import CostRow, CostTracker
-from .llm.types import ChatMessage, ChatResponse, CompletionResponse, EmbeddingResponse, Usage
+from .llm.types import (
+    ChatMessage,
+    ChatResponse,
+    CompletionResponse,
+    EmbeddingResponse,
+    FunctionCall,
+    MessageToolCall,
+    StreamDelta,
+    ToolCall,
+    Usage,
+)
 from .metrics import Metrics
 from .pool import WorkerPool, WorkerPoolStatistics
 from .producer import Producer, ProducerStatistics
@@ -121,6 +132,7 @@ __all__ = [
     "CacheStatistics",
     "ChatMessage",
     "ChatResponse",
+    "ChatStream",
     "CircuitBreaker",
     "CircuitOpenError",
     "CompletionResponse",
@@ -142,6 +154,7 @@ __all__ = [
     "EventError",
     "EventTooLargeError",
     "Faults",
+    "FunctionCall",
     "HandlerTimeoutError",
     "HistogramStatistics",
     "KafkaConfig",
@@ -157,12 +170,14 @@ __all__ = [
     "LLMPrice",
     "LLMRateLimitedError",
     "LLMRetryConfig",
+    "LLMStreamInterruptedError",
     "LLMTimeoutError",
     "LLMUnavailableError",
     "LatencyHistogram",
     "LatencyModel",
     "LifecycleError",
     "MemoryBus",
+    "MessageToolCall",
     "Metrics",
     "MicroBatcher",
     "MockLLMServer",
@@ -191,10 +206,12 @@ __all__ = [
     "RunnerStatistics",
     "ShutdownReport",
     "Skip",
+    "StreamDelta",
     "Subscription",
     "SubscriptionStatistics",
     "TTLCache",
     "TokenBudgetExceededError",
+    "ToolCall",
     "Usage",
     "WorkerPool",
     "WorkerPoolStatistics",
@@ -211,6 +228,7 @@ __all__ = [
 # The LLM client and the mock server import aiohttp; `import agentflow` does not, until one of these is used.
 _LAZY = {
     "AgentLLM": "agentflow.llm.hub",
+    "ChatStream": "agentflow.llm.stream",
     "LLMHub": "agentflow.llm.hub",
     "ProviderClient": "agentflow.llm.client",
     "Faults": "agentflow.llm.mock",

@@ -29,6 +29,7 @@ Every error agentflow raises on purpose derives from :class:`AgentflowError`; th
         ├── LLMUnavailableError      5xx, connection refused or reset
         ├── LLMBadRequestError       4xx other than 401/403/429: the request itself is wrong
         ├── LLMAuthError             401/403: a missing or wrong API key
+        ├── LLMStreamInterruptedError  a streamed answer failed after its first token; not retried
         └── TokenBudgetExceededError the workflow used up its token budget
 
 Handler outcomes are small control-flow exceptions, not errors: :class:`Retry` (try again, optionally after
@@ -56,6 +57,7 @@ __all__ = [
     "LLMBadRequestError",
     "LLMError",
     "LLMRateLimitedError",
+    "LLMStreamInterruptedError",
     "LLMTimeoutError",
     "LLMUnavailableError",
     "LifecycleError",
@@ -207,6 +209,20 @@ class LLMBadRequestError(LLMError):
 
 class LLMAuthError(LLMError):
     """HTTP 401 or 403: the API key is missing, wrong or lacks access."""
+
+
+class LLMStreamInterruptedError(LLMError):
+    """A streamed answer (``ctx.llm.stream``) failed after tokens had arrived: the connection dropped, the
+    provider stalled past ``request_timeout_s`` or sent an error or a malformed event.
+
+    It is not retried, because part of the answer was already delivered; ``cause`` is the failure as the
+    client saw it (an :class:`LLMError`), ``chunks`` how many stream events had arrived.
+    """
+
+    def __init__(self, message: str, *, provider: str, model: str, cause: LLMError, chunks: int) -> None:
+        super().__init__(message, provider=provider, model=model, status=cause.status)
+        self.cause = cause
+        self.chunks = chunks
 
 
 class TokenBudgetExceededError(LLMError):

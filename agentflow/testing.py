@@ -37,6 +37,9 @@ from agentflow.llm.mock import Faults, LatencyModel, MockLLMServer
 #:         runner = Runner(config_from_dict({"llm": {"mock": {"base_url": server.url, "default_model": "m"}}}))
 #:         ...
 #:         assert server.stats().requests == 10
+#:
+#: With ``tools`` in the request, ``[[call NAME {json}]]`` in the user's message makes it answer with that tool
+#: call, and ``[[loop NAME {json}]]`` with the same call every turn (docs/llm.md, "Tool calls from the mock").
 MockLLM = MockLLMServer
 
 __all__ = [

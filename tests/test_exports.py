@@ -54,7 +54,10 @@ INTERNAL = {
         "LimiterLike",
         "PermitLike",
     },
-    "agentflow.llm.stream": {"read_stream"},
+    "agentflow.llm.stream": {"StreamAssembler", "open_stream", "read_stream"},
+    "agentflow.llm.toolspec": {"tool_fields"},  # chat()'s checks of its tool arguments
+    # what MockLLMServer answers; users reach it through the server (agentflow.testing.MockLLM)
+    "agentflow.llm.mock_script": {"Reply", "chat_chunks", "chat_reply", "completion_chunks", "text_of", "tokens"},
     "agentflow.llm.tokens": {"estimate_tokens", "split_tokens"},
     "agentflow.llm.transport": {"USER_AGENT", "Call", "ConnectionPool"},
 }

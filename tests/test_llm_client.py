@@ -93,12 +93,13 @@ async def test_streaming_records_time_to_first_token(mock_server: ServerFactory)
     server = await mock_server(reply_tokens=5, latency=LatencyModel(base_ms=20, per_token_ms=2))
     async with ProviderClient("p", cfg(server), env={}) as client:
         reply = await client.chat(MSG, stream=True)
-        assert reply.text == "tok0 tok1 tok2 tok3 tok4 "
+        assert reply.text == "echo:hello there tok0 tok1 tok2 tok3 tok4"
         assert reply.usage.completion_tokens == 5
         assert reply.ttft_s is not None and reply.ttft_s >= 0.02
         m = client.metrics.model("p", "m")
         assert m.ttft.count == 1
         assert m.inter_token.count == 4
+        assert (await client.chat(MSG)).text == reply.text  # streamed and not, the same answer
 
 
 # ---- errors and retries --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import msgspec
 import pytest
 
 from agentflow.llm.mock import Faults, LatencyModel, MockLLMServer
@@ -39,7 +40,7 @@ async def test_streaming_sends_one_event_per_token_then_usage_and_done(http: aio
             text = await resp.text()
     events = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
-    assert sum('"content":"tok' in e for e in events) == 4
+    assert sum('"content":"' in e and "tok" in e for e in events) == 4  # "echo:hello there tok0", " tok1", ...
     assert '"usage":{"prompt_tokens":3,"completion_tokens":4' in events[-2]
     assert server.stats().streams == 1
 
@@ -198,3 +199,47 @@ def test_bad_settings_are_refused() -> None:
         MockLLMServer(faults=Faults(error_rate=0.6, hang_rate=0.6))
     with pytest.raises(ValueError, match="capacity"):
         MockLLMServer(capacity=0)
+
+
+# ---- tool calls ---------------------------------------------------------------------------------------------
+
+TOOLS = [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}]
+
+
+async def _tool_calls(http: aiohttp.ClientSession, url: str, content: str) -> list[tuple[str, str]]:
+    body = {"model": "m", "messages": [{"role": "user", "content": content}], "tools": TOOLS}
+    async with http.post(url + "/chat/completions", json=body) as resp:
+        message = (await resp.json())["choices"][0]["message"]
+    return [(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls") or []]
+
+
+async def test_directives(http: aiohttp.ClientSession) -> None:
+    async with MockLLMServer() as server:
+        url = server.url
+        assert await _tool_calls(http, url, '[[call f {"a": "]]"}]] [[call g]]') == [("f", '{"a": "]]"}'), ("g", "{}")]
+        assert await _tool_calls(http, url, "[[call f {broken]]") == [("f", "{broken")]  # sent as written
+        assert await _tool_calls(http, url, "[[call f {} no end") == []  # unclosed: plain text
+        assert await _tool_calls(http, url, "no directive") == []
+        # Without tools in the request, a directive is only text.
+        async with http.post(
+            url + "/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": "[[call f]]"}]}
+        ) as r:
+            assert (await r.json())["choices"][0]["message"]["content"].startswith("echo:[[call f]]")
+
+
+async def test_streamed_tool_calls_come_in_fragments_like_openais(http: aiohttp.ClientSession) -> None:
+    async with MockLLMServer() as server:
+        content = '[[call f {"city": "Paris", "days": 10}]] [[call g {"x": 1}]]'
+        body = {"model": "m", "messages": [{"role": "user", "content": content}], "tools": TOOLS, "stream": True}
+        async with http.post(server.url + "/chat/completions", json=body) as resp:
+            text = await resp.text()
+    events = [msgspec.json.decode(line[6:]) for line in text.split("\n") if line.startswith("data: {")]
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    assert deltas[0] == {"role": "assistant", "content": None}
+    frags = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+    # Per call: the id, type and name first with empty arguments, then the arguments in three pieces.
+    assert [sorted(f) for f in frags] == [["function", "id", "index", "type"], *[["function", "index"]] * 3] * 2
+    assert frags[0]["function"] == {"name": "f", "arguments": ""}
+    assert "".join(f["function"]["arguments"] for f in frags[1:4]) == '{"city": "Paris", "days": 10}'
+    assert [f["index"] for f in frags] == [0] * 4 + [1] * 4
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"

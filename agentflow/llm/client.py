@@ -39,8 +39,9 @@ from .cost import CostTracker
 from .failures import Failures, outcome
 from .metrics import LLMMetrics, ModelMetrics
 from .protocols import NO_BREAKER, BatcherFactory, BatcherLike, BreakerLike, BreakersLike, BudgetLike, LimiterLike
-from .stream import read_stream
+from .stream import ChatStream, StreamAssembler, open_stream, read_stream
 from .tokens import estimate_tokens, split_tokens
+from .toolspec import tool_fields
 from .transport import USER_AGENT, Call, ConnectionPool
 from .types import (
     CHAT_DECODER,
@@ -53,6 +54,7 @@ from .types import (
     CompletionResponse,
     Embedding,
     EmbeddingResponse,
+    ToolCall,
     Usage,
 )
 
@@ -60,6 +62,12 @@ __all__ = ["ProviderClient"]
 
 #: Models whose metrics, breaker and limiter are remembered for the hot path.
 MAX_ROUTES = 256
+
+#: ``_send``'s ``stream``: 0 (False) reads a JSON answer, 1 (True) a whole SSE answer (``chat(stream=True)``),
+#: ``_OPEN`` reads until the first delta is ready and hands the open response to a :class:`ChatStream`.
+_OPEN = 2
+
+Messages = Sequence[Mapping[str, Any] | ChatMessage]
 
 logger = logging.getLogger(__name__)
 
@@ -180,11 +188,14 @@ class ProviderClient:
 
     async def chat(
         self,
-        messages: Sequence[Mapping[str, Any] | ChatMessage],
+        messages: Messages,
         *,
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
         stream: bool = False,
         agent: str | None = None,
         workflow: str | None = None,
@@ -195,7 +206,10 @@ class ProviderClient:
     ) -> ChatResponse:
         """One chat completion. ``stream=True`` reads it as server-sent events and records time to first token
         and inter-token latency (the answer is still returned whole). ``cache=None`` caches only when
-        ``temperature == 0`` (and ``[llm.NAME.cache] deterministic_only``); ``extra`` adds body fields."""
+        ``temperature == 0`` (and ``[llm.NAME.cache] deterministic_only``); ``extra`` adds body fields.
+
+        ``tools`` (OpenAI function tools), ``tool_choice`` and ``parallel_tool_calls`` are checked and sent;
+        the calls the model asks for are ``response.tool_calls``."""
         if not messages:
             raise LLMBadRequestError("chat() needs at least one message.", provider=self.name)
         model = model or self.config.default_model
@@ -204,6 +218,8 @@ class ProviderClient:
             body["temperature"] = temperature
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
+        if tools is not None or tool_choice is not None or parallel_tool_calls is not None:
+            body.update(tool_fields(tools, tool_choice, parallel_tool_calls, self.name))
         if extra:
             body.update(extra)
         if workflow is not None and self.config.token_budget_per_workflow is not None:
@@ -216,18 +232,100 @@ class ProviderClient:
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        est = 0
-        if self._limiter_factory is not None:  # only the rate limiter charges estimates
-            est = sum(
-                estimate_tokens(str(m.get("content") or "") if isinstance(m, Mapping) else (m.content or ""))
-                for m in messages
-            )
-            est += max_tokens or 0
+        # Only the rate limiter charges estimates.
+        est = 0 if self._limiter_factory is None else _estimate(messages, max_tokens)
         resp: ChatResponse = await self._send("chat/completions", body, model, est, priority, timeout_s, stream=stream)
         self.costs.record(self.name, model, agent or "_none", workflow, resp.usage)  # _account(), inlined
+        if tools is not None:
+            self._report_tool_calls(resp, model)
         if key is not None and self.cache is not None:
             self.cache.put(key, resp)
         return resp
+
+    def stream(
+        self,
+        messages: Messages,
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        agent: str | None = None,
+        workflow: str | None = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ChatStream:
+        """A chat completion handed out as it arrives: ``async with client.stream(messages) as s: async for
+        delta in s: ...`` (see :class:`~agentflow.llm.stream.ChatStream`). Never cached.
+
+        Until the first delta, the call goes through the budget, the rate limiter, the breaker and retries
+        like :meth:`chat`, bounded by ``timeout_s`` (or ``retry.deadline_s``) and ``request_timeout_s``. After
+        it, each wait for the next chunk is bounded by ``request_timeout_s``, and a failure raises
+        :class:`~agentflow.errors.LLMStreamInterruptedError` without a retry. The body is built as
+        :meth:`chat` builds it with ``stream=True`` (a test compares them)."""
+        if not messages:
+            raise LLMBadRequestError("stream() needs at least one message.", provider=self.name)
+        model = model or self.config.default_model
+        body: dict[str, Any] = {"model": model, "messages": list(messages)}
+        if temperature is not None:
+            body["temperature"] = temperature
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if tools is not None or tool_choice is not None or parallel_tool_calls is not None:
+            body.update(tool_fields(tools, tool_choice, parallel_tool_calls, self.name))
+        if extra:
+            body.update(extra)
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        est = 0 if self._limiter_factory is None else _estimate(messages, max_tokens)
+        m, _, limiter = self._route(model)
+
+        async def opener() -> StreamAssembler:
+            if workflow is not None:
+                self._check_budget(workflow)
+            asm: StreamAssembler = await self._send(
+                "chat/completions", body, model, est, priority, timeout_s, stream=_OPEN
+            )
+            return asm
+
+        def on_end(asm: StreamAssembler, response: ChatResponse | None, failure: LLMError | None) -> None:
+            # The HTTP attempt that _send handed over ends here: its duration, outcome, connection and usage.
+            m.duration.observe(time.perf_counter() - asm.t0)
+            m.outcomes["interrupted" if failure is not None else "success"] += 1
+            self.in_flight -= 1
+            inuse = self._pool.in_use
+            if asm.sid in inuse:
+                inuse[asm.sid] -= 1
+            if response is None:  # left early or failed: what arrived, with usage estimated if none came
+                response = asm.response()
+            usage = response.usage
+            if limiter is not None:
+                used = usage.total_tokens or (usage.prompt_tokens + usage.completion_tokens)
+                if used:
+                    limiter.adjust(used - est)
+            self._account(model, agent, workflow, usage)
+            if tools is not None and failure is None:
+                self._report_tool_calls(response, model)
+
+        return ChatStream(opener, on_end)
+
+    def _report_tool_calls(self, resp: ChatResponse, model: str) -> None:
+        """Log tool calls whose arguments the model sent malformed (named, not quoted: they may hold data)."""
+        for choice in resp.choices:
+            for call in choice.message.tool_calls or ():
+                tc = ToolCall.decode(call.id, call.function.name, call.function.arguments)
+                if tc.error is not None:
+                    logger.warning(
+                        "LLM provider %r (model %r) asked for tool %r with arguments that are not a JSON object "
+                        "(%d characters); the call carries arguments=None and the reason in ToolCall.error.",
+                        self.name,
+                        model,
+                        tc.name,
+                        len(tc.arguments_raw),
+                    )
 
     async def embed(
         self,
@@ -426,12 +524,14 @@ class ProviderClient:
         priority: int,
         timeout_s: float | None,
         *,
-        stream: bool = False,
+        stream: int = 0,
     ) -> Any:
         """POST ``body`` with rate limiting, the breaker and retries inside one deadline; return the decoded answer.
 
         One coroutine for the whole pipeline on purpose: every extra coroutine layer costs its creation and a
         resumption per suspension, and this path is measured against a bare aiohttp loop (docs/benchmarking.md).
+        ``stream`` is 0 (a JSON answer), 1 (a whole SSE answer) or ``_OPEN``: the attempt ends when the first delta
+        is ready and the response, still open, goes to a :class:`ChatStream`, which ends the attempt's accounting.
         """
         if self._state != "running":
             raise LifecycleError(f"LLM provider client {self.name!r} is not running; use it inside the Runner.")
@@ -446,6 +546,8 @@ class ProviderClient:
             self._budget.record_call()
         cfg = self.config
         attempt = 0
+        handed_over = False
+        result: Any  # a decoded answer, or a StreamAssembler when _OPEN
         while True:
             attempt += 1
             grant = None if limiter is None else await limiter.acquire(est_tokens, priority=priority)
@@ -466,6 +568,7 @@ class ProviderClient:
             self.in_flight += 1
             t0 = time.perf_counter()
             call: Call | None = None
+            resp = None
             try:
                 if remaining_s <= 0:
                     raise LLMTimeoutError(
@@ -474,7 +577,15 @@ class ProviderClient:
                         provider=self.name,
                         model=model,
                     )
-                if remaining_s >= cfg.request_timeout_s and (task := asyncio.current_task(loop)) is not None:
+                if stream == _OPEN:
+                    # The timer bounds the wait for the first delta only; afterwards each read of the open stream
+                    # waits at most request_timeout_s (sock_read), however long the consumer takes per delta.
+                    stream_task = asyncio.current_task(loop)
+                    assert stream_task is not None  # a coroutine awaited by a ChatStream runs in a task
+                    call = Call(stream_task)
+                    pool.expiries.add(loop, call, None, min(cfg.request_timeout_s, remaining_s))
+                    timeout = pool.streaming
+                elif remaining_s >= cfg.request_timeout_s and (task := asyncio.current_task(loop)) is not None:
                     call = Call(task)  # the common case: request_timeout_s on the shared timer
                     pool.expiries.add(loop, call, None, cfg.request_timeout_s)
                     timeout = pool.untimed
@@ -482,17 +593,21 @@ class ProviderClient:
                     timeout = aiohttp.ClientTimeout(
                         total=min(cfg.request_timeout_s, remaining_s), sock_connect=cfg.connection_timeout_s
                     )
-                async with session.post(url, data=data, timeout=timeout) as resp:
-                    if resp.status >= 400:
-                        raise failures.http_error(resp.status, await self._read(resp, model), resp.headers, model)
-                    if stream:
-                        result = await read_stream(resp, failures, model, t0, m)
+                # Not ``async with``: an open stream outlives this attempt, and two coroutine layers fewer.
+                resp = await session.post(url, data=data, timeout=timeout)
+                if resp.status >= 400:
+                    raise failures.http_error(resp.status, await self._read(resp, model), resp.headers, model)
+                if stream:
+                    if stream == _OPEN:
+                        result = await open_stream(resp, failures, model, t0, m)
                     else:
-                        raw = await self._read(resp, model)
-                        try:
-                            result = _DECODERS[endpoint].decode(raw)
-                        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                            raise failures.not_openai(exc, model) from None
+                        result = await read_stream(resp, failures, model, t0, m)
+                else:
+                    raw = await self._read(resp, model)
+                    try:
+                        result = _DECODERS[endpoint].decode(raw)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        raise failures.not_openai(exc, model) from None
             except LLMError as exc:
                 permit.failure(exc)
                 failure: LLMError = exc
@@ -514,6 +629,11 @@ class ProviderClient:
                 if call is not None and call.expired:  # answered as the timer fired: take its cancellation back
                     call.task.uncancel()
                 permit.success()
+                if stream == _OPEN:
+                    result.resp, result.sid = resp, sid
+                    resp = None
+                    handed_over = True
+                    return result
                 m.outcomes["success"] += 1
                 if limiter is not None:
                     usage = result.usage
@@ -524,12 +644,15 @@ class ProviderClient:
             finally:
                 if call is not None:
                     pool.expiries.discard(call)
-                took = time.perf_counter() - t0  # m.duration.observe(took), inlined: never negative, never huge
-                duration = m.duration
-                duration.counts[int(took * 1_000_000).bit_length()] += 1
-                duration.sum += took
-                self.in_flight -= 1
-                inuse[sid] -= 1
+                if resp is not None:
+                    resp.release()
+                if not handed_over:
+                    took = time.perf_counter() - t0  # m.duration.observe(took), inlined: never negative, never huge
+                    duration = m.duration
+                    duration.counts[int(took * 1_000_000).bit_length()] += 1
+                    duration.sum += took
+                    self.in_flight -= 1
+                    inuse[sid] -= 1
             m.outcomes[outcome(failure)] += 1
             if isinstance(failure, LLMRateLimitedError) and failure.retry_after_s:
                 breaker.open_for(failure.retry_after_s)
@@ -571,6 +694,14 @@ class ProviderClient:
                 raise self._failures.too_large(model, limit)
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _estimate(messages: Messages, max_tokens: int | None) -> int:
+    """Tokens a chat request may use, charged to the rate limiter until the answer says how many it did."""
+    est = sum(
+        estimate_tokens(str(m.get("content") or "") if isinstance(m, Mapping) else (m.content or "")) for m in messages
+    )
+    return est + (max_tokens or 0)
 
 
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {

@@ -30,6 +30,7 @@ from .client import ProviderClient
 from .cost import CostTracker
 from .metrics import LLMMetrics
 from .protocols import BatcherLike, LimiterLike
+from .stream import ChatStream
 from .types import ChatMessage, ChatResponse, CompletionResponse, EmbeddingResponse
 
 __all__ = ["AgentLLM", "LLMHub"]
@@ -213,6 +214,20 @@ class AgentLLM:
     ) -> Coroutine[Any, Any, ChatResponse]:
         """``await ctx.llm.chat(messages, ...)``: :meth:`ProviderClient.chat` for this agent and workflow."""
         return self._hub.client(provider).chat(
+            messages, model=model, agent=self._agent, workflow=self._workflow, **kwargs
+        )
+
+    def stream(
+        self,
+        messages: Sequence[Mapping[str, Any] | ChatMessage],
+        *,
+        model: str | None = None,
+        provider: str | None = None,
+        **kwargs: Any,
+    ) -> ChatStream:
+        """``async with ctx.llm.stream(messages, ...) as s: async for delta in s: ...``: the answer as it
+        arrives (:meth:`ProviderClient.stream` for this agent and workflow)."""
+        return self._hub.client(provider).stream(
             messages, model=model, agent=self._agent, workflow=self._workflow, **kwargs
         )
 

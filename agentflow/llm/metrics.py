@@ -27,6 +27,7 @@ OUTCOMES = (
     "bad_request",
     "auth",
     "circuit_open",
+    "interrupted",
     "error",
 )
 MAX_MODELS = 100
@@ -88,12 +89,12 @@ class LLMMetrics:
         )
         ttft = HistogramMetricFamily(
             "agentflow_llm_time_to_first_token_seconds",
-            "Streamed chat: time from sending the request to the first content token.",
+            "Streamed chat: time from sending the request to the first token (text or tool-call fragment).",
             labels=["provider", "model"],
         )
         inter = HistogramMetricFamily(
             "agentflow_llm_inter_token_seconds",
-            "Streamed chat: time between consecutive content chunks.",
+            "Streamed chat: time between consecutive chunks carrying tokens.",
             labels=["provider", "model"],
         )
         for (provider, model), m in sorted(self._models.items()):

@@ -1,9 +1,11 @@
 """A real OpenAI-compatible HTTP server for tests, benchmarks and demos (``agentcli mock-llm``).
 
-Endpoints: ``POST /v1/chat/completions`` (plain and SSE streaming), ``POST /v1/embeddings`` (list input,
-``dimensions``), ``POST /v1/completions`` (a list of prompts), ``GET /v1/models``, the same three under
-Azure's ``/openai/deployments/{name}/...``; ``GET /stats`` (the server's own counts) and
-``POST /admin/faults`` / ``POST /admin/reset`` to change faults and zero the counts while it runs.
+Endpoints: ``POST /v1/chat/completions`` (plain and SSE streaming, ``n`` choices, tool calls scripted by
+``[[call ...]]`` directives: :mod:`agentflow.llm.mock_script`), ``POST /v1/embeddings`` (strings or token
+ids, ``dimensions``, float or base64), ``POST /v1/completions`` (a list of prompts, plain and SSE),
+``GET /v1/models``, the three POST endpoints again under Azure's ``/openai/deployments/{name}/...``;
+``GET /stats`` (the server's own counts) and ``POST /admin/faults`` / ``POST /admin/reset`` to change faults
+and zero the counts while it runs. The official openai SDK accepts every answer (tests/test_mock_llm_sdk.py).
 
 Latency model: ``base_ms + per_token_ms * output_tokens + per_item_ms * items``, scaled by a random factor
 from ``distribution`` (seeded). ``capacity`` caps requests served at once; the rest queue, as at a real
@@ -17,6 +19,7 @@ provider. Faults are drawn per request with the same seeded generator::
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import math
@@ -28,12 +31,12 @@ from typing import Any, Literal
 import msgspec
 from aiohttp import web
 
+from .mock_script import chat_chunks, chat_reply, completion_chunks, text_of, tokens
 from .types import (
     CHAT_REQUEST_DECODER,
     COMPLETION_REQUEST_DECODER,
     EMBEDDING_REQUEST_DECODER,
     ENCODER,
-    ChatRequest,
 )
 
 __all__ = ["Faults", "LatencyModel", "MockLLMServer", "MockStats"]
@@ -46,6 +49,10 @@ DEFAULT_MAX_ITEMS = 2048
 DEFAULT_DIMENSIONS = 8
 DEFAULT_REPLY_TOKENS = 16
 MAX_DIMENSIONS = 8192
+#: Choices per chat request (``n``); OpenAI allows 128, a mock needs few.
+MAX_CHOICES = 16
+#: The ``created`` time of the mock's one model, fixed so answers are repeatable.
+MODEL_CREATED = 1_700_000_000
 
 
 class LatencyModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -104,17 +111,13 @@ class MockStats(msgspec.Struct, kw_only=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     streams: int = 0
+    tool_calls: int = 0
     connections_opened: int = 0
     connections_open: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
     queued: int = 0
     max_queued: int = 0
-
-
-def _tokens(text: str) -> int:
-    # ~4 characters per token, the usual rule of thumb; deterministic so tests can predict usage.
-    return max(1, (len(text) + 3) // 4)
 
 
 #: Above this size a vector is a rotation of one fixed unit vector: hashing 1536 values per input would make the
@@ -218,9 +221,12 @@ class MockLLMServer:
             app.router.add_post(prefix + "/embeddings", self._embeddings)
             app.router.add_post(prefix + "/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model}", self._model)
         app.router.add_get("/stats", self._stats_handler)
         app.router.add_post("/admin/faults", self._set_faults)
         app.router.add_post("/admin/reset", self._reset)
+        # Last, so it only answers what no route above matched: an OpenAI-shaped 404 instead of aiohttp's text.
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
         # handler_cancellation: a hung request ends when its client gives up, not at server close.
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
@@ -287,7 +293,14 @@ class MockLLMServer:
     # ---- handlers --------------------------------------------------------------------------------------
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "mock", "object": "model"}]})
+        return web.json_response({"object": "list", "data": [_model("mock")]})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        # Any model name is served, so any name is a model.
+        return web.json_response(_model(request.match_info["model"]))
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return self._error(404, f"No endpoint {request.method} {request.path} on the mock LLM server.", "not_found")
 
     async def _stats_handler(self, request: web.Request) -> web.Response:
         return web.Response(body=ENCODER.encode(self._stats), content_type="application/json")
@@ -321,7 +334,7 @@ class MockLLMServer:
         s.batch_sizes[key] = s.batch_sizes.get(key, 0) + 1
 
     def _error(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
-        body = ENCODER.encode({"error": {"message": message, "type": kind, "code": None}})
+        body = ENCODER.encode({"error": {"message": message, "type": kind, "param": None, "code": None}})
         return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
     def _reject(self, reason: str, status: int, message: str) -> web.Response:
@@ -411,7 +424,7 @@ class MockLLMServer:
             delay = self._delay_s(tokens, items)
             if fault == "slow":
                 delay += self.faults.slow_ms / 1000.0
-            if isinstance(body, ChatRequest) and body.stream:
+            if isinstance(body, _Stream):
                 return await self._stream(request, body, delay)
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -436,67 +449,84 @@ class MockLLMServer:
             return self._reject("invalid", 400, f"Invalid chat request: {req}")
         if not req.messages:
             return self._reject("invalid", 400, "messages must not be empty.")
-        prompt = sum(_tokens(m.content or "") for m in req.messages)
-        out = self.reply_tokens if req.max_tokens is None else max(1, min(req.max_tokens, self.reply_tokens))
-        self._stats.prompt_tokens += prompt
-        self._stats.completion_tokens += out
+        n = req.n
+        if not 1 <= n <= MAX_CHOICES:
+            return self._reject("invalid", 400, f"n must be from 1 to {MAX_CHOICES}; got {n}.")
+        if req.tools is not None and not all(
+            isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str)
+            for t in req.tools
+        ):  # fmt: skip
+            return self._reject("invalid", 400, 'Each tool must be {"type": "function", "function": {"name": ...}}.')
+        s = self._stats
+        prompt = 0
+        for m in req.messages:
+            prompt += tokens(text_of(m.content))
+            for c in m.tool_calls or ():
+                prompt += tokens(c.function.name + c.function.arguments)
+        reply = chat_reply(req, self.reply_tokens)
+        out = reply.completion_tokens * n
+        usage = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+        s.prompt_tokens += prompt
+        s.completion_tokens += out
+        s.tool_calls += len(reply.calls) * n
+        cid = f"chatcmpl-{s.requests}"
         if req.stream:
-            self._stats.streams += 1
-            req.stream_options = {"prompt": prompt, "out": out, **(req.stream_options or {})}
-            return await self._serve(request, "chat", 1, out, req)
-        last = req.messages[-1].content or ""
-        text = " ".join(f"tok{i}" for i in range(out))
+            s.streams += 1
+            include = bool((req.stream_options or {}).get("include_usage"))
+            steps = chat_chunks(cid, req.model, reply, n, usage, include)
+            answer = _Stream(steps)
+            return await self._serve(request, "chat", 1, answer.tokens, answer)
+        message = reply.message()
         body = {
-            "id": f"chatcmpl-{self._stats.requests}",
+            "id": cid,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": req.model,
             "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": f"echo:{last[:64]} {text}"},
-                    "finish_reason": "stop",
-                }
+                {"index": i, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}
+                for i in range(n)
             ],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out},
+            "usage": usage,
         }
         return await self._serve(request, "chat", 1, out, body)
 
-    async def _stream(self, request: web.Request, req: ChatRequest, first_delay_s: float) -> web.StreamResponse:
-        opts = req.stream_options or {}
-        out, prompt = int(opts["out"]), int(opts["prompt"])
+    async def _stream(self, request: web.Request, answer: _Stream, first_delay_s: float) -> web.StreamResponse:
         per_token_s = self.latency.per_token_ms / 1000.0
-        base_s = max(0.0, first_delay_s - per_token_s * out)  # the first token after the base latency
+        base_s = max(0.0, first_delay_s - per_token_s * answer.tokens)  # the first token after the base latency
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         if base_s > 0:
             await asyncio.sleep(base_s)
-        cid = f"chatcmpl-{self._stats.requests}"
-        for i in range(out):
-            if i and per_token_s > 0:
+        for gap, data in answer.steps:
+            if gap and per_token_s > 0:
                 await asyncio.sleep(per_token_s)
-            chunk = {"id": cid, "model": req.model, "choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]}
-            await resp.write(b"data: " + ENCODER.encode(chunk) + b"\n\n")
-        end: dict[str, Any] = {
-            "id": cid,
-            "model": req.model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-        }
-        await resp.write(b"data: " + ENCODER.encode(end) + b"\n\n")
-        if opts.get("include_usage"):
-            usage = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
-            await resp.write(b"data: " + ENCODER.encode({"id": cid, "choices": [], "usage": usage}) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
+            await resp.write(data)
         await resp.write_eof()
         return resp
 
-    def _items(self, raw: list[str] | str) -> list[str] | str:
-        items = [raw] if isinstance(raw, str) else raw
-        if not items:
+    def _items(self, raw: Any) -> tuple[list[str], list[int]] | str:
+        """The inputs as texts and their token counts; token-id inputs become their ids as text."""
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
             return "input must not be empty."
-        if len(items) > self.max_items:
-            return f"At most {self.max_items} inputs per request; got {len(items)}. Split the request."
-        return items
+        if all(isinstance(x, int) for x in raw):  # one input given as token ids
+            raw = [raw]
+        if len(raw) > self.max_items:
+            return f"At most {self.max_items} inputs per request; got {len(raw)}. Split the request."
+        texts: list[str] = []
+        counts: list[int] = []
+        for x in raw:
+            if isinstance(x, str):
+                texts.append(x)
+                counts.append(tokens(x))
+            elif isinstance(x, list) and x and all(isinstance(t, int) for t in x):
+                texts.append(" ".join(map(str, x)))
+                counts.append(len(x))
+            else:
+                return "input must be a string, a list of strings, a list of token ids or a list of such lists."
+        return texts, counts
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         self._hit("embeddings")
@@ -505,18 +535,26 @@ class MockLLMServer:
         req = await self._read(request, EMBEDDING_REQUEST_DECODER)
         if isinstance(req, Exception):
             return self._reject("invalid", 400, f"Invalid embeddings request: {req}")
-        items = self._items(req.input)
-        if isinstance(items, str):
-            return self._reject("too_many_items" if "At most" in items else "invalid", 400, items)
+        parsed = self._items(req.input)
+        if isinstance(parsed, str):
+            return self._reject("too_many_items" if "At most" in parsed else "invalid", 400, parsed)
+        items, counts = parsed
         dims = req.dimensions or self.dimensions
         if not 1 <= dims <= MAX_DIMENSIONS:
             return self._reject("invalid", 400, f"dimensions must be from 1 to {MAX_DIMENSIONS}.")
-        prompt = sum(_tokens(t) for t in items)
+        prompt = sum(counts)
         self._stats.prompt_tokens += prompt
+        as_base64 = req.encoding_format == "base64"
+        data = []
+        for i, t in enumerate(items):
+            vec = _vector(t, dims)
+            # base64 (the openai SDK's default): the little-endian float32 bytes, as OpenAI sends them.
+            emb: Any = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode() if as_base64 else vec
+            data.append({"object": "embedding", "index": i, "embedding": emb})
         body = {
             "object": "list",
             "model": req.model,
-            "data": [{"object": "embedding", "index": i, "embedding": _vector(t, dims)} for i, t in enumerate(items)],
+            "data": data,
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
         }
         return await self._serve(request, "embeddings", len(items), 0, body)
@@ -528,22 +566,51 @@ class MockLLMServer:
         req = await self._read(request, COMPLETION_REQUEST_DECODER)
         if isinstance(req, Exception):
             return self._reject("invalid", 400, f"Invalid completions request: {req}")
-        items = self._items(req.prompt)
-        if isinstance(items, str):
-            return self._reject("too_many_items" if "At most" in items else "invalid", 400, items)
+        parsed = self._items(req.prompt)
+        if isinstance(parsed, str):
+            return self._reject("too_many_items" if "At most" in parsed else "invalid", 400, parsed)
+        items, counts = parsed
         out = self.reply_tokens if req.max_tokens is None else max(1, min(req.max_tokens, self.reply_tokens))
-        prompt = sum(_tokens(t) for t in items)
+        prompt = sum(counts)
         self._stats.prompt_tokens += prompt
         self._stats.completion_tokens += out * len(items)
+        texts = [f"echo:{t[:64]}" for t in items]
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": out * len(items),
+            "total_tokens": prompt + out * len(items),
+        }
+        cid = f"cmpl-{self._stats.requests}"
+        if req.stream:
+            self._stats.streams += 1
+            include = bool((req.stream_options or {}).get("include_usage"))
+            answer = _Stream(completion_chunks(cid, req.model, texts, usage, include))
+            return await self._serve(request, "completions", len(items), answer.tokens, answer)
         body = {
-            "id": f"cmpl-{self._stats.requests}",
+            "id": cid,
             "object": "text_completion",
+            "created": int(time.time()),
             "model": req.model,
-            "choices": [{"index": i, "text": f"echo:{t[:64]}", "finish_reason": "stop"} for i, t in enumerate(items)],
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": out * len(items),
-                "total_tokens": prompt + out * len(items),
-            },
+            "choices": [
+                {"index": i, "text": t, "logprobs": None, "finish_reason": "stop"} for i, t in enumerate(texts)
+            ],
+            "usage": usage,
         }
         return await self._serve(request, "completions", len(items), out, body)
+
+
+class _Stream:
+    """An answer sent as server-sent events: ``(after_a_token_gap, bytes)`` steps (see mock_script).
+
+    ``tokens`` is the number of steps that carry tokens: the first, and each one after a gap.
+    """
+
+    __slots__ = ("steps", "tokens")
+
+    def __init__(self, steps: list[tuple[bool, bytes]]) -> None:
+        self.steps = steps
+        self.tokens = 1 + sum(1 for gap, _ in steps if gap)
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": MODEL_CREATED, "owned_by": "agentflow"}

@@ -57,6 +57,10 @@ class ConnectionPool:
         # A User-Agent of our own also keeps aiohttp off its slower skip-auto-headers path.
         self.headers = headers
         self.untimed = aiohttp.ClientTimeout(total=None, sock_connect=config.connection_timeout_s)
+        # An open stream (ctx.llm.stream): no total, since the consumer sets the pace, but no read waits longer.
+        self.streaming = aiohttp.ClientTimeout(
+            total=None, sock_connect=config.connection_timeout_s, sock_read=config.request_timeout_s
+        )
         self.expiries = Deadlines(config.request_timeout_s, _expire_call)
         self.session: aiohttp.ClientSession | None = None
         self.in_use: dict[int, int] = {}
