@@ -119,6 +119,10 @@ class WorkerPool:
                 return
         self.busy -= 1
 
+    def timed_out(self, task: asyncio.Task[None]) -> bool:
+        """True when the watchdog has cancelled ``task`` for running past its deadline (and it has not ended)."""
+        return any(s.task is task and s.timed_out for s in self._slots)
+
     def slot(self) -> Slot:
         s = Slot()
         self._slots.append(s)

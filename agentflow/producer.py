@@ -6,8 +6,8 @@ emit the brokers did not confirm within ``[kafka] delivery_timeout_s`` raises
 :class:`~agentflow.errors.DeliveryUncertainError` when its events may have been written all the same; it names
 them, and :meth:`Producer.resend` emits them again under the same ids. A request carries
 ``reply_to = [kafka] reply_topic``; the worker that handles it publishes the handler's result there (see
-:func:`reply_event`) and the producer, which reads that topic in a consumer group of its own, hands it back to
-the caller.
+:mod:`agentflow.requests`) and the producer, which reads that topic in a consumer group of its own, hands it
+back to the caller.
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ import msgspec
 
 from .bus import Bus, Subscription, create_bus
 from .config import Config, load_config
-from .errors import DeadLetteredError, DeliveryUncertainError, LifecycleError, RequestTimeoutError
-from .events import DeadLetter, Event, RawEvent, make_events, new_event_id
+from .errors import DeliveryUncertainError, LifecycleError, RequestTimeoutError
+from .events import Event, RawEvent, make_events, new_event_id
+from .requests import PendingRequests, reply_outcome
 
-__all__ = ["Producer", "ProducerStatistics", "reply_event"]
+__all__ = ["Producer", "ProducerStatistics"]
 
 logger = logging.getLogger(__name__)
-
-REPLY_HEADER = "agentflow-reply"
 
 
 class ProducerStatistics(msgspec.Struct, frozen=True):
@@ -41,21 +40,6 @@ class ProducerStatistics(msgspec.Struct, frozen=True):
     requests_pending: int
     replies: int
     requests_timed_out: int
-
-
-def reply_event(request: Event, result: Any, dead: DeadLetter | None) -> Event:
-    """The event a worker publishes on ``request.reply_to``: the result, or why the request was dead-lettered.
-
-    ``correlation_id`` carries the id of the request.
-    """
-    if dead is None:
-        headers = {REPLY_HEADER: "ok"}
-        payload = result
-    else:
-        headers = {REPLY_HEADER: "dead_lettered", "reason": dead.reason, "agent": dead.agent or ""}
-        payload = f"{dead.error_type}: {dead.error}"
-    eid = new_event_id()
-    return Event(request.reply_to or "", payload, None, eid, headers, time.time(), 1, request.id)
 
 
 class Producer:
@@ -72,7 +56,9 @@ class Producer:
         self.config = config if isinstance(config, Config) else load_config(config)
         self._owns_bus = bus is None
         self.bus: Bus = bus or create_bus(self.config)
-        self._pending: dict[str, asyncio.Future[Any]] = {}
+        rc = self.config.runner
+        self._refused: dict[str, int] = {}
+        self._pending = PendingRequests(rc.request_timeout_s, rc.max_pending_requests, self._refused, self._expired)
         self._reply_sub: Subscription | None = None
         self._reader: asyncio.Task[None] | None = None
         self._reply_lock = asyncio.Lock()
@@ -110,9 +96,7 @@ class Producer:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(LifecycleError("The Producer closed before the result of this request arrived."))
+        self._pending.fail_all(lambda: LifecycleError("The Producer closed before the result of this request arrived."))
         if self._reply_sub is not None:
             await self._reply_sub.aclose()
         if self._owns_bus:
@@ -179,34 +163,33 @@ class Producer:
         """
         self._check_open()
         await self._ensure_replies()
+        pending = self._pending
+        pending.check_room(topic)
         eid = new_event_id()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[eid] = fut
-        t = self.config.runner.request_timeout_s if timeout_s is None else timeout_s
+        fut = pending.open(asyncio.get_running_loop(), eid, topic, timeout_s)
         try:
-            ev = Event(topic, payload, key, eid, headers, time.time(), 1, eid, 0, self.config.kafka.reply_topic)
-            async with asyncio.timeout(t):
-                await self.bus.publish(topic, [ev])
-                self._emitted += 1
-                reply: Event = await fut
-        except TimeoutError:
-            self._timed_out += 1
-            raise RequestTimeoutError(
-                f"No result for the request to topic {topic!r} within {t:g} s; check that a worker runs an agent "
-                f"on it, or raise timeout_s."
-            ) from None
-        finally:
-            del self._pending[eid]
-        hdrs = reply.headers or {}
-        if hdrs.get(REPLY_HEADER) == "dead_lettered":
-            raise DeadLetteredError(
-                f"The event for this request was dead-lettered by agent {hdrs.get('agent')!r} "
-                f"({hdrs.get('reason')}): {reply.payload}",
-                reason=hdrs.get("reason", ""),
+            ev = Event(
+                topic=topic,
+                payload=payload,
+                key=key,
+                id=eid,
+                headers=headers,
+                created_at=time.time(),
+                correlation_id=eid,
+                reply_to=self.config.kafka.reply_topic,
             )
+            await self.bus.publish(topic, [ev])
+            self._emitted += 1
+            reply: Event = await fut
+        finally:
+            pending.close_request(eid)
+        result = reply_outcome(reply)
         if result_type is None:
-            return reply.payload
-        return msgspec.convert(reply.payload, result_type, strict=False)
+            return result
+        return msgspec.convert(result, result_type, strict=False)
+
+    def _expired(self, eid: str, exc: RequestTimeoutError) -> None:
+        self._timed_out += 1
 
     async def _ensure_replies(self) -> None:
         if self._reader is not None:
@@ -239,10 +222,9 @@ class Producer:
                 sub.ack(it)
                 if not isinstance(it, Event) or it.correlation_id is None:
                     continue
-                fut = self._pending.get(it.correlation_id)
-                if fut is not None and not fut.done():
+                if it.correlation_id in self._pending:
                     self._replies += 1
-                    fut.set_result(it)
+                    self._pending.resolve(it.correlation_id, it)
 
     def statistics(self) -> ProducerStatistics:
         return ProducerStatistics(

@@ -14,10 +14,9 @@ import logging
 import operator
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ._deadlines import Deadlines
 from ._waiting import WaitingEmits
 from .agents import AgentSpec, AgentWorker, BatchAgentWorker, Handler
 from .bus import create_bus
@@ -25,17 +24,16 @@ from .bus.base import Bus
 from .config import Config, RetryConfig, RetryOverride, load_config
 from .dlq import DeadLetters
 from .errors import (
-    BackpressureError,
-    DeadLetteredError,
     HandlerTimeoutError,
     LifecycleError,
     Reject,
     RequestTimeoutError,
     Skip,
 )
-from .events import _ID_PREFIX, DeadLetter, Event, EventCodec, RawEvent, _id_counter, make_events, new_event_id
+from .events import DeadLetter, Event, EventCodec, RawEvent, make_events, new_event_id
 from .metrics import GaugeSample, Metrics
 from .pool import WorkerPool
+from .requests import INBOX_PREFIX, PendingRequests, ReplySender, dead_lettered_error
 from .resilience.breaker import BreakerConfig, CircuitBreaker
 from .resilience.retry import RetryPolicy
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
@@ -49,6 +47,25 @@ logger = logging.getLogger(__name__)
 _id_of = operator.attrgetter("id")
 
 H = TypeVar("H", bound=Handler)
+
+
+async def _shielded(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run ``cleanup`` to the end even if the caller is cancelled (again) meanwhile; then re-raise that."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True  # keep waiting: the cleanup must finish before this task may end
+    if cancelled:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Closing the Runner failed: %r", task.exception())
+        raise asyncio.CancelledError
+    task.result()
 
 
 class Runner:
@@ -85,14 +102,14 @@ class Runner:
         self._state = RunnerState.CREATED
         self._specs: dict[str, AgentSpec] = {}
         self._agents: list[AgentWorker] = []
-        self._replies: dict[str, asyncio.Future[Any]] = {}
-        self._deadlines = Deadlines(rc.request_timeout_s, self._expire)
         self._refused = self.metrics.calls_refused
         self._waiting = WaitingEmits(rc.max_waiting_emits, self._refused)
-        self._reply_sends: set[asyncio.Task[None]] = set()
-        self._inbox = f"inbox:{new_event_id()}"
+        self._requests = PendingRequests(rc.request_timeout_s, rc.max_pending_requests, self._refused, self._expired)
+        self._replies = ReplySender(self.bus)
+        self._inbox = INBOX_PREFIX + new_event_id()
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._closing_done: asyncio.Event | None = None
         self._shutdown: ShutdownReport | None = None
         self._service: Any = None
@@ -248,7 +265,7 @@ class Runner:
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
         for a in self._agents:
             a.start(self._tg)
-        self._tg.create_task(self.pool.watchdog(), name="agentflow-watchdog")
+        self._watchdog = self._tg.create_task(self.pool.watchdog(), name="agentflow-watchdog")
         mon = cfg.monitoring
         if mon.metrics_enabled:
             from .service import Service
@@ -267,12 +284,17 @@ class Runner:
         return self._service
 
     async def aclose(self) -> None:
-        """Shut down gracefully (see the module docstring); idempotent and safe to call concurrently."""
+        """Shut down gracefully (see the module docstring); idempotent and safe to call concurrently.
+
+        Cancelling ``aclose`` cuts the drain short, never the cleanup: subscriptions, the HTTP server, the LLM
+        clients and the bus are closed in a shielded task that ``aclose`` waits for whatever happens, so every
+        later call returns and the runner ends CLOSED.
+        """
         if self._state is RunnerState.CLOSED:
             return
         if self._state is RunnerState.CLOSING:
             if self._closing_done is not None:
-                await self._closing_done.wait()
+                await asyncio.shield(self._closing_done.wait())
             return
         self._state = RunnerState.CLOSING
         self._closing_done = asyncio.Event()
@@ -282,38 +304,19 @@ class Runner:
         drained = True
         cancelled = 0
         try:
-            for a in self._agents:
-                await a.stop_intake()
-            drained = await self._wait_in_flight(grace)
-            cancelled = sum(a.inflight for a in self._agents)
+            try:
+                for a in self._agents:
+                    await a.stop_intake()
+                drained = await self._wait_in_flight(grace)
+                cancelled = sum(a.inflight for a in self._agents)
+            finally:
+                await _shielded(self._cleanup())
         finally:
-            for a in self._agents:
-                await a.cancel()
-            self._deadlines.close()
-            for fut in self._replies.values():
-                if not fut.done():
-                    fut.set_exception(LifecycleError("The Runner closed before the result of this request arrived."))
-            for a in self._agents:
-                await a._sub.aclose()
-            if self._service is not None:
-                await self._service.aclose()
-            if self.llm is not None:
-                await self.llm.aclose()
-            if self._tg is not None:
-                for task in list(self._tg._tasks):  # only the watchdog is left
-                    task.cancel()
-            if self._stack is not None:
-                await self._stack.aclose()
-            if self._reply_sends:
-                await asyncio.gather(*self._reply_sends, return_exceptions=True)
-            if self._owns_bus:
-                await self.bus.aclose()
-            returned = sum(a.returned for a in self._agents)
             self._shutdown = ShutdownReport(
                 grace_s=grace,
                 drained=drained,
                 cancelled=cancelled,
-                returned=returned,
+                returned=sum(a.returned for a in self._agents),
                 duration_s=time.perf_counter() - t0,
             )
             self._state = RunnerState.CLOSED
@@ -324,6 +327,25 @@ class Runner:
                     grace,
                     cancelled,
                 )
+
+    async def _cleanup(self) -> None:
+        """Cancel what still runs (its events go back to the bus), fail pending requests, close every part."""
+        for a in self._agents:
+            await a.cancel()
+        self._requests.fail_all(lambda: LifecycleError("The Runner closed before the result of this request arrived."))
+        for a in self._agents:
+            await a.close_subscription()
+        if self._service is not None:
+            await self._service.aclose()
+        if self.llm is not None:
+            await self.llm.aclose()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._stack is not None:
+            await self._stack.aclose()
+        await self._replies.aclose()
+        if self._owns_bus:
+            await self.bus.aclose()
 
     async def _wait_in_flight(self, timeout_s: float) -> bool:
         deadline = time.perf_counter() + timeout_s
@@ -381,7 +403,7 @@ class Runner:
         """Emit one event, waiting while the topic's buffer is full; return the event id."""
         if self._state is not RunnerState.RUNNING:
             self._check_accepting()
-        eid = _ID_PREFIX + str(next(_id_counter))  # new_event_id(), inlined
+        eid = new_event_id()
         batch = (Event(topic, payload, key, eid, headers, time.time(), 1, eid),)
         if not self.bus.offer(topic, batch):
             await self._waiting.publish(self.bus, topic, batch)
@@ -446,22 +468,24 @@ class Runner:
             self._check_accepting()
         if self.bus.subscriber_count(topic) == 0:
             raise LifecycleError(f"No agent subscribes to topic {topic!r}, so a request to it cannot be answered.")
-        replies = self._replies
-        if len(replies) >= self.config.runner.max_pending_requests:
-            self._refused["max_pending_requests"] += 1
-            raise BackpressureError(
-                f"{len(replies)} requests already wait for their results, the limit of runner.max_pending_requests; "
-                f"the request to {topic!r} was refused and nothing was published. Retry later, slow down, or raise "
-                "runner.max_pending_requests."
-            )
+        requests = self._requests
+        requests.check_room(topic)
         loop = asyncio.get_running_loop()
-        eid = _ID_PREFIX + str(next(_id_counter))  # new_event_id(), inlined
-        fut: asyncio.Future[Any] = loop.create_future()
-        replies[eid] = fut
-        deadlines = self._deadlines
-        deadlines.add(loop, eid, topic, self.config.runner.request_timeout_s if timeout_s is None else timeout_s)
+        eid = new_event_id()
+        fut = requests.open(loop, eid, topic, timeout_s)
         try:
-            batch = (Event(topic, payload, key, eid, headers, time.time(), 1, eid, 0, self._inbox),)
+            batch = (
+                Event(
+                    topic=topic,
+                    payload=payload,
+                    key=key,
+                    id=eid,
+                    headers=headers,
+                    created_at=time.time(),
+                    correlation_id=eid,
+                    reply_to=self._inbox,
+                ),
+            )
             if not self.bus.offer(topic, batch):
                 await self._waiting.publish(self.bus, topic, batch, eid)
             em = self._emitted
@@ -469,16 +493,9 @@ class Runner:
                 em[topic] += 1
             else:
                 self.metrics.emitted(topic)
-            result = await fut
-        except BaseException:
-            deadlines.discard(eid)
-            del replies[eid]
-            if fut.done() and not fut.cancelled():
-                fut.exception()  # mark a timeout raised while publishing as retrieved
-            raise
-        deadlines.discard(eid)
-        del replies[eid]
-        return result
+            return await fut
+        finally:
+            requests.close_request(eid)
 
     @staticmethod
     def _closed_while_waiting(topic: str) -> LifecycleError:
@@ -486,13 +503,9 @@ class Runner:
             f"The Runner closed while an emit to {topic!r} waited for room in the bus; the event was not emitted."
         )
 
-    def _expire(self, eid: str, topic: str, t: float) -> None:
-        fut = self._replies.get(eid)
-        if fut is not None and not fut.done():
-            exc = RequestTimeoutError(f"No result for the request to topic {topic!r} within {t:g} s; raise timeout_s.")
-            fut.set_exception(exc)
-            # timeout_s covers the wait for room in the bus too: a request still waiting there gives up now.
-            self._waiting.release(eid, lambda _topic: exc)
+    def _expired(self, eid: str, exc: RequestTimeoutError) -> None:
+        # timeout_s covers the wait for room in the bus too: a request still waiting there gives up now.
+        self._waiting.release(eid, lambda _topic: exc)
 
     # ---- host hooks used by agents ---------------------------------------------------------------------
 
@@ -504,7 +517,7 @@ class Runner:
         counts as a failure; a shutdown cancellation gives the permit back uncounted.
         """
         cb = breaker if isinstance(breaker, CircuitBreaker) else CircuitBreaker(agent, breaker, metrics=self.metrics)
-        slots = self.pool._slots
+        pool = self.pool
 
         async def guarded(*args: Any) -> Any:
             permit = cb.acquire()
@@ -518,7 +531,7 @@ class Runner:
                 raise
             except BaseException:
                 task = asyncio.current_task()
-                if any(s.task is task and s.timed_out for s in slots):  # the watchdog's timeout
+                if task is not None and pool.timed_out(task):  # the watchdog's timeout
                     permit.failure(HandlerTimeoutError(f"Agent {agent!r} ran past its timeout."))
                 else:
                     permit.cancel()
@@ -537,53 +550,17 @@ class Runner:
         return self.llm.for_agent(agent, None if event is None else event.correlation_id)
 
     def _reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None:
-        if event.reply_to != self._inbox:
-            if event.reply_to is not None and not event.reply_to.startswith("inbox:"):
-                self._send_reply(event, result, dead)  # a Producer.request from another process
-            return
-        fut = self._replies.get(event.id)
-        if fut is None or fut.done():
+        reply_to = event.reply_to
+        if reply_to != self._inbox:
+            if reply_to is not None and not reply_to.startswith(INBOX_PREFIX):
+                self._replies.send(event, result, dead)  # a Producer.request from another process
             return
         if dead is None:
-            fut.set_result(result)
+            self._requests.resolve(event.id, result)
         else:
-            fut.set_exception(
-                DeadLetteredError(
-                    f"The event for this request was dead-lettered by agent {dead.agent!r} ({dead.reason}): "
-                    f"{dead.error_type}: {dead.error}",
-                    reason=dead.reason,
-                )
+            self._requests.fail(
+                event.id, dead_lettered_error(dead.agent, dead.reason, f"{dead.error_type}: {dead.error}")
             )
-
-    def _send_reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None:
-        from .errors import EventError
-        from .producer import reply_event
-
-        async def send() -> None:
-            reply = reply_event(event, result, dead)
-            try:
-                await self.bus.publish(reply.topic, [reply], follow_up=True)
-            except EventError as exc:  # a result that cannot be encoded: tell the requester why
-                dead_reply = DeadLetter(
-                    topic=event.topic,
-                    agent=None,
-                    reason="rejected",
-                    error_type=type(exc).__name__,
-                    error=str(exc),
-                    attempts=event.attempt,
-                    failed_at=time.time(),
-                    event_id=event.id,
-                )
-                await self.bus.publish(reply.topic, [reply_event(event, None, dead_reply)], follow_up=True)
-
-        task = asyncio.get_running_loop().create_task(send(), name="agentflow-reply")
-        self._reply_sends.add(task)
-        task.add_done_callback(self._reply_sent)
-
-    def _reply_sent(self, task: asyncio.Task[None]) -> None:
-        self._reply_sends.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("Could not send the result of a request to its reply topic: %s", task.exception())
 
     async def _emit_follow_up(
         self,
@@ -673,7 +650,7 @@ class Runner:
             dead_lettered=sum(a.dead_lettered for a in agents),
             in_flight=sum(a.in_flight for a in agents),
             returned=sum(a.returned for a in agents),
-            pending_requests=len(self._replies),
+            pending_requests=len(self._requests),
             waiting_emits=len(self._waiting),
             refused_emits=self._refused["max_waiting_emits"],
             refused_requests=self._refused["max_pending_requests"],
@@ -738,7 +715,7 @@ class Runner:
                 "runner.request calls waiting for their results (runner.max_pending_requests).",
                 (),
                 (),
-                float(len(self._replies)),
+                float(len(self._requests)),
             )
         )
         p = self.pool

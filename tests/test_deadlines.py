@@ -68,6 +68,6 @@ async def test_runner_requests_time_out_with_the_default_and_with_their_own(make
         assert all(isinstance(r, RequestTimeoutError) for r in results[:2])
         assert "within 0.1 s" in str(results[0]) and "within 0.05 s" in str(results[1])
         assert results[2:] == ["ok"] * 50
-        assert len(runner._deadlines) == 0 and len(runner._replies) == 0
+        assert len(runner._requests) == 0 and len(runner._requests._deadlines) == 0
         release.set()
         await runner.drain()

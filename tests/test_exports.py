@@ -30,7 +30,16 @@ INTERNAL = {
     "agentflow.bus.kafka.records": {"RecordReader"},
     "agentflow.bus.kafka.retry": {"GROUP_HEADER", "NOT_BEFORE_HEADER", "RetryTiers", "tier_names"},
     "agentflow.bus.kafka.subscription": {"KafkaSubscription"},
-    "agentflow.producer": {"reply_event"},  # the wire format of replies, used by the Runner
+    # request/reply plumbing shared by the Runner and the Producer
+    "agentflow.requests": {
+        "INBOX_PREFIX",
+        "REPLY_HEADER",
+        "PendingRequests",
+        "ReplySender",
+        "dead_lettered_error",
+        "reply_event",
+        "reply_outcome",
+    },
     "agentflow.config": {"ENV_PREFIX"},
     "agentflow.config.loader": {"ENV_PREFIX"},
     "agentflow.events": {

@@ -132,6 +132,10 @@ class AgentWorker(FailurePath):
         for s in self._slots:
             self._pool.forget(s)
 
+    async def close_subscription(self) -> None:
+        """Leave the agent's consumer group: whatever it has not acknowledged is delivered again."""
+        await self._sub.aclose()
+
     def _give_back(self, items: list[Item]) -> None:
         if items:
             self._sub.requeue(items)

@@ -47,6 +47,7 @@ DEFAULT_INITIAL_BACKOFF_S = 0.1
 DEFAULT_MAX_BACKOFF_S = 10.0
 DEFAULT_BACKOFF_MULTIPLIER = 2.0
 DEFAULT_JITTER_S = 0.1
+DEFAULT_MAX_AFTER_S = 300.0
 DEFAULT_DLQ_ENABLED = True
 DEFAULT_DLQ_TOPIC_SUFFIX = ".dlq"
 DEFAULT_DLQ_MAX_ENTRIES = 10_000
@@ -150,7 +151,9 @@ class RetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """``[retry]``: how failed attempts are retried.
 
     ``max_attempts`` counts every attempt including the first. The wait before attempt ``n + 1`` is
-    ``min(initial_backoff_s * multiplier ** (n - 1), max_backoff_s)`` plus up to ``jitter_s`` at random::
+    ``min(initial_backoff_s * multiplier ** (n - 1), max_backoff_s)`` plus up to ``jitter_s`` at random; a
+    failure that names its own wait (``Retry(after_s=...)``, an open breaker) waits that long, at most
+    ``max_after_s``::
 
         RetryConfig(max_attempts=5, initial_backoff_s=0.5)
     """
@@ -160,6 +163,7 @@ class RetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     max_backoff_s: _NonNegativeFloat = DEFAULT_MAX_BACKOFF_S
     multiplier: _Multiplier = DEFAULT_BACKOFF_MULTIPLIER
     jitter_s: _NonNegativeFloat = DEFAULT_JITTER_S
+    max_after_s: _NonNegativeFloat = DEFAULT_MAX_AFTER_S
 
 
 class RetryOverride(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -175,6 +179,7 @@ class RetryOverride(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     max_backoff_s: _NonNegativeFloat | None = None
     multiplier: _Multiplier | None = None
     jitter_s: _NonNegativeFloat | None = None
+    max_after_s: _NonNegativeFloat | None = None
 
     def apply(self, base: RetryConfig) -> RetryConfig:
         """Return ``base`` with every field this override sets replaced."""

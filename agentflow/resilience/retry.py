@@ -19,7 +19,8 @@ class RetryPolicy:
 
     ``delay_s(n, exc)`` is the wait after failed attempt ``n`` (1-based): ``initial * multiplier**(n-1)`` plus
     a uniform jitter in ``[0, jitter_s]``, capped at ``max_backoff_s``. An exception that carries
-    ``after_s`` (such as :class:`agentflow.Retry`) sets the wait itself::
+    ``after_s`` (such as :class:`agentflow.Retry`) sets the wait itself, up to ``max_after_s`` (so a bogus
+    value cannot park the event for a day)::
 
         policy = RetryPolicy(max_attempts=5, initial_backoff_s=0.2)
         policy.delay_s(1, None)   # ~0.2 s (+ jitter)
@@ -32,6 +33,7 @@ class RetryPolicy:
         "_wait",
         "initial_backoff_s",
         "jitter_s",
+        "max_after_s",
         "max_attempts",
         "max_backoff_s",
         "multiplier",
@@ -45,6 +47,7 @@ class RetryPolicy:
         max_backoff_s: float = 10.0,
         multiplier: float = 2.0,
         jitter_s: float = 0.1,
+        max_after_s: float = 300.0,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1 (the first attempt counts).")
@@ -53,6 +56,7 @@ class RetryPolicy:
         self.max_backoff_s = max_backoff_s
         self.multiplier = multiplier
         self.jitter_s = jitter_s
+        self.max_after_s = max_after_s
         self._wait = tenacity.wait_exponential_jitter(
             multiplier=initial_backoff_s, max=max_backoff_s, exp_base=multiplier, jitter=jitter_s
         )
@@ -61,19 +65,21 @@ class RetryPolicy:
 
     @classmethod
     def from_config(cls, cfg: Any) -> RetryPolicy:
-        """Build from any object with the five fields of ``agentflow.config.RetryConfig``."""
+        """Build from any object with the fields of ``agentflow.config.RetryConfig``."""
         return cls(
             max_attempts=cfg.max_attempts,
             initial_backoff_s=cfg.initial_backoff_s,
             max_backoff_s=cfg.max_backoff_s,
             multiplier=cfg.multiplier,
             jitter_s=cfg.jitter_s,
+            max_after_s=cfg.max_after_s,
         )
 
     def __repr__(self) -> str:
         return (
             f"RetryPolicy(max_attempts={self.max_attempts}, initial_backoff_s={self.initial_backoff_s}, "
-            f"max_backoff_s={self.max_backoff_s}, multiplier={self.multiplier}, jitter_s={self.jitter_s})"
+            f"max_backoff_s={self.max_backoff_s}, multiplier={self.multiplier}, jitter_s={self.jitter_s}, "
+            f"max_after_s={self.max_after_s})"
         )
 
     def should_retry(self, attempt: int) -> bool:
@@ -82,9 +88,10 @@ class RetryPolicy:
         return not self._stop(self._rs)
 
     def delay_s(self, attempt: int, exc: BaseException | None) -> float:
-        """Seconds to wait after failed attempt ``attempt``; an exception's ``after_s`` wins when set."""
+        """Seconds to wait after failed attempt ``attempt``; an exception's ``after_s`` wins when set (at most
+        ``max_after_s``)."""
         after = getattr(exc, "after_s", None)
         if isinstance(after, int | float) and after >= 0:
-            return min(float(after), max(self.max_backoff_s, float(after)))
+            return min(float(after), self.max_after_s)
         self._rs.attempt_number = attempt
         return float(self._wait(self._rs))

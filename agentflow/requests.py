@@ -1,0 +1,213 @@
+"""Request/reply: ``runner.request`` and ``Producer.request`` emit an event and wait for its handler's result.
+
+One module for both. A request is an event whose ``reply_to`` names where its result goes:
+
+* in the same process (``runner.request``): the runner's inbox, ``inbox:<id>`` — the worker that handles it
+  resolves the caller's future directly (:meth:`PendingRequests.resolve`);
+* from another process (``Producer.request``): a topic (``[kafka] reply_topic``) — the worker publishes a
+  :func:`reply_event` there (:class:`ReplySender`), and the producer, reading that topic, resolves its own
+  :class:`PendingRequests` from it (:func:`reply_outcome`).
+
+Either way the caller gets the result, :class:`~agentflow.errors.DeadLetteredError` when the event was
+dead-lettered, or :class:`~agentflow.errors.RequestTimeoutError` when the deadline passed first. Pending
+requests are bounded (``runner.max_pending_requests``) and their deadlines share one timer
+(:class:`~agentflow._deadlines.Deadlines`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._deadlines import Deadlines
+from .bus.base import Bus
+from .errors import BackpressureError, DeadLetteredError, EventError, RequestTimeoutError
+from .events import DeadLetter, Event, new_event_id
+
+__all__ = [
+    "INBOX_PREFIX",
+    "REPLY_HEADER",
+    "PendingRequests",
+    "ReplySender",
+    "dead_lettered_error",
+    "reply_event",
+    "reply_outcome",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``reply_to`` of a request whose caller waits in the same process.
+INBOX_PREFIX = "inbox:"
+#: Header of a reply event: ``ok``, or ``dead_lettered`` (with ``reason`` and ``agent`` headers).
+REPLY_HEADER = "agentflow-reply"
+#: The key of ``refused`` that counts requests turned away by the bound, and the config key of the bound.
+LIMIT = "max_pending_requests"
+
+
+def dead_lettered_error(agent: str | None, reason: str, error: str) -> DeadLetteredError:
+    """The error a requester gets when its event was dead-lettered."""
+    return DeadLetteredError(
+        f"The event for this request was dead-lettered by agent {agent!r} ({reason}): {error}", reason=reason
+    )
+
+
+def reply_event(request: Event, result: Any, dead: DeadLetter | None) -> Event:
+    """The event a worker publishes on ``request.reply_to``: the result, or why the request was dead-lettered.
+
+    ``correlation_id`` carries the id of the request.
+    """
+    if dead is None:
+        headers = {REPLY_HEADER: "ok"}
+        payload = result
+    else:
+        headers = {REPLY_HEADER: "dead_lettered", "reason": dead.reason, "agent": dead.agent or ""}
+        payload = f"{dead.error_type}: {dead.error}"
+    return Event(
+        topic=request.reply_to or "",
+        payload=payload,
+        id=new_event_id(),
+        headers=headers,
+        created_at=time.time(),
+        correlation_id=request.id,
+    )
+
+
+def reply_outcome(reply: Event) -> Any:
+    """The result a :func:`reply_event` carries; raises DeadLetteredError when it says the request failed."""
+    hdrs = reply.headers or {}
+    if hdrs.get(REPLY_HEADER) == "dead_lettered":
+        raise dead_lettered_error(hdrs.get("agent"), hdrs.get("reason", ""), str(reply.payload))
+    return reply.payload
+
+
+class PendingRequests:
+    """Requests waiting for their results: a future per request id, each with a deadline on one shared timer.
+
+    ``limit`` bounds how many wait (:meth:`open` raises BackpressureError beyond it, counted in
+    ``refused["max_pending_requests"]``). ``on_expire(id)`` is called when a request times out, after its future
+    failed with RequestTimeoutError.
+    """
+
+    __slots__ = ("_deadlines", "_default_s", "_futures", "_on_expire", "_refused", "limit")
+
+    def __init__(
+        self,
+        default_timeout_s: float,
+        limit: int,
+        refused: dict[str, int],
+        on_expire: Callable[[str, RequestTimeoutError], None] | None = None,
+    ) -> None:
+        self.limit = limit
+        self._default_s = default_timeout_s
+        self._refused = refused
+        self._futures: dict[str, asyncio.Future[Any]] = {}
+        self._deadlines = Deadlines(default_timeout_s, self._expire)
+        self._on_expire = on_expire
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    def __contains__(self, eid: object) -> bool:
+        return eid in self._futures
+
+    def __repr__(self) -> str:
+        return f"<PendingRequests pending={len(self._futures)}/{self.limit}>"
+
+    def check_room(self, topic: str) -> None:
+        """Raise BackpressureError (and count it) when ``limit`` requests already wait."""
+        if len(self._futures) >= self.limit:
+            self._refused[LIMIT] = self._refused.get(LIMIT, 0) + 1
+            raise BackpressureError(
+                f"{len(self._futures)} requests already wait for their results, the limit of "
+                f"runner.max_pending_requests; the request to {topic!r} was refused and nothing was published. "
+                "Retry later, slow down, or raise runner.max_pending_requests."
+            )
+
+    def open(
+        self, loop: asyncio.AbstractEventLoop, eid: str, topic: str, timeout_s: float | None
+    ) -> asyncio.Future[Any]:
+        """Register request ``eid`` (call :meth:`check_room` first); its future, which times out after
+        ``timeout_s`` (None: the default)."""
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._futures[eid] = fut
+        self._deadlines.add(loop, eid, topic, self._default_s if timeout_s is None else timeout_s)
+        return fut
+
+    def close_request(self, eid: str) -> None:
+        """Forget request ``eid`` (answered, failed or abandoned by its caller)."""
+        self._deadlines.discard(eid)
+        fut = self._futures.pop(eid, None)
+        if fut is not None and fut.done() and not fut.cancelled():
+            fut.exception()  # a timeout the caller did not wait for is not "never retrieved"
+
+    def resolve(self, eid: str, result: Any) -> None:
+        fut = self._futures.get(eid)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    def fail(self, eid: str, exc: BaseException) -> None:
+        fut = self._futures.get(eid)
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    def fail_all(self, make: Callable[[], BaseException]) -> None:
+        """Fail every pending request (the runner closes) and stop the timer."""
+        self._deadlines.close()
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_exception(make())
+
+    def _expire(self, eid: str, topic: str, t: float) -> None:
+        fut = self._futures.get(eid)
+        if fut is None or fut.done():
+            return
+        exc = RequestTimeoutError(
+            f"No result for the request to topic {topic!r} within {t:g} s; check that an agent handles that topic, "
+            "or raise timeout_s."
+        )
+        fut.set_exception(exc)
+        if self._on_expire is not None:
+            self._on_expire(eid, exc)
+
+
+class ReplySender:
+    """Publishes the results of requests made from other processes (``reply_to`` a topic) on the bus, in tasks
+    of its own so the agent's worker does not wait for the brokers; :meth:`aclose` waits for the ones in flight."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, event: Event, result: Any, dead: DeadLetter | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(event, result, dead), name="agentflow-reply")
+        self._tasks.add(task)
+        task.add_done_callback(self._sent)
+
+    async def _send(self, event: Event, result: Any, dead: DeadLetter | None) -> None:
+        reply = reply_event(event, result, dead)
+        try:
+            await self._bus.publish(reply.topic, [reply], follow_up=True)
+        except EventError as exc:  # a result that cannot be encoded: tell the requester why
+            why = DeadLetter(
+                topic=event.topic,
+                agent=None,
+                reason="rejected",
+                error_type=type(exc).__name__,
+                error=str(exc),
+                attempts=event.attempt,
+                failed_at=time.time(),
+                event_id=event.id,
+            )
+            await self._bus.publish(reply.topic, [reply_event(event, None, why)], follow_up=True)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Could not send the result of a request to its reply topic: %s", task.exception())
+
+    async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
