@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,17 @@ from rich.markup import escape
 
 from agentflow import Config, ConfigError, Runner, RunnerState, load_config
 
-from .benchmark import AppTarget
+__all__ = ["App", "check_destination", "config_or_exit", "fail", "load_app", "load_runner"]
 
-__all__ = ["check_destination", "config_or_exit", "fail", "load_app", "load_runner"]
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """A user's un-started Runner and the agent of it to load: what ``--app`` and ``--agent`` named."""
+
+    runner: Runner
+    ref: str
+    agent: str
+    topic: str
 
 
 def fail(message: str) -> typer.Exit:
@@ -97,8 +106,8 @@ def load_runner(ref: str, app_dir: Path, config_path: Path | None) -> Runner:
     return runner
 
 
-def load_app(ref: str, app_dir: Path, agent: str | None, config_path: Path | None) -> AppTarget:
-    """Load ``ref`` with :func:`load_runner` and pick the agent to benchmark (``agent``, or the only one)."""
+def load_app(ref: str, app_dir: Path, agent: str | None, config_path: Path | None) -> App:
+    """Load ``ref`` with :func:`load_runner` and pick the agent to load (``agent``, or the only one)."""
     runner = load_runner(ref, app_dir, config_path)
     topics = runner.agent_topics
     if not topics:
@@ -110,7 +119,7 @@ def load_app(ref: str, app_dir: Path, agent: str | None, config_path: Path | Non
         agent = next(iter(topics))
     elif agent not in topics:
         raise typer.BadParameter(f"{ref} has no agent named {agent!r}; it has: {names}.", param_hint="'--agent'")
-    return AppTarget(runner, ref, agent)
+    return App(runner, ref, agent, topics[agent])
 
 
 def check_destination(url: str | None, bootstrap: str | None, config: Path | None, *, worker: str = "a worker") -> None:

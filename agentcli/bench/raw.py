@@ -24,11 +24,10 @@ from typing import Any
 
 from rich.progress import Progress
 
-from agentflow import RunnerConfig
+from agentflow import LatencyHistogram, RunnerConfig
 
 from .measure import (
     REFRESH_LATENCY_S,
-    LatencyHistogram,
     Limits,
     RunResult,
     Tally,

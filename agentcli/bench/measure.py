@@ -26,13 +26,11 @@ from typing import Any
 
 from rich.progress import Progress, TaskID
 
-# SWITCH: becomes `from agentflow import LatencyHistogram` once agentflow exports it; the only agentflow.hdr import.
 from agentflow import LatencyHistogram
 
 __all__ = [
     "REFRESH_LATENCY_S",
     "REFRESH_S",
-    "LatencyHistogram",
     "Limits",
     "RunResult",
     "Tally",

@@ -35,7 +35,7 @@ from rich.markup import escape
 
 from agentflow import ConfigError, Runner
 
-from .apps import load_runner
+from ..apps import load_runner
 
 __all__ = ["run"]
 
@@ -202,7 +202,7 @@ USAGE_EXIT = 2
 
 def restart_delay_s(crashes: int) -> float:
     """Seconds before restarting a worker that crashed ``crashes`` times in a row: 1, 2, 4, ... at most 30."""
-    return min(RESTART_INITIAL_S * 2 ** max(crashes - 1, 0), RESTART_MAX_S)
+    return min(RESTART_INITIAL_S * 2.0 ** max(crashes - 1, 0), RESTART_MAX_S)
 
 
 def _exit_text(code: int) -> str:

@@ -1,16 +1,16 @@
-"""Benchmark scenarios and the runs that drive agentflow; the raw baseline lives in :mod:`agentcli.raw`.
+"""The noop and ``--app`` scenarios: the runs that drive agentflow; the raw baseline lives in :mod:`.raw`.
 
 A scenario gives a :class:`Target`: a Runner, the agent and topic to load, and the payload. ``noop`` builds a
 fresh Runner per run whose agent does nothing but record latency (framework overhead only); an ``--app``
-target is the user's own un-started Runner, started once for every repeat because a Runner cannot restart.
+target is the user's own un-started Runner, started once for every round because a Runner cannot restart.
 
 What each mode measures on the agentflow side (see docs/benchmarking.md):
 
 * closed: ``runner.request`` round trip per virtual user.
 * throughput: events / (first emit → ``runner.drain()``); noop latency is handler start − ``event.created_at``.
-* latency: a short saturation flood, then :func:`~agentcli.measure.paced` emission at ``load_fraction`` of it;
+* latency: a short saturation flood, then :func:`~.measure.paced` emission at ``load_fraction`` of it;
   noop latency is handler start − intended emit time. An app's handler cannot be instrumented, so there each
-  event is a ``runner.request`` due at its intended time (see :func:`~agentcli.measure.paced_requests`) and
+  event is a ``runner.request`` due at its intended time (see :func:`~.measure.paced_requests`) and
   its latency is result − intended time; its saturation is measured with requests too.
 """
 
@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 from time import perf_counter, time
 from typing import Any
 
+from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
-from agentflow import Config, Context, DeadLetteredError, Event, RequestTimeoutError, Runner
+from agentflow import Config, Context, DeadLetteredError, Event, LatencyHistogram, RequestTimeoutError, Runner
 
+from ..apps import App
 from .measure import (
     REFRESH_LATENCY_S,
-    LatencyHistogram,
     Limits,
     RunResult,
     Tally,
@@ -45,6 +47,18 @@ from .measure import (
     planned_events,
 )
 from .raw import RawPipeline
+from .report import (
+    Measurement,
+    by_p99,
+    by_throughput,
+    effective_config,
+    latency_ms,
+    median_run,
+    num,
+    order_of,
+    round_sides,
+)
+from .schema import NoopDetails, Report, Run
 
 __all__ = [
     "SATURATION_LIMITS",
@@ -54,8 +68,8 @@ __all__ = [
     "NoopTarget",
     "Outcome",
     "Target",
-    "best",
-    "describe_order",
+    "measurement",
+    "render",
     "run_benchmark",
 ]
 
@@ -67,6 +81,11 @@ SATURATION_LIMITS = Limits(duration_s=1.0)
 SENDERS_MIN = 64
 #: Request outcomes that count as errors rather than crash the benchmark.
 FAILURES: tuple[type[BaseException], ...] = (DeadLetteredError, RequestTimeoutError)
+#: The sides of a round, baseline first.
+SIDES = ("raw", "agentflow")
+#: A latency run that takes this much longer than planned (plus the slack, for drain's polling) was overloaded.
+OVERLOAD = 1.1
+OVERLOAD_SLACK_S = 0.05
 
 
 class Mode(enum.StrEnum):
@@ -139,7 +158,9 @@ class NoopTarget(Target):
         assert rec is not None
         runner = Runner(self.config)
         if self.batch_size > 1:
-            runner.agent(NOOP_TOPIC, name=NOOP_AGENT, batch_size=self.batch_size)(_batch_noop(mode, rec))
+            # Runner.agent's signature types one-event handlers only; a batch handler takes (events, ctx).
+            register = runner.agent(NOOP_TOPIC, name=NOOP_AGENT, batch_size=self.batch_size)
+            register(_batch_noop(mode, rec))  # type: ignore[type-var]
             return runner
         if mode is Mode.closed:
 
@@ -197,12 +218,12 @@ class AppTarget(Target):
     scenario = "app"
     fresh_per_run = False
 
-    def __init__(self, runner: Runner, ref: str, agent: str) -> None:
-        self.app = ref
-        self.agent = agent
-        self.topic = runner.agent_topics[agent]
-        self.config = runner.config
-        self._runner = runner
+    def __init__(self, app: App) -> None:
+        self.app = app.ref
+        self.agent = app.agent
+        self.topic = app.topic
+        self.config = app.runner.config
+        self._runner = app.runner
 
     def runner(self, mode: Mode) -> Runner:
         return self._runner
@@ -210,9 +231,9 @@ class AppTarget(Target):
 
 @dataclass(slots=True)
 class Outcome:
-    agentflow: list[RunResult]
-    raw: list[RunResult]
-    order: str
+    """Every run of a benchmark, in the order they ran: (round, side, result)."""
+
+    runs: list[tuple[int, str, RunResult]]
     config: Config
 
 
@@ -375,62 +396,182 @@ class AgentflowRun:
             return tally.finished() / (perf_counter() - t0)
 
 
-def describe_order(spec: BenchSpec) -> str:
-    rounds = "1 round" if spec.repeat == 1 else f"{spec.repeat} rounds, best of {spec.repeat} for each"
-    if spec.compare_raw:
-        return f"raw asyncio.Queue pipeline and agentflow run alternately in this process (raw first), {rounds}"
-    return "agentflow only, " + ("1 run" if spec.repeat == 1 else f"{spec.repeat} runs, best of {spec.repeat}")
-
-
 async def run_benchmark(
     target: Target,
     spec: BenchSpec,
     progress: Progress | None,
     profiler: AbstractAsyncContextManager[Any] | None = None,
 ) -> Outcome:
-    """Run ``spec.repeat`` rounds: (raw, then agentflow) with ``--compare-raw``, else agentflow alone."""
+    """Run ``spec.repeat`` rounds; with ``--compare-raw`` each round runs raw and agentflow, alternating which goes
+    first (:func:`~.report.round_sides`)."""
     prof: AbstractAsyncContextManager[Any] = profiler if profiler is not None else nullcontext()
-    ours: list[RunResult] = []
-    raws: list[RunResult] = []
+    runs: list[tuple[int, str, RunResult]] = []
     raw = RawPipeline(target.config.runner, progress) if spec.compare_raw else None
 
     def tag(n: int) -> str:
         return f" {n}/{spec.repeat}" if spec.repeat > 1 else ""
 
     async def raw_round(n: int) -> None:
-        if raw is None:
-            return
+        assert raw is not None
         label = "raw" + tag(n)
         if spec.mode is Mode.closed:
-            raws.append(await raw.run_closed(spec.payload, spec.users, spec.limits, label))
+            result = await raw.run_closed(spec.payload, spec.users, spec.limits, label)
         elif spec.mode is Mode.throughput:
-            raws.append(await raw.run_throughput(spec.payload, spec.limits, label))
+            result = await raw.run_throughput(spec.payload, spec.limits, label)
         else:
-            raws.append(await raw.run_latency(spec.limits, spec.load_fraction, SATURATION_LIMITS, label))
+            result = await raw.run_latency(spec.limits, spec.load_fraction, SATURATION_LIMITS, label)
+        runs.append((n, "raw", result))
 
-    if target.fresh_per_run:
-        for n in range(1, spec.repeat + 1):
-            await raw_round(n)
-            runner = target.runner(spec.mode)
-            async with runner:
-                result = await AgentflowRun(runner, target, spec, progress, prof, "agentflow" + tag(n)).run()
-            shutdown = runner.statistics().shutdown
-            result.shutdown_s = shutdown.duration_s if shutdown is not None else None
-            ours.append(result)
-    else:
+    async def ours(runner: Runner, n: int) -> RunResult:
+        result = await AgentflowRun(runner, target, spec, progress, prof, "agentflow" + tag(n)).run()
+        runs.append((n, "agentflow", result))
+        return result
+
+    if not target.fresh_per_run:
         runner = target.runner(spec.mode)
         async with runner:
             for n in range(1, spec.repeat + 1):
-                await raw_round(n)
-                ours.append(await AgentflowRun(runner, target, spec, progress, prof, "agentflow" + tag(n)).run())
+                last = await ours(runner, n)
         shutdown = runner.statistics().shutdown
-        if shutdown is not None:
-            ours[-1].shutdown_s = shutdown.duration_s
-    return Outcome(ours, raws, describe_order(spec), target.config)
+        last.shutdown_s = shutdown.duration_s if shutdown is not None else None
+        return Outcome(runs, target.config)
+    for n in range(1, spec.repeat + 1):
+        for side in round_sides(SIDES if raw is not None else SIDES[1:], n):
+            if side == "raw":
+                await raw_round(n)
+                continue
+            runner = target.runner(spec.mode)
+            async with runner:
+                result = await ours(runner, n)
+            shutdown = runner.statistics().shutdown
+            result.shutdown_s = shutdown.duration_s if shutdown is not None else None
+    return Outcome(runs, target.config)
 
 
-def best(results: list[RunResult], mode: Mode) -> RunResult:
-    """The best run: lowest p99 in latency mode, else highest throughput."""
-    if mode is Mode.latency:
-        return min(results, key=lambda r: r.hist.percentile(99) if r.hist is not None else float("inf"))
-    return max(results, key=lambda r: r.throughput_per_s)
+# ---- the report ----------------------------------------------------------------------------------------------
+
+
+def latency_measures(target: Target, mode: Mode) -> str:
+    if mode is Mode.closed:
+        return "request round trip: runner.request() called -> result returned"
+    if target.recorder is None:
+        if mode is Mode.throughput:
+            return "not measured: agentcli cannot instrument an app's handler in throughput mode"
+        return "intended emit time -> runner.request() result (open loop, no coordinated omission)"
+    if mode is Mode.throughput:
+        return "event.created_at (emit) -> handler start"
+    return "intended emit time -> handler start (open loop, no coordinated omission)"
+
+
+def to_run(result: RunResult, side: str, round_: int) -> Run:
+    return Run(
+        side=side, label=result.label, round=round_, completed=result.completed, errors=result.errors,
+        duration_s=result.duration_s, throughput_per_s=result.throughput_per_s, latency_ms=latency_ms(result.hist),
+        cpu_s=result.cpu_s, saturation_per_s=result.saturation_per_s, rate_per_s=result.rate_per_s,
+    )  # fmt: skip
+
+
+def _round_ratios(outcome: Outcome, spec: BenchSpec) -> list[dict[str, float]]:
+    """raw: agentflow / raw throughput of each round (latency mode: of the saturations each side was paced by)."""
+    out: list[dict[str, float]] = []
+    for n in range(1, spec.repeat + 1):
+        sides = {side: r for rn, side, r in outcome.runs if rn == n}
+        ours, raw = sides.get("agentflow"), sides.get("raw")
+        ratios: dict[str, float] = {}
+        if ours is not None and raw is not None:
+            a, b = ours.throughput_per_s, raw.throughput_per_s
+            if spec.mode is Mode.latency and ours.saturation_per_s and raw.saturation_per_s:
+                a, b = ours.saturation_per_s, raw.saturation_per_s
+            if b:
+                ratios["raw"] = a / b
+        out.append(ratios)
+    return out
+
+
+def _overloaded(r: RunResult) -> str | None:
+    if r.rate_per_s and r.planned_s and r.duration_s > r.planned_s * OVERLOAD + OVERLOAD_SLACK_S:
+        return (
+            f"{r.label} took {r.duration_s:.2f} s for a run planned to take {r.planned_s:.2f} s at "
+            f"{r.rate_per_s:,.0f} events/s: the offered rate was more than it sustained, so its latencies are "
+            "mostly queueing. Lower --load-fraction."
+        )
+    return None
+
+
+def measurement(
+    outcome: Outcome, spec: BenchSpec, target: Target, *, profile: str | None, options: dict[str, Any]
+) -> Measurement:
+    runs = [to_run(r, side, n) for n, side, r in outcome.runs]
+    rank = by_p99 if spec.mode is Mode.latency else by_throughput
+    top = median_run(runs, "agentflow", rank)
+    ours = next(r for (n, side, r), run in zip(outcome.runs, runs, strict=True) if run is top)
+    warnings = [w for _, side, r in outcome.runs if side == "agentflow" for w in r.warnings]
+    warnings += [w for _, _, r in outcome.runs if (w := _overloaded(r)) is not None]
+    sides = [side for side in SIDES if any(s == side for _, s, _ in outcome.runs)]
+    details = NoopDetails(
+        agent=target.agent, app=target.app, requested=ours.requested,
+        concurrent_users=spec.users if spec.mode is Mode.closed else None, batch_size=spec.batch_size,
+        agent_batch_size=target.batch_size if isinstance(target, NoopTarget) else None,
+        load_fraction=spec.load_fraction if spec.mode is Mode.latency else None, shutdown_s=ours.shutdown_s,
+        profile=profile,
+    )  # fmt: skip
+    notes = []
+    if top is not None and top.duration_s < 1.0:
+        notes.append(
+            f"the measured run lasted {top.duration_s:.2f} s; runs under a second are noisy. For steadier figures "
+            "use --duration 10s, more --requests, or --repeat 5."
+        )
+    if ours.shutdown_s is not None and ours.shutdown_s > 1.0:
+        notes.append(f"shutdown took {ours.shutdown_s:.1f} s (not part of the figures)")
+    if profile is not None:
+        notes.append("profiled runs are slowed down; do not quote their figures.")
+    return Measurement(
+        scenario=target.scenario, mode=spec.mode.value, bus="memory", runs=runs,
+        round_ratios=_round_ratios(outcome, spec), details=details,
+        latency_measures=latency_measures(target, spec.mode), config=effective_config(outcome.config),
+        options=options, repeat=spec.repeat, order=order_of(sides, spec.repeat), rank=rank, warnings=warnings,
+        notes=notes,
+    )  # fmt: skip
+
+
+def _ms(v: float) -> str:
+    return f"{v:,.1f}" if v >= 100 else f"{v:.3f}" if v >= 0.01 else f"{v:.4f}"
+
+
+def render(console: Console, report: Report) -> None:
+    """The noop / app table: the median run of each side (the ratios printed below are medians of rounds)."""
+    rank = by_p99 if report.mode == Mode.latency.value else by_throughput
+    top, raw = median_run(report.runs, "agentflow", rank), median_run(report.runs, "raw", rank)
+    assert top is not None
+    table = Table()
+    table.add_column("")
+    table.add_column("agentflow", justify="right")
+    if raw is not None:
+        table.add_column("raw asyncio.Queue", justify="right")
+        table.add_column("agentflow/raw", justify="right")
+
+    def row(name: str, ours: str, theirs: str = "", ratio: str = "") -> None:
+        table.add_row(name, ours, *((theirs, ratio) if raw is not None else ()))
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}x" if a is not None and b else ""
+
+    row("completed", f"{top.completed:,}", f"{raw.completed:,}" if raw else "")
+    row("errors", f"{top.errors:,}", f"{raw.errors:,}" if raw else "")
+    if top.saturation_per_s is not None:
+        row("saturation (events/s)", num(top.saturation_per_s), num(raw.saturation_per_s or 0) if raw else "",
+            ratio(top.saturation_per_s, raw.saturation_per_s if raw else None))  # fmt: skip
+        row("offered rate (events/s)", num(top.rate_per_s or 0), num(raw.rate_per_s or 0) if raw else "")
+    row("duration (s)", num(top.duration_s), num(raw.duration_s) if raw else "")
+    row("throughput (events/s)", num(top.throughput_per_s), num(raw.throughput_per_s) if raw else "",
+        ratio(top.throughput_per_s, raw.throughput_per_s if raw else None))  # fmt: skip
+    for key in ("p50", "p95", "p99", "max"):
+        a = getattr(top.latency_ms, key) if top.latency_ms else None
+        b = getattr(raw.latency_ms, key) if raw and raw.latency_ms else None
+        row(f"latency {key} (ms)", _ms(a) if a is not None else "n/a", _ms(b) if b is not None else "", ratio(a, b))
+    row("CPU time (s)", num(top.cpu_s or 0), num(raw.cpu_s or 0) if raw else "")
+    row("peak RSS (MB, process)", f"{report.rss_peak_mb:,.1f}")
+    console.print(table)
+    console.print(f"latency: {report.latency_measures}", highlight=False)
+    if raw is not None and report.mode == Mode.latency.value:
+        console.print(f"each side was paced at {report.details.load_fraction:g} of its own saturation")  # type: ignore[union-attr]
