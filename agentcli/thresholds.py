@@ -147,8 +147,10 @@ def parse_threshold(text: str, figures: Figures, *, open_model: bool = True) -> 
     rhs = rhs.strip().lower()
     t = _TARGET.fullmatch(rhs)
     if t is not None:
+        if not figures.of_target:
+            raise ThresholdSyntaxError(f"{text!r}: no figure here has a target to compare with; give a number.")
         if metric not in figures.of_target:
-            names = " and ".join(sorted(figures.of_target)) or "no figure"
+            names = " and ".join(sorted(figures.of_target))
             raise ThresholdSyntaxError(f"{text!r}: only {names} can be compared with target.")
         if not open_model:
             raise ThresholdSyntaxError(
