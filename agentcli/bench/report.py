@@ -23,7 +23,7 @@ from agentflow import Config, LatencyHistogram
 from ..runtime import machine, versions
 from ..thresholds import LATENCY, NUMBER, Figures, Threshold, Verdict, verdict, verdict_table
 from .measure import rss_peak_mb
-from .schema import Details, LatencyMs, Report, RoundRatios, Run
+from .schema import FORMAT, Details, LatencyMs, Report, RoundRatios, Run
 
 __all__ = [
     "THRESHOLD_FIGURES",
@@ -173,6 +173,7 @@ def build_report(m: Measurement, *, thresholds: Sequence[Threshold], command: li
     verdicts = _verdicts(m, thresholds, top, ratios)
     failed = m.failed or any(r.errors for r in m.runs) or top.errors > 0 or any(v.passed is False for v in verdicts)
     return Report(
+        format=FORMAT,
         scenario=m.scenario, mode=m.mode, bus=m.bus, completed=top.completed, errors=top.errors,
         duration_s=top.duration_s, throughput_per_s=top.throughput_per_s, latency_ms=top.latency_ms,
         latency_measures=m.latency_measures, rss_peak_mb=rss_peak_mb(), cpu_s=top.cpu_s, repeat=m.repeat,

@@ -10,7 +10,7 @@ measures is under ``details``, whose ``kind`` says which scenario's figures it h
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -223,7 +223,7 @@ class Report(msgspec.Struct, kw_only=True):
     the median of its per-round values; ``runs`` lists every run of every side.
     """
 
-    format: Annotated[str, _doc("the schema version: agentcli.benchmark/1")] = FORMAT
+    format: Annotated[Literal["agentcli.benchmark/1"], _doc("the schema version")]
     scenario: Annotated[str, _doc("noop, app, llm-chat, llm-embed or overload")]
     mode: Annotated[str | None, _doc("closed, throughput or latency; null for overload")]
     bus: Annotated[str, _doc("memory or kafka")]
