@@ -10,7 +10,7 @@ measures is under ``details``, whose ``kind`` says which scenario's figures it h
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 
@@ -34,7 +34,9 @@ __all__ = [
     "Run",
 ]
 
-FORMAT = "agentcli.benchmark/1"
+#: The schema version, as a type (so the JSON Schema pins it) and as the value reports carry.
+Format = Literal["agentcli.benchmark/1"]
+FORMAT: Final[Format] = get_args(Format)[0]
 
 
 def _doc(text: str) -> msgspec.Meta:
@@ -223,7 +225,7 @@ class Report(msgspec.Struct, kw_only=True):
     the median of its per-round values; ``runs`` lists every run of every side.
     """
 
-    format: Annotated[Literal["agentcli.benchmark/1"], _doc("the schema version")]
+    format: Annotated[Format, _doc("the schema version")]
     scenario: Annotated[str, _doc("noop, app, llm-chat, llm-embed or overload")]
     mode: Annotated[str | None, _doc("closed, throughput or latency; null for overload")]
     bus: Annotated[str, _doc("memory or kafka")]
