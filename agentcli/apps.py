@@ -52,20 +52,35 @@ def load_runner(ref: str, app_dir: Path, config_path: Path | None) -> Runner:
         raise typer.BadParameter(
             f"{ref!r} should look like module:attribute or path/to/app.py:attribute, for example myapp.agents:runner."
         )
+    obj = _import(module_name, app_dir)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise typer.BadParameter(f"{module_name!r} has no attribute {attr!r}.")
+        obj = getattr(obj, part)
+    runner = _runner_of(obj, ref, config_path)
+    if runner.state is not RunnerState.CREATED:
+        raise typer.BadParameter(f"the Runner {ref} is {runner.state.value}; agentcli needs one not yet started.")
+    if not runner.agent_topics:
+        raise typer.BadParameter(f"the Runner {ref} has no agents registered.")
+    return runner
+
+
+def _import(module_name: str, app_dir: Path) -> Any:
+    """The module a ``--app`` names (a dotted name searched in ``app_dir`` first, or a ``.py`` file)."""
     try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise typer.BadParameter(f"{module_name!r} is not a file.")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            assert spec is not None and spec.loader is not None
-            obj: Any = importlib.util.module_from_spec(spec)
-            sys.modules[path.stem] = obj
-            sys.path.insert(0, str(path.resolve().parent))
-            spec.loader.exec_module(obj)
-        else:
+        if not module_name.endswith(".py"):
             sys.path.insert(0, str(app_dir.resolve()))
-            obj = importlib.import_module(module_name)
+            return importlib.import_module(module_name)
+        path = Path(module_name)
+        if not path.is_file():
+            raise typer.BadParameter(f"{module_name!r} is not a file.")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        sys.path.insert(0, str(path.resolve().parent))
+        spec.loader.exec_module(module)
+        return module
     except typer.BadParameter:
         raise
     except ModuleNotFoundError as exc:
@@ -76,33 +91,28 @@ def load_runner(ref: str, app_dir: Path, config_path: Path | None) -> Runner:
         raise typer.BadParameter(f"importing {module_name!r} failed: {exc}.") from None
     except Exception as exc:  # noqa: BLE001 - the user's module: report it as their error, briefly
         raise typer.BadParameter(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise typer.BadParameter(f"{module_name!r} has no attribute {attr!r}.")
-        obj = getattr(obj, part)
+
+
+def _runner_of(obj: Any, ref: str, config_path: Path | None) -> Runner:
+    """``obj`` itself when it is a Runner, else what calling it with the loaded config returns."""
     if isinstance(obj, Runner):
         if config_path is not None:
             raise typer.BadParameter(
                 f"{ref} is a Runner built with its own config, so --config cannot apply to it; point at a "
                 "function that takes a Config and returns the Runner, or drop --config."
             )
-        runner = obj
-    elif callable(obj):
-        config = config_or_exit(config_path)
-        try:
-            runner = obj(config)
-        except ConfigError as exc:
-            raise fail(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001
-            raise typer.BadParameter(f"calling {ref}(config) raised {type(exc).__name__}: {exc}") from None
-        if not isinstance(runner, Runner):
-            raise typer.BadParameter(f"{ref}(config) returned {type(runner).__name__}, not an agentflow Runner.")
-    else:
+        return obj
+    if not callable(obj):
         raise typer.BadParameter(f"{ref} is a {type(obj).__name__}, not a Runner or a function returning one.")
-    if runner.state is not RunnerState.CREATED:
-        raise typer.BadParameter(f"the Runner {ref} is {runner.state.value}; agentcli needs one not yet started.")
-    if not runner.agent_topics:
-        raise typer.BadParameter(f"the Runner {ref} has no agents registered.")
+    config = config_or_exit(config_path)
+    try:
+        runner = obj(config)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001
+        raise typer.BadParameter(f"calling {ref}(config) raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(runner, Runner):
+        raise typer.BadParameter(f"{ref}(config) returned {type(runner).__name__}, not an agentflow Runner.")
     return runner
 
 

@@ -1,8 +1,8 @@
 """docs/benchmarks.md from ``--json`` reports: the machine, the versions, the exact commands, the same-run ratios,
 and a table per benchmark.
 
-    python -m agentcli.bench.page --plan loadtests/benchmarks.toml --run --reports reports/
-    python -m agentcli.bench.page --plan loadtests/benchmarks.toml --reports reports/   # the page only
+    python -m agentcli.bench.page --run --reports reports/     # run loadtests/benchmarks/plan.toml, write the page
+    python -m agentcli.bench.page --reports reports/           # the page only, from the reports already there
 
 The plan lists the benchmarks in the page's order, each ``[[benchmark]]`` with a ``name`` (its report is
 ``REPORTS/NAME.json``), a ``title``, the ``command`` (an ``agentcli benchmark`` or ``agentcli loadtest`` command;
@@ -33,7 +33,9 @@ from .schema import FORMAT, KafkaDetails, LLMDetails, OverloadDetails, Report, R
 
 __all__ = ["Entry", "main", "read_plan", "render_page", "run_plan"]
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUTPUT = _ROOT / "docs" / "benchmarks.md"
+DEFAULT_PLAN = _ROOT / "loadtests" / "benchmarks" / "plan.toml"
 #: How long a plan's server has to print its ready line.
 SERVER_READY_S = 30.0
 
@@ -298,7 +300,9 @@ def render_page(items: list[tuple[Entry, Report | LoadReport]], plan: str) -> st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agentcli.bench.page", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plan", type=Path, required=True, help="the benchmarks: loadtests/benchmarks.toml")
+    parser.add_argument(
+        "--plan", type=Path, default=DEFAULT_PLAN, help="the benchmarks (default loadtests/benchmarks/plan.toml)"
+    )
     parser.add_argument("--reports", type=Path, required=True, help="the directory of the NAME.json reports")
     parser.add_argument("--run", action="store_true", help="run every command of the plan first")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the page (default docs/benchmarks.md)")
@@ -318,9 +322,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _plan_name(path: Path) -> str:
     """The plan as the page names it: relative to the repository when it is inside it, no machine paths."""
-    root = DEFAULT_OUTPUT.parents[1]
     try:
-        return str(path.resolve().relative_to(root))
+        return str(path.resolve().relative_to(_ROOT))
     except ValueError:
         return path.name
 

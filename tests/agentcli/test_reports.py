@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ def test_the_page_refuses_a_missing_report_and_a_bad_plan(tmp_path: Path) -> Non
 
 
 def test_the_repositorys_plan_lists_commands_whose_options_exist() -> None:
-    entries = read_plan(ROOT / "loadtests" / "benchmarks.toml")
+    entries = read_plan(ROOT / "loadtests" / "benchmarks" / "plan.toml")
     assert len(entries) >= 10 and all(isinstance(e, Entry) for e in entries)
     cli = CliRunner()
     for e in entries:
@@ -171,3 +172,27 @@ def test_the_repositorys_plan_lists_commands_whose_options_exist() -> None:
             assert result.exit_code == 0, f"{command}: {result.output}"
     result = cli.invoke(app, ["benchmark", "--no-such-flag", "--help"])
     assert result.exit_code == 2
+
+
+def test_run_executes_the_plan_with_its_server_and_writes_the_page(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        '[[benchmark]]\nname = "chat"\ntitle = "Chat against a server in another process"\n'
+        f'server = "agentcli mock-llm --port {port}"\nready = "mock LLM serving on"\n'
+        f'command = "agentcli benchmark --scenario llm-chat --requests 50 --llm-url http://127.0.0.1:{port}/v1"\n'
+        '[[benchmark]]\nname = "load"\ntitle = "A short load test"\n'
+        'command = "agentcli loadtest --rate 50/s --duration 500ms"\n'
+    )
+    page, reports = tmp_path / "benchmarks.md", tmp_path / "reports"
+    assert main(["--plan", str(plan), "--run", "--reports", str(reports), "--output", str(page)]) == 0
+    chat = json.loads((reports / "chat.json").read_text())
+    assert chat["completed"] == 50 and chat["details"]["server"] == f"http://127.0.0.1:{port}/v1"
+    assert chat["details"]["server_stats"]["requests"] == 50  # the server's own count, read before it stopped
+    text = page.read_text()
+    assert f"`agentcli benchmark --scenario llm-chat --requests 50 --llm-url http://127.0.0.1:{port}/v1`" in text
+    assert "`agentcli loadtest --rate 50/s --duration 500ms`" in text
+    with socket.socket() as s:  # the server was stopped
+        assert s.connect_ex(("127.0.0.1", port)) != 0
