@@ -39,7 +39,7 @@ TOPIC = "agentcli.noop"
 #: Settings the benchmark uses against the Tansu broker it starts (see docs/kafka.md, "The test broker").
 TANSU_SETTINGS: dict[str, Any] = {
     "enable_idempotence": False,
-    "fetch_max_wait_ms": 2,  # Tansu always waits the full time: a low value is what the latency goal assumes
+    "fetch_max_wait_ms": 2,  # Tansu always waits the full time, so this is a floor under every event's latency
     "session_timeout_ms": 2000,
     "heartbeat_interval_ms": 500,
     # Tansu serves each produce request slowly: at 1 ms the paced sender's 1 ms ticks become ~8,000 produce
