@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import typer
@@ -23,12 +23,13 @@ from ..apps import config_or_exit, load_app
 from ..parse import ParseError, option, parse_duration
 from ..runtime import Interrupted, LogLimiter, command_line, now_iso, run_async
 from ..thresholds import Threshold, parse_threshold
-from .harness import AppTarget, BenchSpec, Mode, NoopTarget, Target, measurement, run_benchmark
-from .harness import render as render_noop
-from .measure import Limits
-from .profiling import CpuProfiler, MemoryProfiler, NullProfiler, Profiler
+from .measure import Limits, Mode
 from .report import THRESHOLD_FIGURES, Measurement, build_report, render_footer, write_json
 from .schema import Report
+
+if TYPE_CHECKING:
+    from .harness import Target
+    from .profiling import Profiler
 
 __all__ = ["benchmark"]
 
@@ -279,6 +280,8 @@ def _exit_code(report: Report) -> int:
 
 
 def _noop_target(o: Options) -> Target:
+    from .harness import AppTarget, NoopTarget
+
     if o.app_ref is None:
         return NoopTarget(config_or_exit(o.config), batch_size=o.agent_batch_size or o.batch_size)
     try:
@@ -289,12 +292,16 @@ def _noop_target(o: Options) -> Target:
 
 
 def _profiler(o: Options) -> Profiler:
+    from .profiling import CpuProfiler, MemoryProfiler, NullProfiler
+
     if o.profile is None or o.output is None:
         return NullProfiler()
     return CpuProfiler(o.output) if o.profile is ProfileKind.cpu else MemoryProfiler(o.output)
 
 
 def _noop(o: Options, console: Console) -> tuple[Report, Profiler]:
+    from .harness import BenchSpec, measurement, run_benchmark
+
     _check_ratios(o.thresholds, {"raw"} if o.compare_raw else set(), " (add --compare-raw for raw_ratio)")
     body = _parse_payload(o.payload)
     target = _noop_target(o)
@@ -382,6 +389,8 @@ def _overload(o: Options, console: Console) -> Report:
 
 def _dispatch(o: Options, console: Console) -> int:
     """Check the options against the scenario, run it, print and write its report; the exit code."""
+    # The scenarios are imported when they run: `agentcli run` and the other commands never load the harness.
+    from .harness import render as render_noop
     from .kafka import render_kafka
     from .llm import render_llm
     from .overload_report import render_overload

@@ -17,7 +17,6 @@ What each mode measures on the agentflow side (see docs/benchmarking.md):
 from __future__ import annotations
 
 import abc
-import enum
 import functools
 import gc
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from ..apps import App
 from .measure import (
     REFRESH_LATENCY_S,
     Limits,
+    Mode,
     RunResult,
     Tally,
     Ticker,
@@ -86,12 +86,6 @@ SIDES = ("raw", "agentflow")
 #: A latency run that takes this much longer than planned (plus the slack, for drain's polling) was overloaded.
 OVERLOAD = 1.1
 OVERLOAD_SLACK_S = 0.05
-
-
-class Mode(enum.StrEnum):
-    closed = "closed"
-    throughput = "throughput"
-    latency = "latency"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import os
 import resource
 import sys
@@ -32,6 +33,7 @@ __all__ = [
     "REFRESH_LATENCY_S",
     "REFRESH_S",
     "Limits",
+    "Mode",
     "RunResult",
     "Tally",
     "Ticker",
@@ -53,6 +55,14 @@ _CLOCK_STRIDE = 256
 #: The paced producer sleeps for real only when it is this far ahead of schedule; the loop's timers have about
 #: millisecond resolution, so shorter waits are spent yielding with ``sleep(0)`` instead.
 _SPIN_S = 0.002
+
+
+class Mode(enum.StrEnum):
+    """The load shape of a noop or app benchmark: :func:`closed_loop`, :func:`flood`, or :func:`paced`."""
+
+    closed = "closed"
+    throughput = "throughput"
+    latency = "latency"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
