@@ -36,7 +36,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "noop-throughput": ["benchmark", "--scenario", "noop", "--mode", "throughput", "--batch-size", "16",
                         "--requests", "2000", "--compare-raw", "--repeat", "2", "--threshold", "raw_ratio>0"],
     "noop-latency": ["benchmark", "--scenario", "noop", "--mode", "latency", "--requests", "500", "--compare-raw"],
-    "app": ["benchmark", "--app", "agentcli_app:runner", "--app-dir", str(TESTS), "--agent", "echo",
+    "app": ["benchmark", "--app", "agentcli_app:make_runner", "--app-dir", str(TESTS), "--agent", "echo",
             "--requests", "200"],
     "llm-chat": ["benchmark", "--scenario", "llm-chat", "--compare-raw", "--requests", "100"],
     "llm-embed": ["benchmark", "--scenario", "llm-embed", "--batch-size", "8", "--concurrent-users", "32",
