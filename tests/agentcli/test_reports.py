@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from agentcli import runtime
 from agentcli.bench.page import Entry, main, read_plan, render_page
-from agentcli.bench.schema import Report
+from agentcli.bench.schema import KafkaDetails, LLMDetails, NoopDetails, OverloadDetails, Report, Run
 from agentcli.loadtest.report import LoadReport
 from agentcli.main import app
 from agentcli.schemas import DEFAULT_DIR, generate
@@ -196,3 +196,11 @@ def test_run_executes_the_plan_with_its_server_and_writes_the_page(tmp_path: Pat
     assert "`agentcli loadtest --rate 50/s --duration 500ms`" in text
     with socket.socket() as s:  # the server was stopped
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_every_report_key_is_documented() -> None:
+    doc = (ROOT / "docs" / "benchmarking.md").read_text()
+    section = doc[doc.index("## The JSON report") : doc.index("## LLM scenarios")]
+    for struct in (Report, Run, NoopDetails, LLMDetails, KafkaDetails, OverloadDetails):
+        for name in struct.__struct_fields__:
+            assert f"`{name}`" in section, f"{struct.__name__}.{name} is not in docs/benchmarking.md's report section"
