@@ -1,6 +1,6 @@
 """``agentcli benchmark --scenario overload``: what overload costs the runner, and what its bounds do about it.
 
-Two parts, in this process on uvloop (docs/benchmarking.md, "Overload"; the tables are
+Two parts, in this process on uvloop (docs/benchmarking.md, "Overload"; part 2 is :mod:`.blocked`, the tables
 :mod:`.overload_report`):
 
 1. **10x the agent's capacity.** An agent with a known capacity (``concurrency`` handlers that each sleep
@@ -31,7 +31,6 @@ import gc
 import os
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -51,15 +50,14 @@ from agentflow import (
     config_from_dict,
 )
 
+from .blocked import SIDES, blocked_emitters
 from .measure import cpu_seconds, rss_mb
-from .report import Measurement, by_duration, effective_config, latency_ms, median_run, order_of, round_sides
-from .schema import BlockedFigures, IngestFigures, OverloadDetails, RequestFigures, Run
+from .report import Measurement, by_duration, effective_config, latency_ms, order_of
+from .schema import IngestFigures, OverloadDetails, RequestFigures, Run
 
 __all__ = ["PLANNED_RATIOS", "OverloadSpec", "run_overload_benchmark"]
 
 TOPIC = "agentcli.overload"
-#: The blocked-emitters part: the buffer both sides fill before the emitters start.
-BLOCKED_BUFFER = 1000
 #: The closed loop that measures the agent's capacity before the overload window.
 CAPACITY_S = 2.0
 #: How often the overload window samples RSS and the runner's pending/waiting counts.
@@ -70,7 +68,6 @@ INGEST_BATCH = 10
 NO_TOKEN_ENV = "AGENTCLI_OVERLOAD_BENCHMARK_TOKEN"
 #: The ratios an overload run reports.
 PLANNED_RATIOS = frozenset({"blocked_vs_raw", "request_capacity_share", "ingest_capacity_share"})
-SIDES = ("raw", "agentflow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,147 +78,6 @@ class OverloadSpec:
     factor: float = 10.0
     concurrency: int = 8
     service_s: float = 0.01
-
-
-# ---- part 2: blocked emitters ------------------------------------------------------------------------------------
-
-
-async def _fill(try_put: Callable[[int], object], full: type[BaseException]) -> int:
-    """Put until the side refuses three times in a row with the consumers given time to take their share."""
-    n = stalls = 0
-    while stalls < 3:
-        try:
-            try_put(n)
-        except full:
-            stalls += 1
-            await asyncio.sleep(0.005)
-            continue
-        n += 1
-        stalls = 0
-    return n
-
-
-async def _blocked(
-    put: Callable[[int], Awaitable[Any]], n: int, gate: asyncio.Event, check: Callable[[], None] | None = None
-) -> tuple[float, float]:
-    """Start ``n`` putters that all block, open the gate, wait for all of them; (block, release) seconds."""
-    t0 = perf_counter()
-    tasks = [asyncio.ensure_future(put(i)) for i in range(n)]
-    await asyncio.sleep(0)  # every task runs its first step, up to where it blocks, before this returns
-    t1 = perf_counter()
-    if check is not None:
-        check()
-    gate.set()
-    await asyncio.gather(*tasks)
-    return t1 - t0, perf_counter() - t1
-
-
-async def _blocked_raw(n: int, consumers: int) -> tuple[float, float]:
-    q: asyncio.Queue[int] = asyncio.Queue(maxsize=BLOCKED_BUFFER)
-    gate = asyncio.Event()
-
-    async def consume() -> None:
-        get, done = q.get, q.task_done
-        while True:
-            await get()
-            if not gate.is_set():
-                await gate.wait()
-            done()
-
-    workers = [asyncio.ensure_future(consume()) for _ in range(consumers)]
-    try:
-        await _fill(q.put_nowait, asyncio.QueueFull)
-        block, release = await _blocked(q.put, n, gate)
-        await q.join()
-    finally:
-        for w in workers:
-            w.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-    return block, release
-
-
-async def _blocked_agentflow(n: int, consumers: int, warnings: list[str]) -> tuple[float, float]:
-    config = config_from_dict(
-        {"runner": {"event_buffer_size": BLOCKED_BUFFER, "worker_pool_size": consumers, "max_waiting_emits": n}},
-        source="agentcli benchmark --scenario overload",
-    )
-    runner = Runner(config)
-    gate = asyncio.Event()
-
-    @runner.agent(TOPIC, name="noop")
-    async def noop(event: Event, ctx: Context) -> None:
-        if not gate.is_set():
-            await gate.wait()
-
-    async with runner:
-        await _fill(lambda i: runner.emit_nowait(TOPIC, i), BackpressureError)
-
-        def check() -> None:
-            waiting = runner.statistics().waiting_emits
-            if waiting != n:
-                warnings.append(f"Only {waiting:,} of {n:,} emitters were waiting when the agent was released.")
-
-        block, release = await _blocked(lambda i: runner.emit(TOPIC, i), n, gate, check)
-        await runner.drain()
-    return block, release
-
-
-async def _blocked_round(
-    side: str, spec: OverloadSpec, consumers: int, warnings: list[str]
-) -> tuple[float, float, float]:
-    """(block, release, cpu) seconds of one side's round."""
-    # Both sides start from a collected heap whose objects the collector then leaves alone (freeze): a full
-    # collection during the run walks only what the run allocated, not what part 1 left behind.
-    gc.collect()
-    gc.freeze()
-    try:
-        cpu0 = cpu_seconds()
-        if side == "raw":
-            block, release = await _blocked_raw(spec.emitters, consumers)
-        else:
-            block, release = await _blocked_agentflow(spec.emitters, consumers, warnings)
-        return block, release, cpu_seconds() - cpu0
-    finally:
-        gc.unfreeze()
-
-
-async def blocked_emitters(
-    spec: OverloadSpec, consumers: int, console: Console, warnings: list[str]
-) -> tuple[BlockedFigures, list[Run], list[dict[str, float]]]:
-    runs: list[Run] = []
-    ratios: list[dict[str, float]] = []
-    split: dict[int, tuple[float, float]] = {}
-    for r in range(1, spec.repeat + 1):
-        totals: dict[str, float] = {}
-        for side in round_sides(SIDES, r):
-            block, release, cpu = await _blocked_round(side, spec, consumers, warnings)
-            total = totals[side] = block + release
-            if side == "agentflow":
-                split[r] = (block, release)
-            runs.append(
-                Run(
-                    side=side,
-                    label=f"{side} {r}/{spec.repeat}",
-                    round=r,
-                    completed=spec.emitters,
-                    errors=0,
-                    duration_s=total,
-                    throughput_per_s=spec.emitters / total if total > 0 else 0.0,
-                    latency_ms=None,
-                    cpu_s=cpu,
-                )  # fmt: skip
-            )
-            console.print(f"  blocked emitters, {side} {r}/{spec.repeat}: {total:.3f} s", highlight=False)
-        ratios.append({"blocked_vs_raw": totals["agentflow"] / totals["raw"]} if totals["raw"] > 0 else {})
-    ours = median_run(runs, "agentflow", by_duration)
-    raw = median_run(runs, "raw", by_duration)
-    assert ours is not None and raw is not None
-    figures = BlockedFigures(
-        emitters=spec.emitters, buffer=BLOCKED_BUFFER, consumers=consumers, agentflow_median_s=ours.duration_s,
-        raw_median_s=raw.duration_s, block_s=[split[n][0] for n in sorted(split)],
-        release_s=[split[n][1] for n in sorted(split)],
-    )  # fmt: skip
-    return figures, sorted(runs, key=lambda x: (x.round, x.side != "raw")), ratios
 
 
 # ---- part 1: 10x the agent's capacity ----------------------------------------------------------------------------
@@ -558,7 +414,9 @@ async def run_overload_benchmark(
         f"part 2: {spec.emitters:,} blocked emitters, agentflow vs a bare asyncio.Queue, {spec.repeat} rounds",
         highlight=False,
     )
-    blocked, runs, ratios = await blocked_emitters(spec, config.runner.worker_pool_size, console, warnings)
+    blocked, runs, ratios = await blocked_emitters(
+        spec.emitters, spec.repeat, config.runner.worker_pool_size, console, warnings
+    )
     r, i = part1.requests, part1.ingest
     headline = Run(
         side="agentflow", label=f"runner.request at {spec.factor:g}x capacity", round=1, completed=r.completed,
