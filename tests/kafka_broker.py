@@ -1,4 +1,4 @@
-"""A real Kafka-protocol broker for the tests: Tansu (agentcli/tansu.py) plus the client settings tests use.
+"""A real Kafka-protocol broker for the tests: Tansu (agentcli/bench/tansu.py) plus the client settings tests use.
 
 The session fixture ``kafka_broker`` (conftest.py) starts one; a missing binary raises :class:`BrokerUnavailable`
 and the Kafka tests fail rather than skip. Multi-process tests import :class:`TansuBroker` and
@@ -13,7 +13,7 @@ import sys
 import time
 from types import TracebackType
 
-from agentcli.tansu import BrokerUnavailable, TansuBroker, free_port, tansu_binary
+from agentcli.bench.tansu import BrokerUnavailable, TansuBroker, free_port, tansu_binary
 
 __all__ = [
     "TEST_KAFKA_SETTINGS",

@@ -18,15 +18,15 @@ import msgspec
 import pytest
 from typer.testing import CliRunner, Result
 
-from agentcli.main import app, parse_duration
+from agentcli.main import app
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 REPORT_KEYS = {
-    "scenario", "mode", "agent", "app", "requested", "completed", "errors", "duration_s", "throughput_per_s",
-    "latency_ms", "latency_measures", "rss_peak_mb", "cpu_s", "concurrent_users", "batch_size", "load_fraction",
-    "saturation_per_s", "rate_per_s", "shutdown_s", "raw_ratio", "raw", "order", "repeat", "runs", "goals",
-    "warnings", "profile", "config", "versions", "command", "started_at",
+    "format", "scenario", "mode", "bus", "completed", "errors", "duration_s", "throughput_per_s", "latency_ms",
+    "latency_measures", "rss_peak_mb", "cpu_s", "repeat", "order", "runs", "ratios", "round_ratios", "thresholds",
+    "passed", "warnings", "notes", "details", "options", "config", "versions", "machine", "command", "started_at",
+    "phases",
 }  # fmt: skip
 LATENCY_KEYS = {"p50", "p90", "p95", "p99", "p999", "max", "mean", "count"}
 
@@ -54,7 +54,7 @@ def assert_latency(lat: dict[str, Any] | None) -> None:
 
 
 def assert_consistent(data: dict[str, Any], requested: int) -> None:
-    assert data["requested"] == requested
+    assert data["details"]["requested"] == requested
     assert data["completed"] + data["errors"] == requested
     assert data["warnings"] == []
     assert data["duration_s"] > 0 and data["throughput_per_s"] > 0 and data["cpu_s"] > 0
@@ -64,34 +64,46 @@ def assert_consistent(data: dict[str, Any], requested: int) -> None:
 
 
 def test_closed_mode_writes_the_full_report(tmp_path: Path) -> None:
-    data = report(tmp_path, "--requests", "2000")
-    assert REPORT_KEYS <= set(data)
-    assert (data["scenario"], data["mode"], data["agent"], data["concurrent_users"]) == ("noop", "closed", "noop", 64)
+    data = report(tmp_path, "--scenario", "noop", "--requests", "2000")
+    assert set(data) == REPORT_KEYS
+    assert (data["format"], data["scenario"], data["mode"], data["bus"]) == (
+        "agentcli.benchmark/1",
+        "noop",
+        "closed",
+        "memory",
+    )
+    details = data["details"]
+    assert (details["kind"], details["agent"], details["concurrent_users"]) == ("noop", "noop", 64)
     assert_consistent(data, 2000)
-    assert data["completed"] == 2000 and data["errors"] == 0
+    assert data["completed"] == 2000 and data["errors"] == 0 and data["passed"] is True
     assert_latency(data["latency_ms"])
-    assert data["raw"] is None and data["raw_ratio"] is None
+    assert data["ratios"] == {} and data["phases"] == []
+    [run] = data["runs"]
+    assert (run["side"], run["round"], run["completed"]) == ("agentflow", 1, 2000)
     assert data["rss_peak_mb"] > 1
-    assert set(data["versions"]) >= {"python", "agentflow", "uvloop", "msgspec"}
+    assert set(data["versions"]) >= {"python", "agentflow", "uvloop", "msgspec", "aiohttp"}
+    assert data["machine"]["cores"] >= 1 and data["machine"]["cpu"]
     assert data["config"]["runner"]["worker_pool_size"] == 64
+    assert data["options"]["users"] == 64 and data["options"]["limits"]["count"] == 2000
     assert data["command"][0] == "agentcli"
     assert data["started_at"].endswith("+00:00")
-    assert data["shutdown_s"] is not None and data["shutdown_s"] < 1.0
+    assert details["shutdown_s"] is not None and details["shutdown_s"] < 1.0
 
 
 def test_closed_mode_against_the_raw_baseline(tmp_path: Path) -> None:
-    data = report(tmp_path, "--requests", "2000", "--concurrent-users", "16", "--compare-raw")
+    data = report(tmp_path, "--requests", "2000", "--concurrent-users", "16", "--compare-raw", "--scenario", "noop")
     assert_consistent(data, 2000)
-    assert data["raw_ratio"] > 0
-    assert data["raw"]["completed"] == 2000 and data["raw"]["throughput_per_s"] > 0
-    assert_latency(data["raw"]["latency_ms"])
-    assert "alternately" in data["order"]
+    assert data["ratios"]["raw"] > 0
+    raw = next(r for r in data["runs"] if r["side"] == "raw")
+    assert raw["completed"] == 2000 and raw["throughput_per_s"] > 0
+    assert_latency(raw["latency_ms"])
+    assert data["ratios"]["raw"] == pytest.approx(data["throughput_per_s"] / raw["throughput_per_s"])
 
 
 def test_throughput_mode(tmp_path: Path) -> None:
     data = report(tmp_path, "--mode", "throughput", "--requests", "2000")
     assert_consistent(data, 2000)
-    assert data["errors"] == 0 and data["concurrent_users"] is None
+    assert data["errors"] == 0 and data["details"]["concurrent_users"] is None
     assert_latency(data["latency_ms"])
     assert "created_at" in data["latency_measures"]
 
@@ -99,35 +111,46 @@ def test_throughput_mode(tmp_path: Path) -> None:
 def test_throughput_mode_in_batches_against_the_raw_item_pipeline(tmp_path: Path) -> None:
     data = report(tmp_path, "--mode", "throughput", "--batch-size", "256", "--requests", "2000", "--compare-raw")
     assert_consistent(data, 2000)
-    assert data["batch_size"] == 256
-    assert data["raw_ratio"] > 0 and data["raw"]["completed"] == 2000
-    (goal,) = data["goals"]
-    assert goal["target"] == 2.0 and goal["value"] == pytest.approx(data["raw_ratio"])
+    assert data["details"]["batch_size"] == 256
+    raw = next(r for r in data["runs"] if r["side"] == "raw")
+    assert data["ratios"]["raw"] > 0 and raw["completed"] == 2000
 
 
 def test_latency_mode_paces_at_half_of_saturation(tmp_path: Path) -> None:
     data = report(tmp_path, "--mode", "latency", "--requests", "1000", "--compare-raw")
     assert_consistent(data, 1000)
-    assert data["rate_per_s"] == pytest.approx(data["saturation_per_s"] / 2)
-    assert data["raw"]["rate_per_s"] == pytest.approx(data["raw"]["saturation_per_s"] / 2)
-    assert data["raw_ratio"] == pytest.approx(data["saturation_per_s"] / data["raw"]["saturation_per_s"])
+    ours, raw = (next(r for r in data["runs"] if r["side"] == side) for side in ("agentflow", "raw"))
+    assert ours["rate_per_s"] == pytest.approx(ours["saturation_per_s"] / 2)
+    assert raw["rate_per_s"] == pytest.approx(raw["saturation_per_s"] / 2)
+    assert data["ratios"]["raw"] == pytest.approx(ours["saturation_per_s"] / raw["saturation_per_s"])
+    assert data["details"]["load_fraction"] == 0.5
     assert_latency(data["latency_ms"])
     assert "intended" in data["latency_measures"]
-    assert [g["target"] for g in data["goals"]] == [1.0]
 
 
 def test_duration_limits_a_run(tmp_path: Path) -> None:
     data = report(tmp_path, "--duration", "300ms", "--concurrent-users", "8")
     assert data["completed"] > 0 and data["errors"] == 0
-    assert data["completed"] == data["requested"]
+    assert data["completed"] == data["details"]["requested"]
     assert data["duration_s"] >= 0.3
 
 
-def test_repeat_alternates_and_keeps_every_run(tmp_path: Path) -> None:
-    data = report(tmp_path, "--mode", "throughput", "--requests", "1000", "--compare-raw", "--repeat", "2")
-    assert [r["side"] for r in data["runs"]] == ["raw", "agentflow", "raw", "agentflow"]
-    assert data["throughput_per_s"] == max(r["throughput_per_s"] for r in data["runs"] if r["side"] == "agentflow")
-    assert "best of 2" in data["order"]
+def test_repeat_alternates_the_sides_and_reports_the_median(tmp_path: Path) -> None:
+    data = report(tmp_path, "--mode", "throughput", "--requests", "1000", "--compare-raw", "--repeat", "3")
+    assert [(r["round"], r["side"]) for r in data["runs"]] == [
+        (1, "raw"), (1, "agentflow"), (2, "agentflow"), (2, "raw"), (3, "raw"), (3, "agentflow"),
+    ]  # fmt: skip
+    ours = sorted(r["throughput_per_s"] for r in data["runs"] if r["side"] == "agentflow")
+    assert data["throughput_per_s"] == ours[1]  # the median round, not the best
+    rounds = [rr["ratios"]["raw"] for rr in data["round_ratios"]]
+    assert [rr["round"] for rr in data["round_ratios"]] == [1, 2, 3]
+    assert data["ratios"]["raw"] == pytest.approx(sorted(rounds)[1])
+    for rr in data["round_ratios"]:  # each round's ratio is of that round's two runs
+        a, b = (
+            next(r for r in data["runs"] if r["round"] == rr["round"] and r["side"] == s) for s in ("agentflow", "raw")
+        )
+        assert rr["ratios"]["raw"] == pytest.approx(a["throughput_per_s"] / b["throughput_per_s"])
+    assert "alternating" in data["order"] and "median" in data["order"]
 
 
 def test_overload_scenario_reports_refusals_capacity_memory_and_no_loss(tmp_path: Path) -> None:
@@ -139,8 +162,8 @@ def test_overload_scenario_reports_refusals_capacity_memory_and_no_loss(tmp_path
         "max_pending_requests = 300\n"
     )
     data = report(tmp_path, "--scenario", "overload", "--config", str(config), "--requests", "2000", "--duration", "1s")
-    assert data["scenario"] == "overload"
-    req, ingest, blocked = data["requests"], data["ingest"], data["blocked"]
+    assert (data["scenario"], data["mode"], data["details"]["kind"]) == ("overload", None, "overload")
+    req, ingest, blocked = data["details"]["requests"], data["details"]["ingest"], data["details"]["blocked"]
     assert req["offered"] == req["completed"] + req["refused"] + req["timed_out"] + req["failed"]
     assert req["refused"] == req["refused_by"]["max_waiting_emits"] > 0
     assert req["max_pending_requests"] <= 300 and req["max_waiting_emits"] <= 20
@@ -149,12 +172,14 @@ def test_overload_scenario_reports_refusals_capacity_memory_and_no_loss(tmp_path
     assert ingest["refused_by_status"].get("429", 0) > 0 and ingest["client_errors"].get("http_429", 0) > 0
     assert ingest["accepted"] == ingest["accepted_posts"] * ingest["events_per_post"] == ingest["handled_after_drain"]
     assert ingest["lost"] == 0
-    assert [(r["side"], r["round"]) for r in blocked["runs"]] == [
+    assert [(r["side"], r["round"]) for r in data["runs"]] == [
         (side, n) for n in range(1, 6) for side in ("raw", "agentflow")
     ]
-    assert blocked["emitters"] == 2000 and blocked["ratio"] > 0
-    lost = {g["name"]: g["met"] for g in data["goals"] if "lost" in g["name"]}
-    assert lost == {"runner.request: accepted events lost": True, "HTTP ingest: accepted events lost": True}
+    assert blocked["emitters"] == 2000 and len(blocked["block_s"]) == 5 and data["ratios"]["blocked_vs_raw"] > 0
+    assert data["ratios"]["request_capacity_share"] == req["share_of_capacity"]
+    assert data["ratios"]["ingest_capacity_share"] == ingest["share_of_capacity"]
+    assert data["completed"] == req["completed"] and data["errors"] == 0 and data["passed"] is True
+    assert_latency(data["latency_ms"])
 
 
 @pytest.mark.parametrize("agent_batch", [None, "1", "64"])
@@ -167,7 +192,12 @@ def test_batch_size_feeds_a_batch_agent_unless_told_otherwise(tmp_path: Path, ag
     assert ("batch agent" in out) == (agent_batch != "1")
 
 
-def test_bare_command_also_runs_agents_against_the_mock_llm() -> None:
+def test_bare_command_also_runs_agents_against_the_mock_llm_and_writes_both(tmp_path: Path) -> None:
+    data = report(tmp_path, "--requests", "1000")
+    assert data["scenario"] == "noop" and data["completed"] == 1000
+    [llm] = data["phases"]
+    assert (llm["scenario"], llm["completed"], llm["errors"], llm["phases"]) == ("llm-chat", 2000, 0, [])
+    assert llm["details"]["kind"] == "llm" and llm["details"]["cost"][0]["calls"] == 2000
     out = bench("--requests", "1000").output
     assert "llm-chat" in out and "LLM cost summary" in out
     assert "llm-chat" not in bench("--scenario", "noop", "--requests", "1000").output
@@ -175,10 +205,10 @@ def test_bare_command_also_runs_agents_against_the_mock_llm() -> None:
 
 
 def test_the_summary_table_is_printed() -> None:
-    out = bench("--requests", "1000", "--compare-raw").output
+    out = bench("--scenario", "noop", "--requests", "1000", "--compare-raw").output
     for text in ("completed", "errors", "throughput", "latency p99", "peak RSS", "CPU time", "agentflow/raw"):
         assert text in out
-    assert "raw asyncio.Queue pipeline and agentflow run alternately" in out
+    assert "ratio raw:" in out and "runs: raw, agentflow in this process" in " ".join(out.split())
 
 
 # ---- --app ----------------------------------------------------------------------------------------------------
@@ -189,7 +219,11 @@ def test_app_runner_and_agent(tmp_path: Path) -> None:
         tmp_path, "--app", "agentcli_app:runner", "--app-dir", str(TESTS), "--agent", "echo", "--requests", "500",
         "--payload", '{"x": 1}',
     )  # fmt: skip
-    assert (data["scenario"], data["app"], data["agent"]) == ("app", "agentcli_app:runner", "echo")
+    assert (data["scenario"], data["details"]["app"], data["details"]["agent"]) == (
+        "app",
+        "agentcli_app:runner",
+        "echo",
+    )
     assert_consistent(data, 500)
     assert data["errors"] == 0
     assert_latency(data["latency_ms"])
@@ -206,7 +240,7 @@ def test_handler_errors_are_counted(tmp_path: Path, mode: str) -> None:
     )  # fmt: skip
     data = msgspec.json.decode(path.read_bytes())
     assert_consistent(data, 200)
-    assert (data["completed"], data["errors"]) == (180, 20)
+    assert (data["completed"], data["errors"], data["passed"]) == (180, 20, False)
     # Failed requests are left out of the figures: the run exits 1 and says how many failed.
     unit = "requests" if mode == "closed" else "events"
     assert f"20 of 200 {unit} failed" in " ".join(result.output.split())
@@ -234,6 +268,9 @@ def test_app_runner_instance_cannot_take_config(tmp_path: Path) -> None:
     [
         (["--bogus"], "No such option"),
         (["--duration", "3x"], "'3x' is not a duration"),
+        (["--scenario", "llm-chat", "--bus", "kafka"], "--bus kafka runs the noop scenario"),
+        (["--scenario", "llm-chat", "--mode", "latency"], "--mode does not apply to --scenario llm-chat"),
+        (["--bus", "kafka", "--mode", "throughput", "--duration", "1s"], "number of events"),
         (["--duration", "0s"], "not a positive duration"),
         (["--mode", "nope"], "nope"),
         (["--profile", "cpu"], "needs --output"),
@@ -274,14 +311,6 @@ def test_bad_config_file_exits_2_naming_the_file(tmp_path: Path, content: str, e
 def test_missing_config_file_exits_2() -> None:
     out = " ".join(bench("--config", "/no/such/agentflow.toml", code=2).output.split())
     assert "/no/such/agentflow.toml" in out and "not found" in out
-
-
-def test_parse_duration() -> None:
-    assert parse_duration("500ms") == pytest.approx(0.5)
-    assert parse_duration("30s") == 30.0
-    assert parse_duration("2m") == 120.0
-    assert parse_duration("1.5") == 1.5
-    assert parse_duration(None) is None
 
 
 # ---- profiling ------------------------------------------------------------------------------------------------

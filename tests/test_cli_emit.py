@@ -12,8 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agentcli.emit import parse_rate, read_payloads, schedule
 from agentcli.main import app
+from agentcli.ops.emit import read_payloads, schedule
 from agentflow import Context, Event, Runner
 
 if TYPE_CHECKING:
@@ -24,16 +24,6 @@ cli = CliRunner()
 
 
 # ---- pure parts -------------------------------------------------------------------------------------------------
-
-
-def test_parse_rate() -> None:
-    assert parse_rate("100") == 100.0
-    assert parse_rate("2.5/s") == 2.5
-    assert parse_rate(" 10 / s ") == 10.0
-    assert parse_rate(None) is None
-    for bad in ("0", "-1", "fast", "10/m"):
-        with pytest.raises(typer.BadParameter):
-            parse_rate(bad)
 
 
 def test_schedule_is_anchored_to_the_start_so_it_never_drifts() -> None:

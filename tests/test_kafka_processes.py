@@ -22,7 +22,7 @@ import msgspec
 import pytest
 from test_cli_run import APP, ROOT, WorkerProcess, handled_lines, post_events
 
-from agentcli.run import restart_delay_s
+from agentcli.ops.run import restart_delay_s
 from agentflow import Producer, config_from_dict
 
 if TYPE_CHECKING:

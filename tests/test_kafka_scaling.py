@@ -1,4 +1,4 @@
-"""The scale-out benchmark (``python -m agentcli.kafkaworkers``): real ``agentcli run`` processes, 1 then 2,
+"""The scale-out benchmark (``python -m agentcli.bench.kafka_workers``): real ``agentcli run`` processes, 1 then 2,
 against the session broker; every event is handled exactly once and the runs report a rate. (The ratio itself is
 a benchmark figure, docs/kafka.md, never asserted: two noisy shared cores.)"""
 
@@ -10,7 +10,7 @@ import time
 import pytest
 from kafka_broker import TansuBroker
 
-from agentcli.kafkaworkers import _cpu_now, _cpu_use, main, run_scaling
+from agentcli.bench.kafka_workers import _cpu_now, _cpu_use, main, run_scaling
 
 
 @pytest.mark.slow

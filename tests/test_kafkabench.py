@@ -8,7 +8,7 @@ from pathlib import Path
 from kafka_broker import TansuBroker
 from typer.testing import CliRunner
 
-from agentcli.kafkabench import run_kafka_benchmark
+from agentcli.bench.kafka import KafkaSpec, run_kafka_benchmark
 from agentcli.main import app
 from agentflow import config_from_dict
 
@@ -16,23 +16,21 @@ TANSU = {"enable_idempotence": False, "fetch_max_wait_ms": 5, "session_timeout_m
 
 
 async def test_agentflow_and_raw_pipelines_handle_every_event(kafka_broker: TansuBroker) -> None:
-    results, where = await run_kafka_benchmark(
-        config_from_dict({"kafka": TANSU}),
-        bootstrap=kafka_broker.bootstrap,
-        events=3000,
-        batch=200,
-        emitters=2,
-        partitions=2,
-        latency=True,
-        load_fraction=0.5,
-        compare_raw=True,
+    spec = KafkaSpec(
+        events=3000, batch=200, emitters=2, partitions=2, latency=True, load_fraction=0.5, compare_raw=True, repeat=2
     )
-    assert where == f"brokers at {kafka_broker.bootstrap}"
-    assert [r.label for r in results] == ["raw aiokafka", "raw aiokafka (paced)", "agentflow", "agentflow (paced)"]
-    for r in results:
-        assert r.hist.count == r.events, r.label  # every event emitted was handled exactly once
-        assert r.per_s > 0
-    assert results[1].rate_per_s == results[0].per_s * 0.5
+    m = await run_kafka_benchmark(
+        config_from_dict({"kafka": TANSU}), spec, bootstrap=kafka_broker.bootstrap, options={}
+    )
+    assert m.details.brokers == f"brokers at {kafka_broker.bootstrap}"  # type: ignore[union-attr]
+    assert [(r.round, r.side) for r in m.runs] == [(1, "raw"), (1, "agentflow"), (2, "raw"), (2, "agentflow")]
+    for r in m.runs:
+        assert r.latency_ms is not None and r.latency_ms.count == r.completed, r.label  # every event, exactly once
+        assert r.errors == 0 and r.throughput_per_s > 0 and r.label.endswith("(paced)")
+        assert r.saturation_per_s is not None and r.rate_per_s == r.saturation_per_s * 0.5
+    for n, ratios in enumerate(m.round_ratios, 1):
+        ours, raw = (next(r for r in m.runs if r.round == n and r.side == side) for side in ("agentflow", "raw"))
+        assert ratios["raw"] == ours.saturation_per_s / raw.saturation_per_s  # type: ignore[operator]
 
 
 def test_cli_runs_on_the_given_brokers_and_writes_json(kafka_broker: TansuBroker, tmp_path: Path) -> None:
@@ -46,10 +44,13 @@ def test_cli_runs_on_the_given_brokers_and_writes_json(kafka_broker: TansuBroker
     args += ["--mode", "throughput"]
     result = CliRunner().invoke(app, [*args, "--requests", "2000", "--compare-raw", "--json", str(out)])
     assert result.exit_code == 0, result.output
-    assert "agentflow / raw aiokafka throughput" in result.output
+    assert "ratio raw:" in result.output and "raw aiokafka" in result.output
     report = json.loads(out.read_text())
-    assert [r["events"] for r in report["results"]] == [2000, 2000]
-    assert report["ratio"] > 0
+    assert (report["scenario"], report["bus"], report["mode"], report["details"]["kind"]) == (
+        "noop", "kafka", "throughput", "kafka",
+    )  # fmt: skip
+    assert [r["completed"] for r in report["runs"]] == [2000, 2000]
+    assert report["completed"] == 2000 and report["ratios"]["raw"] > 0
 
 
 def test_cli_refuses_bootstrap_without_kafka_and_closed_mode_on_kafka() -> None:

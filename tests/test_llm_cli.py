@@ -26,17 +26,20 @@ def test_llm_chat_benchmark_compares_raw_and_counts_on_the_server(tmp_path: Path
     )
     assert result.exit_code == 0, result.output
     report = msgspec.json.decode(out.read_bytes())
-    labels = [r["label"] for r in report["results"]]
-    assert labels[:3] == ["raw aiohttp", "agentflow", "raw, one connection per request"]
-    for r in report["results"]:
+    sides = [r["side"] for r in report["runs"]]
+    assert sides[:3] == ["raw", "agentflow", "per_request"]
+    for r in report["runs"]:
         assert r["errors"] == 0
-        assert r["server_requests"] == r["requests"]  # agentcli's count agrees with the server's own
-    assert {"agentflow/raw", "pooled/one connection per request"} <= set(report["ratios"])
-    assert report["items_per_s"] > 0
-    sdk = 300 if "openai SDK" in labels else 0  # its figure is shown when the SDK happens to be installed
-    assert ("openai SDK" in labels) == (importlib.util.find_spec("openai") is not None)
-    assert report["server_stats"]["by_endpoint"]["chat"] == 300 + 300 + 60 + sdk
-    [cost] = report["cost"]
+        assert r["server_requests"] == r["completed"]  # agentcli's count agrees with the server's own
+    assert {"raw", "pooled_vs_per_request"} <= set(report["ratios"])
+    assert (report["scenario"], report["mode"], report["completed"]) == ("llm-chat", "closed", 300)
+    assert report["throughput_per_s"] > 0 and report["latency_ms"]["p99"] > 0
+    sdk = 300 if "sdk" in sides else 0  # its figure is shown when the SDK happens to be installed
+    assert ("sdk" in sides) == (importlib.util.find_spec("openai") is not None)
+    assert ("sdk" in report["ratios"]) == ("sdk" in sides)
+    details = report["details"]
+    assert details["server_stats"]["by_endpoint"]["chat"] == 300 + 300 + 60 + sdk
+    [cost] = details["cost"]
     assert (cost["agent"], cost["calls"]) == ("chat", 300)
     assert "LLM cost summary" in result.output
 
@@ -47,11 +50,13 @@ def test_llm_embed_benchmark_batches(tmp_path: Path) -> None:
     result = cli.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = msgspec.json.decode(out.read_bytes())
-    single, batched = report["results"]
-    assert single["server_requests"] == single["items"] == 640  # batch size 1: one request per item
-    assert batched["server_items"] == batched["items"] == 640
+    single, batched = report["runs"]
+    assert (single["side"], batched["side"]) == ("unbatched", "agentflow")
+    assert single["server_requests"] == single["server_items"] == single["completed"] == 640  # one request per item
+    assert batched["server_items"] == batched["completed"] == 640
     assert batched["server_requests"] < 640  # coalesced
-    assert "items/s batch 32 / batch 1" in report["ratios"]
+    assert report["ratios"]["batched_vs_unbatched"] == batched["items_per_s"] / single["items_per_s"]
+    assert report["details"]["added_p50_ms"] is not None
 
 
 def test_llm_chat_benchmark_whose_requests_fail_exits_1_and_says_how_many(tmp_path: Path) -> None:
@@ -64,8 +69,9 @@ def test_llm_chat_benchmark_whose_requests_fail_exits_1_and_says_how_many(tmp_pa
     )  # fmt: skip
     assert result.exit_code == 1, result.output
     assert "12 of 12 requests failed" in " ".join(result.output.split())
-    [ours] = msgspec.json.decode(out.read_bytes())["results"]
-    assert (ours["requests"], ours["errors"]) == (0, 12)  # the report is still written
+    report = msgspec.json.decode(out.read_bytes())  # the report is still written
+    [ours] = report["runs"]
+    assert (ours["completed"], ours["errors"], report["passed"]) == (0, 12, False)
 
 
 def test_llm_url_must_be_http() -> None:
@@ -84,7 +90,18 @@ def test_mock_llm_command_serves_until_sigint_and_an_external_benchmark_reads_it
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agentcli", "mock-llm", "--port", str(port), "--error-rate", "0"],
+        [
+            sys.executable,
+            "-m",
+            "agentcli",
+            "mock-llm",
+            "--port",
+            str(port),
+            "--error-rate",
+            "0",
+            "--max-request-bytes",
+            "64KiB",
+        ],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -105,9 +122,9 @@ def test_mock_llm_command_serves_until_sigint_and_an_external_benchmark_reads_it
         )
         assert result.exit_code == 0, result.output
         report = msgspec.json.decode(out.read_bytes())
-        assert report["server"] == url
-        assert report["results"][0]["server_requests"] == 200
-        assert report["server_stats"]["requests"] == 200
+        assert report["details"]["server"] == url
+        assert report["runs"][0]["server_requests"] == 200
+        assert report["details"]["server_stats"]["requests"] == 200
     finally:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=20)

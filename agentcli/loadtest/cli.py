@@ -7,7 +7,6 @@ bad option, stage list, threshold or scenario file, always with a sentence and n
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,8 +17,9 @@ from rich.table import Table
 
 from agentflow import scrub_secrets
 
-from ..report import now_iso
-from ..runtime import Interrupted, LogLimiter, run_async
+from ..parse import ParseError
+from ..runtime import Interrupted, LogLimiter, command_line, now_iso, run_async
+from ..thresholds import verdict_table
 from .collector import Collector
 from .compare import compare_reports, render_comparison
 from .live import LiveView
@@ -28,8 +28,6 @@ from .report import LoadReport, build, read_report, write_report
 from .report_html import write_html
 from .scenario import ScenarioError, load_scenario, make_spec
 from .session import LiveStatus, Outcome, run_local
-from .stages import StageSyntaxError
-from .thresholds import ThresholdSyntaxError
 from .workers import run_workers
 
 __all__ = ["loadtest_app"]
@@ -245,7 +243,7 @@ def loadtest(
     try:
         spec = make_spec(options, str(script) if script is not None else "options")
         plan = resolve(spec)
-    except (ScenarioError, StageSyntaxError, ThresholdSyntaxError) as exc:
+    except (ScenarioError, ParseError) as exc:
         raise _usage(exc) from None
     code = _run(plan, scenario_obj, json_path, report)
     raise typer.Exit(code=code)
@@ -298,7 +296,7 @@ def _run(plan: Plan, scenario_obj: Any, json_path: Path | None, html_path: Path 
         log.removeHandler(limiter)
     rep = build(
         plan, outcome.collector, target=outcome.target, started_at=started_at, aborted=outcome.aborted,
-        interrupted=outcome.interrupted, command=["agentcli", "loadtest", *sys.argv[2:]],
+        interrupted=outcome.interrupted, command=command_line(),
     )  # fmt: skip
     render(console, rep)
     hidden = limiter.summary()
@@ -339,13 +337,7 @@ def render(console: Console, rep: LoadReport) -> None:
     if rep.aborted:
         console.print(f"[red]aborted:[/] {rep.abort_reason or 'stopped early'}")
     if rep.thresholds:
-        th = Table(title="thresholds", title_justify="left")
-        for col in ("threshold", "scope", "observed", "limit", "verdict"):
-            th.add_column(col)
-        for v in rep.thresholds:
-            verdict = "[green]pass[/]" if v.passed else "[red]FAIL[/]" if v.passed is False else "no data"
-            th.add_row(v.threshold, v.scope, v.observed_text, v.limit_text, verdict)
-        console.print(th)
+        console.print(verdict_table(rep.thresholds))
     console.print("[green]all thresholds passed[/]" if rep.passed else "[red]a threshold failed[/]")
 
 

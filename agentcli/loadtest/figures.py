@@ -18,10 +18,13 @@ import msgspec
 
 from agentflow import LatencyHistogram
 
+from ..thresholds import LATENCY, NUMBER, Figures
+
 __all__ = [
     "HIST_NAMES",
     "MAX_ERROR_KINDS",
     "MAX_WINDOWS",
+    "THRESHOLD_FIGURES",
     "Accumulator",
     "Window",
     "WindowList",
@@ -36,6 +39,28 @@ MAX_WINDOWS = 240
 #: Distinct error kinds kept per window; the rest count as "other" so labels stay bounded.
 MAX_ERROR_KINDS = 20
 _QUANTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
+_LATENCY_STATS = ("p50", "p90", "p95", "p99", "p999", "max", "mean", "min")
+#: Latency figures take no prefix (intended start → finished), lag_ (the generator's own start lag), service_
+#: (actual start → finished), ttft_ / itl_ (streaming time to first token, inter-token latency).
+_LATENCY_PREFIXES = ("", "lag_", "service_", "ttft_", "itl_")
+_COUNTS = {
+    "error_rate": "errors / finished iterations (0..1; 1% also works)",
+    "errors": "failed iterations",
+    "dropped": "iterations not started because --max-vus were busy",
+    "dropped_rate": "dropped / scheduled iterations (0..1)",
+    "rate": "iterations started per second; may use N*target",
+    "throughput": "iterations finished per second; may use N*target",
+    "vus": "most virtual users active at once",
+}
+#: What `agentcli loadtest --threshold` may name (agentcli.thresholds holds the grammar).
+THRESHOLD_FIGURES = Figures(
+    kinds={
+        **{f"{p}{s}": LATENCY for p in _LATENCY_PREFIXES for s in _LATENCY_STATS},
+        **dict.fromkeys(_COUNTS, NUMBER),
+    },
+    known=", ".join(["p50..p999/max/mean/min (prefix lag_, service_, ttft_, itl_)", *_COUNTS]),
+    of_target=frozenset({"rate", "throughput"}),
+)
 
 
 class WindowRecord(msgspec.Struct, kw_only=True):

@@ -1,24 +1,25 @@
 """A validated run plan from a :class:`~.scenario.LoadSpec`, and the target it names.
 
 Everything a user can get wrong is checked here, before anything starts, and raised as
-:class:`~.scenario.ScenarioError`, :class:`~.stages.StageSyntaxError` or
-:class:`~.thresholds.ThresholdSyntaxError` — the CLI turns each into a sentence and exit code 2.
+:class:`~.scenario.ScenarioError` or :class:`agentcli.parse.ParseError` (a duration, rate, stage list or
+threshold) — the CLI turns each into a sentence and exit code 2.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from agentflow import Config, ConfigError, load_config
 
+from ..parse import parse_duration, parse_rate
+from ..thresholds import Threshold, parse_threshold
+from .figures import THRESHOLD_FIGURES
 from .scenario import LoadSpec, ScenarioError
-from .stages import Profile, Stage, parse_duration, parse_rate, parse_stages
+from .stages import Profile, Stage, parse_stages
 from .targets import NOOP_TOPIC, HttpTarget, KafkaTarget, LoadTarget, RunnerTarget, noop_runner
-from .thresholds import Threshold, parse_threshold
 
 __all__ = ["Plan", "make_target", "resolve"]
 
@@ -104,7 +105,7 @@ def resolve(spec: LoadSpec) -> Plan:
     window_s = parse_duration(spec.window)
     if window_s < 0.1:
         raise ScenarioError(f"window {spec.window!r} is too short; use 100ms or more.")
-    thresholds = [parse_threshold(t, open_model=open_model) for t in spec.thresholds]
+    thresholds = [parse_threshold(t, THRESHOLD_FIGURES, open_model=open_model) for t in spec.thresholds]
     return Plan(
         spec=spec,
         stages=stages,
@@ -169,6 +170,5 @@ def make_target(plan: Plan) -> LoadTarget:
             app = load_app(spec.app, Path(spec.app_dir), spec.agent, config_path)
         except typer.BadParameter as exc:
             raise ScenarioError(f"app: {exc.message}") from None
-        runner: Any = app.runner(None)  # type: ignore[arg-type]
-        return RunnerTarget(runner, app.topic, f"{spec.app} agent {app.agent}", plan.timeout_s)
+        return RunnerTarget(app.runner, app.topic, f"{spec.app} agent {app.agent}", plan.timeout_s)
     return RunnerTarget(noop_runner(config_or_exit(config_path)), NOOP_TOPIC, "in-process noop agent", plan.timeout_s)

@@ -13,11 +13,11 @@ import msgspec
 
 from agentflow import scrub_secrets
 
-from ..report import versions
+from ..runtime import Machine, machine, versions
+from ..thresholds import Verdict, verdict
 from .collector import Collector
 from .figures import HIST_NAMES, Accumulator, WindowRecord, record_figures
 from .plan import Plan
-from .thresholds import Threshold
 
 __all__ = ["FORMAT", "LoadReport", "Verdict", "build", "masked_command", "read_report", "write_report"]
 
@@ -43,16 +43,6 @@ def masked_command(argv: list[str]) -> list[str]:
             arg = "--header=" + _mask_header(arg[len("--header=") :])
         out.append(scrub_secrets(arg))
     return out
-
-
-class Verdict(msgspec.Struct, frozen=True):
-    threshold: str
-    scope: str
-    passed: bool | None
-    observed: float | None
-    limit: float | None
-    observed_text: str
-    limit_text: str
 
 
 class Stretch(msgspec.Struct, kw_only=True):
@@ -115,6 +105,8 @@ class LoadReport(msgspec.Struct, kw_only=True):
     spec: dict[str, Any]
     command: list[str]
     versions: dict[str, str]
+    #: absent from reports written before it was added; `loadtest compare` reads those too
+    machine: Machine | None = None
 
 
 def _ms(figures: dict[str, float | None]) -> dict[str, dict[str, float]]:
@@ -153,13 +145,6 @@ def _window(rec: WindowRecord, plan: Plan) -> WindowOut:
     )  # fmt: skip
 
 
-def _verdict(th: Threshold, scope: str, figures: dict[str, float | None]) -> Verdict:
-    passed, observed = th.evaluate(figures)
-    limit = th.limit(figures)
-    limit_text = th.describe_value(limit) + (f" ({th.bound:g}×target)" if th.of_target else "")
-    return Verdict(th.text, scope, passed, observed, limit, th.describe_value(observed), limit_text)
-
-
 def build(
     plan: Plan,
     collector: Collector,
@@ -177,8 +162,8 @@ def build(
     for th in plan.thresholds:
         for i, acc in enumerate(collector.stages):
             if acc.t0_s is not None:
-                verdicts.append(_verdict(th, f"stage {i + 1}", acc.figures(open_model=plan.open_model)))
-        verdicts.append(_verdict(th, "run", total.figures(open_model=plan.open_model)))
+                verdicts.append(verdict(th, f"stage {i + 1}", acc.figures(open_model=plan.open_model)))
+        verdicts.append(verdict(th, "run", total.figures(open_model=plan.open_model)))
     lag = total.hists.get("lag")
     lag_ms = {}
     note = None
@@ -203,7 +188,7 @@ def build(
         generator_note=note, interrupted=interrupted, run=_stretch("run", total, plan), stages=stages,
         windows=[_window(r, plan) for r in collector.windows], window_merges=collector.windows.merges,
         thresholds=verdicts, rss_mb=collector.rss_samples, spec=spec, command=masked_command(command),
-        versions=msgspec.to_builtins(versions()),
+        versions=msgspec.to_builtins(versions()), machine=machine(),
     )  # fmt: skip
 
 

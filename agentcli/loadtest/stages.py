@@ -9,46 +9,18 @@ exactly, by inverting the integral of the rate, so arrivals sit on an absolute t
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
-__all__ = ["MAX_STAGES", "Profile", "Stage", "StageSyntaxError", "parse_duration", "parse_rate", "parse_stages"]
+from ..parse import ParseError, parse_duration
+
+__all__ = ["MAX_STAGES", "Profile", "Stage", "StageSyntaxError", "parse_stages"]
 
 #: A run is at most this many stages; each holds a few histograms.
 MAX_STAGES = 100
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s|m|h)?")
-_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_RATE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(s|m|h|sec|min))?")
-_PER = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
-class StageSyntaxError(ValueError):
-    """A stage list, duration or rate that cannot be parsed; the message says what a good one looks like."""
-
-
-def parse_duration(text: str, *, allow_zero: bool = False) -> float:
-    """``250ms``, ``30s``, ``2m``, ``1h`` or plain seconds → seconds."""
-    m = _DURATION.fullmatch(str(text).strip().lower())
-    if m is None:
-        raise StageSyntaxError(f"{text!r} is not a duration; write a number and a unit, like 500ms, 30s or 2m.")
-    seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    if seconds <= 0 and not allow_zero:
-        raise StageSyntaxError(f"{text!r} is not a positive duration; give more than 0, like 10s.")
-    return seconds
-
-
-def parse_rate(text: str | float) -> float:
-    """``500/s``, ``3000/m``, ``20`` (per second) → arrivals per second."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        m = _RATE.fullmatch(str(text).strip().lower())
-        if m is None:
-            raise StageSyntaxError(f"{text!r} is not a rate; write arrivals per unit of time, like 500/s or 90/m.")
-        value = float(m.group(1)) / _PER[m.group(2) or "s"]
-    if not (math.isfinite(value) and value > 0):
-        raise StageSyntaxError(f"{text!r} is not a positive rate; give more than 0, like 100/s.")
-    return value
+class StageSyntaxError(ParseError):
+    """A stage list that cannot be parsed; the message says what a good one looks like."""
 
 
 @dataclass(frozen=True, slots=True)

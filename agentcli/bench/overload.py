@@ -1,7 +1,7 @@
 """``agentcli benchmark --scenario overload``: what overload costs the runner, and what its bounds do about it.
 
-Two parts, in this process on uvloop (docs/benchmarking.md, "Overload"; the report is
-:mod:`agentcli.overloadreport`):
+Two parts, in this process on uvloop (docs/benchmarking.md, "Overload"; part 2 is :mod:`.blocked`, the tables
+:mod:`.overload_report`):
 
 1. **10x the agent's capacity.** An agent with a known capacity (``concurrency`` handlers that each sleep
    ``service_s``) is measured by a closed loop of ``4 × concurrency`` requesters — its capacity on this machine —
@@ -15,8 +15,12 @@ Two parts, in this process on uvloop (docs/benchmarking.md, "Overload"; the repo
    filled; then ``emitters`` tasks each ``await runner.emit(...)`` and block. The gate opens and the agent drains
    everything. Timed: first emitter created → every emitter returned. The baseline does the same on a bare
    ``asyncio.Queue(maxsize=buffer)`` with ``worker_pool_size`` consumers held the same way and ``emitters``
-   blocked ``q.put`` putters. Rounds alternate (raw first); the best of each side and agentflow/raw are reported.
-   Waiting that costs the same per caller however many wait keeps the ratio flat as ``emitters`` grows.
+   blocked ``q.put`` putters. Each round runs both sides, the order alternating; the median round of each side
+   and the median of the rounds' agentflow/raw (ratio ``blocked_vs_raw``) are reported. Waiting that costs the
+   same per caller however many wait keeps the ratio flat as ``emitters`` grows.
+
+The top-level figures of the report are part 1's ``runner.request`` window; ``errors`` counts accepted events
+that were not handled (there must be none).
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import gc
 import os
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -47,22 +50,14 @@ from agentflow import (
     config_from_dict,
 )
 
-from .measure import rss_mb
-from .overloadreport import (
-    BlockedFigures,
-    BlockedRun,
-    IngestFigures,
-    OverloadReport,
-    RequestFigures,
-    overload_goals,
-)
-from .report import effective_config, now_iso, versions
+from .blocked import SIDES, blocked_emitters
+from .measure import cpu_seconds, rss_mb
+from .report import Measurement, by_duration, effective_config, latency_ms, order_of
+from .schema import IngestFigures, OverloadDetails, RequestFigures, Run
 
-__all__ = ["OverloadSpec", "run_overload_benchmark"]
+__all__ = ["PLANNED_RATIOS", "OverloadSpec", "run_overload_benchmark"]
 
 TOPIC = "agentcli.overload"
-#: The blocked-emitters part: the buffer both sides fill before the emitters start.
-BLOCKED_BUFFER = 1000
 #: The closed loop that measures the agent's capacity before the overload window.
 CAPACITY_S = 2.0
 #: How often the overload window samples RSS and the runner's pending/waiting counts.
@@ -71,138 +66,18 @@ SAMPLE_S = 0.05
 INGEST_BATCH = 10
 #: The ingest window's runner reads its bearer token from this variable, which must be unset: no token.
 NO_TOKEN_ENV = "AGENTCLI_OVERLOAD_BENCHMARK_TOKEN"
+#: The ratios an overload run reports.
+PLANNED_RATIOS = frozenset({"blocked_vs_raw", "request_capacity_share", "ingest_capacity_share"})
 
 
 @dataclass(frozen=True, slots=True)
 class OverloadSpec:
     emitters: int = 40_000
-    repeat: int = 1
+    repeat: int = 5
     duration_s: float = 10.0
     factor: float = 10.0
     concurrency: int = 8
     service_s: float = 0.01
-
-
-# ---- part 2: blocked emitters ------------------------------------------------------------------------------------
-
-
-async def _fill(try_put: Callable[[int], object], full: type[BaseException]) -> int:
-    """Put until the side refuses three times in a row with the consumers given time to take their share."""
-    n = stalls = 0
-    while stalls < 3:
-        try:
-            try_put(n)
-        except full:
-            stalls += 1
-            await asyncio.sleep(0.005)
-            continue
-        n += 1
-        stalls = 0
-    return n
-
-
-async def _blocked(
-    put: Callable[[int], Awaitable[Any]], n: int, gate: asyncio.Event, check: Callable[[], None] | None = None
-) -> tuple[float, float]:
-    """Start ``n`` putters that all block, open the gate, wait for all of them; (block, release) seconds."""
-    t0 = perf_counter()
-    tasks = [asyncio.ensure_future(put(i)) for i in range(n)]
-    await asyncio.sleep(0)  # every task runs its first step, up to where it blocks, before this returns
-    t1 = perf_counter()
-    if check is not None:
-        check()
-    gate.set()
-    await asyncio.gather(*tasks)
-    return t1 - t0, perf_counter() - t1
-
-
-async def _blocked_raw(n: int, consumers: int) -> tuple[float, float]:
-    q: asyncio.Queue[int] = asyncio.Queue(maxsize=BLOCKED_BUFFER)
-    gate = asyncio.Event()
-
-    async def consume() -> None:
-        get, done = q.get, q.task_done
-        while True:
-            await get()
-            if not gate.is_set():
-                await gate.wait()
-            done()
-
-    workers = [asyncio.ensure_future(consume()) for _ in range(consumers)]
-    try:
-        await _fill(q.put_nowait, asyncio.QueueFull)
-        block, release = await _blocked(q.put, n, gate)
-        await q.join()
-    finally:
-        for w in workers:
-            w.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-    return block, release
-
-
-async def _blocked_agentflow(n: int, consumers: int, warnings: list[str]) -> tuple[float, float]:
-    config = config_from_dict(
-        {"runner": {"event_buffer_size": BLOCKED_BUFFER, "worker_pool_size": consumers, "max_waiting_emits": n}},
-        source="agentcli benchmark --scenario overload",
-    )
-    runner = Runner(config)
-    gate = asyncio.Event()
-
-    @runner.agent(TOPIC, name="noop")
-    async def noop(event: Event, ctx: Context) -> None:
-        if not gate.is_set():
-            await gate.wait()
-
-    async with runner:
-        await _fill(lambda i: runner.emit_nowait(TOPIC, i), BackpressureError)
-
-        def check() -> None:
-            waiting = runner.statistics().waiting_emits
-            if waiting != n:
-                warnings.append(f"Only {waiting:,} of {n:,} emitters were waiting when the agent was released.")
-
-        block, release = await _blocked(lambda i: runner.emit(TOPIC, i), n, gate, check)
-        await runner.drain()
-    return block, release
-
-
-async def blocked_emitters(spec: OverloadSpec, consumers: int, console: Console, warnings: list[str]) -> BlockedFigures:
-    runs: list[BlockedRun] = []
-    for r in range(1, spec.repeat + 1):
-        for side in ("raw", "agentflow"):
-            # Both sides start from a collected heap whose objects the collector then leaves alone (freeze): a
-            # full collection during the run walks only what the run allocated, not what part 1 left behind.
-            gc.collect()
-            gc.freeze()
-            try:
-                if side == "raw":
-                    block, release = await _blocked_raw(spec.emitters, consumers)
-                else:
-                    block, release = await _blocked_agentflow(spec.emitters, consumers, warnings)
-            finally:
-                gc.unfreeze()
-            runs.append(
-                BlockedRun(
-                    side=side,
-                    round=r,
-                    emitters=spec.emitters,
-                    block_s=block,
-                    release_s=release,
-                    total_s=block + release,
-                )
-            )
-            console.print(f"  blocked emitters, {side} {r}/{spec.repeat}: {block + release:.3f} s", highlight=False)
-    raw = min(x.total_s for x in runs if x.side == "raw")
-    ours = min(x.total_s for x in runs if x.side == "agentflow")
-    return BlockedFigures(
-        emitters=spec.emitters,
-        buffer=BLOCKED_BUFFER,
-        consumers=consumers,
-        runs=runs,
-        raw_best_s=raw,
-        agentflow_best_s=ours,
-        ratio=ours / raw if raw > 0 else 0.0,
-    )
 
 
 # ---- part 1: 10x the agent's capacity ----------------------------------------------------------------------------
@@ -246,9 +121,17 @@ def _overload_config(base: Config) -> Config:
     return config_from_dict(data, source="agentcli benchmark --scenario overload")
 
 
-async def overload(
-    spec: OverloadSpec, base: Config, console: Console, warnings: list[str]
-) -> tuple[RequestFigures, IngestFigures]:
+@dataclass(slots=True)
+class _Part1:
+    requests: RequestFigures
+    ingest: IngestFigures
+    #: the runner.request window: round trips of the completed requests, and the CPU it took
+    latency: LatencyHistogram
+    cpu_s: float
+    config: Config
+
+
+async def overload(spec: OverloadSpec, base: Config, console: Console, warnings: list[str]) -> _Part1:
     """Measure the agent's capacity, then offer ``factor`` times it through runner.request, then through ingest."""
     if os.environ.get(NO_TOKEN_ENV):
         raise ValueError(f"Unset the environment variable {NO_TOKEN_ENV}: the benchmark's ingest runs without a token.")
@@ -263,9 +146,9 @@ async def overload(
         capacity = await _capacity(runner, 4 * spec.concurrency)
         console.print(f"  capacity {capacity:,.0f} events/s", highlight=False)
         await runner.drain()
-        requests = await _request_window(runner, spec, capacity, console)
+        requests, latency, cpu = await _request_window(runner, spec, capacity, console)
         ingest = await _ingest_window(runner, spec, capacity, console, warnings)
-    return requests, ingest
+    return _Part1(requests, ingest, latency, cpu, config)
 
 
 class _Sampler:
@@ -288,7 +171,9 @@ class _Sampler:
         self.waiting = max(self.waiting, s.waiting_emits)
 
 
-async def _request_window(runner: Runner, spec: OverloadSpec, capacity: float, console: Console) -> RequestFigures:
+async def _request_window(
+    runner: Runner, spec: OverloadSpec, capacity: float, console: Console
+) -> tuple[RequestFigures, LatencyHistogram, float]:
     rate = capacity * spec.factor
     console.print(f"  runner.request: offering {rate:,.0f} requests/s for {spec.duration_s:g} s", highlight=False)
     out = _Outcomes()
@@ -318,7 +203,7 @@ async def _request_window(runner: Runner, spec: OverloadSpec, capacity: float, c
     handled0 = _agent_handled(runner)
     offered = 0
     planned = int(spec.duration_s * rate)
-    t0 = perf_counter()
+    cpu0, t0 = cpu_seconds(), perf_counter()
     while (now := perf_counter()) - t0 < spec.duration_s:
         due = min(int((now - t0) * rate) + 1, planned)
         while offered < due:  # each arrival its own caller, at (or just after) its intended time
@@ -328,7 +213,7 @@ async def _request_window(runner: Runner, spec: OverloadSpec, capacity: float, c
             offered += 1
         sampler.sample(now)
         await asyncio.sleep(0.001)
-    window = perf_counter() - t0
+    window, cpu = perf_counter() - t0, cpu_seconds() - cpu0
     handled_window = _agent_handled(runner) - handled0
     console.print(f"  window over: {offered:,} offered; waiting for {len(tasks):,} callers", highlight=False)
     while tasks:  # bounded by runner.request_timeout_s
@@ -338,7 +223,7 @@ async def _request_window(runner: Runner, spec: OverloadSpec, capacity: float, c
     stats1 = runner.statistics()
     accepted = stats1.emitted - stats0.emitted
     handled_after = _agent_handled(runner) - handled0
-    return RequestFigures(
+    figures = RequestFigures(
         bus=runner.bus.backend,
         concurrency=spec.concurrency,
         service_ms=spec.service_s * 1000,
@@ -369,6 +254,7 @@ async def _request_window(runner: Runner, spec: OverloadSpec, capacity: float, c
         handled_after_drain=handled_after,
         lost=accepted - handled_after,
     )
+    return figures, out.latency, cpu
 
 
 def _loadtest_run(path: str) -> dict[str, Any] | None:
@@ -471,8 +357,8 @@ async def _ingest_window(
 
 async def _on_kafka(
     spec: OverloadSpec, base: Config, bootstrap: str | None, console: Console, warnings: list[str]
-) -> tuple[RequestFigures, IngestFigures]:
-    from .kafkabench import bench_config
+) -> _Part1:
+    from .kafka import bench_config
 
     broker = None
     if bootstrap is None:
@@ -489,16 +375,30 @@ async def _on_kafka(
             await asyncio.to_thread(broker.close)
 
 
+def _warnings(part1: _Part1) -> list[str]:
+    out = []
+    if part1.requests.timed_out:
+        out.append(
+            f"{part1.requests.timed_out:,} accepted requests timed out (runner.request_timeout_s): the bounds let "
+            "more wait than the agent handles in that time."
+        )
+    if part1.ingest.dropped_by_generator:
+        out.append(
+            f"The load generator dropped {part1.ingest.dropped_by_generator:,} POSTs (--max-vus): it offered less "
+            "than planned."
+        )
+    return out
+
+
 async def run_overload_benchmark(
     spec: OverloadSpec,
     config: Config,
     console: Console,
-    command: list[str],
+    options: dict[str, Any],
     *,
     kafka: bool = False,
     bootstrap: str | None = None,
-) -> OverloadReport:
-    started = now_iso()
+) -> Measurement:
     warnings: list[str] = []
     # The overload windows go first: their RSS growth is measured on a heap the blocked emitters have not grown.
     console.print(
@@ -507,34 +407,28 @@ async def run_overload_benchmark(
         highlight=False,
     )
     if kafka:
-        requests, ingest = await _on_kafka(spec, config, bootstrap, console, warnings)
+        part1 = await _on_kafka(spec, config, bootstrap, console, warnings)
     else:
-        requests, ingest = await overload(spec, config, console, warnings)
+        part1 = await overload(spec, config, console, warnings)
     console.print(
         f"part 2: {spec.emitters:,} blocked emitters, agentflow vs a bare asyncio.Queue, {spec.repeat} rounds",
         highlight=False,
     )
-    blocked = await blocked_emitters(spec, config.runner.worker_pool_size, console, warnings)
-    goals = overload_goals(spec.factor, blocked, requests, ingest)
-    if requests.timed_out:
-        warnings.append(
-            f"{requests.timed_out:,} accepted requests timed out (runner.request_timeout_s): the bounds let more "
-            "wait than the agent handles in that time."
-        )
-    if ingest.dropped_by_generator:
-        warnings.append(
-            f"The load generator dropped {ingest.dropped_by_generator:,} POSTs (--max-vus): it offered less "
-            "than planned."
-        )
-    return OverloadReport(
-        scenario="overload",
-        blocked=blocked,
-        requests=requests,
-        ingest=ingest,
-        goals=goals,
-        warnings=warnings,
-        config=effective_config(config),
-        versions=versions(),
-        command=command,
-        started_at=started,
+    blocked, runs, ratios = await blocked_emitters(
+        spec.emitters, spec.repeat, config.runner.worker_pool_size, console, warnings
     )
+    r, i = part1.requests, part1.ingest
+    headline = Run(
+        side="agentflow", label=f"runner.request at {spec.factor:g}x capacity", round=1, completed=r.completed,
+        errors=r.lost + i.lost, duration_s=r.duration_s, throughput_per_s=r.handled_per_s,
+        latency_ms=latency_ms(part1.latency), cpu_s=part1.cpu_s,
+    )  # fmt: skip
+    return Measurement(
+        scenario="overload", mode=None, bus="kafka" if kafka else "memory", runs=runs, round_ratios=ratios,
+        details=OverloadDetails(factor=spec.factor, requests=r, ingest=i, blocked=blocked),
+        latency_measures="runner.request round trip of the accepted requests, in the runner.request window",
+        config=effective_config(part1.config), options=options, repeat=spec.repeat,
+        order="part 1 once; part 2 " + order_of(SIDES, spec.repeat), rank=by_duration,
+        fixed_ratios={"request_capacity_share": r.share_of_capacity, "ingest_capacity_share": i.share_of_capacity},
+        headline=headline, warnings=warnings + _warnings(part1), failed=bool(r.lost or i.lost),
+    )  # fmt: skip

@@ -2,16 +2,16 @@
 
 Payloads come from ``--data JSON`` or ``--file events.jsonl`` (one JSON payload per line); every line is parsed
 before anything is sent, so a bad line stops the command (exit 2, with its line number) with nothing emitted.
-``--count N`` sends N events, cycling through the file's lines. ``--rate N`` paces events on a fixed schedule
-(event i is due at start + i/N), so pauses are caught up and the rate never drifts; events already due go
-together in one request or batch of at most ``--batch``.
+``--count N`` sends N events, cycling through the file's lines. ``--rate`` (``100/s``, ``60/m``, ``10/h``, as
+every command reads rates: :mod:`agentcli.parse`) paces events on a fixed schedule (event i is due at
+start + i/rate), so pauses are caught up and the rate never drifts; events already due go together in one
+request or batch of at most ``--batch``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -25,11 +25,11 @@ from rich.console import Console
 
 from agentflow import AgentflowError, Config, Producer
 
-from .apps import check_destination, config_or_exit
+from ..apps import check_destination, config_or_exit
+from ..parse import option, parse_rate
 
-__all__ = ["emit", "parse_rate", "read_payloads", "schedule"]
+__all__ = ["emit", "read_payloads", "schedule"]
 
-_RATE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*s)?")
 MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_RETRY_WAIT_S = 5.0
 
@@ -38,16 +38,6 @@ Send = Callable[[list[Any]], Awaitable[list[str]]]
 
 class EmitFailed(Exception):
     """Sending failed in a way retrying will not fix; the message says why."""
-
-
-def parse_rate(text: str | None) -> float | None:
-    """``100``, ``100/s`` or ``2.5/s`` → events per second; typer.BadParameter otherwise."""
-    if text is None:
-        return None
-    m = _RATE.fullmatch(text.strip().lower())
-    if m is None or float(m.group(1)) <= 0:
-        raise typer.BadParameter(f"{text!r} is not a rate; write events per second, like 100 or 100/s.")
-    return float(m.group(1))
 
 
 def read_payloads(data: str | None, file: Path | None) -> list[Any]:
@@ -173,7 +163,10 @@ def emit(
     count: Annotated[
         int | None, typer.Option(min=1, help="Events to send (cycling through --file).", show_default="1 or the file")
     ] = None,
-    rate: Annotated[str | None, typer.Option(metavar="N/s", help="Events per second.", show_default="flat out")] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(metavar="RATE", help="Events per second or minute: 100/s, 60/m.", show_default="flat out"),
+    ] = None,
     batch: Annotated[int, typer.Option(min=1, max=10_000, help="Most events per request or producer batch.")] = 100,
     url: Annotated[
         str | None, typer.Option(help="A worker's HTTP server, http://host:port (its ingest; any bus).")
@@ -189,7 +182,7 @@ def emit(
     ids: Annotated[bool, typer.Option(help="Print every event id on stdout.")] = True,
 ) -> None:
     """Emit events to a worker's HTTP ingest (--url) or to Kafka (--bootstrap); prints ids and a summary."""
-    per_s = parse_rate_option(rate)
+    per_s = option(parse_rate, rate, "--rate") if rate is not None else None
     if (data is None) == (file is None):
         raise typer.BadParameter("give --data JSON or --file events.jsonl (one of them).", param_hint="'--data'")
     check_destination(url, bootstrap, config, worker="a worker's ingest")
@@ -227,11 +220,3 @@ def emit(
         f"({len(sent) / elapsed if elapsed > 0 else 0:,.0f}/s)",
         highlight=False,
     )
-
-
-def parse_rate_option(text: str | None) -> float | None:
-    try:
-        return parse_rate(text)
-    except typer.BadParameter as exc:
-        exc.param_hint = "'--rate'"
-        raise

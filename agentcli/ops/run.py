@@ -35,7 +35,7 @@ from rich.markup import escape
 
 from agentflow import ConfigError, Runner
 
-from .apps import load_runner
+from ..apps import load_runner
 
 __all__ = ["run"]
 
@@ -202,7 +202,7 @@ USAGE_EXIT = 2
 
 def restart_delay_s(crashes: int) -> float:
     """Seconds before restarting a worker that crashed ``crashes`` times in a row: 1, 2, 4, ... at most 30."""
-    return min(RESTART_INITIAL_S * 2 ** max(crashes - 1, 0), RESTART_MAX_S)
+    return min(RESTART_INITIAL_S * 2.0 ** max(crashes - 1, 0), RESTART_MAX_S)
 
 
 def _exit_text(code: int) -> str:
@@ -230,6 +230,94 @@ class _Worker:
         return self.code is not None or (self.proc is None and self.restart_at is None)
 
 
+class _Supervisor:
+    """Starts the worker processes, forwards every signal once, restarts the ones that crash."""
+
+    def __init__(self, argv: list[str], workers: int, port: int | None) -> None:
+        self.argv = argv
+        self.port = port
+        self.slots = [_Worker(i) for i in range(workers)]
+        self.signals: list[int] = []
+        self.forwarded = 0
+        self.fatal = 0
+        self.err = Console(stderr=True)
+
+    def say(self, text: str) -> None:
+        self.err.print(f"agentcli run: {text}", highlight=False)
+
+    def spawn(self, w: _Worker) -> subprocess.Popen[bytes]:
+        argv = [*self.argv, "--worker-index", str(w.index)]
+        if self.port is not None:
+            argv += ["--port", str(self.port + w.index if self.port else 0)]
+        # Own session: a terminal's Ctrl-C reaches only the supervisor, which forwards it exactly once.
+        w.proc = proc = subprocess.Popen(argv, start_new_session=True)
+        w.started_at = time.monotonic()
+        w.restart_at = None
+        return proc
+
+    def running(self) -> list[subprocess.Popen[bytes]]:
+        return [w.proc for w in self.slots if w.proc is not None and w.proc.poll() is None]
+
+    def forward(self) -> None:
+        while self.forwarded < len(self.signals):
+            sig = self.signals[self.forwarded]
+            self.forwarded += 1
+            for proc in self.running():
+                proc.send_signal(sig)
+
+    def check(self, w: _Worker, now: float) -> None:
+        """Notice what became of one worker: running, exited, crashed (restart it later), or due a restart."""
+        stopping = bool(self.signals) or bool(self.fatal)
+        if w.proc is None:  # waiting to be restarted
+            if stopping:
+                w.restart_at = None  # finished: no restart while the unit stops
+            elif w.restart_at is not None and now >= w.restart_at:
+                self.say(f"worker {w.index} restarted (pid {self.spawn(w).pid}).")
+            return
+        code = w.proc.poll()
+        if code is None:
+            return
+        if stopping or code == 0:
+            w.code = code
+            if not stopping:
+                self.say(f"worker {w.index} (pid {w.proc.pid}) exited cleanly (code 0); it is not restarted.")
+        elif code == USAGE_EXIT:
+            w.code = self.fatal = code
+            self.say(
+                f"worker {w.index} (pid {w.proc.pid}) could not start with this app and config (code 2; "
+                "see its error above), which a restart would repeat; stopping the rest."
+            )
+            for proc in self.running():
+                proc.send_signal(signal.SIGTERM)
+        else:
+            w.crashes = 1 if now - w.started_at >= STABLE_AFTER_S else w.crashes + 1
+            delay = restart_delay_s(w.crashes)
+            self.say(
+                f"worker {w.index} (pid {w.proc.pid}) {_exit_text(code)}; restarting it in {delay:.1f} s "
+                f"({w.crashes} crash{'es' if w.crashes > 1 else ''} in a row)."
+            )
+            w.proc = None
+            w.restart_at = now + delay
+
+    def run(self, banner: str) -> None:
+        for w in self.slots:
+            self.spawn(w)
+        self.say(banner)
+        while not all(w.finished for w in self.slots):
+            self.forward()
+            now = time.monotonic()
+            for w in self.slots:
+                if w.code is None:
+                    self.check(w, now)
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        for w in self.slots:
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
+
+
 def _supervise(
     app_ref: str,
     config: Path | None,
@@ -242,96 +330,29 @@ def _supervise(
 ) -> int:
     """Start ``workers`` worker processes, restart the ones that crash, forward signals to them; return the exit
     code: 0 when every worker ended cleanly, 1 when one did not, 2 when one could not start with this config."""
-    err = Console(stderr=True)
-    signals: list[int] = []
+    argv = [sys.executable, "-m", "agentcli", "run", app_ref, "--workers", "1"]
+    argv += ["--parent-pid", str(os.getpid()), "--app-dir", str(app_dir), "--log-level", log_level]
+    argv += ["--ingest" if ingest else "--no-ingest"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    if host is not None:
+        argv += ["--host", host]
+    unit = _Supervisor(argv, workers, port)
 
     def on_signal(sig: int, frame: Any) -> None:
-        signals.append(sig)
-
-    def spawn(w: _Worker) -> subprocess.Popen[bytes]:
-        i = w.index
-        argv = [sys.executable, "-m", "agentcli", "run", app_ref, "--workers", "1", "--worker-index", str(i)]
-        argv += ["--parent-pid", str(os.getpid()), "--app-dir", str(app_dir), "--log-level", log_level]
-        argv += ["--ingest" if ingest else "--no-ingest"]
-        if config is not None:
-            argv += ["--config", str(config)]
-        if host is not None:
-            argv += ["--host", host]
-        if port is not None:
-            argv += ["--port", str(port + i if port else 0)]
-        # Own session: a terminal's Ctrl-C reaches only the supervisor, which forwards it exactly once.
-        w.proc = proc = subprocess.Popen(argv, start_new_session=True)
-        w.started_at = time.monotonic()
-        w.restart_at = None
-        return proc
-
-    def say(text: str) -> None:
-        err.print(f"agentcli run: {text}", highlight=False)
+        unit.signals.append(sig)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    slots = [_Worker(i) for i in range(workers)]
-    fatal = 0
     try:
-        for w in slots:
-            spawn(w)
-        say(f"supervising {workers} workers of {app_ref} (pid {os.getpid()}).")
-        forwarded = 0
-        while not all(w.finished for w in slots):
-            while forwarded < len(signals):
-                sig = signals[forwarded]
-                forwarded += 1
-                for w in slots:
-                    if w.proc is not None and w.proc.poll() is None:
-                        w.proc.send_signal(sig)
-            stopping = bool(signals) or bool(fatal)
-            now = time.monotonic()
-            for w in slots:
-                if w.code is not None:
-                    continue
-                if w.proc is None:  # waiting to be restarted
-                    if stopping:
-                        w.restart_at = None  # finished: no restart while the unit stops
-                    elif w.restart_at is not None and now >= w.restart_at:
-                        say(f"worker {w.index} restarted (pid {spawn(w).pid}).")
-                    continue
-                code = w.proc.poll()
-                if code is None:
-                    continue
-                if stopping or code == 0:
-                    w.code = code
-                    if not stopping:
-                        say(f"worker {w.index} (pid {w.proc.pid}) exited cleanly (code 0); it is not restarted.")
-                elif code == USAGE_EXIT:
-                    w.code = code
-                    fatal = code
-                    say(
-                        f"worker {w.index} (pid {w.proc.pid}) could not start with this app and config (code 2; "
-                        "see its error above), which a restart would repeat; stopping the rest."
-                    )
-                    for other in slots:
-                        if other.proc is not None and other.proc.poll() is None:
-                            other.proc.send_signal(signal.SIGTERM)
-                else:
-                    w.crashes = 1 if now - w.started_at >= STABLE_AFTER_S else w.crashes + 1
-                    delay = restart_delay_s(w.crashes)
-                    say(
-                        f"worker {w.index} (pid {w.proc.pid}) {_exit_text(code)}; restarting it in {delay:.1f} s "
-                        f"({w.crashes} crash{'es' if w.crashes > 1 else ''} in a row)."
-                    )
-                    w.proc = None
-                    w.restart_at = now + delay
-            time.sleep(0.05)
+        unit.run(f"supervising {workers} workers of {app_ref} (pid {os.getpid()}).")
     finally:
-        for w in slots:
-            if w.proc is not None and w.proc.poll() is None:
-                w.proc.kill()
-                w.proc.wait()
+        unit.kill()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if fatal:
-        return fatal
-    codes = [w.code for w in slots]
+    if unit.fatal:
+        return unit.fatal
+    codes = [w.code for w in unit.slots]
     if any(codes):
-        say(f"worker exit codes {codes}.")
+        unit.say(f"worker exit codes {codes}.")
         return 1
     return 0

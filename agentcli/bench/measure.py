@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import os
 import resource
 import sys
@@ -26,14 +27,13 @@ from typing import Any
 
 from rich.progress import Progress, TaskID
 
-# SWITCH: becomes `from agentflow import LatencyHistogram` once agentflow exports it; the only agentflow.hdr import.
 from agentflow import LatencyHistogram
 
 __all__ = [
     "REFRESH_LATENCY_S",
     "REFRESH_S",
-    "LatencyHistogram",
     "Limits",
+    "Mode",
     "RunResult",
     "Tally",
     "Ticker",
@@ -55,6 +55,14 @@ _CLOCK_STRIDE = 256
 #: The paced producer sleeps for real only when it is this far ahead of schedule; the loop's timers have about
 #: millisecond resolution, so shorter waits are spent yielding with ``sleep(0)`` instead.
 _SPIN_S = 0.002
+
+
+class Mode(enum.StrEnum):
+    """The load shape of a noop or app benchmark: :func:`closed_loop`, :func:`flood`, or :func:`paced`."""
+
+    closed = "closed"
+    throughput = "throughput"
+    latency = "latency"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

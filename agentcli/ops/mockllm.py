@@ -18,7 +18,8 @@ from rich.console import Console
 
 from agentflow.llm.mock import DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES, Faults, LatencyModel, MockLLMServer
 
-from .runtime import Interrupted, run_async
+from ..parse import option, parse_size
+from ..runtime import Interrupted, run_async
 
 __all__ = ["mock_llm"]
 
@@ -60,8 +61,9 @@ def mock_llm(
     dimensions: Annotated[int, typer.Option(min=1, max=8192, help="Default embedding size.")] = 8,
     reply_tokens: Annotated[int, typer.Option(min=1, help="Tokens in each answer (capped by max_tokens).")] = 16,
     max_request_bytes: Annotated[
-        int, typer.Option(min=1024, help="Larger bodies get 413.")
-    ] = DEFAULT_MAX_REQUEST_BYTES,
+        str,
+        typer.Option(metavar="SIZE", help="Larger bodies get 413: bytes, or 64KiB, 4MiB, 1MB.", show_default="4MiB"),
+    ] = str(DEFAULT_MAX_REQUEST_BYTES),
     max_items: Annotated[int, typer.Option(min=1, help="Inputs per request; more get 400.")] = DEFAULT_MAX_ITEMS,
     api_key_env: Annotated[str | None, typer.Option(help="Require the key held in this environment variable.")] = None,
 ) -> None:
@@ -69,6 +71,11 @@ def mock_llm(
     latency and faults."""
     import os
 
+    request_bytes = option(parse_size, max_request_bytes, "--max-request-bytes")
+    if request_bytes < 1024:
+        raise typer.BadParameter(
+            f"{max_request_bytes!r} is under 1KiB; give at least 1KiB (1024 bytes).", param_hint="'--max-request-bytes'"
+        )
     if distribution not in ("fixed", "uniform", "exponential", "lognormal"):
         raise typer.BadParameter("use fixed, uniform, exponential or lognormal.", param_hint="'--distribution'")
     api_key = None
@@ -110,7 +117,7 @@ def mock_llm(
         capacity=capacity,
         dimensions=dimensions,
         reply_tokens=reply_tokens,
-        max_request_bytes=max_request_bytes,
+        max_request_bytes=request_bytes,
         max_items=max_items,
         api_key=api_key,
     )

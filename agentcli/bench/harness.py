@@ -1,23 +1,23 @@
-"""Benchmark scenarios and the runs that drive agentflow; the raw baseline lives in :mod:`agentcli.raw`.
+"""The noop and ``--app`` scenarios: the runs that drive agentflow; the raw baseline lives in :mod:`.raw`, the
+report and table in :mod:`.noop_report`.
 
 A scenario gives a :class:`Target`: a Runner, the agent and topic to load, and the payload. ``noop`` builds a
 fresh Runner per run whose agent does nothing but record latency (framework overhead only); an ``--app``
-target is the user's own un-started Runner, started once for every repeat because a Runner cannot restart.
+target is the user's own un-started Runner, started once for every round because a Runner cannot restart.
 
 What each mode measures on the agentflow side (see docs/benchmarking.md):
 
 * closed: ``runner.request`` round trip per virtual user.
 * throughput: events / (first emit → ``runner.drain()``); noop latency is handler start − ``event.created_at``.
-* latency: a short saturation flood, then :func:`~agentcli.measure.paced` emission at ``load_fraction`` of it;
+* latency: a short saturation flood, then :func:`~.measure.paced` emission at ``load_fraction`` of it;
   noop latency is handler start − intended emit time. An app's handler cannot be instrumented, so there each
-  event is a ``runner.request`` due at its intended time (see :func:`~agentcli.measure.paced_requests`) and
+  event is a ``runner.request`` due at its intended time (see :func:`~.measure.paced_requests`) and
   its latency is result − intended time; its saturation is measured with requests too.
 """
 
 from __future__ import annotations
 
 import abc
-import enum
 import functools
 import gc
 from collections.abc import Awaitable, Callable
@@ -28,12 +28,13 @@ from typing import Any
 
 from rich.progress import Progress
 
-from agentflow import Config, Context, DeadLetteredError, Event, RequestTimeoutError, Runner
+from agentflow import Config, Context, DeadLetteredError, Event, LatencyHistogram, RequestTimeoutError, Runner
 
+from ..apps import App
 from .measure import (
     REFRESH_LATENCY_S,
-    LatencyHistogram,
     Limits,
+    Mode,
     RunResult,
     Tally,
     Ticker,
@@ -45,6 +46,9 @@ from .measure import (
     planned_events,
 )
 from .raw import RawPipeline
+from .report import (
+    round_sides,
+)
 
 __all__ = [
     "SATURATION_LIMITS",
@@ -54,8 +58,6 @@ __all__ = [
     "NoopTarget",
     "Outcome",
     "Target",
-    "best",
-    "describe_order",
     "run_benchmark",
 ]
 
@@ -67,12 +69,8 @@ SATURATION_LIMITS = Limits(duration_s=1.0)
 SENDERS_MIN = 64
 #: Request outcomes that count as errors rather than crash the benchmark.
 FAILURES: tuple[type[BaseException], ...] = (DeadLetteredError, RequestTimeoutError)
-
-
-class Mode(enum.StrEnum):
-    closed = "closed"
-    throughput = "throughput"
-    latency = "latency"
+#: The sides of a round, baseline first.
+SIDES = ("raw", "agentflow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +137,9 @@ class NoopTarget(Target):
         assert rec is not None
         runner = Runner(self.config)
         if self.batch_size > 1:
-            runner.agent(NOOP_TOPIC, name=NOOP_AGENT, batch_size=self.batch_size)(_batch_noop(mode, rec))
+            # Runner.agent's signature types one-event handlers only; a batch handler takes (events, ctx).
+            register = runner.agent(NOOP_TOPIC, name=NOOP_AGENT, batch_size=self.batch_size)
+            register(_batch_noop(mode, rec))  # type: ignore[type-var]
             return runner
         if mode is Mode.closed:
 
@@ -197,12 +197,12 @@ class AppTarget(Target):
     scenario = "app"
     fresh_per_run = False
 
-    def __init__(self, runner: Runner, ref: str, agent: str) -> None:
-        self.app = ref
-        self.agent = agent
-        self.topic = runner.agent_topics[agent]
-        self.config = runner.config
-        self._runner = runner
+    def __init__(self, app: App) -> None:
+        self.app = app.ref
+        self.agent = app.agent
+        self.topic = app.topic
+        self.config = app.runner.config
+        self._runner = app.runner
 
     def runner(self, mode: Mode) -> Runner:
         return self._runner
@@ -210,9 +210,9 @@ class AppTarget(Target):
 
 @dataclass(slots=True)
 class Outcome:
-    agentflow: list[RunResult]
-    raw: list[RunResult]
-    order: str
+    """Every run of a benchmark, in the order they ran: (round, side, result)."""
+
+    runs: list[tuple[int, str, RunResult]]
     config: Config
 
 
@@ -375,62 +375,53 @@ class AgentflowRun:
             return tally.finished() / (perf_counter() - t0)
 
 
-def describe_order(spec: BenchSpec) -> str:
-    rounds = "1 round" if spec.repeat == 1 else f"{spec.repeat} rounds, best of {spec.repeat} for each"
-    if spec.compare_raw:
-        return f"raw asyncio.Queue pipeline and agentflow run alternately in this process (raw first), {rounds}"
-    return "agentflow only, " + ("1 run" if spec.repeat == 1 else f"{spec.repeat} runs, best of {spec.repeat}")
-
-
 async def run_benchmark(
     target: Target,
     spec: BenchSpec,
     progress: Progress | None,
     profiler: AbstractAsyncContextManager[Any] | None = None,
 ) -> Outcome:
-    """Run ``spec.repeat`` rounds: (raw, then agentflow) with ``--compare-raw``, else agentflow alone."""
+    """Run ``spec.repeat`` rounds; with ``--compare-raw`` each round runs raw and agentflow, alternating which goes
+    first (:func:`~.report.round_sides`)."""
     prof: AbstractAsyncContextManager[Any] = profiler if profiler is not None else nullcontext()
-    ours: list[RunResult] = []
-    raws: list[RunResult] = []
+    runs: list[tuple[int, str, RunResult]] = []
     raw = RawPipeline(target.config.runner, progress) if spec.compare_raw else None
 
     def tag(n: int) -> str:
         return f" {n}/{spec.repeat}" if spec.repeat > 1 else ""
 
     async def raw_round(n: int) -> None:
-        if raw is None:
-            return
+        assert raw is not None
         label = "raw" + tag(n)
         if spec.mode is Mode.closed:
-            raws.append(await raw.run_closed(spec.payload, spec.users, spec.limits, label))
+            result = await raw.run_closed(spec.payload, spec.users, spec.limits, label)
         elif spec.mode is Mode.throughput:
-            raws.append(await raw.run_throughput(spec.payload, spec.limits, label))
+            result = await raw.run_throughput(spec.payload, spec.limits, label)
         else:
-            raws.append(await raw.run_latency(spec.limits, spec.load_fraction, SATURATION_LIMITS, label))
+            result = await raw.run_latency(spec.limits, spec.load_fraction, SATURATION_LIMITS, label)
+        runs.append((n, "raw", result))
 
-    if target.fresh_per_run:
-        for n in range(1, spec.repeat + 1):
-            await raw_round(n)
-            runner = target.runner(spec.mode)
-            async with runner:
-                result = await AgentflowRun(runner, target, spec, progress, prof, "agentflow" + tag(n)).run()
-            shutdown = runner.statistics().shutdown
-            result.shutdown_s = shutdown.duration_s if shutdown is not None else None
-            ours.append(result)
-    else:
+    async def ours(runner: Runner, n: int) -> RunResult:
+        result = await AgentflowRun(runner, target, spec, progress, prof, "agentflow" + tag(n)).run()
+        runs.append((n, "agentflow", result))
+        return result
+
+    if not target.fresh_per_run:
         runner = target.runner(spec.mode)
         async with runner:
             for n in range(1, spec.repeat + 1):
-                await raw_round(n)
-                ours.append(await AgentflowRun(runner, target, spec, progress, prof, "agentflow" + tag(n)).run())
+                last = await ours(runner, n)
         shutdown = runner.statistics().shutdown
-        if shutdown is not None:
-            ours[-1].shutdown_s = shutdown.duration_s
-    return Outcome(ours, raws, describe_order(spec), target.config)
-
-
-def best(results: list[RunResult], mode: Mode) -> RunResult:
-    """The best run: lowest p99 in latency mode, else highest throughput."""
-    if mode is Mode.latency:
-        return min(results, key=lambda r: r.hist.percentile(99) if r.hist is not None else float("inf"))
-    return max(results, key=lambda r: r.throughput_per_s)
+        last.shutdown_s = shutdown.duration_s if shutdown is not None else None
+        return Outcome(runs, target.config)
+    for n in range(1, spec.repeat + 1):
+        for side in round_sides(SIDES if raw is not None else SIDES[1:], n):
+            if side == "raw":
+                await raw_round(n)
+                continue
+            runner = target.runner(spec.mode)
+            async with runner:
+                result = await ours(runner, n)
+            shutdown = runner.statistics().shutdown
+            result.shutdown_s = shutdown.duration_s if shutdown is not None else None
+    return Outcome(runs, target.config)

@@ -1,0 +1,1 @@
+"""The operator commands: ``agentcli run``, ``emit``, ``dlq`` and ``mock-llm``."""
