@@ -515,7 +515,7 @@ class ProviderClient:
                 self._routes[model] = route
         return route
 
-    async def _send(
+    async def _send(  # noqa: C901 - the measured per-call pipeline, one coroutine on purpose (see docstring)
         self,
         endpoint: str,
         body: dict[str, Any],
