@@ -14,6 +14,7 @@ import gc
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -21,6 +22,9 @@ import pytest
 from kafka_broker import TansuBroker, kafka_settings
 
 from agentflow import Bus, MemoryBus, Metrics, Runner, config_from_dict
+
+#: The repository's root: tests live in tests/agentflow/... and tests/agentcli/..., mirroring the packages.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 BUS_BACKENDS = ["memory", "kafka"]
 
@@ -77,6 +81,17 @@ class RunnerFactory(Protocol):
 
 
 Eventually = Callable[..., Awaitable[None]]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the Kafka broker ``kafka``: those using the ``kafka_broker`` fixture, and the
+    Kafka instances of the bus contract suite. ``pytest -m "not kafka"`` then runs without starting it."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("bus_factory") if callspec is not None else None
+        if "kafka_broker" in names or backend == "kafka":
+            item.add_marker(pytest.mark.kafka)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 AGENTCLI = ROOT / "agentcli"
 #: agentflow modules agentcli imports beyond `from agentflow import ...`, and why.
 PRIVATE_IMPORTS = {

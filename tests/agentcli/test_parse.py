@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import typer
+from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
 from agentcli.main import app
@@ -20,7 +20,7 @@ from agentflow import Context, Event
 if TYPE_CHECKING:
     from conftest import Eventually, RunnerFactory
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema
 import msgspec
 import pytest
+from conftest import REPO_ROOT
 from kafka_broker import TansuBroker
 from typer.testing import CliRunner
 
@@ -24,7 +25,7 @@ from agentcli.main import app
 from agentcli.schemas import DEFAULT_DIR, generate
 from agentcli.schemas import main as schemas_main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 TESTS = ROOT / "tests"
 TANSU_TOML = (
     "[kafka]\nenable_idempotence = false\nfetch_max_wait_ms = 5\nsession_timeout_ms = 2000\n"

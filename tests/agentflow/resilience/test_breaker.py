@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from pathlib import Path
 
 import msgspec
 import pytest
+from conftest import REPO_ROOT
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentflow import (
@@ -401,7 +401,7 @@ async def test_agent_breaker_from_config_is_named_after_the_agent_and_counts_tim
 
 @pytest.fixture
 def metrics_doc() -> str:
-    return (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text(encoding="utf-8")
+    return (REPO_ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
 
 
 async def test_every_resilience_family_is_rendered_and_documented_with_its_labels(metrics_doc: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from conftest import REPO_ROOT
 
 from agentflow.config import (
     AgentConfig,
@@ -24,7 +25,7 @@ from agentflow.config import (
 )
 from agentflow.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 SHIPPED = ROOT / "config" / "agentflow.toml"
 SECTIONS: dict[str, type[msgspec.Struct]] = {
     "runner": RunnerConfig,

@@ -16,11 +16,12 @@ from typing import Any
 
 import msgspec
 import pytest
+from conftest import REPO_ROOT
 from typer.testing import CliRunner, Result
 
 from agentcli.main import app
 
-TESTS = Path(__file__).parent
+TESTS = REPO_ROOT / "tests"
 ROOT = TESTS.parent
 REPORT_KEYS = {
     "format", "scenario", "mode", "bus", "completed", "errors", "duration_s", "throughput_per_s", "latency_ms",

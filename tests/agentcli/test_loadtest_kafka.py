@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from conftest import REPO_ROOT
 from kafka_broker import TansuBroker, kafka_settings
 
 from agentcli.loadtest.plan import resolve
@@ -23,7 +24,7 @@ from agentcli.loadtest.scenario import LoadSpec
 from agentcli.loadtest.session import run_local
 from agentflow import Context, Event, Runner, config_from_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 HANDLE_S = 0.03  # the worker's handling time: request-mode latency can never be below it
 
 

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from conftest import REPO_ROOT
 from typer.testing import CliRunner, Result
 
 from agentcli.loadtest.plan import resolve
@@ -21,7 +22,7 @@ from agentcli.loadtest.scenario import LoadSpec, load_scenario, make_spec
 from agentcli.loadtest.session import run_local
 from agentcli.main import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 CHROMIUM = Path("/usr/bin/chromium")
 cli = CliRunner()
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import typer
+from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
 from agentcli.main import app
@@ -19,7 +20,7 @@ from agentflow import Context, Event, Runner
 if TYPE_CHECKING:
     from conftest import Eventually, RunnerFactory
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 cli = CliRunner()
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REPO_ROOT
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentflow import Context, Event, LifecycleError, Runner, config_from_dict
 from agentflow.testing import Faults, LatencyModel, MockLLM
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "llm.md"
+DOC = REPO_ROOT / "docs" / "llm.md"
 MSG = [{"role": "user", "content": "hello there"}]
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import msgspec
+from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
 from agentcli.main import app
@@ -88,7 +89,7 @@ def _free_port() -> int:
 
 def test_mock_llm_command_serves_until_sigint_and_an_external_benchmark_reads_its_stats(tmp_path: Path) -> None:
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -18,11 +18,12 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
 from agentcli.main import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 APP = "tests/workerapp.py:runner"
 READY = re.compile(r"\(pid (\d+)\) ready on http://([^:\s]+):(\d+)")
 START_TIMEOUT_S = 30.0

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,7 +27,7 @@ from agentflow import (
     config_from_dict,
 )
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+DOC = REPO_ROOT / "docs" / "metrics.md"
 
 #: A backticked metric name, optionally with a selector: `agentflow_x_total` or `agentflow_x_total{reason="y"}`.
 _NAME = re.compile(r"`(agentflow_\w+)(?:\{[^`]*\})?`")

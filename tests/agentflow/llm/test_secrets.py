@@ -19,6 +19,7 @@ import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from conftest import REPO_ROOT
 from kafka_broker import TansuBroker, kafka_settings
 
 from agentcli.loadtest.report import read_report
@@ -37,7 +38,7 @@ from agentflow import (
 if TYPE_CHECKING:
     from conftest import Eventually
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 KEY_ENV = "AGENTFLOW_TEST_ECHO_KEY"
 MSG = [{"role": "user", "content": "hi"}]
 

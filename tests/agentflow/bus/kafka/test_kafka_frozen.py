@@ -10,12 +10,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 from kafka_broker import TansuBroker
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 SCENARIO = r"""
 import asyncio, json, logging, os, signal, sys, time

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
+from conftest import REPO_ROOT
 from typer.testing import CliRunner
 
 from agentcli.main import app
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from conftest import Eventually, RunnerFactory
     from kafka_broker import TansuBroker
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 cli = CliRunner()
 
 
