@@ -49,7 +49,12 @@ INTERNAL = {
     },  # defaults, bounds
     "agentflow.metrics": {"MAX_OBSERVED_S", "AgentMetrics", "GaugeSample", "Pow2Histogram"},  # Metrics' internals
     "agentflow.pool": {"Slot"},  # a worker's timing state, owned by the pool
-    "agentflow.service": {"Service"},  # started by the Runner from [monitoring]
+    # started by the Runner from [monitoring]
+    "agentflow.service": {"Service"},
+    "agentflow.service.app": {"Service"},
+    "agentflow.service.auth": {"BadRequest", "BearerToken", "JsonRoutes", "is_loopback"},
+    "agentflow.service.dlq": {"DeadLetterRoutes", "ReplayRequest"},
+    "agentflow.service.ingest": {"Ingest", "IngestEvent"},
     # the LLM client's parts, wired by the LLMHub from [llm.NAME]
     "agentflow.llm.failures": {"MAX_ERROR_DETAIL_CHARS", "SCRUB_WINDOW_CHARS", "Failures", "outcome", "retry_after_s"},
     "agentflow.llm.metrics": {"OUTCOMES", "LLMMetrics", "ModelMetrics"},

@@ -144,7 +144,7 @@ class KafkaBus(Bus):
         """Connected, and every subscription holds its partition assignment (not joining or rebalancing) and is
         fetching (its fetch loop is not down after a failure).
 
-        ``/readyz`` answers 503 while this is False (agentflow/service.py)."""
+        ``/readyz`` answers 503 while this is False (agentflow/service/app.py)."""
         if not self._started or self._closed:
             return False
         return not self._joining and all(s.joined and s.fetching for subs in self._subs.values() for s in subs)

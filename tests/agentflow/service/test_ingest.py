@@ -14,7 +14,7 @@ import pytest
 from kafka_broker import TansuBroker, kafka_settings
 
 from agentflow import ConfigError, Context, Event, Reject, Runner
-from agentflow._ingest import MAX_NESTING
+from agentflow.service.ingest import MAX_NESTING
 
 if TYPE_CHECKING:
     from conftest import Eventually, RunnerFactory

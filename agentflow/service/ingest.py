@@ -1,4 +1,4 @@
-"""HTTP ingest and the dead-letter endpoints of the runner's HTTP server (``[monitoring] ingest_enabled``).
+"""HTTP ingest: ``POST /v1/events`` on the runner's HTTP server (``[monitoring] ingest_enabled``).
 
 ``POST /v1/events`` takes one event or a list, as JSON or msgpack (by ``Content-Type``), each shaped
 ``{"topic", "payload", "key", "headers"}``, and answers 202 with the new ids. It never waits for room in the
@@ -8,37 +8,32 @@ any is published. On the memory bus a list goes to the bus in one ``publish_nowa
 events must share one topic; on a broker-backed bus (Kafka) the 202 waits for the brokers' confirmation, and
 an error after a partial write (a 503) may leave some of the list published: retrying is at-least-once.
 
-``GET /v1/dlq`` lists dead letters a page at a time (``limit``, ``order``, and the ``cursor`` each page returns
-as ``next_cursor``); ``POST /v1/dlq/replay`` replays them by dead-letter id, topic or agent (``runner.dlq``).
-All three need the bearer token when one is configured (``token_env``).
+It needs the bearer token when one is configured (``token_env``; :mod:`agentflow.service.auth`). The
+dead-letter routes live in :mod:`agentflow.service.dlq`.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
 
-from .dlq import DEFAULT_PAGE, MAX_PAGE, DeadLetters, Order
-from .errors import BackpressureError, BusError, ConfigError, EventTooLargeError, LifecycleError
-from .events import Event, new_event_id
+from ..errors import BackpressureError, BusError, EventTooLargeError, LifecycleError
+from ..events import Event, new_event_id
+from .auth import BadRequest, BearerToken, JsonRoutes
 
 if TYPE_CHECKING:
-    from .config import MonitoringConfig
-    from .runner import Runner
+    from ..config import MonitoringConfig
+    from ..runner import Runner
 
-__all__ = ["Ingest", "IngestEvent", "is_loopback"]
+__all__ = ["Ingest", "IngestEvent"]
 
 logger = logging.getLogger(__name__)
 
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
-_ORDERS: dict[str, Order] = {"oldest": "oldest", "newest": "newest"}
 #: Topic names under this prefix are agentflow's own (the list of removed dead letters, the default reply topic).
 RESERVED_PREFIX = "agentflow."
 MAX_TOPIC_CHARS = 249  # Kafka's limit for topic names; the memory bus keeps the same rule
@@ -59,24 +54,7 @@ class IngestEvent(msgspec.Struct, forbid_unknown_fields=True):
     headers: dict[str, str] | None = None
 
 
-class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """The body of ``POST /v1/dlq/replay``: which dead letters to replay (all of them when nothing is given).
-
-    ``ids`` are dead-letter ids (``id`` in ``GET /v1/dlq``), not event ids."""
-
-    ids: list[str] | None = None
-    topic: str | None = None
-    agent: str | None = None
-
-
 _Body = IngestEvent | list[IngestEvent]
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -96,83 +74,23 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); False for anything reachable from outside."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a hostname: assume it resolves beyond loopback
+class Ingest(JsonRoutes):
+    """``POST /v1/events`` of one runner; built by :class:`~agentflow.service.Service`."""
 
-
-class Ingest:
-    """The ingest and DLQ routes of one runner; built by :class:`~agentflow.service.Service`."""
-
-    def __init__(self, runner: Runner, config: MonitoringConfig) -> None:
+    def __init__(self, runner: Runner, config: MonitoringConfig, token: BearerToken, refused: dict[int, int]) -> None:
+        super().__init__(config, token, refused)
         self._runner = runner
-        self._config = config
-        token = os.environ.get(config.token_env, "")
-        self._token = token.encode() if token else None
-        if self._token is None and not is_loopback(config.host):
-            raise ConfigError(
-                f"HTTP ingest is enabled on {config.host}, beyond loopback, but the environment variable "
-                f"{config.token_env} (monitoring.token_env) holding its bearer token is not set. Set it to a "
-                "secret, bind monitoring.host to 127.0.0.1, or disable monitoring.ingest_enabled.",
-                key="monitoring.token_env",
-            )
         self._json = msgspec.json.Decoder(_Body)
         self._msgpack = msgspec.msgpack.Decoder(_Body)
-        self._replay_dec = msgspec.json.Decoder(ReplayRequest)
-        self._enc = msgspec.json.Encoder()
         self.draining = False
         self.accepted = 0
         self._confirming = 0
-        self.refused: dict[int, int] = {}
         self._allowed_topics: frozenset[str] | None = None
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/events", self.events)
-        app.router.add_get("/v1/dlq", self.dlq_list)
-        app.router.add_post("/v1/dlq/replay", self.dlq_replay)
 
     # ---- helpers -------------------------------------------------------------------------------------
-
-    def _reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-        if status >= 400:
-            self.refused[status] = self.refused.get(status, 0) + 1
-        return web.Response(
-            status=status, body=self._enc.encode(body), content_type="application/json", headers=headers
-        )
-
-    def _error(self, status: int, message: str, *, retry: bool = False) -> web.Response:
-        headers = {"Retry-After": str(self._config.retry_after_s)} if retry else None
-        if status == 401:
-            headers = {"WWW-Authenticate": 'Bearer realm="agentflow"'}
-        return self._reply(status, {"error": message}, headers)
-
-    def _authorized(self, request: web.Request) -> bool:
-        if self._token is None:
-            return True
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token)
-
-    async def _body(self, request: web.Request) -> bytes:
-        limit = self._config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise _BadRequest(
-                413,
-                f"The request body is {request.content_length} bytes, over the limit of {limit}; send fewer "
-                "events per request or raise monitoring.max_body_bytes.",
-            )
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise _BadRequest(
-                413,
-                f"The request body is over the limit of {limit} bytes; send fewer events per request or raise "
-                "monitoring.max_body_bytes.",
-            ) from None
 
     def _decode(self, request: web.Request, body: bytes) -> list[IngestEvent]:
         ctype = request.content_type
@@ -182,28 +100,28 @@ class Ingest:
             elif ctype == "application/json":
                 decoded = self._json.decode(body)
             else:
-                raise _BadRequest(
+                raise BadRequest(
                     415, f"Content-Type {ctype!r} is not supported; send application/json or application/msgpack."
                 )
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
-            raise _BadRequest(
+            raise BadRequest(
                 400,
                 f"The body is not an event or a list of events ({exc}); send "
                 '{"topic": ..., "payload": ..., "key": ..., "headers": {...}} or a list of them.',
             ) from None
         except RecursionError:
-            raise _BadRequest(400, self._too_deep) from None
+            raise BadRequest(400, self._too_deep) from None
         items = decoded if isinstance(decoded, list) else [decoded]
         # Cheap first: a body with at most MAX_NESTING container openers cannot nest deeper than that.
         if len(body) > MAX_NESTING:
             openers = len(body.translate(None, _NOT_MSGPACK_OPENERS if ctype in MSGPACK_TYPES else _NOT_JSON_OPENERS))
             if openers > MAX_NESTING and any(_deeper_than(item.payload, MAX_NESTING) for item in items):
-                raise _BadRequest(400, self._too_deep)
+                raise BadRequest(400, self._too_deep)
         if not items:
-            raise _BadRequest(400, "The list of events is empty; send at least one event.")
+            raise BadRequest(400, "The list of events is empty; send at least one event.")
         most = self._config.max_events_per_request
         if len(items) > most:
-            raise _BadRequest(
+            raise BadRequest(
                 413,
                 f"The request holds {len(items)} events, over the limit of {most}; split it, or raise "
                 "monitoring.max_events_per_request.",
@@ -211,13 +129,13 @@ class Ingest:
         topic = items[0].topic
         for i, item in enumerate(items):
             if not item.topic or len(item.topic) > MAX_TOPIC_CHARS or not item.topic.isprintable():
-                raise _BadRequest(
+                raise BadRequest(
                     400,
                     f"Event {i}: topic {item.topic[:60]!r} is not a topic name; use 1 to {MAX_TOPIC_CHARS} "
                     "printable characters.",
                 )
             if item.topic != topic:
-                raise _BadRequest(
+                raise BadRequest(
                     400,
                     f"Event {i} is for topic {item.topic!r} but event 0 for {topic!r}; a request is accepted "
                     "whole or not at all, so its events must share one topic. Send one request per topic.",
@@ -237,7 +155,7 @@ class Ingest:
             return
         if not self._internal(topic) and await self._runner.bus.topic_exists(topic):
             return
-        raise _BadRequest(
+        raise BadRequest(
             404,
             f"Topic {topic!r} is not one this worker ingests: no agent here reads it, "
             + ("it is internal to agentflow" if self._internal(topic) else "it does not exist on the bus")
@@ -267,14 +185,14 @@ class Ingest:
     # ---- routes --------------------------------------------------------------------------------------
 
     async def events(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._error(401, "A valid bearer token is required: send Authorization: Bearer <token>.")
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         if self.draining:
             return self._error(503, "This worker is shutting down; send the events to another one.", retry=True)
         try:
             items = self._decode(request, await self._body(request))
             await self._check_topic(items[0].topic)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             return self._error(exc.status, exc.message)
         runner = self._runner
         topic = items[0].topic
@@ -318,59 +236,3 @@ class Ingest:
         runner.metrics.emitted(topic, len(events))
         self.accepted += len(events)
         return self._reply(202, {"ids": [e.id for e in events]})
-
-    async def dlq_list(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._error(401, "A valid bearer token is required: send Authorization: Bearer <token>.")
-        q = request.query
-        raw_limit = q.get("limit", str(DEFAULT_PAGE))
-        if not (
-            raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6 and 1 <= int(raw_limit) <= MAX_PAGE
-        ):
-            return self._error(400, f"limit={raw_limit!r} is not a whole number from 1 to {MAX_PAGE}.")
-        raw_order = q.get("order")
-        order: Order | None = None
-        if raw_order is not None:
-            if raw_order not in _ORDERS:
-                return self._error(400, f"order={raw_order!r} is neither 'oldest' nor 'newest'.")
-            order = _ORDERS[raw_order]
-        cursor = q.get("cursor")
-        if cursor is not None:
-            try:
-                DeadLetters.check_cursor(cursor, order)
-            except ValueError as exc:
-                return self._error(400, str(exc))
-        try:
-            page = await self._runner.dlq.page(
-                topic=q.get("topic"),
-                agent=q.get("agent"),
-                limit=int(raw_limit),
-                cursor=cursor,
-                order=order,
-            )
-        except BusError as exc:
-            return self._error(503, f"Could not read the dead-letter queue: {exc}", retry=True)
-        body = {"dead_letters": page.dead_letters, "count": len(page.dead_letters), "next_cursor": page.next_cursor}
-        return self._reply(200, body)
-
-    async def dlq_replay(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._error(401, "A valid bearer token is required: send Authorization: Bearer <token>.")
-        try:
-            body = await self._body(request)
-            req = self._replay_dec.decode(body) if body.strip() else ReplayRequest()
-        except _BadRequest as exc:
-            return self._error(exc.status, exc.message)
-        except msgspec.DecodeError as exc:
-            return self._error(
-                400,
-                f'The body is not a replay request ({exc}); send {{"ids": [...]}}, {{"topic": ...}}, '
-                '{"agent": ...} or nothing to replay every dead letter.',
-            )
-        try:
-            n = await self._runner.dlq.replay(req.ids, topic=req.topic, agent=req.agent)
-        except LifecycleError as exc:
-            return self._error(503, str(exc), retry=True)
-        except BusError as exc:
-            return self._error(503, f"Could not replay the dead letters: {exc}", retry=True)
-        return self._reply(200, {"replayed": n})

@@ -1,5 +1,6 @@
 """The runner's HTTP server: ``/metrics`` (Prometheus text), ``/healthz`` (alive), ``/readyz`` (ready for work),
-and with ``[monitoring] ingest_enabled`` the ingest and dead-letter endpoints of :mod:`agentflow._ingest`.
+and with ``[monitoring] ingest_enabled`` the ingest (:mod:`.ingest`) and dead-letter (:mod:`.dlq`) routes, behind
+the bearer-token rule of :mod:`.auth`.
 
 Binds 127.0.0.1 unless configured otherwise (``[monitoring] host``). Started by the runner when
 ``monitoring.metrics_enabled`` is true; imported only then, so a runner without it never loads aiohttp.web.
@@ -12,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ._ingest import Ingest
+from .auth import BearerToken
+from .dlq import DeadLetterRoutes
+from .ingest import Ingest
 
 if TYPE_CHECKING:
-    from .runner import Runner
+    from ..runner import Runner
 
 __all__ = ["Service"]
 
@@ -37,7 +40,14 @@ class Service:
         self.address: tuple[str, int] | None = None
         mon = runner.config.monitoring
         # Built here, not in start(): a missing token must fail the runner's start before anything listens.
-        self.ingest: Ingest | None = Ingest(runner, mon) if mon.ingest_enabled else None
+        #: Refused requests by HTTP status, over every JSON route.
+        self.refused: dict[int, int] = {}
+        self.ingest: Ingest | None = None
+        self.dead_letters: DeadLetterRoutes | None = None
+        if mon.ingest_enabled:
+            token = BearerToken(mon, "HTTP ingest", "monitoring.ingest_enabled")
+            self.ingest = Ingest(runner, mon, token, self.refused)
+            self.dead_letters = DeadLetterRoutes(runner, mon, token, self.refused)
         self._draining = False
 
     @property
@@ -62,15 +72,15 @@ class Service:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        if self.ingest is not None:
-            self.ingest.add_routes(app)
+        for routes in (self.ingest, self.dead_letters):
+            if routes is not None:
+                routes.add_routes(app)
         self._app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._app_runner.setup()
         site = web.TCPSite(self._app_runner, self._host, self._port, reuse_address=True)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        port = sockets[0].getsockname()[1] if sockets else self._port
+        addresses = self._app_runner.addresses  # (host, port, ...) of each listening socket; port 0 resolved
+        port = addresses[0][1] if addresses else self._port
         self.address = (self._host, int(port))
 
     async def aclose(self) -> None:
