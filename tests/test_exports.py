@@ -9,6 +9,24 @@ from types import ModuleType
 
 import agentflow
 
+_STATE_API = {
+    "BackendStatistics",
+    "ConversationMemory",
+    "Lifecycle",
+    "MISSING",
+    "MemoryBackend",
+    "Record",
+    "StateBackend",
+    "StateConfig",
+    "StateHandle",
+    "StateStore",
+    "StoreStatistics",
+    "Unit",
+    "Write",
+    "WriteResult",
+    "create_backend",
+}
+
 #: Names in a submodule's ``__all__`` that are deliberately not part of the top-level API, and why.
 INTERNAL = {
     "agentflow.agents": {"AgentWorker"},  # runner wiring
@@ -26,6 +44,35 @@ INTERNAL = {
     "agentflow.metrics": {"MAX_OBSERVED_S", "AgentMetrics", "GaugeSample", "Pow2Histogram"},  # Metrics' internals
     "agentflow.pool": {"Slot"},  # a worker's timing state, owned by the pool
     "agentflow.service": {"Service"},  # started by the Runner from [monitoring]
+    # The state layer stands alone until the Runner gives handlers ctx.state; it is exported with that wiring.
+    "agentflow.errors": {
+        "StateConflictError",
+        "StateDecodeError",
+        "StateEncodeError",
+        "StateError",
+        "StateTooLargeError",
+        "StateUnavailableError",
+    },
+    "agentflow.state": set(_STATE_API),
+    "agentflow.state.base": {
+        "APPLIED",
+        "CONFLICT",
+        "DUPLICATE",
+        "BackendStatistics",
+        "Lifecycle",
+        "Record",
+        "StateBackend",
+        "Write",
+        "WriteResult",
+    },
+    "agentflow.state.config": {"StateConfig"},
+    "agentflow.state.conversation": {"ConversationMemory", "Message"},
+    "agentflow.state.handle": {"StateHandle"},
+    "agentflow.state.memory": {"MemoryBackend"},
+    "agentflow.state.store": {"MISSING", "StateStore", "StoreStatistics", "Unit", "create_backend"},
+    # optional dependency (redis): importing agentflow must not import it; create_backend builds the backend
+    "agentflow.state.redis": {"RedisBackend"},
+    "agentflow.state.sqlite": {"SQLiteBackend"},
 }
 
 
