@@ -7,8 +7,9 @@ Layout, under ``key_prefix`` (default ``agentflow:``): a value is a hash ``<pref
 ``once_ttl_s``; ``<prefix>version`` is the version counter. A commit is one Lua script, which Redis runs
 atomically: the once-id checks, version checks, writes and the counter happen together or not at all.
 
-Every key a script touches is passed in ``KEYS``, but one commit touches many unrelated keys, so Redis Cluster
-(which needs them in one hash slot) is not supported; use one server, or a primary with replicas.
+Needs Redis 7.0 or later (script flags). Every key a script touches is passed in ``KEYS``, but one commit
+touches many unrelated keys, so Redis Cluster (which needs them in one hash slot) is not supported; use one
+server, or a primary with replicas.
 
 redis-py's automatic retries are turned off: a script retried after its reply was lost could apply twice (an
 ``update`` would count twice). A failed call is reported as :class:`~agentflow.errors.StateUnavailableError`
@@ -46,45 +47,56 @@ _DUPLICATE = WriteResult(DUPLICATE)
 # ARGV: n, once_ttl_ms, then per write: op ("s" set, "d" delete), value, ttl_ms (0: none), expected version
 # ("" for none), index of its once key among the once keys (0: none). Replies two integers per write:
 # 1 and the new version, -1 and the version found, or -2 and 0 for a duplicate.
-_COMMIT_LUA = """
+#
+# Redis does not roll a script back when a command in it fails, so the script decides everything first (the
+# reads that can fail, e.g. on a key of the wrong type, all happen there, tracking the batch's own effects) and
+# writes only after; the "#!lua" line makes Redis 7 refuse the whole script up front when it is out of memory.
+_COMMIT_LUA = """#!lua
 local n = tonumber(ARGV[1])
 local once_ms = tonumber(ARGV[2])
 local version = tonumber(redis.call('GET', KEYS[1]) or '0')
-local out = {}
+local out, plan, current, seen = {}, {}, {}, {}
 local a = 3
 for i = 1, n do
   local key = KEYS[1 + i]
-  local op, value, ttl, expected, oi = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], tonumber(ARGV[a + 4])
-  a = a + 5
+  local expected, oi = ARGV[a + 3], tonumber(ARGV[a + 4])
   local okey = false
   if oi > 0 then okey = KEYS[1 + n + oi] end
-  if okey and redis.call('EXISTS', okey) == 1 then
+  if okey and (seen[okey] or redis.call('EXISTS', okey) == 1) then
     out[#out + 1] = -2
     out[#out + 1] = 0
   else
-    local current = tonumber(redis.call('HGET', key, 'n') or '0')
-    if expected ~= '' and tonumber(expected) ~= current then
+    local cur = current[key]
+    if cur == nil then cur = tonumber(redis.call('HGET', key, 'n') or '0') end
+    if expected ~= '' and tonumber(expected) ~= cur then
       out[#out + 1] = -1
-      out[#out + 1] = current
+      out[#out + 1] = cur
     else
       version = version + 1
-      if op == 'd' then
-        redis.call('DEL', key)
-      else
-        redis.call('HSET', key, 'v', value, 'n', version)
-        if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
-      end
-      if okey then redis.call('SET', okey, '1', 'PX', once_ms) end
+      if ARGV[a] == 'd' then current[key] = 0 else current[key] = version end
+      if okey then seen[okey] = true end
+      plan[#plan + 1] = {key, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), version, okey}
       out[#out + 1] = 1
       out[#out + 1] = version
     end
   end
+  a = a + 5
+end
+for _, w in ipairs(plan) do
+  local key, op, value, ttl, ver, okey = w[1], w[2], w[3], w[4], w[5], w[6]
+  if op == 'd' then
+    redis.call('DEL', key)
+  else
+    redis.call('HSET', key, 'v', value, 'n', ver)
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+  end
+  if okey then redis.call('SET', okey, '1', 'PX', once_ms) end
 end
 redis.call('SET', KEYS[1], version)
 return out
 """
 
-_GET_LUA = """
+_GET_LUA = """#!lua flags=no-writes
 local r = redis.call('HMGET', KEYS[1], 'v', 'n')
 if not r[1] then return false end
 return {r[1], r[2], redis.call('PTTL', KEYS[1])}
@@ -152,9 +164,9 @@ class RedisBackend(StateBackend):
             return await fn()
         except (RedisError, OSError) as exc:
             raise StateUnavailableError(
-                f"Redis at {redacted_url(self.url)} failed to {what} ({type(exc).__name__}: {exc}). Check that "
-                "the server is up and reachable, and that the password in the variable password_env names is "
-                "right; the writes concerned were not acknowledged."
+                f"Redis at {redacted_url(self.url)} failed to {what} ({type(exc).__name__}: {exc}); the writes "
+                "concerned were not acknowledged. Check that the server is up, reachable and accepting writes, and "
+                "that the password in the variable password_env names is right."
             ) from exc
 
     async def _open(self) -> None:
