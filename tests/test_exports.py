@@ -67,7 +67,7 @@ INTERNAL = {
     },
     "agentflow.state.config": {"StateConfig"},
     "agentflow.state.conversation": {"ConversationMemory", "Message"},
-    "agentflow.state.handle": {"StateHandle"},
+    "agentflow.state.handle": {"MEMORY_NAMESPACE_PREFIX", "WORKFLOW_NAMESPACE", "StateHandle"},
     "agentflow.state.memory": {"MemoryBackend"},
     "agentflow.state.store": {"MISSING", "StateStore", "StoreStatistics", "Unit", "create_backend"},
     # optional dependency (redis): importing agentflow must not import it; create_backend builds the backend

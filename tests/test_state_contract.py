@@ -240,7 +240,46 @@ async def test_update_sees_the_buffered_writes_of_its_own_store(state: StateEnv)
     await h.set(10)
     await h.set(20)
     assert await h.update(lambda n: n + 1) == 21
-    assert await handle(await state.store()).get() == 21
+    assert await h.update(lambda n: n + 1) == 22
+    assert await h.get() == 22
+    await store.flush()
+    assert await handle(await state.store()).get() == 22
+
+
+async def test_concurrent_updates_behind_a_buffered_write_all_land(state: StateEnv) -> None:
+    store = await state.store(flush_interval_ms=60_000, max_update_attempts=50)
+    h = handle(store)
+    await h.set(0)  # buffered (durable backends): the updates below read it and go behind it
+
+    async def increment(n: int) -> int:
+        await asyncio.sleep(0)
+        return n + 1
+
+    await asyncio.gather(*(h.update(increment) for _ in range(20)))
+    assert await h.get() == 20
+    await store.flush()
+    assert await handle(await state.store()).get() == 20
+
+
+async def test_update_does_not_wait_for_writes_that_keep_coming_after_it(durable_state: StateEnv) -> None:
+    store = await durable_state.store()
+    h = handle(store)
+    await h.set(0)
+    writing = True
+
+    async def writer() -> None:
+        nonlocal writing
+        for i in range(3000):
+            await h.set(i)
+            await asyncio.sleep(0)
+        writing = False
+
+    task = asyncio.create_task(writer())
+    await asyncio.sleep(0)
+    await h.of("agent", "k").update(lambda n: -1)
+    assert writing, "update waited for the writes issued after it"
+    await task
+    assert await h.get() == 2999
 
 
 async def test_update_with_a_sync_function_returns_the_new_value(state: StateEnv) -> None:
@@ -357,6 +396,8 @@ async def test_a_committed_unit_is_visible_to_every_other_worker(state: StateEnv
 async def test_a_unit_is_committed_only_after_the_flush_holding_its_writes(durable_state: StateEnv) -> None:
     store = await durable_state.store(flush_interval_ms=300)
     backend = await durable_state.backend()
+    await handle(store, "first").set("flushed")
+    await store.flush()  # flushes start at most every 300 ms: the next one is ~300 ms away
     unit = store.unit("agent:evt-1")
     await StateHandle(store, "agent", "k", unit).set("v")
     assert not unit.done

@@ -3,7 +3,7 @@
 A frozen msgspec Struct like the rest of the configuration: units in the names, module-level defaults,
 ``forbid_unknown_fields``. This module imports only msgspec::
 
-    StateConfig(backend="sqlite", path="/var/lib/agentflow/state.db", flush_interval_ms=2.0)
+    StateConfig(backend="sqlite", path="/var/lib/agentflow/state.db", flush_interval_ms=5.0)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ DEFAULT_STATE_CACHE_SIZE = 10_000
 DEFAULT_STATE_CACHE_TTL_S = 30.0
 DEFAULT_COMPRESSION_THRESHOLD_BYTES = 4096
 DEFAULT_MAX_STATE_BYTES = 1_048_576  # 1 MiB
-DEFAULT_FLUSH_INTERVAL_MS = 1.0
+DEFAULT_FLUSH_INTERVAL_MS = 0.0  # group commit: a flush starts as soon as the previous one is done
 DEFAULT_MAX_PENDING_WRITES = 10_000
 DEFAULT_MAX_UPDATE_ATTEMPTS = 10
 DEFAULT_ONCE_TTL_S = 7 * 24 * 3600.0

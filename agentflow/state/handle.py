@@ -11,11 +11,16 @@ namespace may not contain ``:`` (a key may contain anything)::
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Final, Generic, TypeVar, overload
 
 from .store import MISSING, StateStore, Unit
 
-__all__ = ["StateHandle"]
+__all__ = ["MEMORY_NAMESPACE_PREFIX", "WORKFLOW_NAMESPACE", "StateHandle"]
+
+#: The namespace of ``ctx.workflow_state`` (keyed by correlation id). Namespaces starting with "_" are agentflow's.
+WORKFLOW_NAMESPACE: Final = "_workflow"
+#: ``ctx.memory`` of agent NAME lives in namespace ``_memory.NAME``, keyed like ``ctx.state``.
+MEMORY_NAMESPACE_PREFIX: Final = "_memory."
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -32,8 +37,8 @@ class StateHandle(Generic[T]):
         await cart.update(lambda c: Cart(items=[*c.items, sku]), default=Cart())
 
     Writes (``set``, ``delete``) go behind: they are durable once the event is acknowledged, which the worker
-    does only after they are committed. ``update`` commits at once, with a version check. Made by the runner
-    for handlers; in tests, ``StateHandle(store, "agent", "key", store.unit(scope="agent:evt-1"))``.
+    does only after they are committed. ``update`` checks the version it read (see ``StateStore.update``).
+    Made by the runner for handlers; in tests, ``StateHandle(store, "agent", "key", store.unit("agent:evt-1"))``.
     """
 
     __slots__ = ("_decoder", "_full", "_store", "_type", "_unit", "key", "namespace")

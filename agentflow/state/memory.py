@@ -7,6 +7,7 @@ flush) and a memory ``get`` costs a dict lookup and a decode.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Sequence
@@ -101,11 +102,25 @@ class MemoryBackend(StateBackend):
         return seen is not None and seen > time.time()
 
     async def _purge(self) -> int:
+        # In slices, yielding between them, so a large dict never holds the event loop for long.
         now = time.time()
-        expired = [k for k, r in self._data.items() if r.expires_at is not None and r.expires_at <= now]
-        for k in expired:
-            del self._data[k]
-        gone = [i for i, t in self._once.items() if t <= now]
-        for i in gone:
-            del self._once[i]
-        return len(expired) + len(gone)
+        purged = 0
+        for key in _slices(list(self._data)):
+            for k in key:
+                rec = self._data.get(k)
+                if rec is not None and rec.expires_at is not None and rec.expires_at <= now:
+                    del self._data[k]
+                    purged += 1
+            await asyncio.sleep(0)
+        for ids in _slices(list(self._once)):
+            for i in ids:
+                expiry = self._once.get(i)
+                if expiry is not None and expiry <= now:
+                    del self._once[i]
+                    purged += 1
+            await asyncio.sleep(0)
+        return purged
+
+
+def _slices(items: list[str], size: int = 10_000) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -7,15 +7,18 @@ tell a worker when an event's writes are durable.
   a one-byte header says which, so reads are transparent and the setting can change between runs.
 * **Write-behind.** ``set`` and ``delete`` go to a buffer, coalesced per key (the last write wins; a
   ``once=True`` write keeps its own place, so its once-id is checked with exactly its value). The buffer is
-  committed in one backend transaction at most ``flush_interval_ms`` after its first write, at once when it
+  committed in one backend transaction; flushes start at most every ``flush_interval_ms``, so a write waits
+  at most that long for its flush to begin (none after a quiet spell: the first write flushes at once, the
+  writes that arrive while it commits go together in the next). The buffer is also flushed at once when it
   holds ``max_pending_writes`` (writers then wait: backpressure), on :meth:`StateStore.flush` and on close.
   Reads see the buffer first (read-your-writes).
 * **Units and durability.** Every write belongs to a :class:`Unit` — one event's writes. ``await
   unit.committed()`` returns only once every flush holding the unit's writes is committed, and raises
   :class:`~agentflow.errors.StateUnavailableError` if one failed; a worker acknowledges the event only after it.
-* **update** is read-modify-write with a version check, committed at once (not behind): read the value and its
-  version (cache, else backend), apply ``fn``, commit conditionally; on a conflict re-read from the backend and
-  try again, at most ``max_update_attempts`` times, then :class:`~agentflow.errors.StateConflictError`.
+* **update** is read-modify-write with a version check, committed at once: read the value and its version
+  (cache, else backend), apply ``fn``, commit conditionally; on a conflict re-read from the backend and try
+  again, at most ``max_update_attempts`` times, then :class:`~agentflow.errors.StateConflictError`. A key this
+  store still buffers a write of is updated in the buffer, behind that write (see :meth:`StateStore.update`).
 * **Effectively once.** ``once=True`` records a once-id derived from the unit's scope (agent and event id),
   the key and the write's position in the attempt, in the same transaction as the write; a redelivered event
   that makes the same write finds its id and is skipped.
@@ -272,7 +275,7 @@ class StateStore:
         self._npending = 0
         self._pending_units: list[Unit] = []
         self._gen = 0
-        self._first_write_at = 0.0
+        self._last_flush_at = 0.0  # loop time the last flush started (or the store started)
         self._urgent = False
         self._inflight: dict[str, list[_Seg]] = {}
         self._inflight_gen: int | None = None
@@ -564,14 +567,7 @@ class StateStore:
     async def _write(
         self, key: str, raw: bytes | None, expires_at: float | None, unit: Unit | None, once: bool
     ) -> None:
-        once_id = None
-        if once:
-            if unit is None:
-                raise StateError(
-                    "once=True needs the event's unit; use ctx.state inside a handler, or pass unit=store.unit(...).",
-                    key=key,
-                )
-            once_id = unit.once_id(key)
+        once_id = None if not once else self._once_id(key, unit)
         direct = self._direct
         if direct is not None:
             stored = None if raw is None else self._pack(raw)
@@ -585,20 +581,34 @@ class StateStore:
         if once_id is not None and await self._backend.is_applied(once_id):
             self._duplicates += 1  # a redelivered event: its write is already in; nothing to buffer
             return
+        await self._make_room()
+        self._append(key, _Seg(raw, expires_at, once_id), unit)
+
+    @staticmethod
+    def _once_id(key: str, unit: Unit | None) -> str:
+        if unit is None:
+            raise StateError(
+                "once=True needs the event's unit; use ctx.state inside a handler, or pass unit=store.unit(...).",
+                key=key,
+            )
+        return unit.once_id(key)
+
+    async def _make_room(self) -> None:
         while self._npending >= self._max_pending:
             await self._wait_room()
         if self._state is not Lifecycle.RUNNING:
             self._check()
-        seg = _Seg(raw, expires_at, once_id)
+
+    def _append(self, key: str, seg: _Seg, unit: Unit | None) -> None:
+        """Put ``seg`` in the buffer (coalescing with the key's last write unless either is a once-write) and
+        make ``unit`` wait for the flush of this generation. Synchronous: callers check what they read first."""
         segs = self._pending.get(key)
         if segs is None:
             if not self._pending:
-                assert self._loop is not None
-                self._first_write_at = self._loop.time()
                 self._wake()
             self._pending[key] = [seg]
             self._npending += 1
-        elif once_id is None and segs[-1].once_id is None:
+        elif seg.once_id is None and segs[-1].once_id is None:
             segs[-1] = seg
             self._coalesced += 1
         else:
@@ -640,31 +650,45 @@ class StateStore:
         unit: Unit | None = None,
         once: bool = False,
     ) -> Any:
-        """Read-modify-write ``key`` with a version check, committed at once; return the value written.
+        """Read-modify-write ``key`` with a version check; return the value written.
 
         ``fn`` gets the current value (``default`` when there is none) and returns the new one (it may be a
-        coroutine function). On a conflict the value is read again from the backend and ``fn`` applied again,
-        at most ``max_update_attempts`` times. With ``once=True``, an event whose update was already applied
-        gets the stored value back and nothing is written.
+        coroutine function). Normally the new value is committed at once, on condition that the key still has
+        the version read; on a conflict it is read again from the backend and ``fn`` applied again, at most
+        ``max_update_attempts`` times. When this store still buffers a write of the key, the update reads
+        that write and goes into the buffer behind it (a buffered write replaces whatever the backend holds,
+        so there is nothing to check there; only another update of this process in between is a conflict).
+        With ``once=True``, an event whose update was already applied gets the stored value back.
         """
         if self._state is not Lifecycle.RUNNING:
             self._check()
-        once_id = None
-        if once:
-            if unit is None:
-                raise StateError("once=True needs the event's unit; pass unit=store.unit(...).", key=key)
-            once_id = unit.once_id(key)
+        once_id = None if not once else self._once_id(key, unit)
         self._updates += 1
         fresh = False
         attempts = self.config.max_update_attempts
         for _ in range(attempts):
-            await self._settle(key)
+            seg = None if self._direct is not None else self._buffered(key)
+            if seg is not None:
+                if once_id is not None and await self._backend.is_applied(once_id):
+                    self._duplicates += 1
+                    return await self._current(key, decoder, default)
+                seg = self._buffered(key)  # the check above may have let a flush run
+            if seg is not None:
+                live = seg.raw is not None and (seg.expires_at is None or seg.expires_at > time.time())
+                new = await _call(fn, self.decode(key, seg.raw, decoder) if live and seg.raw is not None else default)
+                new_raw = self.encode(key, new)
+                await self._make_room()
+                if self._buffered(key) is seg:
+                    self._append(key, _Seg(new_raw, self._expiry(ttl_s), once_id), unit)
+                    return new
+                self._conflicts += 1  # another write of this key came in while fn ran
+                continue
             raw, version = await self._versioned(key, fresh)
-            current = default if raw is None else self.decode(key, raw, decoder)
-            new = fn(current)
-            if inspect.isawaitable(new):
-                new = await new
+            new = await _call(fn, default if raw is None else self.decode(key, raw, decoder))
             new_raw = self.encode(key, new)
+            if self._direct is None and self._buffered(key) is not None:
+                self._conflicts += 1  # a write of this process came in while fn ran: update behind it
+                continue
             expires_at = self._expiry(ttl_s)
             write = Write(
                 key=key, value=self._pack(new_raw), expires_at=expires_at, expected_version=version, once_id=once_id
@@ -679,8 +703,7 @@ class StateStore:
             self.invalidate([key])
             if result.status == DUPLICATE:
                 self._duplicates += 1
-                raw, _ = await self._versioned(key, True)
-                return default if raw is None else self.decode(key, raw, decoder)
+                return await self._current(key, decoder, default)
             self._conflicts += 1
             fresh = True
         raise StateConflictError(
@@ -690,6 +713,10 @@ class StateStore:
             key=key,
             attempts=attempts,
         )
+
+    async def _current(self, key: str, decoder: msgspec.msgpack.Decoder[Any] | None, default: Any) -> Any:
+        value = await self.get(key, decoder)
+        return default if value is MISSING else value
 
     async def _versioned(self, key: str, fresh: bool) -> tuple[bytes | None, int]:
         direct = self._direct
@@ -711,13 +738,6 @@ class StateStore:
         [result] = await self._backend.commit([write])
         self._epoch += 1
         return result
-
-    async def _settle(self, key: str) -> None:
-        """Wait until no buffered or in-flight write of ``key`` is left, so ``update`` reads committed state."""
-        while key in self._pending or key in self._inflight:
-            gen = self._gen if key in self._pending else self._inflight_gen
-            assert gen is not None
-            await self._wait_gen(gen)
 
     async def _wait_gen(self, gen: int) -> bool:
         if gen <= self._done_gen:
@@ -766,10 +786,11 @@ class StateStore:
         assert loop is not None
         purge_every = self.config.purge_interval_s
         next_purge = loop.time() + purge_every
+        self._last_flush_at = loop.time()
         while True:
             now = loop.time()
             if self._pending:
-                due = self._first_write_at + self._interval_s
+                due = self._last_flush_at + self._interval_s
                 if not self._urgent and self._state is Lifecycle.RUNNING and due > now:
                     await self._sleep_until(min(due, next_purge))
                 else:
@@ -793,6 +814,8 @@ class StateStore:
         self._pending, self._npending, self._pending_units = {}, 0, []
         self._gen = gen + 1
         self._urgent = False
+        assert self._loop is not None
+        self._last_flush_at = self._loop.time()
         self._inflight, self._inflight_gen = batch, gen
         self._release_room()
         count = sum(map(len, batch.values()))
@@ -871,6 +894,13 @@ class StateStore:
             compressed=self._compressed,
             backend_stats=self._backend.statistics(),
         )
+
+
+async def _call(fn: Callable[[Any], Any], value: Any) -> Any:
+    result = fn(value)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 def _show(key: str) -> str:
