@@ -69,7 +69,11 @@ INTERNAL = {
     "agentflow.state.conversation": {"ConversationMemory", "Message"},
     "agentflow.state.handle": {"MEMORY_NAMESPACE_PREFIX", "WORKFLOW_NAMESPACE", "StateHandle"},
     "agentflow.state.memory": {"MemoryBackend"},
-    "agentflow.state.store": {"MISSING", "StateStore", "StoreStatistics", "Unit", "create_backend"},
+    "agentflow.state.store": {"MISSING", "StateStore", "StoreStatistics"},
+    "agentflow.state.unit": {"Unit"},
+    "agentflow.state.buffer": {"Batch", "Seg", "WriteBuffer"},  # the store's internals
+    "agentflow.state.cache": {"Entry", "StateCache"},
+    "agentflow.state.codec": {"StateCodec"},
     # optional dependency (redis): importing agentflow must not import it; create_backend builds the backend
     "agentflow.state.redis": {"RedisBackend"},
     "agentflow.state.sqlite": {"SQLiteBackend"},

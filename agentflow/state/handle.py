@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Generic, TypeVar, overload
 
-from .store import MISSING, StateStore, Unit
+from .store import MISSING, StateStore
+from .unit import Unit
 
 __all__ = ["MEMORY_NAMESPACE_PREFIX", "WORKFLOW_NAMESPACE", "StateHandle"]
 
