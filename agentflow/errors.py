@@ -23,6 +23,12 @@ Every error agentflow raises on purpose derives from :class:`AgentflowError`; th
     │   └── RateLimitTooLargeError   one call needs more than the limit allows per period (also a ValueError)
     ├── BatchError                   a micro-batch's dispatch returned the wrong number of results
     │   └── BatchItemTooLargeError   one item is over ``max_batch_tokens`` (also a ValueError)
+    ├── StateError                   the state store refused or failed an operation; ``key`` names the key
+    │   ├── StateTooLargeError       a value encodes to more than ``max_state_bytes`` (also a ValueError)
+    │   ├── StateEncodeError         a value msgspec cannot encode (also a TypeError)
+    │   ├── StateDecodeError         stored bytes that do not decode, or not as the type asked for
+    │   ├── StateConflictError       ``update`` lost to other writers ``max_update_attempts`` times in a row
+    │   └── StateUnavailableError    the backend could not be reached or did not confirm a commit
     └── LLMError                     a call through ``ctx.llm`` failed; ``provider`` and ``model`` say where
         ├── LLMTimeoutError          no (complete) answer within the deadline shared by all attempts
         ├── LLMRateLimitedError      HTTP 429; ``retry_after_s`` is the provider's Retry-After
@@ -68,6 +74,12 @@ __all__ = [
     "RequestTimeoutError",
     "Retry",
     "Skip",
+    "StateConflictError",
+    "StateDecodeError",
+    "StateEncodeError",
+    "StateError",
+    "StateTooLargeError",
+    "StateUnavailableError",
     "TokenBudgetExceededError",
     "WorkflowDepthError",
 ]
@@ -272,6 +284,48 @@ class BatchError(AgentflowError):
 
 class BatchItemTooLargeError(BatchError, ValueError):
     """One item's tokens are over the batcher's ``max_batch_tokens``, so no batch could hold it."""
+
+
+class StateError(AgentflowError):
+    """The state store refused or failed an operation; ``key`` is the state key concerned, when there is one."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StateTooLargeError(StateError, ValueError):
+    """A state value encodes to more bytes than ``max_state_bytes`` allows; nothing was written.
+
+    ``size_bytes`` is the encoded size, ``limit_bytes`` the limit. An event whose handler raises it goes to the
+    dead-letter queue with reason ``state_too_large``.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, size_bytes: int, limit_bytes: int) -> None:
+        super().__init__(message, key=key)
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+
+
+class StateEncodeError(StateError, TypeError):
+    """A state value is of a type msgspec cannot encode; nothing was written."""
+
+
+class StateDecodeError(StateError):
+    """Stored state bytes do not decode, or do not match the type a typed handle asked for."""
+
+
+class StateConflictError(StateError):
+    """``update`` found the value changed by another writer on each of its ``attempts``; nothing was written."""
+
+    def __init__(self, message: str, *, key: str | None = None, attempts: int) -> None:
+        super().__init__(message, key=key)
+        self.attempts = attempts
+
+
+class StateUnavailableError(StateError):
+    """The state backend could not be reached, or did not confirm a commit; the writes concerned are not
+    acknowledged, so their events are retried or redelivered."""
 
 
 class Retry(Exception):  # noqa: N818 - a control-flow outcome, named for what the handler asks

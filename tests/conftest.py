@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import msgspec
 import pytest
 from kafka_broker import TansuBroker, kafka_settings
+from redis_server import RedisServer
+from state_env import StateEnv
 
 from agentflow import Bus, MemoryBus, Metrics, Runner, config_from_dict
 
@@ -106,6 +108,39 @@ def kafka_broker() -> Iterator[TansuBroker]:
     """One Tansu broker for the whole session (~0.1 s to start); a missing binary fails, never skips."""
     with TansuBroker() as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server (Debian's) for the whole session; a missing binary fails, never skips."""
+    with RedisServer() as server:
+        yield server
+
+
+STATE_BACKENDS = ["memory", "sqlite", "redis"]
+
+
+async def _state_env(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[StateEnv]:
+    kind: str = request.param
+    redis = request.getfixturevalue("redis_server") if kind == "redis" else None
+    env = StateEnv(kind, tmp_path, redis)
+    await env.start()
+    yield env
+    await env.aclose()
+
+
+@pytest.fixture(params=STATE_BACKENDS)
+async def state(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[StateEnv]:
+    """The state contract's backends: memory, a real SQLite file, the session's real Redis server."""
+    async for env in _state_env(request, tmp_path):
+        yield env
+
+
+@pytest.fixture(params=[b for b in STATE_BACKENDS if b != "memory"])
+async def durable_state(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[StateEnv]:
+    """The backends with a write-behind buffer (the memory backend applies writes at once, nothing to flush)."""
+    async for env in _state_env(request, tmp_path):
+        yield env
 
 
 def _new_bus(

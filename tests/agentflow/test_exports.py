@@ -9,6 +9,24 @@ from types import ModuleType
 
 import agentflow
 
+_STATE_API = {
+    "BackendStatistics",
+    "ConversationMemory",
+    "Lifecycle",
+    "MISSING",
+    "MemoryBackend",
+    "Record",
+    "StateBackend",
+    "StateConfig",
+    "StateHandle",
+    "StateStore",
+    "StoreStatistics",
+    "Unit",
+    "Write",
+    "WriteResult",
+    "create_backend",
+}
+
 #: Names in a submodule's ``__all__`` that are deliberately not part of the top-level API, and why.
 INTERNAL = {
     # runner wiring; handlers use Event, Context and BatchContext
@@ -74,6 +92,30 @@ INTERNAL = {
     "agentflow.llm.mock_script": {"Reply", "chat_chunks", "chat_reply", "completion_chunks", "text_of", "tokens"},
     "agentflow.llm.tokens": {"estimate_tokens", "split_tokens"},
     "agentflow.llm.transport": {"USER_AGENT", "Call", "ConnectionPool"},
+    "agentflow.state": set(_STATE_API),
+    "agentflow.state.base": {
+        "APPLIED",
+        "CONFLICT",
+        "DUPLICATE",
+        "BackendStatistics",
+        "Lifecycle",
+        "Record",
+        "StateBackend",
+        "Write",
+        "WriteResult",
+    },
+    "agentflow.state.config": {"StateConfig"},
+    "agentflow.state.conversation": {"ConversationMemory", "Message"},
+    "agentflow.state.handle": {"MEMORY_NAMESPACE_PREFIX", "WORKFLOW_NAMESPACE", "StateHandle"},
+    "agentflow.state.memory": {"MemoryBackend"},
+    "agentflow.state.store": {"MISSING", "StateStore", "StoreStatistics"},
+    "agentflow.state.unit": {"Unit"},
+    "agentflow.state.buffer": {"Batch", "Seg", "WriteBuffer"},  # the store's internals
+    "agentflow.state.cache": {"Entry", "StateCache"},
+    "agentflow.state.codec": {"StateCodec"},
+    # optional dependency (redis): importing agentflow must not import it; create_backend builds the backend
+    "agentflow.state.redis": {"RedisBackend"},
+    "agentflow.state.sqlite": {"SQLiteBackend"},
 }
 
 

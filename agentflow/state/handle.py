@@ -1,0 +1,131 @@
+"""``ctx.state``: one key's state in a namespace, read and written through the state store.
+
+A handle is cheap (a few attributes); a handler gets one per event for the event's key in its agent's
+namespace, and makes others with :meth:`StateHandle.of`. Keys are stored as ``<namespace>:<key>``, so a
+namespace may not contain ``:`` (a key may contain anything)::
+
+    count = await ctx.state.update(lambda n: n + 1, default=0)
+    profile = await ctx.state.of("profiles", user_id).typed(Profile).get()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Generic, TypeVar, overload
+
+from .store import MISSING, StateStore
+from .unit import Unit
+
+__all__ = ["MEMORY_NAMESPACE_PREFIX", "WORKFLOW_NAMESPACE", "StateHandle"]
+
+#: The namespace of ``ctx.workflow_state`` (keyed by correlation id). Namespaces starting with "_" are agentflow's.
+WORKFLOW_NAMESPACE: Final = "_workflow"
+#: ``ctx.memory`` of agent NAME lives in namespace ``_memory.NAME``, keyed like ``ctx.state``.
+MEMORY_NAMESPACE_PREFIX: Final = "_memory."
+
+T = TypeVar("T")
+S = TypeVar("S")
+
+
+class StateHandle(Generic[T]):
+    """The state of ``key`` in ``namespace``. Values are anything msgspec encodes; ``typed(MyStruct)`` gives
+    a handle that decodes to ``MyStruct`` (and refuses values of another shape with StateDecodeError)::
+
+        class Cart(msgspec.Struct):
+            items: list[str] = []
+
+        cart = ctx.state.typed(Cart)
+        await cart.update(lambda c: Cart(items=[*c.items, sku]), default=Cart())
+
+    Writes (``set``, ``delete``) go behind: they are durable once the event is acknowledged, which the worker
+    does only after they are committed. ``update`` checks the version it read (see ``StateStore.update``).
+    Made by the runner for handlers; in tests, ``StateHandle(store, "agent", "key", store.unit("agent:evt-1"))``.
+    """
+
+    __slots__ = ("_decoder", "_full", "_store", "_type", "_unit", "key", "namespace")
+
+    def __init__(
+        self,
+        store: StateStore,
+        namespace: str,
+        key: str,
+        unit: Unit | None = None,
+        *,
+        value_type: Any = None,
+    ) -> None:
+        if ":" in namespace or not namespace:
+            raise ValueError(
+                f"A state namespace must be non-empty and free of ':', got {namespace!r}; the store joins "
+                "namespace and key with ':'."
+            )
+        if not isinstance(key, str):
+            raise TypeError(f"A state key must be a string, got {key!r}; use str(key) or ctx.state.of(...).")
+        self._store = store
+        self.namespace = namespace
+        self.key = key
+        self._full = namespace + ":" + key
+        self._unit = unit
+        self._type = value_type
+        self._decoder = None if value_type is None else store.decoder_for(value_type)
+
+    def __repr__(self) -> str:
+        typed = "" if self._type is None else f" type={getattr(self._type, '__name__', self._type)}"
+        return f"<StateHandle {self.namespace}:{self.key!r}{typed}>"
+
+    @property
+    def value_type(self) -> Any:
+        """The type values decode to (None: untyped — dicts, lists, strings, numbers)."""
+        return self._type
+
+    @property
+    def unit(self) -> Unit | None:
+        return self._unit
+
+    @overload
+    async def get(self) -> T | None: ...
+
+    @overload
+    async def get(self, default: S) -> T | S: ...
+
+    async def get(self, default: Any = None) -> Any:
+        """The current value, or ``default`` when the key has none (never set, deleted or expired)."""
+        value = await self._store.get(self._full, self._decoder)
+        return default if value is MISSING else value
+
+    async def set(self, value: T, ttl_s: float | None = None, *, once: bool = False) -> None:
+        """Store ``value``, expiring after ``ttl_s`` (default: ``[memory] default_ttl_s``, unset: never).
+
+        ``once=True``: if this event already made this write (a redelivery after a crash, or a retry), it is
+        skipped, so the event's change is applied once.
+        """
+        await self._store.set(self._full, value, ttl_s=ttl_s, unit=self._unit, once=once)
+
+    async def update(
+        self,
+        fn: Callable[[Any], T | Awaitable[T]],
+        *,
+        default: Any = None,
+        ttl_s: float | None = None,
+        once: bool = False,
+    ) -> T:
+        """Replace the value with ``fn(current)`` (``default`` when there is none) under a version check,
+        retried on conflict (at most ``max_update_attempts`` times); return the new value.
+
+        With ``once=True`` a redelivered event's update is not applied again: the stored value is returned.
+        """
+        result: T = await self._store.update(
+            self._full, fn, decoder=self._decoder, default=default, ttl_s=ttl_s, unit=self._unit, once=once
+        )
+        return result
+
+    async def delete(self) -> None:
+        """Remove the value (behind, like ``set``)."""
+        await self._store.delete(self._full, unit=self._unit)
+
+    def typed(self, tp: type[S]) -> StateHandle[S]:
+        """This key, decoded as ``tp`` (a msgspec Struct, or any type msgspec can decode into)."""
+        return StateHandle(self._store, self.namespace, self.key, self._unit, value_type=tp)
+
+    def of(self, namespace: str, key: str) -> StateHandle[Any]:
+        """Another key's state (in any namespace), written as part of the same event."""
+        return StateHandle(self._store, namespace, key, self._unit)

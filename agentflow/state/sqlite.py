@@ -1,0 +1,239 @@
+"""The SQLite state backend: one database file in WAL mode, the durable choice on one machine.
+
+The standard library's ``sqlite3`` runs on one dedicated thread per backend (a one-thread executor that owns the
+connection), and each operation is one function on that thread: a whole commit — the once-id checks, version
+checks, upserts and the version counter — is a single hop from the event loop, not one per statement. (This is
+why agentflow does not use aiosqlite: it hops once per ``execute``, which would make a flush of N writes cost
+N hops, and it adds a dependency for what a 1-worker executor does.)
+
+Durability: a commit returns once SQLite has written it to the WAL file. With ``synchronous = "normal"`` (the
+default) that survives the process being killed (the data is in the operating system's page cache), but not
+a power cut; ``"full"`` also fsyncs each commit. Several processes on one machine may share the file: commits
+take the write lock with ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout_s`` for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, TypeVar
+
+from ..errors import StateUnavailableError
+from .base import APPLIED, CONFLICT, DUPLICATE, Record, StateBackend, Write, WriteResult
+
+__all__ = ["SQLiteBackend"]
+
+T = TypeVar("T")
+
+_DUPLICATE = WriteResult(DUPLICATE)
+_PURGE_BATCH = 10_000  # rows per purge statement, so a purge never holds the write lock for long
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agentflow_state (
+    key TEXT PRIMARY KEY NOT NULL,
+    value BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS agentflow_state_expiry ON agentflow_state (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS agentflow_once (id TEXT PRIMARY KEY NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS agentflow_once_expiry ON agentflow_once (expires_at);
+CREATE TABLE IF NOT EXISTS agentflow_meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO agentflow_meta (name, value) VALUES ('version', 0), ('schema', 1);
+"""
+_UPSERT = (
+    "INSERT INTO agentflow_state (key, value, version, expires_at) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE "
+    "SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at"
+)
+_DELETE = "DELETE FROM agentflow_state WHERE key = ?"
+_GET = "SELECT value, version, expires_at FROM agentflow_state WHERE key = ?"
+_GET_VERSION = "SELECT version, expires_at FROM agentflow_state WHERE key = ?"
+_GET_ONCE = "SELECT expires_at FROM agentflow_once WHERE id = ?"
+_PUT_ONCE = "INSERT OR REPLACE INTO agentflow_once (id, expires_at) VALUES (?, ?)"
+_READ_COUNTER = "SELECT value FROM agentflow_meta WHERE name = 'version'"
+_WRITE_COUNTER = "UPDATE agentflow_meta SET value = ? WHERE name = 'version'"
+
+
+class SQLiteBackend(StateBackend):
+    """State in a SQLite file (WAL mode) at ``path``; the directory must exist::
+
+    async with SQLiteBackend("/var/lib/agentflow/state.db") as backend:
+        await backend.commit([Write(key="k", value=b"v")])
+    """
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: Literal["normal", "full"] = "normal",
+        busy_timeout_s: float = 5.0,
+        once_ttl_s: float = 7 * 24 * 3600.0,
+    ) -> None:
+        super().__init__(once_ttl_s=once_ttl_s)
+        if path == ":memory:" or not path:
+            raise ValueError(
+                'The SQLite state backend needs a file path (WAL mode needs a file); use backend = "memory" for '
+                "state that lives only in this process."
+            )
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout_s = busy_timeout_s
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def _describe(self) -> str:
+        return f"sqlite path={self.path!r}"
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StateUnavailableError(
+                f"The SQLite state database {self.path} failed ({type(exc).__name__}: {exc}). Check that the "
+                "file and its directory are writable, the disk is not full, and no other process holds the "
+                "write lock for longer than operation_timeout_s."
+            ) from exc
+
+    async def _open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-state-sqlite")
+        await self._call(self._open_sync)
+
+    def _open_sync(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        self._conn = conn
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"the database refused WAL mode (journal_mode is {mode})")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.synchronous == 'full' else 'NORMAL'}")
+        conn.executescript(_SCHEMA)
+
+    async def _close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        executor.shutdown(wait=False)
+
+    async def _get(self, key: str) -> Record | None:
+        return await self._call(self._get_sync, key)
+
+    def _get_sync(self, key: str) -> Record | None:
+        assert self._conn is not None
+        row = self._conn.execute(_GET, (key,)).fetchone()
+        if row is None or (row[2] is not None and row[2] <= time.time()):
+            return None
+        return Record(row[0], row[1], row[2])
+
+    async def _commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        return await self._call(self._commit_sync, writes)
+
+    def _commit_sync(self, writes: Sequence[Write]) -> list[WriteResult]:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version: int = conn.execute(_READ_COUNTER).fetchone()[0]
+            if all(w.once_id is None and w.expected_version is None for w in writes) and len(
+                {w.key for w in writes}
+            ) == len(writes):
+                results = self._blind(conn, writes, version)
+                version += len(writes)
+            else:
+                results, version = self._checked(conn, writes, version)
+            conn.execute(_WRITE_COUNTER, (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    @staticmethod
+    def _blind(conn: sqlite3.Connection, writes: Sequence[Write], version: int) -> list[WriteResult]:
+        # The write-behind case: unconditional writes, one per key (the store coalesces them), so their order
+        # does not matter and two executemany calls do the whole batch.
+        upserts = []
+        deletes = []
+        results = []
+        for w in writes:
+            version += 1
+            if w.value is None:
+                deletes.append((w.key,))
+            else:
+                upserts.append((w.key, w.value, version, w.expires_at))
+            results.append(WriteResult(APPLIED, version))
+        if upserts:
+            conn.executemany(_UPSERT, upserts)
+        if deletes:
+            conn.executemany(_DELETE, deletes)
+        return results
+
+    def _checked(
+        self, conn: sqlite3.Connection, writes: Sequence[Write], version: int
+    ) -> tuple[list[WriteResult], int]:
+        now = time.time()
+        results: list[WriteResult] = []
+        for w in writes:
+            if w.once_id is not None:
+                row = conn.execute(_GET_ONCE, (w.once_id,)).fetchone()
+                if row is not None and row[0] > now:
+                    results.append(_DUPLICATE)
+                    continue
+            if w.expected_version is not None:
+                row = conn.execute(_GET_VERSION, (w.key,)).fetchone()
+                current = 0 if row is None or (row[1] is not None and row[1] <= now) else row[0]
+                if current != w.expected_version:
+                    results.append(WriteResult(CONFLICT, current))
+                    continue
+            version += 1
+            if w.value is None:
+                conn.execute(_DELETE, (w.key,))
+            else:
+                conn.execute(_UPSERT, (w.key, w.value, version, w.expires_at))
+            if w.once_id is not None:
+                conn.execute(_PUT_ONCE, (w.once_id, now + self.once_ttl_s))
+            results.append(WriteResult(APPLIED, version))
+        return results, version
+
+    async def _is_applied(self, once_id: str) -> bool:
+        return await self._call(self._is_applied_sync, once_id)
+
+    def _is_applied_sync(self, once_id: str) -> bool:
+        assert self._conn is not None
+        row = self._conn.execute(_GET_ONCE, (once_id,)).fetchone()
+        return row is not None and row[0] > time.time()
+
+    async def _purge(self) -> int:
+        return await self._call(self._purge_sync)
+
+    def _purge_sync(self) -> int:
+        conn = self._conn
+        assert conn is not None
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = conn.execute(
+                "DELETE FROM agentflow_state WHERE key IN (SELECT key FROM agentflow_state "
+                f"WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT {_PURGE_BATCH})",
+                (now,),
+            ).rowcount
+            n += conn.execute(
+                "DELETE FROM agentflow_once WHERE id IN (SELECT id FROM agentflow_once "
+                f"WHERE expires_at <= ? LIMIT {_PURGE_BATCH})",
+                (now,),
+            ).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return n
