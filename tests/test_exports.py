@@ -26,6 +26,64 @@ INTERNAL = {
     "agentflow.metrics": {"MAX_OBSERVED_S", "AgentMetrics", "GaugeSample", "Pow2Histogram"},  # Metrics' internals
     "agentflow.pool": {"Slot"},  # a worker's timing state, owned by the pool
     "agentflow.service": {"Service"},  # started by the Runner from [monitoring]
+    # The tool layer stands apart until the Runner wires it in (ctx.tools, @runner.tool, ctx.llm.run); these
+    # entries go when agentflow/__init__.py exports its public names.
+    "agentflow.errors": {
+        "MCPError",
+        "MCPUnavailableError",
+        "ToolArgumentsError",
+        "ToolError",
+        "ToolExecutionError",
+        "ToolLoopError",
+        "ToolTimeoutError",
+        "UnknownToolError",
+    },
+    "agentflow.tools": {
+        "DEFAULT_MAX_PARALLEL_TOOLS",
+        "FunctionTool",
+        "LoopDetector",
+        "LoopVerdict",
+        "MCPConfig",
+        "OUTCOMES",
+        "Tool",
+        "ToolBox",
+        "ToolConfig",
+        "ToolRegistry",
+        "ToolResult",
+        "ToolSet",
+        "ToolStatistics",
+        "call_signature",
+        "tool",
+        "turn_signature",
+        "wire_name",
+    },
+    "agentflow.tools.config": {
+        "DEFAULT_MAX_RESULT_BYTES",
+        "DEFAULT_TOOL_TIMEOUT_S",
+        "MCPConfig",
+        "ToolConfig",
+        "resolve_env_keys",
+    },
+    "agentflow.tools.loops": {
+        "DEFAULT_LOOP_THRESHOLD",
+        "LoopDetector",
+        "LoopVerdict",
+        "call_signature",
+        "turn_signature",
+    },
+    "agentflow.tools.registry": {
+        "FunctionTool",
+        "OUTCOMES",
+        "Outcome",
+        "Tool",
+        "ToolRegistry",
+        "ToolResult",
+        "ToolStatistics",
+        "tool",
+    },
+    "agentflow.tools.toolbox": {"DEFAULT_MAX_PARALLEL_TOOLS", "ToolBox", "ToolSet", "unknown_tool_result", "wire_name"},
+    # optional dependency (mcp): importing agentflow must not import it; the Runner starts MCPHub from [mcp.*]
+    "agentflow.tools.mcp": {"MCPHub", "MCPPool", "MCPPoolStatistics", "MCPTool", "ReplicaStatistics"},
 }
 
 
