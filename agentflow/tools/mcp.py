@@ -237,6 +237,7 @@ class _Session:
         self._broken = False
         self._wakeup = asyncio.Event()
         self._connecting: anyio.CancelScope | None = None
+        self.listing: list[mcp_types.Tool] = []
 
     def usable(self) -> bool:
         return self.state == "ready" and not self.replica.down and not self._broken
@@ -323,6 +324,9 @@ class _Session:
                         )
                         with anyio.fail_after(cfg.connect_timeout_s):
                             await client.initialize()
+                            # Listing once per session also fills the SDK's cache of output schemas, which it
+                            # would otherwise fill with a tools/list inside the session's first call.
+                            self.listing = await _list_all(client)
                         self._connecting = None
                         self.client = client
                         self.state = "ready"
@@ -385,6 +389,19 @@ class _Session:
                 self.fail(f"a ping failed: {_describe(exc)}")
                 return
             self.replica.mark_up(self.pool)
+
+
+async def _list_all(client: ClientSession) -> list[mcp_types.Tool]:
+    found: list[mcp_types.Tool] = []
+    cursor: str | None = None
+    for _ in range(_MAX_LIST_PAGES):  # a server that pages forever cannot hang the pool
+        params = mcp_types.PaginatedRequestParams(cursor=cursor) if cursor else None
+        page = await client.list_tools(params=params)
+        found.extend(page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return found
 
 
 def _describe(exc: BaseException) -> str:
@@ -539,7 +556,8 @@ class MCPPool:
                     "(the log says why each attempt failed).",
                     server=self.name,
                 )
-            await self.refresh_tools()
+            ready = next(s for s in self._sessions if s.usable())
+            self._install(self._filter(ready.listing))  # listed as the session opened: no call of its own
         except BaseException:
             await self.aclose()
             raise
@@ -589,18 +607,12 @@ class MCPPool:
         assert client is not None
         s.in_flight += 1
         try:
-            found: list[mcp_types.Tool] = []
-            cursor: str | None = None
-            for _ in range(_MAX_LIST_PAGES):
-                params = mcp_types.PaginatedRequestParams(cursor=cursor) if cursor else None
-                page = await client.list_tools(params=params)
-                found.extend(page.tools)
-                cursor = page.next_cursor
-                if not cursor:
-                    break
+            return self._filter(await _list_all(client))
         finally:
             s.in_flight -= 1
             self._notify()
+
+    def _filter(self, found: list[mcp_types.Tool]) -> list[mcp_types.Tool]:
         cfg = self.config
         return [
             t
@@ -609,13 +621,15 @@ class MCPPool:
             and not any(fnmatch.fnmatchcase(t.name, p) for p in cfg.exclude_tools)
         ]
 
-    async def refresh_tools(self) -> None:
-        """List the server's tools again and replace ``NAME.*`` in the registry."""
-        listed = await self.list_tools()
+    def _install(self, listed: list[mcp_types.Tool]) -> None:
         tools = {f"{self.name}.{t.name}": MCPTool(self, t) for t in listed}
         self.tools = tools
         if self.registry is not None:
             self.registry.set_group(self.name, tools)
+
+    async def refresh_tools(self) -> None:
+        """List the server's tools again and replace ``NAME.*`` in the registry."""
+        self._install(await self.list_tools())
 
     async def _refresher(self) -> None:
         while True:

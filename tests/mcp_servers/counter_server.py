@@ -5,8 +5,10 @@ it listens on 127.0.0.1). It keeps per-process counts of the requests it receive
 ``$STATS_DIR/<pid>.json`` after every request, so tests count calls, pings and ``initialize`` on the server's
 side. Its tools:
 
-- ``echo(text)``, ``add(a, b)``: plain answers; ``sleep(seconds)``: a slow call; ``fail(message)``: an error result.
-- ``count()``: a counter per MCP session (stateful server): 1, 2, 3 ... on one session.
+- ``echo(text)``, ``add(a, b)``: plain answers (idempotent); ``sleep(seconds)``: a slow call, ``wait(seconds)``
+  the same declared idempotent; ``fail(message)``: an error result.
+- ``count()``: a counter per MCP session (stateful server): 1, 2, 3 ... on one session, with the session's
+  serial number in this process.
 - ``whoami()``: the process id, the session's id, and whether the ``Authorization`` header equals
   ``$EXPECT_AUTH`` (the header itself is never echoed back).
 - ``hang()``: from now on this session never answers (its pings included); other sessions are unaffected.
@@ -15,6 +17,7 @@ side. Its tools:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -31,8 +34,15 @@ EXPECT_AUTH = os.environ.get("EXPECT_AUTH", "")
 
 server: MCPServer[Any] = MCPServer("counter", log_level="ERROR")
 methods: dict[str, int] = {}
-counters: dict[int, int] = {}
-hung: set[int] = set()
+# By MCP session: its Mcp-Session-Id over HTTP, the process itself over stdio (one session per process).
+counters: dict[str, list[int]] = {}
+serials = itertools.count(1)
+hung: set[str] = set()
+
+
+def session_key(request: Any) -> str:
+    headers = getattr(request, "headers", None)
+    return (headers.get("mcp-session-id") if headers is not None else None) or "stdio"
 
 
 def _write_stats() -> None:
@@ -48,7 +58,7 @@ def _write_stats() -> None:
 async def counting(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
     methods[ctx.method] = methods.get(ctx.method, 0) + 1
     _write_stats()
-    if id(ctx.session) in hung and ctx.request_id is not None:
+    if session_key(ctx.request) in hung and ctx.request_id is not None:
         await anyio.sleep_forever()
     return await call_next(ctx)
 
@@ -75,6 +85,13 @@ async def sleep(seconds: float) -> str:
     return f"slept {seconds}"
 
 
+@server.tool(annotations=ToolAnnotations(idempotentHint=True))
+async def wait(seconds: float) -> str:
+    """Sleep, then answer; safe to repeat."""
+    await anyio.sleep(seconds)
+    return f"waited {seconds}"
+
+
 @server.tool()
 async def fail(message: str) -> str:
     """Always fail with the message."""
@@ -84,9 +101,12 @@ async def fail(message: str) -> str:
 @server.tool()
 async def count(ctx: Context) -> dict[str, int]:
     """Count the calls made on this session."""
-    key = id(ctx.session)
-    counters[key] = counters.get(key, 0) + 1
-    return {"count": counters[key], "pid": os.getpid(), "session": key}
+    key = session_key(ctx.request_context.request)
+    entry = counters.get(key)
+    if entry is None:
+        entry = counters[key] = [next(serials), 0]
+    entry[1] += 1
+    return {"count": entry[1], "pid": os.getpid(), "session": entry[0]}
 
 
 @server.tool()
@@ -95,7 +115,7 @@ async def whoami(ctx: Context) -> dict[str, Any]:
     headers = ctx.headers or {}
     return {
         "pid": os.getpid(),
-        "session": id(ctx.session),
+        "session": session_key(ctx.request_context.request),
         "auth_ok": bool(EXPECT_AUTH) and headers.get("authorization") == EXPECT_AUTH,
     }
 
@@ -103,7 +123,7 @@ async def whoami(ctx: Context) -> dict[str, Any]:
 @server.tool()
 async def hang(ctx: Context) -> str:
     """Make this session stop answering."""
-    hung.add(id(ctx.session))
+    hung.add(session_key(ctx.request_context.request))
     return "hung"
 
 
