@@ -240,6 +240,21 @@ async def test_a_dead_replica_is_skipped_and_rejoins_when_back(stats_dir: Path, 
         assert server_stats(stats_dir)[b.pid]["tools/call"] == 10
 
 
+async def test_calls_avoid_a_replica_whose_breaker_is_open(stats_dir: Path) -> None:
+    registry = ToolRegistry()
+    async with MCPPool("ctr", stdio_config(stats_dir, replicas=2), registry=registry) as pool:
+        box = ToolBox(registry)
+        answered = {(await call_ok(box, "ctr.whoami"))["pid"] for _ in range(2)}
+        assert len(answered) == 2
+        pool.breakers[1].force_open()
+        assert pool.statistics().replicas[1].breaker_state == "forced_open"
+        only = {(await call_ok(box, "ctr.whoami"))["pid"] for _ in range(6)}
+        assert len(only) == 1
+        pool.breakers[1].reset()
+        assert {(await call_ok(box, "ctr.whoami"))["pid"] for _ in range(2)} == answered
+        assert pool.breakers[0].name == "mcp:ctr/0"
+
+
 async def test_a_killed_stdio_replica_is_restarted(stats_dir: Path) -> None:
     registry = ToolRegistry()
     cfg = stdio_config(stats_dir, replicas=2, reconnect_backoff_s=0.05, max_reconnect_backoff_s=0.2)
