@@ -327,6 +327,19 @@ async def test_calls_in_flight_per_session_are_bounded(stats_dir: Path) -> None:
         assert time.perf_counter() - t0 >= 0.44  # one after the other
 
 
+async def test_start_goes_on_without_a_replica_that_is_down(stats_dir: Path, http_servers: Any) -> None:
+    server = http_servers()
+    cfg = MCPConfig(transport="http", replicas=(server.url, "http://127.0.0.1:9/mcp"), connect_timeout_s=10)
+    registry = ToolRegistry()
+    t0 = time.perf_counter()
+    async with MCPPool("ctr", cfg, registry=registry) as pool:
+        assert time.perf_counter() - t0 < 5  # it did not wait out connect_timeout_s for the dead one
+        stats = pool.statistics()
+        assert [r.up for r in stats.replicas] == [True, False] and stats.ready == 1
+        for i in range(4):
+            await call_ok(ToolBox(registry), "ctr.add", {"a": i, "b": i})
+
+
 async def test_start_fails_clearly_when_no_session_opens() -> None:
     cfg = MCPConfig(transport="http", url="http://127.0.0.1:9/mcp", connect_timeout_s=0.5, reconnect_backoff_s=0.05)
     pool = MCPPool("down", cfg)

@@ -111,7 +111,6 @@ class MCPPool:
         self._waiters: list[asyncio.Future[None]] = []
         self._refresh = asyncio.Event()
         self._refresh_from: _Session | None = None
-        self._first_round: asyncio.Event = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self.tools: dict[str, MCPTool] = {}
         self._calls = 0
@@ -146,7 +145,7 @@ class MCPPool:
         try:
             await started
             with anyio.move_on_after(self.config.connect_timeout_s):
-                while not all(s.opened or s.state == "backoff" for s in self._sessions):
+                while not all(s.opened or s.attempts for s in self._sessions):  # every first try is over
                     await self._wait_change(_WAIT_SLICE_S)
             if not any(s.usable() for s in self._sessions):
                 raise MCPUnavailableError(
@@ -197,9 +196,12 @@ class MCPPool:
 
     async def list_tools(self) -> list[mcp_types.Tool]:
         """The server's tools (all pages), through any ready session, filtered by ``tools``/``exclude_tools``."""
+        # Listing leaves no state on the server, so any ready session will do, even one a key owns.
         s = self._refresh_from
         self._refresh_from = None
         if s is None or not s.usable():
+            s = next((x for x in self._sessions if x.usable()), None)
+        if s is None:
             s, permit = await self._acquire(None, set())
             permit.success()
         client = s.client

@@ -70,6 +70,7 @@ class _Session:
         self.owner: str | None = None  # isolate: the one key this session serves in this generation
         self.used = False  # isolate: served a key in this generation, so it may not serve another
         self.opened = 0
+        self.attempts = 0
         self.hung = 0
         self._broken = False
         self._wakeup = asyncio.Event()
@@ -176,6 +177,7 @@ class _Session:
             finally:
                 self._connecting = None
                 self.client = None
+                self.attempts += 1
                 self.generation += 1
                 self.owner = None
                 self.used = False
