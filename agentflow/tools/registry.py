@@ -25,12 +25,13 @@ keeps a version number that selections (:class:`~agentflow.tools.toolbox.ToolSet
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import copy
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 import msgspec
 
@@ -156,7 +157,7 @@ class _Runtime:
         self.semaphore = asyncio.Semaphore(concurrency) if concurrency is not None else None
 
 
-class Tool:
+class Tool(abc.ABC):
     """A tool the model can call: ``name``, ``description``, ``parameters`` (JSON Schema) and call policy.
 
     Subclasses implement :meth:`prepare` (validate the model's arguments) and :meth:`_run` (do the work);
@@ -222,13 +223,14 @@ class Tool:
 
     # ---- what subclasses provide --------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def prepare(self, arguments: Any) -> Any:
         """Validate and convert the model's arguments (a JSON string, a mapping or None); raise
         :class:`ToolArgumentsError` with a sentence the model can act on."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def _run(self, args: Any, key: str | None, workflow: str | None) -> Any:
-        raise NotImplementedError
+        """Do the work with the prepared arguments; ``key`` and ``workflow`` are the caller's (affinity)."""
 
     def open_stream(self, args: Any) -> AsyncIterator[Any]:
         """The items of a streaming tool, for :meth:`ToolBox.stream`."""
@@ -540,8 +542,12 @@ class FunctionTool(Tool):
         return agen
 
 
+@overload
+def tool(fn: Callable[..., Any], /) -> FunctionTool: ...
+
+
+@overload
 def tool(
-    fn: Callable[..., Any] | None = None,
     *,
     name: str | None = None,
     description: str | None = None,
@@ -551,7 +557,22 @@ def tool(
     retry: RetryPolicy | RetryConfig | None = None,
     breaker: CircuitBreaker | BreakerConfig | bool | None = None,
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-) -> Any:
+) -> Callable[[Callable[..., Any]], FunctionTool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+    concurrency: int | None = None,
+    idempotent: bool = False,
+    retry: RetryPolicy | RetryConfig | None = None,
+    breaker: CircuitBreaker | BreakerConfig | bool | None = None,
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
     """Make a :class:`FunctionTool` of an async function; usable bare (``@tool``) or with options::
 
         @tool(timeout_s=5, concurrency=4, idempotent=True, retry=RetryConfig(max_attempts=3))
@@ -592,6 +613,7 @@ class ToolRegistry:
     def __init__(self, configs: Mapping[str, ToolConfig] | None = None) -> None:
         self.configs: dict[str, ToolConfig] = dict(configs or {})
         self._tools: dict[str, Tool] = {}
+        self._everything: ToolSet | None = None
         self.version = 0
 
     def add(self, item: Tool | Callable[..., Any], *, replace: bool = False) -> Tool:
@@ -651,6 +673,10 @@ class ToolRegistry:
         """The tools matching ``patterns`` (names, or globs such as ``"search.*"``; None: all), kept current."""
         from .toolbox import ToolSet  # toolbox builds on this module
 
+        if patterns is None:  # the selection of every tool is shared: ToolBox(registry) per event costs nothing
+            if self._everything is None:
+                self._everything = ToolSet(self, None)
+            return self._everything
         return ToolSet(self, patterns)
 
     def statistics(self) -> dict[str, ToolStatistics]:
