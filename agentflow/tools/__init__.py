@@ -10,9 +10,11 @@
 See docs/tools.md.
 """
 
+from .base import OUTCOMES, Tool, ToolResult, ToolStatistics
 from .config import MCPConfig, ToolConfig
+from .function import FunctionTool, tool
 from .loops import LoopDetector, LoopVerdict, call_signature, turn_signature
-from .registry import OUTCOMES, FunctionTool, Tool, ToolRegistry, ToolResult, ToolStatistics, tool
+from .registry import ToolRegistry
 from .toolbox import DEFAULT_MAX_PARALLEL_TOOLS, ToolBox, ToolSet, wire_name
 
 __all__ = [

@@ -26,7 +26,8 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequenc
 from typing import Any, Final
 
 from ..errors import ToolError, ToolTimeoutError, UnknownToolError
-from .registry import Tool, ToolRegistry, ToolResult
+from .base import Tool, ToolResult
+from .registry import ToolRegistry
 
 __all__ = ["DEFAULT_MAX_PARALLEL_TOOLS", "ToolBox", "ToolSet", "unknown_tool_result", "wire_name"]
 

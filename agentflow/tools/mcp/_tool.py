@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import mcp.types as mcp_types
 
 from ...errors import ToolArgumentsError, ToolExecutionError
-from ..registry import Tool
+from ..base import Tool
 
 if TYPE_CHECKING:
     from ._pool import MCPPool
