@@ -46,9 +46,9 @@ def test_repeating_the_same_turn_warns_at_the_threshold_then_raises() -> None:
     third = detector.observe(turn)
     assert third.warn and third.repeats == 3
     assert third.calls == (("search", {"q": "weather", "n": 1}), ("fetch", {"url": "u"}))
-    message = third.message("c5")
-    assert message["role"] == "tool" and message["tool_call_id"] == "c5"
-    assert "same tool calls" in message["content"] and "in 3 consecutive turns" in message["content"]
+    text = third.text()
+    assert "same tool calls (search(" in text and "in 3 consecutive turns" in text
+    assert "Repeating it once more ends this run." in text
     with pytest.raises(ToolLoopError) as info:
         detector.observe(shuffled)
     err = info.value

@@ -6,10 +6,12 @@ keys are sorted at every depth, and the order of parallel calls does not matter,
 Any change in a tool or an argument value is a different turn: retrying with other arguments is not a loop::
 
     detector = LoopDetector(threshold=3)
-    verdict = detector.observe(response.tool_calls)   # after each model turn
-    if verdict.warn:                                   # 3rd identical turn in a row
-        messages.append(verdict.message(call_id))       # tell the model it repeats itself
-    # a 4th identical turn raises ToolLoopError, carrying the repeated calls
+    verdict = detector.observe(response.tool_calls)   # after each model turn; a 4th identical turn raises
+    tool_messages = [r.message() for r in await box.call_many(response.tool_calls)]
+    if verdict.warn:                                   # the 3rd identical turn in a row
+        tool_messages[-1]["content"] += "\n\n" + verdict.text()   # tell the model it repeats itself
+
+The warning rides in the turn's last tool message, since the chat protocol wants one tool message per call.
 """
 
 from __future__ import annotations
@@ -77,11 +79,8 @@ class LoopVerdict(msgspec.Struct, frozen=True, kw_only=True):
     warn: bool
     calls: tuple[tuple[str, Any], ...] = ()
 
-    def message(self, call_id: str = "") -> dict[str, str]:
-        """The tool message that tells the model it is repeating itself (for the turn that got ``warn``)."""
-        return {"role": "tool", "tool_call_id": call_id, "content": self.text()}
-
     def text(self) -> str:
+        """What to tell the model on the turn that got ``warn``: it repeats itself, and what to do instead."""
         shown = "; ".join(f"{name}({_show(args)})" for name, args in self.calls[:5])
         return (
             f"You have made the same tool call{'s' if len(self.calls) > 1 else ''} ({shown}) with the same "
