@@ -29,14 +29,22 @@ Every error agentflow raises on purpose derives from :class:`AgentflowError`; th
     │   ├── StateDecodeError         stored bytes that do not decode, or not as the type asked for
     │   ├── StateConflictError       ``update`` lost to other writers ``max_update_attempts`` times in a row
     │   └── StateUnavailableError    the backend could not be reached or did not confirm a commit
-    └── LLMError                     a call through ``ctx.llm`` failed; ``provider`` and ``model`` say where
-        ├── LLMTimeoutError          no (complete) answer within the deadline shared by all attempts
-        ├── LLMRateLimitedError      HTTP 429; ``retry_after_s`` is the provider's Retry-After
-        ├── LLMUnavailableError      5xx, connection refused or reset
-        ├── LLMBadRequestError       4xx other than 401/403/429: the request itself is wrong
-        ├── LLMAuthError             401/403: a missing or wrong API key
-        ├── LLMStreamInterruptedError  a streamed answer failed after its first token; not retried
-        └── TokenBudgetExceededError the workflow used up its token budget
+    ├── LLMError                     a call through ``ctx.llm`` failed; ``provider`` and ``model`` say where
+    │   ├── LLMTimeoutError          no (complete) answer within the deadline shared by all attempts
+    │   ├── LLMRateLimitedError      HTTP 429; ``retry_after_s`` is the provider's Retry-After
+    │   ├── LLMUnavailableError      5xx, connection refused or reset
+    │   ├── LLMBadRequestError       4xx other than 401/403/429: the request itself is wrong
+    │   ├── LLMAuthError             401/403: a missing or wrong API key
+    │   ├── LLMStreamInterruptedError  a streamed answer failed after its first token; not retried
+    │   └── TokenBudgetExceededError the workflow used up its token budget
+    └── ToolError                    a tool call failed; ``tool`` names the tool
+        ├── UnknownToolError         no tool of that name is offered to the agent
+        ├── ToolArgumentsError       arguments that are not JSON or do not match the tool's schema
+        ├── ToolTimeoutError         the call ran past the tool's ``timeout_s`` and was cancelled
+        ├── ToolExecutionError       the tool raised; the exception is the ``__cause__``
+        ├── ToolLoopError            the model repeated the same tool calls in ``threshold`` consecutive turns
+        └── MCPError                 an MCP server failed a call, or its session broke mid-call
+            └── MCPUnavailableError  no healthy session of the server could take the call (nothing was sent)
 
 Handler outcomes are small control-flow exceptions, not errors: :class:`Retry` (try again, optionally after
 a delay), :class:`Skip` (acknowledge without handling) and :class:`Reject` (dead-letter now, no retries).
@@ -67,6 +75,8 @@ __all__ = [
     "LLMTimeoutError",
     "LLMUnavailableError",
     "LifecycleError",
+    "MCPError",
+    "MCPUnavailableError",
     "RateLimitError",
     "RateLimitQueueFullError",
     "RateLimitTooLargeError",
@@ -81,6 +91,12 @@ __all__ = [
     "StateTooLargeError",
     "StateUnavailableError",
     "TokenBudgetExceededError",
+    "ToolArgumentsError",
+    "ToolError",
+    "ToolExecutionError",
+    "ToolLoopError",
+    "ToolTimeoutError",
+    "UnknownToolError",
     "WorkflowDepthError",
 ]
 
@@ -245,6 +261,69 @@ class TokenBudgetExceededError(LLMError):
         self.workflow = workflow
         self.used = used
         self.budget = budget
+
+
+class ToolError(AgentflowError):
+    """A tool call failed; ``tool`` names the tool (empty when unknown).
+
+    Inside the agent loop a ToolError never crashes the agent: its message becomes the tool message the model
+    reads, so every message says what went wrong in words the model can act on.
+    """
+
+    def __init__(self, message: str, *, tool: str = "") -> None:
+        super().__init__(message)
+        self.tool = tool
+
+
+class UnknownToolError(ToolError):
+    """No tool of that name is offered to the agent (a typo of the model's, or a tool not selected)."""
+
+
+class ToolArgumentsError(ToolError, ValueError):
+    """The arguments are not a JSON object, or do not match the tool's parameters."""
+
+
+class ToolTimeoutError(ToolError):
+    """A tool call ran past the tool's ``timeout_s`` (``timeout_s`` says how long) and was cancelled."""
+
+    def __init__(self, message: str, *, tool: str = "", timeout_s: float = 0.0) -> None:
+        super().__init__(message, tool=tool)
+        self.timeout_s = timeout_s
+
+
+class ToolExecutionError(ToolError):
+    """The tool itself raised; its exception is the ``__cause__``."""
+
+
+class ToolLoopError(ToolError):
+    """The model made the same tool calls (same tools, same arguments) in ``repeats`` consecutive turns.
+
+    ``calls`` holds the repeated ``(name, arguments)`` pairs; ``tool`` and ``arguments`` the first of them.
+    """
+
+    def __init__(self, message: str, *, calls: tuple[tuple[str, object], ...], repeats: int) -> None:
+        super().__init__(message, tool=calls[0][0] if calls else "")
+        self.calls = calls
+        self.arguments = calls[0][1] if calls else None
+        self.repeats = repeats
+
+
+class MCPError(ToolError):
+    """An MCP server failed a call: the session broke while the call was in flight, or the server answered
+    with a protocol error. ``server`` names the ``[mcp.NAME]`` entry; ``sent`` says whether the request may
+    have reached the server (a call that was sent is retried only when the tool is idempotent)."""
+
+    def __init__(self, message: str, *, tool: str = "", server: str = "", sent: bool = True) -> None:
+        super().__init__(message, tool=tool)
+        self.server = server
+        self.sent = sent
+
+
+class MCPUnavailableError(MCPError):
+    """No healthy session of the MCP server could take the call in time; nothing was sent."""
+
+    def __init__(self, message: str, *, tool: str = "", server: str = "") -> None:
+        super().__init__(message, tool=tool, server=server, sent=False)
 
 
 class CircuitOpenError(AgentflowError):
