@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 import msgspec
@@ -26,6 +25,7 @@ from .bus import Bus, Subscription, create_bus
 from .config import Config, load_config
 from .errors import DeliveryUncertainError, LifecycleError, RequestTimeoutError
 from .events import Event, RawEvent, make_events, new_event_id
+from .lifecycle import Lifecycle
 from .requests import PendingRequests, reply_outcome
 
 __all__ = ["Producer", "ProducerStatistics"]
@@ -42,7 +42,7 @@ class ProducerStatistics(msgspec.Struct, frozen=True):
     requests_timed_out: int
 
 
-class Producer:
+class Producer(Lifecycle):
     """Emits events to the bus of ``config`` (Kafka, normally) from a process that runs no agents::
 
         async with Producer("config/agentflow.toml") as producer:
@@ -62,37 +62,19 @@ class Producer:
         self._reply_sub: Subscription | None = None
         self._reader: asyncio.Task[None] | None = None
         self._reply_lock = asyncio.Lock()
-        self._state = "new"
         self._emitted = self._replies = self._timed_out = 0
 
     def __repr__(self) -> str:
         s = self.statistics()
         return (
-            f"<Producer {self._state} backend={self.bus.backend} emitted={s.emitted} "
+            f"<Producer {self.state.value} backend={self.bus.backend} emitted={s.emitted} "
             f"requests_pending={s.requests_pending} replies={s.replies}>"
         )
 
-    async def __aenter__(self) -> Producer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        if self._state == "closed":
-            raise LifecycleError("Cannot restart a Producer once it has been closed; create a new one.")
-        if self._state == "open":
-            return
+    async def _open(self) -> None:
         await self.bus.start()
-        self._state = "open"
 
-    async def aclose(self) -> None:
-        if self._state == "closed":
-            return
-        self._state = "closed"
+    async def _close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
@@ -103,9 +85,7 @@ class Producer:
             await self.bus.aclose()
 
     def _check_open(self) -> None:
-        if self._state != "open":
-            what = "has been closed" if self._state == "closed" else "has not started; use 'async with producer:'"
-            raise LifecycleError(f"Cannot emit: the Producer {what}.")
+        self._check_running("emit")
 
     async def emit(
         self, topic: str, payload: Any, *, key: str | None = None, headers: dict[str, str] | None = None

@@ -14,7 +14,7 @@ import logging
 import operator
 import os
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._waiting import WaitingEmits
@@ -31,12 +31,13 @@ from .errors import (
     Skip,
 )
 from .events import DeadLetter, Event, EventCodec, RawEvent, make_events, new_event_id
+from .lifecycle import Lifecycle, State
 from .metrics import GaugeSample, Metrics
 from .pool import WorkerPool
 from .requests import INBOX_PREFIX, PendingRequests, ReplySender, dead_lettered_error
 from .resilience.breaker import BreakerConfig, CircuitBreaker
 from .resilience.retry import RetryPolicy
-from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
+from .statistics import AgentStatistics, RunnerStatistics, ShutdownReport
 
 if TYPE_CHECKING:
     from .llm.hub import AgentLLM, LLMHub
@@ -44,31 +45,13 @@ if TYPE_CHECKING:
 __all__ = ["Runner"]
 
 logger = logging.getLogger(__name__)
+_RUNNING = State.RUNNING
 _id_of = operator.attrgetter("id")
 
 H = TypeVar("H", bound=Handler)
 
 
-async def _shielded(cleanup: Coroutine[Any, Any, None]) -> None:
-    """Run ``cleanup`` to the end even if the caller is cancelled (again) meanwhile; then re-raise that."""
-    task = asyncio.ensure_future(cleanup)
-    cancelled = False
-    while True:
-        try:
-            await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                break
-            cancelled = True  # keep waiting: the cleanup must finish before this task may end
-    if cancelled:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("Closing the Runner failed: %r", task.exception())
-        raise asyncio.CancelledError
-    task.result()
-
-
-class Runner:
+class Runner(Lifecycle):
     """Runs agents on a bus. Register agents, then use it as an async context manager::
 
         runner = Runner()
@@ -99,7 +82,8 @@ class Runner:
         self.codec = EventCodec(rc.max_event_bytes)
         self.dlq = DeadLetters(self)
         self.pool = WorkerPool(rc.worker_pool_size, max_queued=rc.max_concurrent_events)
-        self._state = RunnerState.CREATED
+        self._drained = True
+        self._closing_since: float | None = None
         self._specs: dict[str, AgentSpec] = {}
         self._agents: list[AgentWorker] = []
         self._refused = self.metrics.calls_refused
@@ -110,7 +94,6 @@ class Runner:
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self._closing_done: asyncio.Event | None = None
         self._shutdown: ShutdownReport | None = None
         self._service: Any = None
         #: The LLM providers of ``[llm.*]`` (None when there are none); opened in start, closed in aclose.
@@ -150,7 +133,7 @@ class Runner:
         events already delivered (it never waits to fill one) and a
         :class:`~agentflow.agents.batch.BatchContext`; see :mod:`agentflow.agents.batch`.
         """
-        if self._state is not RunnerState.CREATED:
+        if self._lifecycle is not State.CREATED:
             raise LifecycleError("Register agents before starting the Runner; it is already running.")
         if concurrency is not None and concurrency < 1:
             raise ValueError("concurrency must be at least 1.")
@@ -188,31 +171,7 @@ class Runner:
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
-    @property
-    def state(self) -> RunnerState:
-        return self._state
-
-    async def __aenter__(self) -> Runner:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        if self._state is RunnerState.CLOSED or self._state is RunnerState.CLOSING:
-            raise LifecycleError("Cannot restart a Runner once it has been closed; create a new Runner.")
-        if self._state is not RunnerState.CREATED:
-            raise LifecycleError("The Runner is already started.")
-        self._state = RunnerState.STARTING
-        try:
-            await self._start()
-        except BaseException:
-            await self.aclose()
-            raise
-        self._state = RunnerState.RUNNING
-
-    async def _start(self) -> None:
+    async def _open(self) -> None:
         cfg = self.config
         for configured in cfg.agents:
             if configured not in self._specs:
@@ -290,37 +249,29 @@ class Runner:
         clients and the bus are closed in a shielded task that ``aclose`` waits for whatever happens, so every
         later call returns and the runner ends CLOSED.
         """
-        if self._state is RunnerState.CLOSED:
-            return
-        if self._state is RunnerState.CLOSING:
-            if self._closing_done is not None:
-                await asyncio.shield(self._closing_done.wait())
-            return
-        self._state = RunnerState.CLOSING
-        self._closing_done = asyncio.Event()
+        await super().aclose()
+
+    async def _drain(self) -> None:
+        """Stop intake and let in-flight events finish within ``shutdown_grace_s`` (a cancellation cuts it short)."""
+        self._closing_since = time.perf_counter()
         self._waiting.release_all(self._closed_while_waiting)  # stop intake: blocked emits and requests end now
-        t0 = time.perf_counter()
+        for a in self._agents:
+            await a.stop_intake()
+        self._drained = await self._wait_in_flight(self.config.runner.shutdown_grace_s)
+
+    async def _close(self) -> None:
+        cancelled = sum(a.inflight for a in self._agents)  # still running: cancelled now, given back to the bus
         grace = self.config.runner.shutdown_grace_s
-        drained = True
-        cancelled = 0
         try:
-            try:
-                for a in self._agents:
-                    await a.stop_intake()
-                drained = await self._wait_in_flight(grace)
-                cancelled = sum(a.inflight for a in self._agents)
-            finally:
-                await _shielded(self._cleanup())
+            await self._cleanup()
         finally:
             self._shutdown = ShutdownReport(
                 grace_s=grace,
-                drained=drained,
+                drained=self._drained and not cancelled,
                 cancelled=cancelled,
                 returned=sum(a.returned for a in self._agents),
-                duration_s=time.perf_counter() - t0,
+                duration_s=time.perf_counter() - (self._closing_since or time.perf_counter()),
             )
-            self._state = RunnerState.CLOSED
-            self._closing_done.set()
             if cancelled:
                 logger.warning(
                     "Shutdown grace of %.1f s ran out: %d in-flight events were cancelled and given back to the bus.",
@@ -383,17 +334,17 @@ class Runner:
     # ---- emitting --------------------------------------------------------------------------------------
 
     def _check_running(self, what: str) -> None:
-        if self._state is not RunnerState.RUNNING:
+        if self._lifecycle is not _RUNNING:
             raise LifecycleError(self._state_sentence(what))
 
     def _check_accepting(self) -> None:
-        if self._state is not RunnerState.RUNNING:
+        if self._lifecycle is not _RUNNING:
             raise LifecycleError(self._state_sentence("emit"))
 
     def _state_sentence(self, what: str) -> str:
-        if self._state is RunnerState.CREATED or self._state is RunnerState.STARTING:
+        if self._lifecycle is State.CREATED or self._lifecycle is State.STARTING:
             return f"Cannot {what} before the Runner has started; use 'async with runner:' or await runner.start()."
-        if self._state is RunnerState.CLOSING:
+        if self._lifecycle is State.CLOSING:
             return f"Cannot {what}: the Runner is shutting down and no longer accepts events."
         return f"Cannot {what}: the Runner has been closed; create a new Runner."
 
@@ -401,7 +352,7 @@ class Runner:
         self, topic: str, payload: Any, *, key: str | None = None, headers: dict[str, str] | None = None
     ) -> str:
         """Emit one event, waiting while the topic's buffer is full; return the event id."""
-        if self._state is not RunnerState.RUNNING:
+        if self._lifecycle is not _RUNNING:
             self._check_accepting()
         eid = new_event_id()
         batch = (Event(topic, payload, key, eid, headers, time.time(), 1, eid),)
@@ -418,7 +369,7 @@ class Runner:
         self, topic: str, payload: Any, *, key: str | None = None, headers: dict[str, str] | None = None
     ) -> str:
         """Emit one event, or raise BackpressureError at once if the topic's buffer is full."""
-        if self._state is not RunnerState.RUNNING:
+        if self._lifecycle is not _RUNNING:
             self._check_accepting()
         eid = new_event_id()
         self.bus.publish_nowait(topic, (Event(topic, payload, key, eid, headers, time.time(), 1, eid),))
@@ -434,7 +385,7 @@ class Runner:
         headers: dict[str, str] | None = None,
     ) -> list[str]:
         """Emit a batch of events with one bus operation; return their ids (in order)."""
-        if self._state is not RunnerState.RUNNING:
+        if self._lifecycle is not _RUNNING:
             self._check_accepting()
         events = make_events(topic, list(payloads), key, headers, None, 0)
         if not self.bus.offer(topic, events):
@@ -464,7 +415,7 @@ class Runner:
         :class:`BackpressureError` at once, publishing nothing, when ``runner.max_pending_requests`` requests
         already wait for their results or ``runner.max_waiting_emits`` callers for room in the bus.
         """
-        if self._state is not RunnerState.RUNNING:
+        if self._lifecycle is not _RUNNING:
             self._check_accepting()
         if self.bus.subscriber_count(topic) == 0:
             raise LifecycleError(f"No agent subscribes to topic {topic!r}, so a request to it cannot be answered.")
@@ -571,7 +522,7 @@ class Runner:
         key: str | None,
         headers: dict[str, str] | None,
     ) -> list[str]:
-        if self._state is RunnerState.CLOSED:
+        if self._lifecycle is State.CLOSED:
             raise LifecycleError(self._state_sentence("emit"))
         depth = parent.depth + 1
         events = make_events(topic, payloads, key, headers, parent.correlation_id, depth)
@@ -643,7 +594,7 @@ class Runner:
     def statistics(self) -> RunnerStatistics:
         agents = tuple(self._agent_stats(a) for a in self._agents)
         return RunnerStatistics(
-            state=self._state.value,
+            state=self.state.value,
             emitted=self.metrics.emitted_total(),
             handled=sum(a.handled for a in agents),
             skipped=sum(a.skipped for a in agents),

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import enum
-
 import msgspec
 
 from .bus.base import BusStatistics
+from .lifecycle import State
 from .pool import WorkerPoolStatistics
 
 __all__ = ["AgentStatistics", "RunnerState", "RunnerStatistics", "ShutdownReport"]
 
 
-class RunnerState(enum.Enum):
-    """Lifecycle: created → starting → running → closing → closed; a closed Runner cannot be restarted."""
-
-    CREATED = "created"
-    STARTING = "starting"
-    RUNNING = "running"
-    CLOSING = "closing"
-    CLOSED = "closed"
+#: A Runner's lifecycle state: created → starting → running → closing → closed (the one State of every resource).
+RunnerState = State
 
 
 class AgentStatistics(msgspec.Struct, frozen=True):

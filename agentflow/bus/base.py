@@ -23,6 +23,7 @@ from typing import TypeAlias
 import msgspec
 
 from ..events import DeadLetter, Event, RawEvent
+from ..lifecycle import Lifecycle
 
 __all__ = ["Bus", "BusStatistics", "Item", "Subscription", "SubscriptionStatistics"]
 
@@ -196,18 +197,15 @@ class WakeUps:
         return not self._closed
 
 
-class Bus(abc.ABC):
-    """An event bus: publish, subscribe, and keep dead letters."""
+class Bus(Lifecycle, abc.ABC):
+    """An event bus: publish, subscribe, and keep dead letters.
+
+    Its lifecycle is :class:`~agentflow.lifecycle.Lifecycle`'s: ``start`` connects (a bus shared by several
+    runners may be started by each), ``aclose`` closes every subscription and releases resources, once.
+    """
 
     backend: str
-
-    @abc.abstractmethod
-    async def start(self) -> None:
-        """Connect; idempotent."""
-
-    @abc.abstractmethod
-    async def aclose(self) -> None:
-        """Close every subscription and release resources; idempotent."""
+    shared = True
 
     @abc.abstractmethod
     async def publish(

@@ -173,6 +173,7 @@ class MemoryBus(Bus):
     """
 
     backend = "memory"
+    started_when_created = True  # nothing to connect: usable as soon as it exists
 
     def __init__(self, *, partitions: int = 8, buffer_size: int = 10_000, dlq_max_entries: int = 10_000) -> None:
         if partitions < 1 or buffer_size < 1 or dlq_max_entries < 1:
@@ -200,13 +201,7 @@ class MemoryBus(Bus):
             f"unacked={s.unacked} published={s.published} dead_letters={s.dead_letters}>"
         )
 
-    async def start(self) -> None:
-        if self._closed:
-            raise LifecycleError("Cannot restart a MemoryBus once it has been closed; create a new one.")
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
+    async def _close(self) -> None:
         self._closed = True
         for g in self._groups.values():
             for m in list(g.members):

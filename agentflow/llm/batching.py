@@ -22,6 +22,7 @@ from typing import Generic, TypeVar
 import msgspec
 
 from ..errors import BatchError, BatchItemTooLargeError, LifecycleError
+from ..lifecycle import Lifecycle
 from ..metrics import BatcherMetrics, Metrics
 
 __all__ = ["BatcherStatistics", "MicroBatcher"]
@@ -70,7 +71,7 @@ class _Pending(Generic[T, R]):
         self.deadline = deadline
 
 
-class MicroBatcher(Generic[T, R]):
+class MicroBatcher(Lifecycle, Generic[T, R]):
     """Coalesce concurrent ``submit`` calls into calls of ``dispatch(items) -> results`` (same order)::
 
         async def embed(texts: list[str]) -> list[list[float]]:
@@ -83,6 +84,8 @@ class MicroBatcher(Generic[T, R]):
     by the running estimate of dispatch time, to meet it. A caller cancelled before its batch goes out is
     left out of it. ``aclose()`` sends what is pending and waits for batches in flight.
     """
+
+    started_when_created = True  # usable from construction; aclose flushes what it holds
 
     def __init__(
         self,
@@ -122,6 +125,7 @@ class MicroBatcher(Generic[T, R]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._dispatch_s = 0.0  # running estimate of one dispatch's duration
         self._closed = False
+        self._close_timeout_s: float | None = None
         self._batches = 0
         self._items = 0
         self._cancelled = 0
@@ -262,26 +266,28 @@ class MicroBatcher(Generic[T, R]):
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> MicroBatcher[T, R]:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     async def aclose(self, timeout_s: float | None = None) -> None:
         """Refuse new items, send the pending ones, and wait for every batch in flight; idempotent.
 
-        After ``timeout_s`` the batches still in flight are cancelled and their callers get LifecycleError.
+        After ``timeout_s`` (or when the wait is cancelled) the batches still in flight are cancelled and their
+        callers get LifecycleError.
         """
+        self._close_timeout_s = timeout_s
+        await super().aclose()
+
+    async def _drain(self) -> None:
         self._closed = True
         while self._pending:
             self._flush("close")
-        if not self._tasks:
-            return
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self._close_timeout_s)
+
+    async def _close(self) -> None:
+        self._closed = True
         tasks = list(self._tasks)
-        _, late = await asyncio.wait(tasks, timeout=timeout_s)
-        for t in late:
-            t.cancel()
+        for t in tasks:
+            if not t.done():
+                t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def statistics(self) -> BatcherStatistics:

@@ -33,6 +33,7 @@ from ..errors import (
     LLMRateLimitedError,
     LLMTimeoutError,
 )
+from ..lifecycle import Lifecycle, State
 from ..resilience.retry import RetryPolicy
 from .cache import TTLCache
 from .cost import CostTracker
@@ -62,6 +63,7 @@ __all__ = ["ProviderClient"]
 
 #: Models whose metrics, breaker and limiter are remembered for the hot path.
 MAX_ROUTES = 256
+_RUNNING = State.RUNNING
 
 #: ``_send``'s ``stream``: 0 (False) reads a JSON answer, 1 (True) a whole SSE answer (``chat(stream=True)``),
 #: ``_OPEN`` reads until the first delta is ready and hands the open response to a :class:`ChatStream`.
@@ -72,7 +74,7 @@ Messages = Sequence[Mapping[str, Any] | ChatMessage]
 logger = logging.getLogger(__name__)
 
 
-class ProviderClient:
+class ProviderClient(Lifecycle):
     """A pooled client for one provider, named as in ``[llm.NAME]``::
 
     async with ProviderClient("local", LLMConfig(base_url=server.url, default_model="mock")) as client:
@@ -131,7 +133,6 @@ class ProviderClient:
         self._failures = Failures(name, config)
         # Requests with the full request_timeout_s are bounded by one shared timer (_deadlines.Deadlines), so
         # aiohttp gets no total timeout of its own for them: its per-request timer costs ~4 µs on uvloop.
-        self._state = "created"
         self.requests = 0
         self.in_flight = 0
 
@@ -140,29 +141,21 @@ class ProviderClient:
     def __repr__(self) -> str:
         # The API key is deliberately absent: only the variable's name is shown.
         return (
-            f"<ProviderClient {self.name!r} state={self._state} base_url={self._base!r} "
+            f"<ProviderClient {self.name!r} state={self.state.value} base_url={self._base!r} "
             f"api_key_env={self.config.api_key_env!r} requests={self.requests} in_flight={self.in_flight}>"
         )
 
-    async def __aenter__(self) -> ProviderClient:
-        await self.start()
-        return self
+    def _kind(self) -> str:
+        return f"LLM provider client {self.name!r}"
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
+    async def _open(self) -> None:
         """Read the API key from the environment, open the pool and pre-warm ``min_connections``."""
-        if self._state != "created":
-            raise LifecycleError(f"LLM provider client {self.name!r} starts once; create a new one.")
-        self._state = "running"
         cfg = self.config
         names = {getattr(cfg, f) for f in cfg.__struct_fields__ if f.endswith("_env")}.union(self._secret_envs)
         self._failures.secrets = tuple(v for n in sorted(n for n in names if n) if (v := self._env.get(n)))
         if cfg.api_key_env is not None:
             key = self._env.get(cfg.api_key_env)
             if not key:
-                self._state = "closed"
                 raise LLMAuthError(
                     f"The environment variable {cfg.api_key_env} (api_key_env of [llm.{self.name}]) is not set; "
                     "export the provider's API key in it before starting.",
@@ -174,11 +167,8 @@ class ProviderClient:
                 self._pool.headers["Authorization"] = f"Bearer {key}"
         await self._pool.open()
 
-    async def aclose(self) -> None:
-        """Close batchers (flushing what they hold), then the pool; idempotent."""
-        if self._state == "closed":
-            return
-        self._state = "closed"
+    async def _close(self) -> None:
+        """Close batchers (flushing what they hold), then the pool."""
         for batcher in list(self._batchers.values()):
             await batcher.aclose()
         self._batchers.clear()
@@ -533,7 +523,7 @@ class ProviderClient:
         ``stream`` is 0 (a JSON answer), 1 (a whole SSE answer) or ``_OPEN``: the attempt ends when the first delta
         is ready and the response, still open, goes to a :class:`ChatStream`, which ends the attempt's accounting.
         """
-        if self._state != "running":
+        if self._lifecycle is not _RUNNING:
             raise LifecycleError(f"LLM provider client {self.name!r} is not running; use it inside the Runner.")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout_s if timeout_s is not None else self.config.retry.deadline_s)

@@ -21,6 +21,7 @@ import msgspec
 
 from ..config import LLMConfig
 from ..errors import ConfigError, LifecycleError, LLMError
+from ..lifecycle import Lifecycle
 from ..metrics import Metrics
 from ..resilience.breaker import BreakerConfig, BreakerRegistry
 from ..resilience.budget import RetryBudget
@@ -45,7 +46,7 @@ def _is_ignored(exc: BaseException) -> bool:
     return isinstance(exc, LLMError) and not exc.retriable
 
 
-class LLMHub:
+class LLMHub(Lifecycle):
     """The providers of ``[llm.*]``; ``hub.client("openai")`` is one of them, started and closed with the hub."""
 
     def __init__(
@@ -63,7 +64,6 @@ class LLMHub:
         self._env = os.environ if env is None else env
         self._clients: dict[str, ProviderClient] = {}
         self._limiters: list[RateLimiter] = []
-        self._state = "created"
         # Every provider scrubs every provider's keys from its error messages, not only its own.
         self._secret_envs = sorted(
             {
@@ -132,7 +132,7 @@ class LLMHub:
         )
 
     def __repr__(self) -> str:
-        return f"<LLMHub state={self._state} providers={sorted(self._clients)} {self.costs!r}>"
+        return f"<LLMHub state={self.state.value} providers={sorted(self._clients)} {self.costs!r}>"
 
     @property
     def providers(self) -> list[str]:
@@ -151,29 +151,12 @@ class LLMHub:
             f"No LLM provider named {provider!r} is configured; configured: {', '.join(sorted(self._clients))}."
         )
 
-    async def __aenter__(self) -> LLMHub:
-        await self.start()
-        return self
+    async def _open(self) -> None:
+        for c in self._clients.values():
+            await c.start()
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        if self._state != "created":
-            raise LifecycleError("An LLMHub starts once; create a new one.")
-        self._state = "running"
-        try:
-            for c in self._clients.values():
-                await c.start()
-        except BaseException:
-            await self.aclose()
-            raise
-
-    async def aclose(self) -> None:
-        """Close every client (flushing batchers) and rate limiter; idempotent."""
-        if self._state == "closed":
-            return
-        self._state = "closed"
+    async def _close(self) -> None:
+        """Close every client (flushing batchers) and rate limiter."""
         for c in self._clients.values():
             await c.aclose()
         for lim in self._limiters:

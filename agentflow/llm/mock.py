@@ -31,6 +31,7 @@ from typing import Any, Literal
 import msgspec
 from aiohttp import web
 
+from ..lifecycle import Lifecycle
 from .mock_script import chat_chunks, chat_reply, completion_chunks, text_of, tokens
 from .types import (
     CHAT_REQUEST_DECODER,
@@ -149,7 +150,7 @@ def _hashed(text: str, dims: int) -> list[float]:
     return [round(v / norm, 6) for v in vec]
 
 
-class MockLLMServer:
+class MockLLMServer(Lifecycle):
     """The mock server; an async context manager that binds ``host:port`` (0 = a free port) on enter."""
 
     def __init__(
@@ -188,7 +189,6 @@ class MockLLMServer:
         self._stats = MockStats()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._closed = False
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -205,16 +205,7 @@ class MockLLMServer:
     def root(self) -> str:
         return f"http://{self.host}:{self._port}"
 
-    async def __aenter__(self) -> MockLLMServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        if self._closed or self._runner is not None:
-            raise RuntimeError("A MockLLMServer starts once; create a new one.")
+    async def _open(self) -> None:
         app = web.Application(client_max_size=self.max_request_bytes)
         for prefix in ("/v1", "/openai/deployments/{deployment}"):
             app.router.add_post(prefix + "/chat/completions", self._chat)
@@ -247,21 +238,14 @@ class MockLLMServer:
         server.connection_lost = connection_lost  # type: ignore[method-assign,assignment]
         self._runner = runner
         self._site = web.TCPSite(runner, self.host, self._port, backlog=1024)
-        try:
-            await self._site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        sockets = getattr(self._site._server, "sockets", None) or []
-        if sockets:
-            self._port = sockets[0].getsockname()[1]
+        await self._site.start()  # a failure closes the server (_close cleans the runner up)
+        addresses = runner.addresses  # (host, port, ...) of each listening socket: port 0 resolved
+        if addresses:
+            self._port = int(addresses[0][1])
         logger.info("Mock LLM server listening on %s", self.url)
 
-    async def aclose(self) -> None:
-        """Stop serving; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _close(self) -> None:
+        """Stop serving."""
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import msgspec
 
 from ..errors import LifecycleError, RateLimitQueueFullError, RateLimitTooLargeError
+from ..lifecycle import Lifecycle
 from ..metrics import LimiterMetrics, Metrics
 
 __all__ = ["RateLimiter", "RateLimiterStatistics"]
@@ -58,7 +59,7 @@ class _Grant:
         self.tokens = tokens
 
 
-class RateLimiter:
+class RateLimiter(Lifecycle):
     """Requests-per-minute and tokens-per-minute limits together; callers queue in priority order::
 
         limiter = RateLimiter(rpm=500, tpm=200_000, name="openai/gpt-4o")
@@ -71,6 +72,8 @@ class RateLimiter:
     that is cancelled leaves the queue and consumes nothing. ``None`` for a limit means unlimited.
     ``period_s`` is the window ``rpm`` and ``tpm`` count over (a minute; shorter in tests).
     """
+
+    started_when_created = True  # usable from construction; aclose fails the waiting calls
 
     def __init__(
         self,
@@ -270,16 +273,8 @@ class RateLimiter:
 
     # ---- lifecycle and introspection -----------------------------------------------------------------------
 
-    async def __aenter__(self) -> RateLimiter:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Refuse new calls and fail the waiting ones with LifecycleError; idempotent."""
-        if self._closed:
-            return
+    async def _close(self) -> None:
+        """Refuse new calls and fail the waiting ones with LifecycleError."""
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()

@@ -7,102 +7,20 @@ multi-process Kafka tests.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgspec
 import pytest
 from conftest import REPO_ROOT
 from typer.testing import CliRunner
+from worker_processes import APP, WorkerProcess, handled_lines, post_events
 
 from agentcli.main import app
 
 ROOT = REPO_ROOT
-APP = "tests/workerapp.py:runner"
-READY = re.compile(r"\(pid (\d+)\) ready on http://([^:\s]+):(\d+)")
-START_TIMEOUT_S = 30.0
-
-
-class WorkerProcess:
-    """``agentcli run ...`` as a real subprocess; stderr goes to a file, stdout is read for the ready line(s)."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, stderr_path: Path) -> None:
-        self.proc = proc
-        self.stderr_path = stderr_path
-        self.urls: list[str] = []
-        self.pids: list[int] = []
-
-    @classmethod
-    async def start(cls, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
-        stderr_path = tmp_path / f"worker-{os.urandom(3).hex()}.err"
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agentcli", "run", *args,
-                cwd=ROOT, env=full_env, stdout=asyncio.subprocess.PIPE, stderr=err,
-            )  # fmt: skip
-        finally:
-            os.close(err)
-        return cls(proc, stderr_path)
-
-    async def wait_ready(self, workers: int = 1, timeout_s: float = START_TIMEOUT_S) -> list[str]:
-        assert self.proc.stdout is not None
-        async with asyncio.timeout(timeout_s):
-            while len(self.urls) < workers:
-                line = (await self.proc.stdout.readline()).decode()
-                if not line:
-                    raise AssertionError(f"agentcli run exited before it was ready:\n{self.stderr()}")
-                m = READY.search(line)
-                if m:
-                    self.pids.append(int(m.group(1)))
-                    self.urls.append(f"http://{m.group(2)}:{m.group(3)}")
-        return self.urls
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    async def wait(self, timeout_s: float = 60.0) -> int:
-        async with asyncio.timeout(timeout_s):
-            return await self.proc.wait()
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-
-async def post_events(
-    http: aiohttp.ClientSession, url: str, payloads: list[Any], *, topic: str = "jobs", batch: int = 100
-) -> list[str]:
-    """POST the payloads in batches, retrying 429/503 after Retry-After; return every accepted id."""
-    ids: list[str] = []
-    for i in range(0, len(payloads), batch):
-        body = msgspec.json.encode([{"topic": topic, "payload": p} for p in payloads[i : i + batch]])
-        while True:
-            async with http.post(url + "/v1/events", data=body, headers={"Content-Type": "application/json"}) as r:
-                if r.status == 202:
-                    ids.extend((await r.json())["ids"])
-                    break
-                assert r.status in (429, 503), await r.text()
-                await asyncio.sleep(min(float(r.headers["Retry-After"]), 0.05))
-    return ids
-
-
-def handled_lines(path: Path) -> Counter[str]:
-    """How many times each event id was handled, from the workerapp's output file."""
-    if not path.exists():
-        return Counter()
-    return Counter(line.split()[0] for line in path.read_text().splitlines() if line)
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

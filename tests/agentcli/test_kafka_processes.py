@@ -12,94 +12,31 @@ import os
 import re
 import signal
 import sys
-import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
-import msgspec
 import pytest
-from test_cli_run import APP, ROOT, WorkerProcess, handled_lines, post_events
+from worker_processes import (
+    APP,
+    MAX_IN_FLIGHT,
+    ROOT,
+    WorkerProcess,
+    emit_all,
+    emit_until,
+    handled_lines,
+    kafka_config,
+    post_events,
+    report,
+    start_worker,
+    until,
+)
 
 from agentcli.ops.run import restart_delay_s
-from agentflow import Producer, config_from_dict
 
 if TYPE_CHECKING:
     from kafka_broker import TansuBroker
-
-MAX_IN_FLIGHT = 256  # runner.max_concurrent_events of each worker: the in-flight window
-PARTITIONS = 4
-
-
-def kafka_config(tmp_path: Path, broker: TansuBroker, **kafka: Any) -> tuple[Path, dict[str, Any]]:
-    """A TOML file for the workers and the same settings as a dict for the test's Producer (``kafka``
-    overrides [kafka] settings)."""
-    from kafka_broker import kafka_settings
-
-    data: dict[str, Any] = {
-        "bus": {"backend": "kafka", "partitions": PARTITIONS},
-        "runner": {"max_concurrent_events": MAX_IN_FLIGHT, "shutdown_grace_s": 15.0},
-        "kafka": kafka_settings(broker.bootstrap, prefix=f"proc{os.urandom(4).hex()}.", **kafka),
-    }
-    lines = []
-    for section, table in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {msgspec.json.encode(v).decode()}" for k, v in table.items()]
-    path = tmp_path / "kafka.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path, data
-
-
-async def start_worker(
-    tmp_path: Path, config: Path, out: Path, *extra: str, workers: int = 1, sleep_ms: int = 1
-) -> WorkerProcess:
-    # sleep_ms=20 with 64 handler slots: ~3k events/s per worker, so a signal or a kill lands mid-backlog.
-    w = await WorkerProcess.start(
-        tmp_path, APP, "--config", str(config), "--port", "0", "--workers", str(workers), *extra,
-        env={"WORKERAPP_OUT": str(out), "WORKERAPP_SLEEP_MS": str(sleep_ms)},
-    )  # fmt: skip
-    await w.wait_ready(workers)
-    return w
-
-
-async def emit_all(data: dict[str, Any], n: int, *, batch: int = 500, pause_s: float = 0.0) -> list[str]:
-    ids: list[str] = []
-    async with Producer(config_from_dict(data)) as producer:
-        for i in range(0, n, batch):
-            ids += await producer.emit_many("jobs", [{"n": j} for j in range(i, min(n, i + batch))])
-            if pause_s:
-                await asyncio.sleep(pause_s)
-    return ids
-
-
-async def emit_until(
-    data: dict[str, Any], stop: asyncio.Event, *, batch: int = 100, pause_s: float = 0.05
-) -> list[str]:
-    """Emit batches until ``stop`` is set: a steady load whatever the machine's speed (a fixed count can be
-    handled completely before a slow-starting worker joins). Returns every id emitted."""
-    ids: list[str] = []
-    async with Producer(config_from_dict(data)) as producer:
-        while not stop.is_set():
-            n = len(ids)
-            ids += await producer.emit_many("jobs", [{"n": j} for j in range(n, n + batch)])
-            await asyncio.sleep(pause_s)
-    return ids
-
-
-async def until(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def report(name: str, sent: list[str], handled: Counter[str]) -> tuple[int, int]:
-    lost = len(set(sent) - set(handled))
-    dups = sum(handled.values()) - len(handled)
-    print(f"\n{name}: sent {len(sent)}, handled {sum(handled.values())}, lost {lost}, duplicates {dups}")
-    return lost, dups
 
 
 @pytest.mark.slow

@@ -66,6 +66,8 @@ INTERNAL = {
         "DEAD_LETTER_RAW_BYTES",
     },  # defaults, bounds
     "agentflow.metrics": {"MAX_OBSERVED_S", "AgentMetrics", "GaugeSample", "Pow2Histogram"},  # Metrics' internals
+    # the base every resource's lifecycle follows; users see State as RunnerState and each resource's .state
+    "agentflow.lifecycle": {"Lifecycle", "State", "shielded"},
     "agentflow.pool": {"Slot"},  # a worker's timing state, owned by the pool
     # started by the Runner from [monitoring]
     "agentflow.service": {"Service"},

@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("The Kafka bus needs aiokafka; install it with: pip install 'agentflow[kafka]'") from exc
 
 from ...config import Config, KafkaConfig
-from ...errors import BackpressureError, BusUnavailableError, DeliveryUncertainError, LifecycleError
+from ...errors import BackpressureError, BusUnavailableError, DeliveryUncertainError
 from ...events import DEFAULT_MAX_EVENT_BYTES, DeadLetter, Event, EventCodec, RawEvent
 from ..base import Bus, BusStatistics, Item
 from .client import Connector
@@ -119,8 +119,6 @@ class KafkaBus(Bus):
         self._joining = 0
         self._dead_count = 0
         self._dlq_dec = msgspec.msgpack.Decoder(DeadLetter)
-        self._started = False
-        self._closed = False
 
     @classmethod
     def from_config(cls, config: Config) -> KafkaBus:
@@ -136,7 +134,7 @@ class KafkaBus(Bus):
         return (
             f"<KafkaBus {self.kafka.bootstrap_servers} prefix={self.kafka.topic_prefix!r} "
             f"subscriptions={sum(map(len, self._subs.values()))} published={self._published} "
-            f"publishing={self._waiting} {'closed' if self._closed else 'open' if self._started else 'new'}>"
+            f"publishing={self._waiting} {self.state.value}>"
         )
 
     @property
@@ -145,13 +143,9 @@ class KafkaBus(Bus):
         fetching (its fetch loop is not down after a failure).
 
         ``/readyz`` answers 503 while this is False (agentflow/service/app.py)."""
-        if not self._started or self._closed:
+        if not self.running:
             return False
         return not self._joining and all(s.joined and s.fetching for subs in self._subs.values() for s in subs)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def topic_name(self, topic: str) -> str:
         return self.kafka.topic_prefix + topic
@@ -168,11 +162,7 @@ class KafkaBus(Bus):
         ``attempt_timeout_s`` when given). A TLS failure is reported at once, with its cause."""
         await self._connector.connect(start, what, attempt_timeout_s)
 
-    async def start(self) -> None:
-        if self._closed:
-            raise LifecycleError("Cannot restart a KafkaBus once it has been closed; create a new one.")
-        if self._started:
-            return
+    async def _open(self) -> None:
         k = self.kafka
         self._producer = AIOKafkaProducer(
             **{
@@ -191,24 +181,16 @@ class KafkaBus(Bus):
             enable_idempotence=k.enable_idempotence,
         )
         self._admin = AIOKafkaAdminClient(**self.client_opts)
-        try:
-            # Its requests may take delivery_timeout_s (above), but connecting is bounded as for the others.
-            await self.connect(self._producer.start, "connect a producer", k.request_timeout_ms / 1000)
-            await self.connect(self._admin.start, "connect an admin client")
-        except BaseException:
-            await self._producer.stop()
-            await self._admin.close()
-            raise
-        self._started = True
+        # Its requests may take delivery_timeout_s (above), but connecting is bounded as for the others. A failure
+        # closes the bus (_close stops both clients).
+        await self.connect(self._producer.start, "connect a producer", k.request_timeout_ms / 1000)
+        await self.connect(self._admin.start, "connect an admin client")
 
     def _max_request_size(self) -> int:
         """The producer's bound on one record (key, value and headers): an event of max_event_bytes fits."""
         return max(self.codec.max_event_bytes + 4096, 1_048_576)
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _close(self) -> None:
         for subs in list(self._subs.values()):
             for sub in list(subs):
                 await sub.aclose()
@@ -220,10 +202,7 @@ class KafkaBus(Bus):
             await self._admin.close()
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise LifecycleError("Cannot publish on a KafkaBus once it has been closed.")
-        if not self._started:
-            raise LifecycleError("Start the KafkaBus (await bus.start()) before publishing or subscribing.")
+        self._check_running("publish or subscribe")
 
     # ---- topics ----------------------------------------------------------------------------------------
 

@@ -20,8 +20,7 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer
 from kafka_broker import TansuBroker
-from test_cli_run import handled_lines
-from test_kafka_processes import kafka_config, start_worker, until
+from worker_processes import handled_lines, kafka_config, start_worker, until
 
 from agentflow import DeadLetter, Producer, config_from_dict
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 from kafka_broker import S3Emulator, TansuBroker
-from test_cli_run import handled_lines
-from test_kafka_processes import kafka_config, report, start_worker, until
+from worker_processes import handled_lines, kafka_config, report, start_worker, until
 
 from agentflow import BusUnavailableError, Producer, config_from_dict
 
