@@ -81,7 +81,7 @@ Attempt = Annotated[int, msgspec.Meta(ge=1)]
 Depth = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class Event(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+class Event(msgspec.Struct, frozen=True, gc=False, omit_defaults=True, kw_only=True):
     """One event on the bus.
 
     ``payload`` is anything msgspec can encode: a dict, a list, a string, or a user's own Struct (an agent
@@ -118,22 +118,24 @@ def make_events(
     now = time.time()
     hdrs = dict(headers) if headers else None
     ids = _new_ids(len(payloads))
-    r = itertools.repeat
-    # map over the constructor keeps the per-event loop in C (one batch of 256 is ~40% faster than a listcomp)
-    return list(
-        map(
-            Event,
-            r(topic),
-            payloads,
-            r(key),
-            ids,
-            r(hdrs),
-            r(now),
-            r(1),
-            ids if correlation_id is None else r(correlation_id),
-            r(depth),
+    if correlation_id is None:  # each event starts its own workflow
+        return [
+            Event(topic=topic, payload=p, key=key, id=i, headers=hdrs, created_at=now, correlation_id=i, depth=depth)
+            for p, i in zip(payloads, ids, strict=True)
+        ]
+    return [
+        Event(
+            topic=topic,
+            payload=p,
+            key=key,
+            id=i,
+            headers=hdrs,
+            created_at=now,
+            correlation_id=correlation_id,
+            depth=depth,
         )
-    )
+        for p, i in zip(payloads, ids, strict=True)
+    ]
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

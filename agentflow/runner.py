@@ -355,7 +355,17 @@ class Runner(Lifecycle):
         if self._lifecycle is not _RUNNING:
             self._check_accepting()
         eid = new_event_id()
-        batch = (Event(topic, payload, key, eid, headers, time.time(), 1, eid),)
+        batch = (
+            Event(
+                topic=topic,
+                payload=payload,
+                key=key,
+                id=eid,
+                headers=headers,
+                created_at=time.time(),
+                correlation_id=eid,
+            ),
+        )
         if not self.bus.offer(topic, batch):
             await self._waiting.publish(self.bus, topic, batch)
         em = self._emitted
@@ -372,7 +382,10 @@ class Runner(Lifecycle):
         if self._lifecycle is not _RUNNING:
             self._check_accepting()
         eid = new_event_id()
-        self.bus.publish_nowait(topic, (Event(topic, payload, key, eid, headers, time.time(), 1, eid),))
+        event = Event(
+            topic=topic, payload=payload, key=key, id=eid, headers=headers, created_at=time.time(), correlation_id=eid
+        )
+        self.bus.publish_nowait(topic, (event,))
         self.metrics.emitted(topic)
         return eid
 

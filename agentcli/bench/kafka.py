@@ -174,7 +174,23 @@ async def _raw(config: Config, n: int, batch: int, emitters: int, rate: float | 
         futs = []
         for p in payloads:
             eid = new_event_id()
-            futs.append(await producer.send(topic, enc.encode(Event(topic, p, None, eid, None, now, 1, eid))))
+            futs.append(
+                await producer.send(
+                    topic,
+                    enc.encode(
+                        Event(
+                            topic=topic,
+                            payload=p,
+                            key=None,
+                            id=eid,
+                            headers=None,
+                            created_at=now,
+                            attempt=1,
+                            correlation_id=eid,
+                        )
+                    ),
+                )
+            )
         await asyncio.gather(*futs)
 
     try:

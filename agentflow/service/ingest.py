@@ -200,7 +200,15 @@ class Ingest(JsonRoutes):
         events: list[Event] = []
         for i, item in enumerate(items):
             eid = new_event_id()
-            ev = Event(topic, item.payload, item.key, eid, item.headers, now, 1, eid)
+            ev = Event(
+                topic=topic,
+                payload=item.payload,
+                key=item.key,
+                id=eid,
+                headers=item.headers,
+                created_at=now,
+                correlation_id=eid,
+            )
             try:
                 runner.codec.encode(ev)  # enforce max_event_bytes before anything is published
             except EventTooLargeError as exc:

@@ -48,7 +48,7 @@ def letter(n: int, *, topic: str = "orders", agent: str = "picky") -> DeadLetter
         error=f"no {n}",
         attempts=1,
         failed_at=1_000.0 + n // 3,  # three letters share each failed_at: the id breaks the tie
-        event=Event(topic, n, f"k{n % 5}", eid, None, 0.0, 1, eid),
+        event=Event(topic=topic, payload=n, key=f"k{n % 5}", id=eid, created_at=0.0, correlation_id=eid),
     )
 
 

@@ -177,8 +177,8 @@ async def test_oversized_bytes_are_dead_lettered_as_too_large(garbage: Garbage, 
 
 async def test_valid_encoded_events_around_the_size_limit(garbage: Garbage) -> None:
     codec = EventCodec()  # no limit of its own worth hitting: the runner's limit is what is tested
-    small = codec.encode(Event("raw", "x" * 100, "k", "small-1"))
-    big = codec.encode(Event("raw", "x" * MAX_EVENT_BYTES, "k", "big-1"))
+    small = codec.encode(Event(topic="raw", payload="x" * 100, key="k", id="small-1"))
+    big = codec.encode(Event(topic="raw", payload="x" * MAX_EVENT_BYTES, key="k", id="big-1"))
     finished, letters = await garbage.send("raw", small)
     assert (finished, letters, garbage.handled[-1]) == (1, [], "x" * 100)
     finished, letters = await garbage.send("raw", big)
@@ -199,13 +199,13 @@ async def test_a_mixed_burst_is_fully_accounted_for(garbage: Garbage) -> None:
         elif kind == "big":
             topic, data = "raw", rng.randbytes(MAX_EVENT_BYTES + rng.randrange(1, 500))
         elif kind == "event":
-            topic, data = "raw", codec.encode(Event("raw", i, f"k{i % 5}", f"e{i}"))
+            topic, data = "raw", codec.encode(Event(topic="raw", payload=i, key=f"k{i % 5}", id=f"e{i}"))
             expected_handled += 1
         elif kind == "point":
-            topic, data = "typed", codec.encode(Event("typed", {"x": i, "y": -i}, None, f"p{i}"))
+            topic, data = "typed", codec.encode(Event(topic="typed", payload={"x": i, "y": -i}, id=f"p{i}"))
             expected_handled += 1
         else:
-            topic, data = "typed", codec.encode(Event("typed", {"x": "nope"}, None, f"b{i}"))
+            topic, data = "typed", codec.encode(Event(topic="typed", payload={"x": "nope"}, id=f"b{i}"))
         await runner.emit_encoded(topic, data, key=f"k{i % 7}")
         sent += 1
     async with asyncio.timeout(STEP_TIMEOUT_S):

@@ -44,7 +44,7 @@ async def fill(runner: Runner, eventually: Eventually) -> None:
     await runner.emit("t", "running")
     await eventually(lambda: runner.statistics().in_flight == 1, what="the agent to take the first event")
     await runner.emit("t", "buffered")
-    assert not runner.bus.offer("t", [Event("t", "probe")])
+    assert not runner.bus.offer("t", [Event(topic="t", payload="probe")])
 
 
 def futures_with_most_callbacks() -> int:

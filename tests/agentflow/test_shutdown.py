@@ -161,7 +161,7 @@ async def test_handlers_longer_than_grace_are_cancelled_and_their_events_returne
     assert s.pool.busy == 0
     assert s.agents[0].failed_attempts == 0, "a shutdown cancellation is not a handler failure"
     assert bus.statistics().buffered == 5, "all five events are back in the bus"
-    await bus.publish("t", [Event("t", "still open")])  # the runner does not close a bus it was given
+    await bus.publish("t", [Event(topic="t", payload="still open")])  # the runner does not close a bus it was given
     assert bus.statistics().buffered == 6
     await bus.aclose()
 

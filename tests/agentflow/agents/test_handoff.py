@@ -100,5 +100,5 @@ async def test_no_hand_off_once_intake_stops(make_runner: RunnerFactory) -> None
         await worker.stop_intake()
         assert worker._sub._listener is None  # type: ignore[attr-defined]
         assert worker._pump() is False  # and a stale reference would refuse too
-        assert bus.offer("t", [Event("t", 1)])
+        assert bus.offer("t", [Event(topic="t", payload=1)])
         assert not worker._local and worker.inflight == 0

@@ -31,7 +31,7 @@ TIMEOUT_S = 5.0
 
 def ev(topic: str, payload: object, key: str | None = None) -> Event:
     eid = new_event_id()
-    return Event(topic, payload, key, eid, None, 0.0, 1, eid)
+    return Event(topic=topic, payload=payload, key=key, id=eid, created_at=0.0, correlation_id=eid)
 
 
 async def take(sub: Subscription, n: int, *, max_n: int = 1000, ack: bool = True) -> list[Item]:

@@ -413,7 +413,7 @@ async def test_on_kafka_ingest_creates_no_topics_and_the_known_topic_list_is_bou
         # is simply checked again.
         bus.max_known_topics = 3
         for i in range(6):
-            await bus.publish(f"many-{i}", [Event(f"many-{i}", i)])
+            await bus.publish(f"many-{i}", [Event(topic=f"many-{i}", payload=i)])
             assert len(bus._known) <= 3
-        await bus.publish("many-0", [Event("many-0", "again")])
+        await bus.publish("many-0", [Event(topic="many-0", payload="again")])
         assert len(bus._known) <= 3

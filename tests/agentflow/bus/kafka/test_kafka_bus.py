@@ -36,7 +36,7 @@ MakeBus = Callable[..., Any]
 
 def ev(topic: str, payload: object, key: str | None = None) -> Event:
     eid = new_event_id()
-    return Event(topic, payload, key, eid, None, 0.0, 1, eid)
+    return Event(topic=topic, payload=payload, key=key, id=eid, created_at=0.0, correlation_id=eid)
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ async def main(bootstrap, pid):
     bus = KafkaBus(msgspec.convert(settings, KafkaConfig), partitions=2, buffer_size=100)
     await bus.start()
     sub = await bus.subscribe("t", "g")
-    await bus.publish("t", [Event("t", i) for i in range(10)])
+    await bus.publish("t", [Event(topic="t", payload=i) for i in range(10)])
     taken = []
     while len(taken) < 10:
         taken += sub.take_nowait(10)

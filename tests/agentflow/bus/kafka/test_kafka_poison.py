@@ -110,7 +110,18 @@ _codec = EventCodec(max_event_bytes=64 * 1024 * 1024)  # encodes anything a fore
 
 
 def good(eid: str, payload: Any) -> bytes:
-    return _codec.encode(Event("jobs", payload, None, eid, None, time.time(), 1, eid))
+    return _codec.encode(
+        Event(
+            topic="jobs",
+            payload=payload,
+            key=None,
+            id=eid,
+            headers=None,
+            created_at=time.time(),
+            attempt=1,
+            correlation_id=eid,
+        )
+    )
 
 
 #: Deeper than any recursion limit: hypothesis raises Python's by a few thousand while a test runs, and a payload
@@ -396,7 +407,7 @@ def poison(draw: st.DrawFn) -> Poison:
     elif kind == "tombstone":
         value = None
     else:
-        value = _codec.encode(Event("jobs", "x", None, nonce, None, float("nan")))
+        value = _codec.encode(Event(topic="jobs", payload="x", id=nonce, created_at=float("nan")))
     return Poison(kind, nonce, value, headers, gzip, reason)
 
 

@@ -147,7 +147,7 @@ async def test_with_the_right_ca_the_bus_publishes_and_consumes_over_tls(
     await bus.start()
     try:
         sub = await bus.subscribe("t", "g")
-        await bus.publish("t", [Event("t", n, "k", f"tls-{n}") for n in range(3)])
+        await bus.publish("t", [Event(topic="t", payload=n, key="k", id=f"tls-{n}") for n in range(3)])
         got: list[object] = []
         async with asyncio.timeout(15):
             while len(got) < 3:
