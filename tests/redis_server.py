@@ -7,15 +7,15 @@ installs the package).
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from system_packages import ensure
 
 from agentcli.bench.tansu import free_port
 
@@ -32,13 +32,10 @@ class RedisServer:
     """One redis-server process; ``url`` has no password, ``password`` is set with ``requirepass``."""
 
     def __init__(self, *, start_timeout_s: float = 10.0) -> None:
-        binary = REDIS_SERVER if os.access(REDIS_SERVER, os.X_OK) else shutil.which("redis-server")
-        if binary is None:
-            raise RedisUnavailable(
-                f"redis-server is not installed ({REDIS_SERVER} is missing); run apt-get install -y redis-server "
-                "(.ci/run does)."
-            )
-        self.binary = binary
+        try:
+            self.binary = ensure("redis-server", "redis-server")  # the test command installs it when missing
+        except RuntimeError as exc:
+            raise RedisUnavailable(str(exc)) from None
         self.port = free_port()
         self.password = secrets.token_hex(16)
         self.start_timeout_s = start_timeout_s

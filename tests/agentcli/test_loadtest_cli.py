@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import REPO_ROOT
+from system_packages import ensure
 from typer.testing import CliRunner, Result
 
 from agentcli.loadtest.plan import resolve
@@ -23,7 +23,6 @@ from agentcli.loadtest.session import run_local
 from agentcli.main import app
 
 ROOT = REPO_ROOT
-CHROMIUM = Path("/usr/bin/chromium")
 cli = CliRunner()
 
 
@@ -180,8 +179,9 @@ async def test_http_target_plain_streaming_and_errors() -> None:
 
 
 def _render(html_path: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    chromium = ensure("chromium", "chromium")
     return subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={tmp_path / 'profile'}", *args, html_path.as_uri()],
         capture_output=True, timeout=90, check=False,
@@ -190,9 +190,7 @@ def _render(html_path: Path, tmp_path: Path, *args: str) -> subprocess.Completed
 
 @pytest.mark.slow
 def test_html_report_renders_offline_in_headless_chromium(tmp_path: Path) -> None:
-    assert CHROMIUM.exists() or shutil.which("chromium"), (
-        "Chromium is needed to test the HTML report: install it with `apt-get install -y chromium` (.ci/run does)."
-    )
+    ensure("chromium", "chromium")  # the test command installs Debian's Chromium when it is missing
     html = tmp_path / "r.html"
     loadtest("--rate", "100/s", "--stages", "1s:200,1s:50", "--window", "250ms", "--threshold", "p99<5s",
              "--report", str(html), code=0)  # fmt: skip

@@ -217,3 +217,15 @@ def test_internal_allow_list_is_not_stale() -> None:
         stale = names - set(getattr(modules[mod_name], "__all__", ()))
         assert not stale, f"{mod_name}: INTERNAL lists {sorted(stale)}, no longer in its __all__"
         assert not names & set(agentflow.__all__), f"{mod_name}: exported names cannot also be internal"
+
+
+def test_import_agentflow_stays_light() -> None:
+    # The library's import path never loads the CLI's libraries or an optional client: they come with the feature
+    # that needs them (a configured LLM provider, the Kafka bus, a state backend, an MCP server).
+    import subprocess
+    import sys
+
+    heavy = ["typer", "rich", "aiohttp", "aiokafka", "redis", "mcp", "openai", "jsonschema"]
+    code = f"import sys, agentflow; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout
