@@ -461,11 +461,12 @@ class Runner(Lifecycle):
         finally:
             requests.close_request(eid)
 
-    @staticmethod
-    def _closed_while_waiting(topic: str) -> LifecycleError:
-        return LifecycleError(
-            f"The Runner closed while an emit to {topic!r} waited for room in the bus; the event was not emitted."
-        )
+    def _closed_while_waiting(self, topic: str) -> LifecycleError:
+        if self.bus.backend == "memory":
+            outcome = "the event was not emitted"
+        else:  # waiting for the brokers' confirmation: the write may have reached them
+            outcome = "it may or may not have been written (the brokers had not confirmed it)"
+        return LifecycleError(f"The Runner closed while an emit to {topic!r} waited for the bus; {outcome}.")
 
     def _expired(self, eid: str, exc: RequestTimeoutError) -> None:
         # timeout_s covers the wait for room in the bus too: a request still waiting there gives up now.

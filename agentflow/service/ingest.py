@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
-from ..errors import BackpressureError, BusError, EventTooLargeError, LifecycleError
+from ..errors import BackpressureError, BusError, DeliveryUncertainError, EventTooLargeError, LifecycleError
 from ..events import Event, new_event_id
 from .auth import BadRequest, BearerToken, JsonRoutes
 
@@ -238,6 +238,11 @@ class Ingest(JsonRoutes):
             return self._error(503, str(exc), retry=True)
         except BackpressureError as exc:
             return self._error(429, str(exc), retry=True)
+        except DeliveryUncertainError as exc:
+            # Some events may be written: name them, so a client retrying can tell the broker's copies apart.
+            logger.warning("HTTP ingest to topic %r failed: %s", topic, exc)
+            body = {"error": str(exc), "uncertain_ids": list(exc.event_ids)}
+            return self._reply(503, body, {"Retry-After": str(self._config.retry_after_s)})
         except BusError as exc:
             logger.warning("HTTP ingest to topic %r failed: %s", topic, exc)
             return self._error(503, str(exc), retry=True)

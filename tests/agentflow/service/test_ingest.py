@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from kafka_broker import TansuBroker, kafka_settings
 
-from agentflow import ConfigError, Context, Event, Reject, Runner
+from agentflow import ConfigError, Context, DeliveryUncertainError, Event, MemoryBus, Reject, Runner
 from agentflow.service.ingest import MAX_NESTING
 
 if TYPE_CHECKING:
@@ -417,3 +417,37 @@ async def test_on_kafka_ingest_creates_no_topics_and_the_known_topic_list_is_bou
             assert len(bus._known) <= 3
         await bus.publish("many-0", [Event(topic="many-0", payload="again")])
         assert len(bus._known) <= 3
+
+
+class _UncertainBus(MemoryBus):
+    """A broker-backed bus as ingest sees it (it waits for the confirmation), whose brokers never confirm: every
+    publish ends with the outcome unknown, as a frozen Kafka broker's would (tested against Tansu in
+    tests/agentflow/bus/kafka/test_kafka_frozen.py)."""
+
+    backend = "uncertain"
+
+    async def publish(
+        self, topic: str, events: Sequence[Any], *, group: str | None = None, follow_up: bool = False
+    ) -> None:
+        raise DeliveryUncertainError(
+            "The brokers did not confirm the events in time; they may or may not have been written.",
+            event_ids=tuple(e.id for e in events),
+            events=tuple(events),
+        )
+
+
+async def test_an_unconfirmed_ingest_names_the_events_that_may_have_been_written(
+    make_runner: RunnerFactory, http: aiohttp.ClientSession
+) -> None:
+    runner = make_runner(ingest_config(ingest_any_topic=True), bus=_UncertainBus())
+
+    @runner.agent("orders")
+    async def record(event: Event, ctx: Context) -> None:
+        pass
+
+    async with runner:
+        status, body, headers = await post_json(
+            http, base_url(runner) + "/v1/events", [{"topic": "orders", "payload": i} for i in range(3)]
+        )
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert len(body["uncertain_ids"]) == 3 and "may or may not have been written" in body["error"]
