@@ -7,6 +7,7 @@ bad option, stage list, threshold or scenario file, always with a sentence and n
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +18,11 @@ from rich.table import Table
 
 from agentflow import scrub_secrets
 
+from ..logs import log_records
+from ..output import OPTIONS
+from ..output import console as make_console
 from ..parse import ParseError
-from ..runtime import Interrupted, LogLimiter, command_line, now_iso, run_async
+from ..runtime import Interrupted, Stop, command_line, interruption, now_iso, run_async
 from ..thresholds import verdict_table
 from .collector import Collector
 from .compare import compare_reports, render_comparison
@@ -32,6 +36,8 @@ from .workers import run_workers
 
 __all__ = ["loadtest_app"]
 
+#: The exit code of a run a signal stopped (128 + SIGINT, as a shell reports Ctrl-C).
+INTERRUPTED_EXIT = 130
 _LOAD = "Load shape"
 _WHAT = "What to load"
 _CHECK = "Thresholds"
@@ -250,11 +256,33 @@ def loadtest(
 
 
 def _run(plan: Plan, scenario_obj: Any, json_path: Path | None, html_path: Path | None) -> int:
-    console = Console()
+    console = make_console()
     err = Console(stderr=True)
-    limiter = LogLimiter(err)
-    log = logging.getLogger("agentflow")
-    log.addHandler(limiter)
+    with log_records(logging.WARNING, fmt=OPTIONS.log_format, limit=5) as limiter:
+        rep = _measure(plan, scenario_obj, console)
+    render(console, rep)
+    hidden = limiter.summary() if limiter is not None else None
+    if hidden:
+        err.print(hidden)
+    if json_path is not None:
+        write_report(json_path, rep)
+        console.print(f"JSON report written to {json_path}", highlight=False)
+    if html_path is not None:
+        write_html(html_path, rep)
+        console.print(f"HTML report written to {html_path}", highlight=False)
+    if rep.interrupted is not None:
+        i = rep.interrupted
+        err.print(
+            f"Interrupted by {i.signal} after {i.covered_s:.1f} s of {plan.duration_s:g} s: the figures above cover "
+            "what ran until then.",
+            highlight=False,
+        )
+        return INTERRUPTED_EXIT
+    return 0 if rep.passed else 1
+
+
+def _measure(plan: Plan, scenario_obj: Any, console: Console) -> LoadReport:
+    """Run the load test; a first Ctrl-C ends the load early and the report covers what ran (``interrupted``)."""
     started_at = now_iso()
     if plan.spec.workers == 1:
         try:
@@ -275,40 +303,28 @@ def _run(plan: Plan, scenario_obj: Any, json_path: Path | None, html_path: Path 
         highlight=False,
     )
     status = LiveStatus()
+    stop = Stop()
+    t0 = time.monotonic()
 
     async def go() -> Outcome:
         collector = Collector(plan)
         async with LiveView(console, plan, status, collector):
             if plan.spec.workers > 1:
-                return await run_workers(plan, status=status, collector=collector)
-            return await run_local(
-                plan, scenario_obj, status=status if console.is_terminal else None, target=target, collector=collector
-            )
+                return await run_workers(plan, status=status, collector=collector, stop=stop)
+            return await run_local(plan, scenario_obj, status=status, target=target, collector=collector, stop=stop)
 
     try:
-        outcome = run_async(go())
+        outcome = run_async(go(), stop)
     except Interrupted as exc:
-        err.print("Interrupted: the load test was stopped; no report written.")
+        Console(stderr=True).print("Interrupted before the load started; no report written.")
         raise typer.Exit(code=128 + exc.signum) from None
     except ScenarioError as exc:
         raise _usage(exc) from None
-    finally:
-        log.removeHandler(limiter)
-    rep = build(
+    return build(
         plan, outcome.collector, target=outcome.target, started_at=started_at, aborted=outcome.aborted,
-        interrupted=outcome.interrupted, command=command_line(),
+        iterations_interrupted=outcome.iterations_interrupted, command=command_line(),
+        interrupted=interruption(stop, t0, plan.duration_s),
     )  # fmt: skip
-    render(console, rep)
-    hidden = limiter.summary()
-    if hidden:
-        err.print(hidden)
-    if json_path is not None:
-        write_report(json_path, rep)
-        console.print(f"JSON report written to {json_path}", highlight=False)
-    if html_path is not None:
-        write_html(html_path, rep)
-        console.print(f"HTML report written to {html_path}", highlight=False)
-    return 0 if rep.passed else 1
 
 
 def _f(v: float | None, fmt: str = ",.1f") -> str:
@@ -338,7 +354,9 @@ def render(console: Console, rep: LoadReport) -> None:
         console.print(f"[red]aborted:[/] {rep.abort_reason or 'stopped early'}")
     if rep.thresholds:
         console.print(verdict_table(rep.thresholds))
-    console.print("[green]all thresholds passed[/]" if rep.passed else "[red]a threshold failed[/]")
+        console.print("[green]all thresholds passed[/]" if rep.passed else "[red]a threshold failed[/]")
+    else:
+        console.print("no thresholds set", highlight=False)
 
 
 @loadtest_app.command("compare")
