@@ -147,7 +147,9 @@ async def _measure(
     before = await server.stats()
     tally = Tally()
     gc.collect()
-    label = LABELS[side] + (f" {round_}/{server.spec.repeat}" if server.spec.repeat > 1 else "")
+    label = f"{server.spec.scenario} {LABELS[side]}" + (
+        f" {round_}/{server.spec.repeat}" if server.spec.repeat > 1 else ""
+    )
     async with Ticker(server.progress, label, limits, tally.finished):
         cpu0, t0 = cpu_seconds(), perf_counter()
         hist: LatencyHistogram = await closed_loop(counted, users, limits, (Exception,), tally)

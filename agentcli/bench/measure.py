@@ -200,7 +200,8 @@ class Ticker:
         self._description = description
         self._limits = limits
         self._poll = poll
-        self._interval_s = interval_s if self._bar is not None else min(interval_s, 0.5)
+        every = self._lines.every_s if self._lines is not None else interval_s
+        self._interval_s = interval_s if self._bar is not None else max(0.05, min(interval_s, every / 2))
         self._task: asyncio.Task[None] | None = None
         self._id: TaskID | None = None
         self._t0 = 0.0
