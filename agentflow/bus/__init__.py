@@ -24,4 +24,5 @@ def create_bus(config: Config) -> Bus:
         partitions=config.bus.partitions,
         buffer_size=config.runner.event_buffer_size,
         dlq_max_entries=config.dlq.max_entries,
+        refuse_unrouted=config.bus.refuse_unrouted,
     )

@@ -145,6 +145,8 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
     backend: Literal["memory", "kafka"] = DEFAULT_BUS_BACKEND
     partitions: _PositiveInt = DEFAULT_PARTITIONS
+    # Memory bus: an emit to a topic no agent reads raises BusError instead of being counted and dropped.
+    refuse_unrouted: bool = False
 
 
 class RetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
