@@ -45,7 +45,7 @@ class ProducerStatistics(msgspec.Struct, frozen=True):
 class Producer:
     """Emits events to the bus of ``config`` (Kafka, normally) from a process that runs no agents::
 
-        async with Producer("config/agentflow.toml") as producer:
+        async with Producer("kafka.toml") as producer:  # [bus] backend = "kafka"
             await producer.emit("orders", {"id": 7}, key="customer-1")
             answer = await producer.request("greetings", {"name": "Ada"}, timeout_s=10)
 

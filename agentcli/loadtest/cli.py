@@ -18,6 +18,8 @@ from rich.table import Table
 
 from agentflow import scrub_secrets
 
+from ..gate import gate_options
+from ..gate import render as render_comparison
 from ..logs import log_records
 from ..output import OPTIONS
 from ..output import console as make_console
@@ -25,7 +27,7 @@ from ..parse import ParseError
 from ..runtime import Interrupted, Stop, command_line, interruption, now_iso, run_async
 from ..thresholds import verdict_table
 from .collector import Collector
-from .compare import compare_reports, render_comparison
+from .compare import compare_reports
 from .live import LiveView
 from .plan import Plan, make_target, resolve
 from .report import LoadReport, build, read_report, write_report
@@ -363,20 +365,21 @@ def render(console: Console, rep: LoadReport) -> None:
 def compare(
     baseline: Annotated[Path, typer.Argument(help="The earlier run's --json report.")],
     candidate: Annotated[Path, typer.Argument(help="The new run's --json report.")],
-    tolerance: Annotated[float, typer.Option(help="Relative worsening allowed before it counts (0.10 = 10%).")] = 0.10,
-    alpha: Annotated[float, typer.Option(help="Significance level of the statistical tests.")] = 0.01,
+    tolerance: Annotated[
+        str, typer.Option(metavar="PERCENT", help="How much worse a figure may get before it can count: 10% or 0.1.")
+    ] = "10%",
+    min_delta: Annotated[
+        str, typer.Option(metavar="DURATION", help="How much slower a latency may get before it can count.")
+    ] = "1ms",
+    alpha: Annotated[float, typer.Option(help="Significance level of the one-sided tests.")] = 0.01,
 ) -> None:
-    """Regression check between two runs: latency distributions (KS test) and throughput; exit 1 beyond tolerance."""
-    if not 0 <= tolerance < 10:
-        raise typer.BadParameter(
-            f"{tolerance} is not a sensible tolerance; use 0.1 for 10%.", param_hint="'--tolerance'"
-        )
-    if not 0 < alpha < 1:
-        raise typer.BadParameter(f"{alpha} is not a significance level; use 0.01.", param_hint="'--alpha'")
+    """Regression gate between two runs: a figure regresses when significantly worse (Mann-Whitney U on the
+    windows) by more than --tolerance and, for latency, --min-delta; exit 1 when one does."""
+    gate = gate_options(tolerance, min_delta, alpha)
     try:
         a, b = read_report(baseline), read_report(candidate)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    result = compare_reports(a, b, tolerance=tolerance, alpha=alpha)
-    render_comparison(Console(), result)
+    result = compare_reports(a, b, gate)
+    render_comparison(make_console(), result, gate, "windows")
     raise typer.Exit(code=1 if result.regressed else 0)

@@ -1,10 +1,9 @@
-"""agentcli loadtest from the command line: thresholds and exit codes, bad syntax, scenarios, compare, workers,
-and the HTTP target (plain and streaming); the HTML report is tested in test_reports_html.py."""
+"""agentcli loadtest from the command line: thresholds and exit codes, bad syntax, scenarios, workers, and the HTTP
+target (plain and streaming); compare is tested in test_compare.py, the HTML report in test_reports_html.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import msgspec
@@ -97,30 +96,6 @@ def test_python_scenario_payloads_and_checks(tmp_path: Path) -> None:
     toml.write_text('rate = "50/s"\nduration = "1s"\nthreshold = ["p99<1s"]\n')
     result = loadtest("--script", str(toml), code=2)
     assert "threshold" in result.output
-
-
-def test_compare_flags_a_regression_and_passes_a_rerun(tmp_path: Path) -> None:
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    loadtest("--rate", "200/s", "--duration", "2s", "--json", str(a), code=0)
-    # b: the same run with every latency ten times larger -> a regression by any test
-    data = json.loads(a.read_text())
-    hists = data["run"]["hists"]
-    from agentflow import LatencyHistogram
-
-    h = LatencyHistogram.from_bytes(msgspec.json.decode(json.dumps(hists["latency"]).encode(), type=bytes))
-    slow = LatencyHistogram()
-    for low, high, n in h.buckets():
-        slow.record_n((low + high) / 2 * 10 + 0.005, n)
-    hists["latency"] = msgspec.json.decode(msgspec.json.encode(slow.to_bytes()))
-    b.write_text(json.dumps(data))
-    same = cli.invoke(app, ["loadtest", "compare", str(a), str(a)])
-    assert same.exit_code == 0, same.output
-    assert "no regression" in same.output
-    worse = cli.invoke(app, ["loadtest", "compare", str(a), str(b)])
-    assert worse.exit_code == 1, worse.output
-    assert "REGRESSED" in worse.output
-    bad = cli.invoke(app, ["loadtest", "compare", str(a), str(tmp_path / "missing.json")])
-    assert bad.exit_code == 2 and "cannot read" in bad.output
 
 
 @pytest.mark.slow
