@@ -32,7 +32,11 @@ _APP = '''"""The agents of {name}: ``build(config)`` returns the Runner that ``a
 
 from __future__ import annotations
 
+import logging
+
 from agentflow import Config, Context, Event, Runner
+
+logger = logging.getLogger(__name__)
 
 
 async def greet(event: Event, ctx: Context) -> dict[str, str]:
@@ -42,9 +46,15 @@ async def greet(event: Event, ctx: Context) -> dict[str, str]:
     return {{"text": f"Hello, {{name}}!"}}
 
 
+async def audit(event: Event, ctx: Context) -> None:
+    """Read the ``greeted`` topic (a topic nobody reads would drop its events)."""
+    logger.debug("greeted %s", event.payload)
+
+
 def build(config: Config | None = None) -> Runner:
     runner = Runner(config)
     runner.agent("greetings", name="greet")(greet)
+    runner.agent("greeted", name="audit")(audit)
     return runner
 '''
 

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from rich.markup import escape
+from typer.core import TyperGroup, TyperOption
 
 from agentflow import AgentflowError, ConfigError
 
@@ -45,8 +46,31 @@ def _agentflow_error(exc: BaseException) -> AgentflowError | None:
     return None
 
 
+def _conventions(cmd: Any) -> None:
+    """Every option's help as the user should read it: square brackets shown, not taken for rich markup
+    (``[monitoring] host``), and a default in every ``--help`` ("none" for an option that is simply unset)."""
+    for param in getattr(cmd, "params", ()):
+        if not isinstance(param, TyperOption) or param.hidden or param.name in _TYPER_OWN:
+            continue
+        if param.help:
+            param.help = escape(param.help)
+        if param.default is None and not isinstance(param.show_default, str) and not param.required:
+            param.show_default = "none"
+    for sub in getattr(cmd, "commands", {}).values():
+        _conventions(sub)
+
+
+#: Options typer adds itself.
+_TYPER_OWN = frozenset({"help", "install_completion", "show_completion"})
+
+
 class AgentcliGroup(TyperGroup):
-    """The root group: an agentflow error that escapes a command becomes one ``Error:`` sentence."""
+    """The root group: an agentflow error that escapes a command becomes one ``Error:`` sentence, and every
+    command's help follows :func:`_conventions`."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        _conventions(self)
 
     def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
         try:

@@ -103,7 +103,8 @@ def loadtest(
     max_vus: Annotated[
         int | None,
         typer.Option(
-            help="Open model: most iterations in flight; past it arrivals are dropped. [default: 1000]",
+            help="Open model: most iterations in flight; past it arrivals are dropped.",
+            show_default="1000",
             rich_help_panel=_LOAD,
         ),
     ] = None,
@@ -111,7 +112,8 @@ def loadtest(
         str | None, typer.Option(help="Closed model: pause after each iteration.", rich_help_panel=_LOAD)
     ] = None,
     window: Annotated[
-        str | None, typer.Option(help="Time window of the per-window figures. [default: 1s]", rich_help_panel=_LOAD)
+        str | None,
+        typer.Option(help="Time window of the per-window figures.", show_default="1s", rich_help_panel=_LOAD),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Generator processes (open model); histograms are merged.", rich_help_panel=_LOAD)
@@ -124,6 +126,7 @@ def loadtest(
         typer.Option(
             "--stream",
             help="--url is an OpenAI chat endpoint: stream, measure TTFT and inter-token.",
+            show_default="off",
             rich_help_panel=_WHAT,
         ),
     ] = None,
@@ -131,7 +134,7 @@ def loadtest(
         list[str] | None, typer.Option(help="HTTP header 'Name: value' (repeatable).", rich_help_panel=_WHAT)
     ] = None,
     timeout: Annotated[
-        str | None, typer.Option(help="Per-iteration timeout. [default: 30s]", rich_help_panel=_WHAT)
+        str | None, typer.Option(help="Per-iteration timeout.", show_default="30s", rich_help_panel=_WHAT)
     ] = None,
     app_ref: Annotated[
         str | None,
@@ -149,8 +152,8 @@ def loadtest(
     bus: Annotated[
         str | None,
         typer.Option(
-            help="memory (in-process targets) or kafka: events to --topic through agentflow.Producer. "
-            "[default: memory]",
+            help="memory (in-process targets) or kafka: events to --topic through agentflow.Producer.",
+            show_default="memory",
             rich_help_panel=_WHAT,
         ),
     ] = None,
@@ -158,7 +161,8 @@ def loadtest(
         str | None,
         typer.Option(
             metavar="HOST:PORT",
-            help="Kafka brokers (else [kafka] bootstrap_servers of --config).",
+            help="Kafka brokers.",
+            show_default="[kafka] bootstrap_servers of --config",
             rich_help_panel=_WHAT,
         ),
     ] = None,
@@ -170,6 +174,7 @@ def loadtest(
         typer.Option(
             "--emit-only",
             help="Kafka: do not wait for a result; latency ends when the brokers confirmed the write.",
+            show_default="off",
             rich_help_panel=_WHAT,
         ),
     ] = None,
@@ -196,13 +201,14 @@ def loadtest(
         typer.Option(
             "--abort-on-fail",
             help="Stop early once a threshold keeps failing for --abort-grace.",
+            show_default="off",
             rich_help_panel=_CHECK,
         ),
     ] = None,
     abort_grace: Annotated[
         str | None,
         typer.Option(
-            help="How long a threshold must keep failing before an abort. [default: 5s]", rich_help_panel=_CHECK
+            help="How long a threshold must keep failing before an abort.", show_default="5s", rich_help_panel=_CHECK
         ),
     ] = None,
     json_path: Annotated[

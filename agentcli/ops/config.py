@@ -29,6 +29,8 @@ MASK = "***"
 #: Keys whose values are credentials themselves (not the name of a variable holding one).
 _SECRET_KEY = re.compile(r"(password|secret|token|api_key|apikey|credential)(?!_env$)", re.IGNORECASE)
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+#: user:password@ in a URL (a base_url or bootstrap address may carry one).
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 config_app = typer.Typer(
     help="Check a config file, or show the effective config with the environment overrides applied.",
@@ -77,12 +79,12 @@ def show(
 def _masked(value: Any, key: str = "") -> Any:
     if isinstance(value, dict):
         return {k: _masked(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_masked(v, key) for v in value]
     if isinstance(value, str):
         if value and _SECRET_KEY.search(key):
             return MASK
-        return scrub_secrets(value)
+        return scrub_secrets(_USERINFO.sub(MASK + "@", value))
     return value
 
 
@@ -101,7 +103,7 @@ def _scalar(v: Any) -> str:
         return str(v)
     if isinstance(v, str):
         return msgspec.json.encode(v).decode()  # a JSON string is a TOML basic string
-    if isinstance(v, list):
+    if isinstance(v, list | tuple):
         return "[" + ", ".join(_scalar(x) for x in v) + "]"
     if isinstance(v, dict):
         return "{ " + ", ".join(f"{_key(k)} = {_scalar(x)}" for k, x in v.items() if x is not None) + " }"
