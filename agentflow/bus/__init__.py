@@ -1,5 +1,5 @@
 """Event buses behind one small contract, :class:`Bus` / :class:`Subscription`: the in-memory bus (default) and
-the Kafka bus (``[bus] backend = "kafka"``, in :mod:`agentflow.bus.kafka`, which needs ``agentflow[kafka]``)."""
+the Kafka bus (``[bus] backend = "kafka"``, in :mod:`agentflow.bus.kafka`, which needs ``agentflow-runner[kafka]``)."""
 
 from __future__ import annotations
 
