@@ -34,7 +34,8 @@ try:
     from redis.exceptions import RedisError
 except ImportError as exc:  # pragma: no cover - exercised only where the extra is missing
     raise ImportError(
-        "The Redis state backend ([memory] backend = \"redis\") needs redis-py; run pip install 'agentflow-runner[redis]'."
+        'The Redis state backend ([memory] backend = "redis") needs redis-py; run '
+        "pip install 'agentflow-runner[redis]'."
     ) from exc
 
 __all__ = ["RedisBackend"]

@@ -32,7 +32,9 @@ from __future__ import annotations
 try:
     import mcp  # noqa: F401 - the optional dependency, checked before the modules that need it
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("agentflow.tools.mcp needs the MCP SDK; install it with: pip install 'agentflow-runner[mcp]'") from exc
+    raise ImportError(
+        "agentflow.tools.mcp needs the MCP SDK; install it with: pip install 'agentflow-runner[mcp]'"
+    ) from exc
 
 from ._hub import MCPHub
 from ._pool import MCPPool, MCPPoolStatistics, ReplicaStatistics
