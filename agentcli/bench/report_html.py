@@ -122,6 +122,8 @@ def _section(rep: Report, prefix: str) -> str:
         else "<p class=\"muted\">No thresholds were set; add --threshold 'p99&lt;1ms' to judge the run.</p>"
     )
     key = prefix.strip(": ").replace(" ", "-") or "main"
+    several = rep.repeat > 1 or len(_sides(rep)) > 1  # what charts() draws round by round
+    rounds = f"<h2>{html.escape(prefix)}Round by round</h2>\n<!--charts:{key}-rounds-->" if several else ""
     return f"""{head}{notes}
 <h2>{html.escape(prefix)}Runs</h2>
 {table(["round", "side", "run", "completed", "errors", "s", "per s", "p50 ms", "p99 ms", "max ms"], runs, "runs")}
@@ -130,8 +132,7 @@ def _section(rep: Report, prefix: str) -> str:
 {thresholds}
 <h2>{html.escape(prefix)}Latency distribution</h2>
 <!--charts:{key}-dist-->
-<h2>{html.escape(prefix)}Round by round</h2>
-<!--charts:{key}-rounds-->"""
+{rounds}"""
 
 
 def _keyed(rep: Report, prefix: str) -> list[Chart]:
