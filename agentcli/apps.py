@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from agentflow import Config, ConfigError, Runner, RunnerState, load_config
+
+from .output import error_line
 
 __all__ = ["App", "check_destination", "config_or_exit", "fail", "load_app", "load_runner"]
 
@@ -34,7 +34,7 @@ class App:
 
 
 def fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]Error:[/] {escape(message)}")
+    error_line(message)
     return typer.Exit(code=2)
 
 

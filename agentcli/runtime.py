@@ -1,5 +1,5 @@
-"""Process plumbing for the CLI: the uvloop event loop, signal handlers, agentflow's log records, and what the
-process runs on (versions, machine, clock) for the machine reports.
+"""Process plumbing for the CLI: the uvloop event loop, the signal handlers (a graceful first Ctrl-C, an immediate
+second one), and what the process runs on (versions, machine, clock) for the machine reports.
 
 agentcli is the only place that starts an event loop or installs signal handlers; the library never does.
 """
@@ -8,28 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import logging
 import os
 import platform
 import signal
 import sys
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import uvloop
-from rich.console import Console
-from rich.markup import escape
 
 from agentflow import __version__
 
 __all__ = [
     "Interrupted",
-    "command_line",
-    "LogLimiter",
+    "Interruption",
     "Machine",
+    "Stop",
     "Versions",
+    "command_line",
+    "interruption",
     "machine",
     "now_iso",
     "run_async",
@@ -48,27 +48,6 @@ def command_line() -> list[str]:
     return ["agentcli", *(ARGV if ARGV is not None else sys.argv[1:])]
 
 
-class LogLimiter(logging.Handler):
-    """Shows the first few agentflow warnings of a run and counts the rest (one per dead letter adds up)."""
-
-    def __init__(self, console: Console, limit: int = 5) -> None:
-        super().__init__(logging.WARNING)
-        self.console = console
-        self.limit = limit
-        self.seen = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.seen += 1
-        if self.seen <= self.limit:
-            self.console.print(
-                f"[yellow]{record.levelname.lower()}[/] {escape(record.name)}: {escape(record.getMessage())}"
-            )
-
-    def summary(self) -> str | None:
-        hidden = self.seen - self.limit
-        return f"{hidden:,} more agentflow log records were not shown." if hidden > 0 else None
-
-
 class Interrupted(Exception):
     """The run was stopped by SIGINT or SIGTERM (``signum``) and has shut down."""
 
@@ -77,8 +56,49 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on uvloop; SIGINT/SIGTERM cancel it (the runner then shuts down gracefully)."""
+class Stop:
+    """How a run that can end early with what it measured is told to: the first SIGINT or SIGTERM calls the
+    callbacks registered with :meth:`on_stop` (stop the load, keep the figures) instead of cancelling the run.
+
+    ``signum`` is the signal that stopped it (None: it ran to its end) and ``at`` when (``time.monotonic()``).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.at: float | None = None
+        self._callbacks: list[Callable[[], None]] = []
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+        if self.signum is not None:
+            callback()
+
+    def remove(self, callback: Callable[[], None]) -> None:
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
+
+    def trigger(self, signum: int) -> bool:
+        """Stop gracefully; False when nothing registered a way to (the caller cancels instead)."""
+        if not self._callbacks:
+            return False
+        self.signum, self.at = signum, time.monotonic()
+        for callback in list(self._callbacks):
+            callback()
+        return True
+
+
+def run_async(coro: Coroutine[Any, Any, T], stop: Stop | None = None) -> T:
+    """Run ``coro`` on uvloop. The first SIGINT/SIGTERM stops it gracefully through ``stop`` when it registered a
+    way to, else cancels it (the runner then shuts down and :class:`Interrupted` is raised); the second exits
+    the process at once with 128 + the signal number."""
 
     async def guarded() -> T:
         loop = asyncio.get_running_loop()
@@ -89,6 +109,17 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
         def on_signal(sig: int) -> None:
             signalled.append(sig)
+            if len(signalled) > 1:
+                sys.stderr.write(f"\n{signal.Signals(sig).name} again: exiting now, nothing more is written.\n")
+                sys.stderr.flush()
+                os._exit(128 + sig)
+            if stop is not None and stop.trigger(sig):
+                sys.stderr.write(
+                    f"\n{signal.Signals(sig).name}: stopping the load and writing what was measured so far; "
+                    "press Ctrl-C again to exit at once.\n"
+                )
+                sys.stderr.flush()
+                return
             task.cancel()
 
         for sig in (int(signal.SIGINT), int(signal.SIGTERM)):
@@ -109,6 +140,22 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
                 loop.remove_signal_handler(sig)
 
     return uvloop.run(guarded())
+
+
+class Interruption(msgspec.Struct, frozen=True, kw_only=True):
+    """A run that a signal stopped before its end: the report covers what ran until then."""
+
+    signal: Annotated[str, msgspec.Meta(description="SIGINT (Ctrl-C) or SIGTERM")]
+    covered_s: Annotated[float, msgspec.Meta(description="seconds from the start of the measurement to the signal")]
+    planned_s: Annotated[float | None, msgspec.Meta(description="how long the run was to take, when known")] = None
+
+
+def interruption(stop: Stop, started: float, planned_s: float | None = None) -> Interruption | None:
+    """The :class:`Interruption` of a run that ``stop`` stopped (None when it ran to its end); ``started`` is
+    ``time.monotonic()`` at the start of the measurement."""
+    if stop.signum is None or stop.at is None:
+        return None
+    return Interruption(signal=stop.signal_name, covered_s=round(stop.at - started, 3), planned_s=planned_s)
 
 
 class Versions(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,15 +7,20 @@ schema 0, so one layout fits handler durations from a no-op to a slow LLM call.
 
 Label sets are bounded: agents are the ones registered in code, outcomes and reasons are fixed enums, and
 topics beyond ``max_topic_labels`` are counted under ``topic="_other"``.
+
+The registry also holds prometheus-client's process collector (``process_cpu_seconds_total``,
+``process_resident_memory_bytes``, ``process_open_fds``, ...; where the platform has ``/proc``) and
+``agentflow_build_info`` (agentflow's and Python's versions), so a dashboard sees what runs and what it costs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+import platform
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -198,6 +203,10 @@ class Metrics(Collector):
         self._batchers: dict[str, BatcherMetrics] = {}
         self._families: list[Callable[[], Iterable[Metric]]] = []
         self.registry.register(self)
+        try:
+            ProcessCollector(registry=self.registry)
+        except ValueError:  # a registry that has one already (the process-wide default has)
+            pass
 
     def agent(self, name: str) -> AgentMetrics:
         m = self._agents.get(name)
@@ -235,6 +244,18 @@ class Metrics(Collector):
         """Register a callable that yields gauge samples at scrape time (in-flight work, buffer depth)."""
         self._gauges.append(source)
 
+    def add_counters(self, name: str, help_: str, label: str, source: Callable[[], Mapping[str, int]]) -> None:
+        """Register a counter family ``name`` read at scrape time from ``source``: label value → count (the
+        caller keeps the label values bounded)."""
+
+        def family() -> Iterator[Metric]:
+            fam = CounterMetricFamily(name, help_, labels=[label])
+            for value, n in sorted(source().items()):
+                fam.add_metric([value], n)
+            yield fam
+
+        self._families.append(family)
+
     def add_families(self, source: Callable[[], Iterable[Metric]]) -> None:
         """Register a callable that yields whole metric families at scrape time (the LLM layer's)."""
         self._families.append(source)
@@ -246,6 +267,15 @@ class Metrics(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
+        from . import __version__  # the package's version; imported here, as the package imports this module
+
+        build = GaugeMetricFamily(
+            "agentflow_build_info",
+            "The agentflow and Python versions of this process (always 1).",
+            labels=["version", "python"],
+        )
+        build.add_metric([__version__, platform.python_version()], 1.0)
+        yield build
         emitted = CounterMetricFamily("agentflow_events_emitted", "Events emitted, by topic.", labels=["topic"])
         for topic, n in sorted(self._emitted.items()):
             emitted.add_metric([topic], n)

@@ -23,7 +23,7 @@ import msgspec
 
 from .bus import Bus, Subscription, create_bus
 from .config import Config, load_config
-from .errors import DeliveryUncertainError, LifecycleError, RequestTimeoutError
+from .errors import ConfigError, DeliveryUncertainError, LifecycleError, RequestTimeoutError
 from .events import Event, RawEvent, make_events, new_event_id
 from .lifecycle import Lifecycle
 from .requests import PendingRequests, reply_outcome
@@ -45,15 +45,26 @@ class ProducerStatistics(msgspec.Struct, frozen=True):
 class Producer(Lifecycle):
     """Emits events to the bus of ``config`` (Kafka, normally) from a process that runs no agents::
 
-        async with Producer("config/agentflow.toml") as producer:
+        async with Producer("kafka.toml") as producer:  # [bus] backend = "kafka"
             await producer.emit("orders", {"id": 7}, key="customer-1")
             answer = await producer.request("greetings", {"name": "Ada"}, timeout_s=10)
 
-    Pass ``bus=`` to share a bus you manage (a producer closes only a bus it created).
+    Pass ``bus=`` to share a bus you manage (a producer closes only a bus it created). A config on the memory
+    bus without ``bus=`` is refused with a :class:`~agentflow.errors.ConfigError`: that bus lives in one process,
+    and a producer's own would be read by nobody.
     """
 
     def __init__(self, config: Config | str | os.PathLike[str] | None = None, *, bus: Bus | None = None) -> None:
         self.config = config if isinstance(config, Config) else load_config(config)
+        if bus is None and self.config.bus.backend == "memory":
+            # A memory bus of its own would be one nothing reads: its emits would vanish, its requests time out.
+            raise ConfigError(
+                "A Producer sends events to agents in other processes through a broker, but this config has [bus] "
+                'backend = "memory", which lives inside one process: nothing would read them. Set [bus] backend = '
+                '"kafka" and [kafka] bootstrap_servers, or, in the process that runs the agents, use runner.emit '
+                "and runner.request (or pass that runner's bus: Producer(config, bus=runner.bus)).",
+                key="bus.backend",
+            )
         self._owns_bus = bus is None
         self.bus: Bus = bus or create_bus(self.config)
         rc = self.config.runner

@@ -103,6 +103,12 @@ class Runner(Lifecycle):
 
             self.llm = LLMHub(self.config.llm, metrics=self.metrics)
         self.metrics.add_gauges(self._gauges)
+        self.metrics.add_counters(
+            "agentflow_events_unrouted",
+            "Events dropped by the memory bus because no agent subscribes to their topic, by topic.",
+            "topic",
+            lambda: self.bus.statistics().unrouted_by_topic,
+        )
         self.pool.usage = self._pool_usage
 
     # ---- registration ----------------------------------------------------------------------------------

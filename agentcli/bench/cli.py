@@ -1,4 +1,4 @@
-"""``agentcli benchmark``: the options, the checks that refuse what does not apply, and the run of a scenario.
+"""``agentcli benchmark``: its options (the runs are in :mod:`.runs`), and ``agentcli benchmark compare``.
 
 Exit codes, as ``agentcli loadtest``: 0 every threshold passed and nothing failed, 1 a threshold failed or a
 request or event failed (the figures leave failures out, so they describe no working setup), 2 bad usage — a bad
@@ -8,261 +8,38 @@ option, threshold or config file, always with a sentence and never a traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
-import msgspec
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..apps import config_or_exit, load_app
+from ..logs import log_records
+from ..output import OPTIONS
 from ..parse import ParseError, option, parse_duration
-from ..runtime import Interrupted, LogLimiter, command_line, now_iso, run_async
+from ..runtime import now_iso
 from ..thresholds import parse_threshold
-from .measure import Limits, Mode
-from .options import (
-    BusChoice,
-    Options,
-    ProfileKind,
-    Scenario,
-    check_kafka,
-    check_llm,
-    check_noop,
-    check_overload,
-    check_paths,
-    check_ratios,
-    usage,
-)
-from .report import THRESHOLD_FIGURES, Measurement, build_report, render_footer, write_json
-from .schema import Report
+from .measure import Mode
+from .options import BusChoice, Options, ProfileKind, Scenario, usage
+from .report import THRESHOLD_FIGURES
+from .runs import dispatch
 
-if TYPE_CHECKING:
-    from .harness import Target
-    from .profiling import Profiler
+__all__ = ["benchmark", "benchmark_app"]
 
-__all__ = ["benchmark"]
-
-DEFAULT_REQUESTS = {Mode.closed: 200_000, Mode.throughput: 500_000, Mode.latency: 300_000}
-DEFAULT_USERS = 64
-#: Requests of the short llm-chat run that follows the noop figures of a bare `agentcli benchmark`.
-DEFAULT_LLM_REQUESTS = 2_000
 _WHAT = "What to load"
 _LOAD = "Load shape"
 _REPORT = "Comparison and output"
 
-
-# ---- runs ------------------------------------------------------------------------------------------------------
-
-
-def _parse_payload(text: str | None) -> Any:
-    if text is None:
-        return {}
-    try:
-        return msgspec.json.decode(text)
-    except msgspec.DecodeError as exc:
-        raise usage(f"{text!r} is not valid JSON ({exc}); for example --payload '{{\"x\": 1}}'.", "--payload") from None
+benchmark_app = typer.Typer(
+    help="Measure agentflow's throughput and latency; `benchmark compare A.json B.json` checks for regressions.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 
-def _interrupted(exc: Interrupted) -> typer.Exit:
-    Console(stderr=True).print("Interrupted: the runner was shut down; no figures reported.")
-    return typer.Exit(code=128 + exc.signum)
-
-
-def _run(coro: Coroutine[Any, Any, Measurement]) -> Measurement:
-    try:
-        return run_async(coro)
-    except Interrupted as exc:
-        raise _interrupted(exc) from None
-
-
-def _report(m: Measurement, o: Options) -> Report:
-    return build_report(m, thresholds=o.thresholds, command=command_line(), started_at=o.started_at)
-
-
-def _finish(console: Console, report: Report, render: Callable[[Console, Report], None], o: Options) -> int:
-    render(console, report)
-    render_footer(console, report, rounds=report.scenario != "overload")
-    if o.json_path is not None:
-        write_json(o.json_path, report)
-        console.print(f"report written to {o.json_path}", highlight=False)
-    return _exit_code(report)
-
-
-def _exit_code(report: Report) -> int:
-    """1 when the report did not pass; failed requests or events are left out of every figure, so say so."""
-    err = Console(stderr=True)
-    if report.scenario == "overload":
-        if report.errors:
-            err.print(f"{report.errors:,} accepted events were not handled: see the 'lost' figures above.")
-        return 0 if report.passed else 1
-    failed = sum(r.errors for r in report.runs)
-    if failed:
-        total = sum(r.completed + r.errors for r in report.runs)
-        by_request = report.mode in ("closed", None) or "runner.request()" in report.latency_measures
-        err.print(
-            f"agentcli benchmark: {failed:,} of {total:,} {'requests' if by_request else 'events'} failed, and the "
-            "figures above leave them out; fix what made them fail (see the errors above) before trusting the "
-            "figures.",
-            highlight=False,
-        )
-    return 0 if report.passed else 1
-
-
-def _noop_target(o: Options) -> Target:
-    from .harness import AppTarget, NoopTarget
-
-    if o.app_ref is None:
-        return NoopTarget(config_or_exit(o.config), batch_size=o.agent_batch_size or o.batch_size)
-    try:
-        return AppTarget(load_app(o.app_ref, o.app_dir, o.agent, o.config))
-    except typer.BadParameter as exc:
-        exc.param_hint = exc.param_hint or "'--app'"
-        raise
-
-
-def _profiler(o: Options) -> Profiler:
-    from .profiling import CpuProfiler, MemoryProfiler, NullProfiler
-
-    if o.profile is None or o.output is None:
-        return NullProfiler()
-    return CpuProfiler(o.output) if o.profile is ProfileKind.cpu else MemoryProfiler(o.output)
-
-
-def _noop(o: Options, console: Console) -> tuple[Report, Profiler]:
-    from .harness import BenchSpec, run_benchmark
-    from .noop_report import measurement
-
-    check_ratios(o.thresholds, {"raw"} if o.compare_raw else set(), " (add --compare-raw for raw_ratio)")
-    body = _parse_payload(o.payload)
-    target = _noop_target(o)
-    limits = (
-        Limits(duration_s=o.seconds) if o.seconds is not None else Limits(count=o.requests or DEFAULT_REQUESTS[o.mode])
-    )
-    spec = BenchSpec(
-        mode=o.mode, limits=limits, users=o.users or DEFAULT_USERS, batch_size=o.batch_size,
-        load_fraction=o.load_fraction or 0.5, payload=body, compare_raw=o.compare_raw, repeat=o.repeat or 1,
-    )  # fmt: skip
-    prof = _profiler(o)
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-        console=console, transient=True, auto_refresh=False, disable=not console.is_terminal,
-    )  # fmt: skip
-    unit = (
-        "requests" if spec.mode is Mode.closed or (spec.mode is Mode.latency and target.recorder is None) else "events"
-    )
-    console.print(
-        f"agentcli benchmark: {target.describe()}, {spec.mode.value} mode, {spec.limits.describe(unit)}"
-        + (", with the raw baseline" if spec.compare_raw else "")
-        + (f", profiling {prof.kind}" if prof.kind != "none" else ""),
-        highlight=False,
-    )
-    try:
-        with progress:
-            outcome = run_async(run_benchmark(target, spec, progress, prof))
-    except Interrupted as exc:
-        raise _interrupted(exc) from None
-    profile = prof.kind if prof.kind != "none" else None
-    options: dict[str, Any] = msgspec.to_builtins(spec)
-    options["agent_batch_size"] = o.agent_batch_size
-    return _report(measurement(outcome, spec, target, profile=profile, options=options), o), prof
-
-
-def _llm(o: Options, console: Console, scenario: str, requests: int | None, users: int | None) -> Report:
-    from .llm import LLMBenchSpec, planned_ratios, run_llm_benchmark
-
-    spec = LLMBenchSpec(
-        scenario=scenario,
-        limits=Limits(duration_s=o.seconds) if o.seconds is not None else Limits(count=requests or 5_000),
-        users=users or 16, compare_raw=o.compare_raw, batch_size=o.batch_size, dimensions=o.dimensions,
-        llm_url=o.llm_url, model="mock", repeat=o.repeat or 1,
-    )  # fmt: skip
-    check_ratios(o.thresholds, planned_ratios(spec), " (llm-chat: add --compare-raw; llm-embed: --batch-size N)")
-    console.print(f"agentcli benchmark: {scenario}, {spec.limits.describe('requests')}", highlight=False)
-    return _report(_run(run_llm_benchmark(spec, msgspec.to_builtins(spec))), o)
-
-
-def _kafka(o: Options, console: Console) -> Report:
-    from .kafka import KafkaSpec, run_kafka_benchmark
-
-    check_ratios(o.thresholds, {"raw"} if o.compare_raw else set(), " (add --compare-raw for raw_ratio)")
-    spec = KafkaSpec(
-        events=o.requests or 100_000, batch=o.batch_size if o.batch_size > 1 else 500, emitters=4, partitions=4,
-        latency=o.mode is Mode.latency, load_fraction=o.load_fraction or 0.5, compare_raw=o.compare_raw,
-        repeat=o.repeat or 1,
-    )  # fmt: skip
-    base = config_or_exit(o.config)
-    console.print(f"agentcli benchmark --bus kafka: {o.mode.value} mode, {spec.events:,} events", highlight=False)
-    return _report(_run(run_kafka_benchmark(base, spec, bootstrap=o.bootstrap, options=msgspec.to_builtins(spec))), o)
-
-
-def _overload(o: Options, console: Console) -> Report:
-    from .overload import PLANNED_RATIOS, OverloadSpec, run_overload_benchmark
-
-    check_ratios(o.thresholds, set(PLANNED_RATIOS), "")
-    base = config_or_exit(o.config)
-    spec = OverloadSpec()
-    if o.requests is not None:
-        spec = replace(spec, emitters=o.requests)
-    if o.seconds is not None:
-        spec = replace(spec, duration_s=o.seconds)
-    if o.repeat is not None:
-        spec = replace(spec, repeat=o.repeat)
-    kafka = o.bus is BusChoice.kafka
-    console.print(
-        f"agentcli benchmark: overload, {spec.emitters:,} blocked emitters, {spec.factor:g}x load for "
-        f"{spec.duration_s:g} s on the {o.bus.value} bus",
-        highlight=False,
-    )
-    coro = run_overload_benchmark(spec, base, console, msgspec.to_builtins(spec), kafka=kafka, bootstrap=o.bootstrap)
-    return _report(_run(coro), o)
-
-
-def _dispatch(o: Options, console: Console) -> int:
-    """Check the options against the scenario, run it, print and write its report; the exit code."""
-    # The scenarios are imported when they run: `agentcli run` and the other commands never load the harness.
-    from .kafka import render_kafka
-    from .llm import render_llm
-    from .noop_report import render as render_noop
-    from .overload_report import render_overload
-
-    check_paths(o)
-    if o.scenario is Scenario.overload:
-        check_overload(o)
-        return _finish(console, _overload(o, console), render_overload, o)
-    if o.scenario in (Scenario.llm_chat, Scenario.llm_embed):
-        check_llm(o)
-        assert o.scenario is not None
-        return _finish(console, _llm(o, console, o.scenario.value, o.requests, o.users), render_llm, o)
-    if o.bus is BusChoice.kafka:
-        check_kafka(o)
-        return _finish(console, _kafka(o, console), render_kafka, o)
-    check_noop(o)
-    bare = o.scenario is None and o.app_ref is None and o.mode is Mode.closed and o.profile is None
-    report, prof = _noop(o, console)
-    if not bare:
-        code = _finish(console, report, render_noop, o)
-        prof.finish(console)
-        return code
-    # The bare command (the README's main job) also shows agents calling an LLM: a short llm-chat run against
-    # the in-process mock server, after the noop figures so those stay comparable. Both go to --json.
-    render_noop(console, report)
-    render_footer(console, report)
-    plain = replace(o, compare_raw=False, thresholds=[], repeat=1, seconds=None)
-    llm = _llm(plain, console, Scenario.llm_chat.value, DEFAULT_LLM_REQUESTS, None)
-    render_llm(console, llm)
-    render_footer(console, llm)
-    report.phases.append(llm)
-    report.passed = report.passed and llm.passed
-    if o.json_path is not None:
-        write_json(o.json_path, report)
-        console.print(f"report written to {o.json_path}", highlight=False)
-    return max(_exit_code(report), _exit_code(llm))
-
-
+@benchmark_app.callback(invoke_without_command=True)
 def benchmark(
+    ctx: typer.Context,
     scenario: Annotated[
         Scenario | None,
         typer.Option(
@@ -383,6 +160,12 @@ def benchmark(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the machine-readable report here.", rich_help_panel=_REPORT)
     ] = None,
+    html_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="Write a self-contained HTML report here (opens offline).", rich_help_panel=_REPORT
+        ),
+    ] = None,
     llm_url: Annotated[
         str | None,
         typer.Option(
@@ -409,6 +192,8 @@ def benchmark(
     ] = None,
 ) -> None:
     """Measure agentflow's throughput and latency, optionally against the same work without agentflow."""
+    if ctx.invoked_subcommand is not None:
+        return
     try:
         thresholds = [parse_threshold(t, THRESHOLD_FIGURES) for t in threshold or []]
     except ParseError as exc:
@@ -419,18 +204,42 @@ def benchmark(
         seconds=option(parse_duration, duration, "--duration") if duration is not None else None,
         batch_size=batch_size, agent_batch_size=agent_batch_size, load_fraction=load_fraction,
         compare_raw=compare_raw, repeat=rounds, profile=profile, output=output, json_path=json_path,
-        llm_url=llm_url, dimensions=dimensions, bus=bus, bootstrap=bootstrap, thresholds=thresholds,
-        started_at=now_iso(),
+        html_path=html_path, llm_url=llm_url, dimensions=dimensions, bus=bus, bootstrap=bootstrap,
+        thresholds=thresholds, started_at=now_iso(),
     )  # fmt: skip
-    console = Console()
-    limiter = LogLimiter(Console(stderr=True))
-    log = logging.getLogger("agentflow")
-    log.addHandler(limiter)
-    try:
-        code = _dispatch(o, console)
-    finally:
-        log.removeHandler(limiter)
-    hidden = limiter.summary()
+    with log_records(logging.WARNING, fmt=OPTIONS.log_format, limit=5) as limiter:
+        code = dispatch(o)
+    hidden = limiter.summary() if limiter is not None else None
     if hidden:
         Console(stderr=True).print(hidden)
     raise typer.Exit(code=code)
+
+
+@benchmark_app.command("compare")
+def compare(
+    baseline: Annotated[Path, typer.Argument(help="The earlier run's --json report.")],
+    candidate: Annotated[Path, typer.Argument(help="The new run's --json report.")],
+    tolerance: Annotated[
+        str, typer.Option(metavar="PERCENT", help="How much worse a figure may get before it can count: 10% or 0.1.")
+    ] = "10%",
+    min_delta: Annotated[
+        str, typer.Option(metavar="DURATION", help="How much slower a latency may get before it can count.")
+    ] = "1ms",
+    alpha: Annotated[float, typer.Option(help="Significance level of the one-sided tests.")] = 0.01,
+) -> None:
+    """Regression gate between two reports: a figure regresses when significantly worse (Mann-Whitney U on the
+    rounds; run both with --repeat 5 or more) by more than --tolerance and, for latency, --min-delta; exit 1 when
+    one does."""
+    from ..gate import gate_options
+    from ..gate import render as render_comparison
+    from ..output import console as make_console
+    from .compare import compare_reports, read_report
+
+    gate = gate_options(tolerance, min_delta, alpha)
+    try:
+        a, b = read_report(baseline), read_report(candidate)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    result = compare_reports(a, b, gate)
+    render_comparison(make_console(), result, gate, "rounds")
+    raise typer.Exit(code=1 if result.regressed else 0)

@@ -33,6 +33,7 @@ from agentflow import Config, Context, DeadLetteredError, Event, LatencyHistogra
 from ..apps import App
 from .measure import (
     REFRESH_LATENCY_S,
+    STOP,
     Limits,
     Mode,
     RunResult,
@@ -406,16 +407,21 @@ async def run_benchmark(
         runs.append((n, "agentflow", result))
         return result
 
+    # After a Ctrl-C (STOP) the run in progress ends with what it measured and no other starts.
     if not target.fresh_per_run:
         runner = target.runner(spec.mode)
         async with runner:
             for n in range(1, spec.repeat + 1):
                 last = await ours(runner, n)
+                if STOP.set:
+                    break
         shutdown = runner.statistics().shutdown
         last.shutdown_s = shutdown.duration_s if shutdown is not None else None
         return Outcome(runs, target.config)
     for n in range(1, spec.repeat + 1):
         for side in round_sides(SIDES if raw is not None else SIDES[1:], n):
+            if STOP.set:
+                return Outcome(runs, target.config)
             if side == "raw":
                 await raw_round(n)
                 continue

@@ -20,17 +20,29 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from agentflow import Config, Event, KafkaConfig, LatencyHistogram, Runner, config_from_dict, new_event_id
 
-from .measure import cpu_seconds
-from .report import Measurement, by_p99, by_throughput, effective_config, latency_ms, median_run, order_of, round_sides
+from .measure import STOP, Limits, Ticker, cpu_seconds
+from .report import (
+    Measurement,
+    by_p99,
+    by_throughput,
+    effective_config,
+    hdr_bytes,
+    latency_ms,
+    median_run,
+    order_of,
+    round_sides,
+)
 from .schema import KafkaDetails, Report, Run
 
 __all__ = ["KafkaSpec", "bench_config", "render_kafka", "run_kafka_benchmark"]
@@ -50,6 +62,8 @@ TANSU_SETTINGS: dict[str, Any] = {
 
 
 SIDES = ("raw", "agentflow")
+#: Opens a run's progress display, given how to count the events handled so far.
+_Tick = Callable[[Callable[[], int]], AbstractAsyncContextManager[Any]]
 LABELS = {"raw": "raw aiokafka", "agentflow": "agentflow"}
 
 
@@ -91,7 +105,7 @@ def bench_config(base: Config, bootstrap: str, *, tansu: bool, partitions: int) 
     return config_from_dict(data, source="agentcli benchmark")
 
 
-async def _agentflow(config: Config, n: int, batch: int, emitters: int, rate: float | None) -> _Result:
+async def _agentflow(config: Config, n: int, batch: int, emitters: int, rate: float | None, ticker: _Tick) -> _Result:
     hist = LatencyHistogram()
     done = asyncio.Event()
     runner = Runner(config)
@@ -104,18 +118,21 @@ async def _agentflow(config: Config, n: int, batch: int, emitters: int, rate: fl
         if not left[0]:
             done.set()
 
-    async with runner:
+    async with runner, ticker(lambda: n - left[0]):
         cpu0, t0 = cpu_seconds(), time.perf_counter()
         if rate is None:
-            await _flood(lambda payloads: runner.emit_many(TOPIC, payloads), n, batch, emitters)
+            sent = await _flood(lambda payloads: runner.emit_many(TOPIC, payloads), n, batch, emitters)
         else:
-            await _paced(lambda payloads: runner.emit_many(TOPIC, payloads), n, rate)
+            sent = await _paced(lambda payloads: runner.emit_many(TOPIC, payloads), n, rate)
+        left[0] -= n - sent  # a Ctrl-C stopped the emitters early: wait for what they sent
+        if left[0] <= 0:
+            done.set()
         await asyncio.wait_for(done.wait(), timeout=120)
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    return _Result(n, seconds, hist, cpu)
+    return _Result(sent, seconds, hist, cpu)
 
 
-async def _raw(config: Config, n: int, batch: int, emitters: int, rate: float | None) -> _Result:
+async def _raw(config: Config, n: int, batch: int, emitters: int, rate: float | None, ticker: _Tick) -> _Result:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 
     from agentflow.bus.kafka import client_options
@@ -156,16 +173,17 @@ async def _raw(config: Config, n: int, batch: int, emitters: int, rate: float | 
             break
         await asyncio.sleep(0.01)
 
+    left = [n]
+
     async def consume() -> None:
-        left = n
-        while left > 0:
+        while left[0] > 0:
             batches = await consumer.getmany(timeout_ms=100)
             now = time.time()
             for records in batches.values():
                 for r in records:
                     e = dec.decode(r.value)
                     hist.record(now - e.created_at if rate is None else now - e.payload)
-                left -= len(records)
+                left[0] -= len(records)
             if batches:
                 await consumer.commit()
 
@@ -195,33 +213,37 @@ async def _raw(config: Config, n: int, batch: int, emitters: int, rate: float | 
 
     try:
         reader = asyncio.ensure_future(consume())
-        cpu0, t0 = cpu_seconds(), time.perf_counter()
-        if rate is None:
-            await _flood(send_many, n, batch, emitters)
-        else:
-            await _paced(send_many, n, rate)
-        await asyncio.wait_for(reader, timeout=120)
-        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+        async with ticker(lambda: n - left[0]):
+            cpu0, t0 = cpu_seconds(), time.perf_counter()
+            if rate is None:
+                sent = await _flood(send_many, n, batch, emitters)
+            else:
+                sent = await _paced(send_many, n, rate)
+            left[0] -= n - sent
+            await asyncio.wait_for(reader, timeout=120)
+            seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     finally:
         await producer.stop()
         await consumer.stop()
-    return _Result(n, seconds, hist, cpu)
+    return _Result(sent, seconds, hist, cpu)
 
 
-async def _flood(send: Any, n: int, batch: int, emitters: int) -> None:
-    """``emitters`` tasks send ``n`` empty payloads in batches, each batch awaiting its confirmation."""
+async def _flood(send: Any, n: int, batch: int, emitters: int) -> int:
+    """``emitters`` tasks send ``n`` empty payloads in batches, each batch awaiting its confirmation; returns how
+    many were sent (fewer after a Ctrl-C)."""
     left = [n]
 
     async def emitter() -> None:
-        while left[0] > 0:
+        while left[0] > 0 and not STOP.set:
             k = min(batch, left[0])
             left[0] -= k
             await send([{}] * k)
 
     await asyncio.gather(*(emitter() for _ in range(emitters)))
+    return n - left[0]
 
 
-async def _paced(send: Any, n: int, rate: float) -> None:
+async def _paced(send: Any, n: int, rate: float) -> int:
     """Open loop: event i is due at start + i/rate, its payload its intended wall-clock time. Every 1 ms tick
     sends the events that fell due as one batch, without waiting for earlier batches (no coordinated omission)."""
     loop = asyncio.get_running_loop()
@@ -229,7 +251,7 @@ async def _paced(send: Any, n: int, rate: float) -> None:
     wall0 = time.time()
     pending: set[asyncio.Future[Any]] = set()
     i = 0
-    while i < n:
+    while i < n and not STOP.set:
         elapsed = loop.time() - start
         due = min(n, int(elapsed * rate) + 1)
         if due > i:
@@ -239,6 +261,7 @@ async def _paced(send: Any, n: int, rate: float) -> None:
             i = due
         await asyncio.sleep(0.001)
     await asyncio.gather(*pending)
+    return i
 
 
 def _run(result: _Result, side: str, round_: int, saturation: float | None, rate: float | None) -> Run:
@@ -246,25 +269,37 @@ def _run(result: _Result, side: str, round_: int, saturation: float | None, rate
     return Run(
         side=side, label=label, round=round_, completed=result.hist.count, errors=result.events - result.hist.count,
         duration_s=result.seconds, throughput_per_s=result.per_s, latency_ms=latency_ms(result.hist),
-        cpu_s=result.cpu_s, saturation_per_s=saturation, rate_per_s=rate,
+        cpu_s=result.cpu_s, saturation_per_s=saturation, rate_per_s=rate, hdr=hdr_bytes(result.hist),
     )  # fmt: skip
 
 
-async def _side(spec: KafkaSpec, side: str, round_: int, cfg: Callable[[], Config]) -> tuple[Run, float]:
+async def _side(
+    spec: KafkaSpec, side: str, round_: int, cfg: Callable[[], Config], progress: Progress | None
+) -> tuple[Run, float]:
     """One side's run of a round, and its throughput (latency mode: its saturation, then the paced run)."""
     run = _raw if side == "raw" else _agentflow
-    sat = await run(cfg(), spec.events, spec.batch, spec.emitters, None)
+    label = LABELS[side] + (f" {round_}/{spec.repeat}" if spec.repeat > 1 else "")
+
+    def ticker(what: str, n: int) -> _Tick:
+        return lambda poll: Ticker(progress, f"{label}{what}", Limits(count=n), poll)
+
+    sat = await run(cfg(), spec.events, spec.batch, spec.emitters, None, ticker("", spec.events))
     if not spec.latency:
         return _run(sat, side, round_, None, None), sat.per_s
     rate = sat.per_s * spec.load_fraction
     n = max(1000, min(spec.events, int(rate * 5)))
-    paced = await run(cfg(), n, 1, spec.emitters, rate)
+    paced = await run(cfg(), n, 1, spec.emitters, rate, ticker(f" at {rate:,.0f}/s", n))
     return _run(paced, side, round_, sat.per_s, rate), sat.per_s
 
 
 async def run_kafka_benchmark(
-    base: Config, spec: KafkaSpec, *, bootstrap: str | None, options: dict[str, Any]
-) -> Measurement:
+    base: Config,
+    spec: KafkaSpec,
+    *,
+    bootstrap: str | None,
+    options: dict[str, Any],
+    progress: Progress | None = None,
+) -> Measurement | None:
     """Run ``spec.repeat`` rounds, each side once a round, the order alternating. Without ``bootstrap`` a Tansu
     test broker is started for the run."""
     broker = None
@@ -285,13 +320,22 @@ async def run_kafka_benchmark(
     ratios: list[dict[str, float]] = []
     try:
         for n in range(1, spec.repeat + 1):
-            by = {side: await _side(spec, side, n, cfg) for side in round_sides(sides, n)}
-            runs += [by[side][0] for side in sides]
-            ratios.append({"raw": by["agentflow"][1] / by["raw"][1]} if "raw" in by and by["raw"][1] else {})
+            by: dict[str, tuple[Run, float]] = {}
+            for side in round_sides(sides, n):
+                if STOP.set:  # after a Ctrl-C the side in progress ends with what it sent; no other starts
+                    break
+                by[side] = await _side(spec, side, n, cfg, progress)
+            runs += [by[side][0] for side in sides if side in by]
+            if "agentflow" in by:
+                ratios.append({"raw": by["agentflow"][1] / by["raw"][1]} if "raw" in by and by["raw"][1] else {})
+            if STOP.set:
+                break
         config = cfg()
     finally:
         if broker is not None:
             await asyncio.to_thread(broker.close)
+    if not any(r.side == "agentflow" for r in runs):
+        return None
     details = KafkaDetails(
         brokers=where, partitions=spec.partitions, emitters=spec.emitters, batch_size=spec.batch,
         events=spec.events, load_fraction=spec.load_fraction if spec.latency else None,

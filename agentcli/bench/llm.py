@@ -28,13 +28,23 @@ from typing import Any
 import aiohttp
 import msgspec
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from agentflow import Config, Context, Event, LatencyHistogram, Runner, config_from_dict
 from agentflow.llm.mock import MockLLMServer  # public as agentflow.MockLLMServer, but lazily: untyped there
 
-from .measure import Limits, Tally, closed_loop, cpu_seconds
-from .report import Measurement, by_throughput, effective_config, latency_ms, median_run, order_of, round_sides
+from .measure import STOP, Limits, Tally, Ticker, closed_loop, cpu_seconds
+from .report import (
+    Measurement,
+    by_throughput,
+    effective_config,
+    hdr_bytes,
+    latency_ms,
+    median_run,
+    order_of,
+    round_sides,
+)
 from .schema import CostLine, LatencyMs, LLMDetails, Report, Run
 
 __all__ = ["LLMBenchSpec", "planned_ratios", "render_llm", "run_llm_benchmark"]
@@ -86,11 +96,13 @@ def planned_ratios(spec: LLMBenchSpec) -> set[str]:
 
 
 class _Server:
-    """The LLM server of the run: an --llm-url, or the in-process mock; reads its /stats."""
+    """The LLM server of the run: an --llm-url, or the in-process mock; reads its /stats. It also carries the
+    run's progress display, which every side's measurement shows."""
 
-    def __init__(self, spec: LLMBenchSpec) -> None:
+    def __init__(self, spec: LLMBenchSpec, progress: Progress | None = None) -> None:
         self.mock = None if spec.llm_url is not None else MockLLMServer(dimensions=spec.dimensions)
         self.spec = spec
+        self.progress = progress
         self.url = ""
         self.root = ""
 
@@ -135,9 +147,13 @@ async def _measure(
     before = await server.stats()
     tally = Tally()
     gc.collect()
-    cpu0, t0 = cpu_seconds(), perf_counter()
-    hist: LatencyHistogram = await closed_loop(counted, users, limits, (Exception,), tally)
-    duration, cpu = perf_counter() - t0, cpu_seconds() - cpu0
+    label = f"{server.spec.scenario} {LABELS[side]}" + (
+        f" {round_}/{server.spec.repeat}" if server.spec.repeat > 1 else ""
+    )
+    async with Ticker(server.progress, label, limits, tally.finished):
+        cpu0, t0 = cpu_seconds(), perf_counter()
+        hist: LatencyHistogram = await closed_loop(counted, users, limits, (Exception,), tally)
+        duration, cpu = perf_counter() - t0, cpu_seconds() - cpu0
     after = await server.stats()
 
     def delta(key: str) -> int | None:
@@ -147,7 +163,7 @@ async def _measure(
         side=side, label=LABELS[side], round=round_, completed=tally.completed, errors=tally.errors,
         duration_s=duration, throughput_per_s=tally.finished() / duration if duration else 0.0,
         latency_ms=latency_ms(hist), cpu_s=cpu, items_per_s=items / duration if duration else 0.0,
-        server_requests=delta("requests"), server_items=delta("items"),
+        server_requests=delta("requests"), server_items=delta("items"), hdr=hdr_bytes(hist),
     )  # fmt: skip
 
 
@@ -284,22 +300,33 @@ def _added_p50(runs: list[Run]) -> float | None:
     return sorted(added)[(len(added) - 1) // 2] if added else None
 
 
-async def run_llm_benchmark(spec: LLMBenchSpec, options: dict[str, Any]) -> Measurement:
+async def run_llm_benchmark(
+    spec: LLMBenchSpec, options: dict[str, Any], progress: Progress | None = None
+) -> Measurement | None:
+    """Every round of every side; None when a Ctrl-C came before the agentflow side ran at all."""
     sides = spec.sides()
     runs: list[Run] = []
     ratios: list[dict[str, float]] = []
     costs: dict[int, list[CostLine]] = {}
-    async with _Server(spec) as server:
+    async with _Server(spec, progress) as server:
         for n in range(1, spec.repeat + 1):
-            by = {side: await _one_side(spec, side, n, server, costs) for side in round_sides(sides, n)}
-            runs += [by[side] for side in sides]
-            ratios.append(_round_ratios(by))
+            by: dict[str, Run] = {}
+            for side in round_sides(sides, n):
+                if STOP.set:  # after a Ctrl-C the side in progress ends with what it measured; no other starts
+                    break
+                by[side] = await _one_side(spec, side, n, server, costs)
+            runs += [by[side] for side in sides if side in by]
+            if "agentflow" in by:
+                ratios.append(_round_ratios(by))
+            if STOP.set:
+                break
         stats = await server.stats() if server.mock is None else None
         url = server.url
     if server.mock is not None:
         stats = msgspec.to_builtins(server.mock.stats())
     top = median_run(runs, "agentflow", by_throughput)
-    assert top is not None
+    if top is None:
+        return None
     notes = []
     if spec.scenario == "llm-chat" and spec.compare_raw and "sdk" not in sides:
         notes.append("openai SDK not installed: its figure is not shown.")

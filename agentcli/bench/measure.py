@@ -29,9 +29,12 @@ from rich.progress import Progress, TaskID
 
 from agentflow import LatencyHistogram
 
+from ..output import OPTIONS, ProgressLines, clock
+
 __all__ = [
     "REFRESH_LATENCY_S",
     "REFRESH_S",
+    "STOP",
     "Limits",
     "Mode",
     "RunResult",
@@ -44,6 +47,8 @@ __all__ = [
     "paced_requests",
     "planned_events",
     "rss_mb",
+    "request_stop",
+    "reset_stop",
     "rss_peak_mb",
 ]
 
@@ -78,6 +83,28 @@ class Limits:
 
     def describe(self, unit: str = "requests") -> str:
         return f"{self.count:,} {unit}" if self.count is not None else f"{self.duration_s:g} s"
+
+
+class StopFlag:
+    """Set by the first Ctrl-C (through :class:`agentcli.runtime.Stop`): every load shape stops issuing work at its
+    next look, and the run ends with what it measured. One flag for the process: a benchmark runs one run at a
+    time, and :func:`reset_stop` clears it when a command starts."""
+
+    __slots__ = ("set",)
+
+    def __init__(self) -> None:
+        self.set = False
+
+
+STOP = StopFlag()
+
+
+def request_stop() -> None:
+    STOP.set = True
+
+
+def reset_stop() -> None:
+    STOP.set = False
 
 
 class Tally:
@@ -150,10 +177,10 @@ REFRESH_LATENCY_S = 1.0
 
 
 class Ticker:
-    """Refreshes one progress-bar line from its own task every ``interval_s``, never from the hot path.
-
-    With ``progress`` None or disabled (stdout is not a terminal) it starts no task at all, so a benchmark
-    whose output goes to a file or CI log pays nothing for it.
+    """Shows one run's progress from its own task, never from the hot path: a progress-bar line with the rate and
+    the time left, refreshed every ``interval_s`` in a terminal; elsewhere (piped, CI) a plain line every
+    ``--progress-every`` seconds (:class:`agentcli.output.ProgressLines`). With ``progress`` None, or ``--quiet``,
+    it starts no task at all, so a run pays nothing for it.
     """
 
     def __init__(
@@ -164,20 +191,27 @@ class Ticker:
         poll: Callable[[], int],
         interval_s: float = REFRESH_S,
     ) -> None:
-        self._progress = progress if progress is not None and not progress.disable else None
+        self._bar = progress if progress is not None and not progress.disable else None
+        self._lines = (
+            ProgressLines(progress.console)
+            if progress is not None and self._bar is None and not OPTIONS.quiet
+            else None
+        )
         self._description = description
         self._limits = limits
         self._poll = poll
-        self._interval_s = interval_s
+        every = self._lines.every_s if self._lines is not None else interval_s
+        self._interval_s = interval_s if self._bar is not None else max(0.05, min(interval_s, every / 2))
         self._task: asyncio.Task[None] | None = None
         self._id: TaskID | None = None
         self._t0 = 0.0
 
     async def __aenter__(self) -> Ticker:
-        if self._progress is not None:
+        self._t0 = perf_counter()
+        if self._bar is not None:
             total = self._limits.count if self._limits.count is not None else self._limits.duration_s
-            self._id = self._progress.add_task(self._description, total=total, detail="")
-            self._t0 = perf_counter()
+            self._id = self._bar.add_task(self._description, total=total, detail="")
+        if self._bar is not None or (self._lines is not None and self._lines.enabled):
             self._task = asyncio.create_task(self._run(), name="agentcli-progress")
         return self
 
@@ -185,25 +219,41 @@ class Ticker:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-            self._update()
-        if self._progress is not None and self._id is not None:
-            self._progress.remove_task(self._id)
+            if self._bar is not None:
+                self._update()
+        if self._bar is not None and self._id is not None:
+            self._bar.remove_task(self._id)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            self._update()
+            if self._bar is not None:
+                self._update()
+            elif self._lines is not None and self._lines.due():
+                self._lines.line(f"agentcli benchmark: {self._description}: {self.detail()}")
+
+    def detail(self) -> str:
+        """``12,000/200,000, 48,000/s, 0:00:03 left``: what is done, the rate, and the time left."""
+        done = self._poll()
+        elapsed = perf_counter() - self._t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        if self._limits.count is not None:
+            left = (self._limits.count - done) / rate if rate > 0 else None
+            head = f"{done:,}/{self._limits.count:,}"
+        else:
+            assert self._limits.duration_s is not None
+            left = max(0.0, self._limits.duration_s - elapsed)
+            head = f"{elapsed:.1f}/{self._limits.duration_s:g} s, {done:,} done"
+        return f"{head}, {rate:,.0f}/s, " + ("ETA -" if left is None else f"ETA {clock(left)}")
 
     def _update(self) -> None:
-        assert self._progress is not None and self._id is not None
-        done = self._poll()
+        assert self._bar is not None and self._id is not None
+        detail = self.detail()
         if self._limits.count is not None:
-            self._progress.update(self._id, completed=done, detail=f"{done:,}/{self._limits.count:,}")
+            self._bar.update(self._id, completed=self._poll(), detail=detail)
         else:
-            elapsed = perf_counter() - self._t0
-            detail = f"{elapsed:.1f}/{self._limits.duration_s:g} s, {done:,} done"
-            self._progress.update(self._id, completed=elapsed, detail=detail)
-        self._progress.refresh()
+            self._bar.update(self._id, completed=perf_counter() - self._t0, detail=detail)
+        self._bar.refresh()
 
 
 async def closed_loop(
@@ -222,8 +272,10 @@ async def closed_loop(
     count = limits.count
     deadline = perf_counter() + (limits.duration_s or 0.0)
 
+    stop = STOP
+
     async def user() -> None:
-        while True:
+        while not stop.set:
             if count is not None:
                 if tally.issued >= count:
                     return
@@ -261,22 +313,27 @@ async def flood(
     """
     count = limits.count
     deadline = perf_counter() + (limits.duration_s or 0.0)
+    stop = STOP
     if emit_batch is None or batch_size <= 1:
-        if count is not None:
+        # In strides, looking at the clock and the stop flag between them, not at every event.
+        while not stop.set:
+            if count is not None:
+                k = min(_CLOCK_STRIDE, count - tally.issued)
+                if k <= 0:
+                    return
+            elif perf_counter() >= deadline:
+                return
+            else:
+                k = _CLOCK_STRIDE
             if stamp:
-                for _ in range(count):
+                for _ in range(k):
                     await emit_one(perf_counter())
             else:
-                for _ in range(count):
+                for _ in range(k):
                     await emit_one(payload)
-            tally.issued = count
-            return
-        while perf_counter() < deadline:
-            for _ in range(_CLOCK_STRIDE):
-                await emit_one(perf_counter() if stamp else payload)
-            tally.issued += _CLOCK_STRIDE
+            tally.issued += k
         return
-    while True:
+    while not stop.set:
         if count is not None:
             k = min(batch_size, count - tally.issued)
             if k <= 0:
@@ -313,7 +370,8 @@ async def paced(
     sleep = asyncio.sleep
     t0 = perf_counter()
     i = 0
-    while i < n:
+    stop = STOP
+    while i < n and not stop.set:
         now = perf_counter()
         due = min(n, int((now - t0) * rate_per_s) + 1)
         if due > i:

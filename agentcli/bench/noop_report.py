@@ -15,6 +15,7 @@ from .report import (
     by_p99,
     by_throughput,
     effective_config,
+    hdr_bytes,
     latency_ms,
     median_run,
     num,
@@ -46,6 +47,7 @@ def to_run(result: RunResult, side: str, round_: int) -> Run:
         side=side, label=result.label, round=round_, completed=result.completed, errors=result.errors,
         duration_s=result.duration_s, throughput_per_s=result.throughput_per_s, latency_ms=latency_ms(result.hist),
         cpu_s=result.cpu_s, saturation_per_s=result.saturation_per_s, rate_per_s=result.rate_per_s,
+        hdr=hdr_bytes(result.hist),
     )  # fmt: skip
 
 

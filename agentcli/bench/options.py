@@ -66,6 +66,7 @@ class Options:
     profile: ProfileKind | None
     output: Path | None
     json_path: Path | None
+    html_path: Path | None
     llm_url: str | None
     dimensions: int
     bus: BusChoice
@@ -104,7 +105,7 @@ def _only(o: Options, takes: set[str], where: str, listing: str) -> None:
 
 
 def check_paths(o: Options) -> None:
-    for path, flag in ((o.output, "--output"), (o.json_path, "--json")):
+    for path, flag in ((o.output, "--output"), (o.json_path, "--json"), (o.html_path, "--report")):
         if path is not None and not path.parent.is_dir():
             raise usage(f"directory {str(path.parent)!r} does not exist.", flag)
     if o.bootstrap is not None and o.bus is not BusChoice.kafka:

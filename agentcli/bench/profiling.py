@@ -11,6 +11,7 @@ import asyncio
 import cProfile
 import pstats
 import tracemalloc
+from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
 from typing import Any, Protocol
@@ -20,7 +21,17 @@ from rich.table import Table
 
 from .measure import rss_peak_mb
 
-__all__ = ["CpuProfiler", "MemoryProfiler", "NullProfiler", "Profiler"]
+__all__ = ["CpuProfiler", "MemoryProfiler", "NullProfiler", "ProfileSummary", "Profiler"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileSummary:
+    """What ``finish`` printed, for the HTML report: a title, the column names and the rows."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    note: str
 
 
 class Profiler(Protocol):
@@ -32,7 +43,7 @@ class Profiler(Protocol):
 
     async def __aexit__(self, *exc: object) -> None: ...
 
-    def finish(self, console: Console) -> None: ...
+    def finish(self, console: Console) -> ProfileSummary | None: ...
 
 
 class NullProfiler:
@@ -46,7 +57,7 @@ class NullProfiler:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    def finish(self, console: Console) -> None:
+    def finish(self, console: Console) -> ProfileSummary | None:
         return None
 
 
@@ -66,7 +77,7 @@ class CpuProfiler:
     async def __aexit__(self, *exc: object) -> None:
         self._prof.disable()
 
-    def finish(self, console: Console) -> None:
+    def finish(self, console: Console) -> ProfileSummary | None:
         self._prof.dump_stats(self.output)
         stats = pstats.Stats(self._prof)
         rows: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]  # {(file, line, func): (cc, nc, tt, ct, callers)}
@@ -79,12 +90,16 @@ class CpuProfiler:
             ("function", "left"),
         ):
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        lines: list[tuple[str, ...]] = []
         for (file, line, func), (cc, nc, tt, ct, _callers) in top:
             calls = str(nc) if nc == cc else f"{nc}/{cc}"
             where = f"{func}" if file == "~" else f"{func}  {_short(file)}:{line}"
-            table.add_row(calls, f"{tt:.3f}", f"{ct:.3f}", where)
+            lines.append((calls, f"{tt:.3f}", f"{ct:.3f}", where))
+            table.add_row(*lines[-1])
         console.print(table)
-        console.print(f"pstats written to {self.output}; explore it with: python -m pstats {self.output}")
+        note = f"pstats written to {self.output}; explore it with: python -m pstats {self.output}"
+        console.print(note)
+        return ProfileSummary(str(table.title), ("ncalls", "tottime s", "cumtime s", "function"), lines, note)
 
 
 class MemoryProfiler:
@@ -134,9 +149,9 @@ class MemoryProfiler:
             self._snapshot_size = current
             self._snapshot_at = perf_counter() - self._t0
 
-    def finish(self, console: Console) -> None:
+    def finish(self, console: Console) -> ProfileSummary | None:
         if self._snapshot is None:
-            return
+            return None
         snap = self._snapshot.filter_traces(
             (
                 tracemalloc.Filter(False, tracemalloc.__file__),
@@ -160,13 +175,18 @@ class MemoryProfiler:
         table.add_column("KiB", justify="right")
         table.add_column("blocks", justify="right")
         table.add_column("allocated at")
-        for s in top[: self.TOP_PRINT]:
-            table.add_row(f"{s.size / 1024:,.1f}", f"{s.count:,}", _site(s.traceback))
+        rows: list[tuple[str, ...]] = [
+            (f"{s.size / 1024:,.1f}", f"{s.count:,}", _site(s.traceback)) for s in top[: self.TOP_PRINT]
+        ]
+        for row in rows:
+            table.add_row(*row)
         console.print(table)
-        console.print(
+        note = (
             f"peak traced {self.peak_traced / 2**20:.1f} MiB, peak RSS {rss_peak_mb():.1f} MB; "
             f"top {self.TOP_FILE} sites written to {self.output}"
         )
+        console.print(note)
+        return ProfileSummary(str(table.title), ("KiB", "blocks", "allocated at"), rows, note)
 
 
 def _short(path: str) -> str:

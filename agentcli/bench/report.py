@@ -20,7 +20,7 @@ from rich.table import Table
 
 from agentflow import Config, LatencyHistogram
 
-from ..runtime import machine, versions
+from ..runtime import Interruption, machine, versions
 from ..thresholds import LATENCY, NUMBER, Figures, Threshold, Verdict, verdict, verdict_table
 from .measure import rss_peak_mb
 from .schema import FORMAT, Details, LatencyMs, Report, RoundRatios, Run
@@ -30,6 +30,7 @@ __all__ = [
     "Measurement",
     "build_report",
     "effective_config",
+    "hdr_bytes",
     "latency_ms",
     "median_run",
     "order_of",
@@ -127,6 +128,10 @@ def latency_ms(hist: LatencyHistogram | None) -> LatencyMs | None:
     )  # fmt: skip
 
 
+def hdr_bytes(hist: LatencyHistogram | None) -> bytes | None:
+    return hist.to_bytes() if hist is not None and hist.count else None
+
+
 def effective_config(config: Config) -> dict[str, Any]:
     result: dict[str, Any] = msgspec.to_builtins(config)
     return result
@@ -164,7 +169,14 @@ def _verdicts(
     return out
 
 
-def build_report(m: Measurement, *, thresholds: Sequence[Threshold], command: list[str], started_at: str) -> Report:
+def build_report(
+    m: Measurement,
+    *,
+    thresholds: Sequence[Threshold],
+    command: list[str],
+    started_at: str,
+    interrupted: Interruption | None = None,
+) -> Report:
     top = m.headline or median_run(m.runs, "agentflow", m.rank)
     assert top is not None, "a scenario reports at least one agentflow run"
     names = sorted({name for rr in m.round_ratios for name in rr})
@@ -179,8 +191,8 @@ def build_report(m: Measurement, *, thresholds: Sequence[Threshold], command: li
         latency_measures=m.latency_measures, rss_peak_mb=rss_peak_mb(), cpu_s=top.cpu_s, repeat=m.repeat,
         order=m.order, runs=m.runs, ratios=ratios,
         round_ratios=[RoundRatios(round=n, ratios=rr) for n, rr in enumerate(m.round_ratios, 1)],
-        thresholds=verdicts, passed=not failed, warnings=m.warnings, notes=m.notes, details=m.details,
-        options=m.options, config=m.config, versions=versions(), machine=machine(), command=command,
+        thresholds=verdicts, passed=not failed, interrupted=interrupted, warnings=m.warnings, notes=m.notes,
+        details=m.details, options=m.options, config=m.config, versions=versions(), machine=machine(), command=command,
         started_at=started_at,
     )  # fmt: skip
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 
-from ..runtime import Machine, Versions
+from ..runtime import Interruption, Machine, Versions
 from ..thresholds import Verdict
 
 __all__ = [
@@ -79,6 +79,13 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     items_per_s: Annotated[float | None, _doc("llm-embed: inputs embedded per second")] = None
     server_requests: Annotated[int | None, _doc("llm-*: requests the LLM server counted during the run")] = None
     server_items: Annotated[int | None, _doc("llm-*: inputs the LLM server counted during the run")] = None
+    hdr: Annotated[
+        bytes | None,
+        _doc(
+            "the run's latency histogram: HdrHistogram-style bytes (base64 in JSON), for the latency distribution "
+            "of the HTML report and `agentcli benchmark compare`"
+        ),
+    ] = None
 
 
 class RoundRatios(msgspec.Struct, frozen=True, kw_only=True):
@@ -251,6 +258,10 @@ class Report(msgspec.Struct, kw_only=True):
     round_ratios: list[RoundRatios]
     thresholds: Annotated[list[Verdict], _doc("every --threshold in every round and for the median")]
     passed: Annotated[bool, _doc("no threshold failed, no request or event failed, nothing was lost")]
+    interrupted: Annotated[
+        Interruption | None,
+        _doc("set when Ctrl-C or SIGTERM stopped the run: the figures cover what ran until then; null otherwise"),
+    ] = None
     warnings: list[str]
     notes: list[str]
     details: Details

@@ -7,6 +7,7 @@ bad option, stage list, threshold or scenario file, always with a sentence and n
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,11 +18,16 @@ from rich.table import Table
 
 from agentflow import scrub_secrets
 
+from ..gate import gate_options
+from ..gate import render as render_comparison
+from ..logs import log_records
+from ..output import OPTIONS
+from ..output import console as make_console
 from ..parse import ParseError
-from ..runtime import Interrupted, LogLimiter, command_line, now_iso, run_async
+from ..runtime import Interrupted, Stop, command_line, interruption, now_iso, run_async
 from ..thresholds import verdict_table
 from .collector import Collector
-from .compare import compare_reports, render_comparison
+from .compare import compare_reports
 from .live import LiveView
 from .plan import Plan, make_target, resolve
 from .report import LoadReport, build, read_report, write_report
@@ -32,6 +38,8 @@ from .workers import run_workers
 
 __all__ = ["loadtest_app"]
 
+#: The exit code of a run a signal stopped (128 + SIGINT, as a shell reports Ctrl-C).
+INTERRUPTED_EXIT = 130
 _LOAD = "Load shape"
 _WHAT = "What to load"
 _CHECK = "Thresholds"
@@ -95,7 +103,8 @@ def loadtest(
     max_vus: Annotated[
         int | None,
         typer.Option(
-            help="Open model: most iterations in flight; past it arrivals are dropped. [default: 1000]",
+            help="Open model: most iterations in flight; past it arrivals are dropped.",
+            show_default="1000",
             rich_help_panel=_LOAD,
         ),
     ] = None,
@@ -103,7 +112,8 @@ def loadtest(
         str | None, typer.Option(help="Closed model: pause after each iteration.", rich_help_panel=_LOAD)
     ] = None,
     window: Annotated[
-        str | None, typer.Option(help="Time window of the per-window figures. [default: 1s]", rich_help_panel=_LOAD)
+        str | None,
+        typer.Option(help="Time window of the per-window figures.", show_default="1s", rich_help_panel=_LOAD),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Generator processes (open model); histograms are merged.", rich_help_panel=_LOAD)
@@ -116,6 +126,7 @@ def loadtest(
         typer.Option(
             "--stream",
             help="--url is an OpenAI chat endpoint: stream, measure TTFT and inter-token.",
+            show_default="off",
             rich_help_panel=_WHAT,
         ),
     ] = None,
@@ -123,7 +134,7 @@ def loadtest(
         list[str] | None, typer.Option(help="HTTP header 'Name: value' (repeatable).", rich_help_panel=_WHAT)
     ] = None,
     timeout: Annotated[
-        str | None, typer.Option(help="Per-iteration timeout. [default: 30s]", rich_help_panel=_WHAT)
+        str | None, typer.Option(help="Per-iteration timeout.", show_default="30s", rich_help_panel=_WHAT)
     ] = None,
     app_ref: Annotated[
         str | None,
@@ -141,8 +152,8 @@ def loadtest(
     bus: Annotated[
         str | None,
         typer.Option(
-            help="memory (in-process targets) or kafka: events to --topic through agentflow.Producer. "
-            "[default: memory]",
+            help="memory (in-process targets) or kafka: events to --topic through agentflow.Producer.",
+            show_default="memory",
             rich_help_panel=_WHAT,
         ),
     ] = None,
@@ -150,7 +161,8 @@ def loadtest(
         str | None,
         typer.Option(
             metavar="HOST:PORT",
-            help="Kafka brokers (else [kafka] bootstrap_servers of --config).",
+            help="Kafka brokers.",
+            show_default="[kafka] bootstrap_servers of --config",
             rich_help_panel=_WHAT,
         ),
     ] = None,
@@ -162,6 +174,7 @@ def loadtest(
         typer.Option(
             "--emit-only",
             help="Kafka: do not wait for a result; latency ends when the brokers confirmed the write.",
+            show_default="off",
             rich_help_panel=_WHAT,
         ),
     ] = None,
@@ -188,13 +201,14 @@ def loadtest(
         typer.Option(
             "--abort-on-fail",
             help="Stop early once a threshold keeps failing for --abort-grace.",
+            show_default="off",
             rich_help_panel=_CHECK,
         ),
     ] = None,
     abort_grace: Annotated[
         str | None,
         typer.Option(
-            help="How long a threshold must keep failing before an abort. [default: 5s]", rich_help_panel=_CHECK
+            help="How long a threshold must keep failing before an abort.", show_default="5s", rich_help_panel=_CHECK
         ),
     ] = None,
     json_path: Annotated[
@@ -250,11 +264,33 @@ def loadtest(
 
 
 def _run(plan: Plan, scenario_obj: Any, json_path: Path | None, html_path: Path | None) -> int:
-    console = Console()
+    console = make_console()
     err = Console(stderr=True)
-    limiter = LogLimiter(err)
-    log = logging.getLogger("agentflow")
-    log.addHandler(limiter)
+    with log_records(logging.WARNING, fmt=OPTIONS.log_format, limit=5) as limiter:
+        rep = _measure(plan, scenario_obj, console)
+    render(console, rep)
+    hidden = limiter.summary() if limiter is not None else None
+    if hidden:
+        err.print(hidden)
+    if json_path is not None:
+        write_report(json_path, rep)
+        console.print(f"JSON report written to {json_path}", highlight=False)
+    if html_path is not None:
+        write_html(html_path, rep)
+        console.print(f"HTML report written to {html_path}", highlight=False)
+    if rep.interrupted is not None:
+        i = rep.interrupted
+        err.print(
+            f"Interrupted by {i.signal} after {i.covered_s:.1f} s of {plan.duration_s:g} s: the figures above cover "
+            "what ran until then.",
+            highlight=False,
+        )
+        return INTERRUPTED_EXIT
+    return 0 if rep.passed else 1
+
+
+def _measure(plan: Plan, scenario_obj: Any, console: Console) -> LoadReport:
+    """Run the load test; a first Ctrl-C ends the load early and the report covers what ran (``interrupted``)."""
     started_at = now_iso()
     if plan.spec.workers == 1:
         try:
@@ -275,40 +311,28 @@ def _run(plan: Plan, scenario_obj: Any, json_path: Path | None, html_path: Path 
         highlight=False,
     )
     status = LiveStatus()
+    stop = Stop()
+    t0 = time.monotonic()
 
     async def go() -> Outcome:
         collector = Collector(plan)
         async with LiveView(console, plan, status, collector):
             if plan.spec.workers > 1:
-                return await run_workers(plan, status=status, collector=collector)
-            return await run_local(
-                plan, scenario_obj, status=status if console.is_terminal else None, target=target, collector=collector
-            )
+                return await run_workers(plan, status=status, collector=collector, stop=stop)
+            return await run_local(plan, scenario_obj, status=status, target=target, collector=collector, stop=stop)
 
     try:
-        outcome = run_async(go())
+        outcome = run_async(go(), stop)
     except Interrupted as exc:
-        err.print("Interrupted: the load test was stopped; no report written.")
+        Console(stderr=True).print("Interrupted before the load started; no report written.")
         raise typer.Exit(code=128 + exc.signum) from None
     except ScenarioError as exc:
         raise _usage(exc) from None
-    finally:
-        log.removeHandler(limiter)
-    rep = build(
+    return build(
         plan, outcome.collector, target=outcome.target, started_at=started_at, aborted=outcome.aborted,
-        interrupted=outcome.interrupted, command=command_line(),
+        iterations_interrupted=outcome.iterations_interrupted, command=command_line(),
+        interrupted=interruption(stop, t0, plan.duration_s),
     )  # fmt: skip
-    render(console, rep)
-    hidden = limiter.summary()
-    if hidden:
-        err.print(hidden)
-    if json_path is not None:
-        write_report(json_path, rep)
-        console.print(f"JSON report written to {json_path}", highlight=False)
-    if html_path is not None:
-        write_html(html_path, rep)
-        console.print(f"HTML report written to {html_path}", highlight=False)
-    return 0 if rep.passed else 1
 
 
 def _f(v: float | None, fmt: str = ",.1f") -> str:
@@ -338,27 +362,30 @@ def render(console: Console, rep: LoadReport) -> None:
         console.print(f"[red]aborted:[/] {rep.abort_reason or 'stopped early'}")
     if rep.thresholds:
         console.print(verdict_table(rep.thresholds))
-    console.print("[green]all thresholds passed[/]" if rep.passed else "[red]a threshold failed[/]")
+        console.print("[green]all thresholds passed[/]" if rep.passed else "[red]a threshold failed[/]")
+    else:
+        console.print("no thresholds set", highlight=False)
 
 
 @loadtest_app.command("compare")
 def compare(
     baseline: Annotated[Path, typer.Argument(help="The earlier run's --json report.")],
     candidate: Annotated[Path, typer.Argument(help="The new run's --json report.")],
-    tolerance: Annotated[float, typer.Option(help="Relative worsening allowed before it counts (0.10 = 10%).")] = 0.10,
-    alpha: Annotated[float, typer.Option(help="Significance level of the statistical tests.")] = 0.01,
+    tolerance: Annotated[
+        str, typer.Option(metavar="PERCENT", help="How much worse a figure may get before it can count: 10% or 0.1.")
+    ] = "10%",
+    min_delta: Annotated[
+        str, typer.Option(metavar="DURATION", help="How much slower a latency may get before it can count.")
+    ] = "1ms",
+    alpha: Annotated[float, typer.Option(help="Significance level of the one-sided tests.")] = 0.01,
 ) -> None:
-    """Regression check between two runs: latency distributions (KS test) and throughput; exit 1 beyond tolerance."""
-    if not 0 <= tolerance < 10:
-        raise typer.BadParameter(
-            f"{tolerance} is not a sensible tolerance; use 0.1 for 10%.", param_hint="'--tolerance'"
-        )
-    if not 0 < alpha < 1:
-        raise typer.BadParameter(f"{alpha} is not a significance level; use 0.01.", param_hint="'--alpha'")
+    """Regression gate between two runs: a figure regresses when significantly worse (Mann-Whitney U on the
+    windows) by more than --tolerance and, for latency, --min-delta; exit 1 when one does."""
+    gate = gate_options(tolerance, min_delta, alpha)
     try:
         a, b = read_report(baseline), read_report(candidate)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    result = compare_reports(a, b, tolerance=tolerance, alpha=alpha)
-    render_comparison(Console(), result)
+    result = compare_reports(a, b, gate)
+    render_comparison(make_console(), result, gate, "windows")
     raise typer.Exit(code=1 if result.regressed else 0)

@@ -2,6 +2,8 @@
 
 It redraws once a second from its own task, reading counters the generator bumps anyway; one rich refresh holds
 the loop for about a millisecond, which at 1 Hz stays below the p99 of the start lag it would otherwise disturb.
+When stdout is not a terminal (piped, CI) it draws nothing and prints one line every ``--progress-every``
+seconds instead, the way k6 does: elapsed, the last window's rate, what is done, errors, dropped and p99.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..output import OPTIONS, ProgressLines, clock
 from .collector import Collector
 from .plan import Plan
 from .session import LiveStatus
@@ -35,7 +38,8 @@ class LiveView:
         self.plan = plan
         self.status = status
         self.collector = collector
-        self.enabled = console.is_terminal
+        self.enabled = console.is_terminal and not OPTIONS.quiet
+        self._lines = ProgressLines(console) if not console.is_terminal else None
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console,
@@ -66,16 +70,33 @@ class LiveView:
         self._progress.update(self._task_id, completed=min(self.status.elapsed_s, self.plan.duration_s))
         return Group(self.table(), self._progress)
 
+    def line(self) -> str:
+        """The progress line: ``0:00:05/0:00:20 stage 1/2, 99.8/s (target 100/s), 500 done, 0 errors, ...``."""
+        s, plan = self.status, self.plan
+        last = self.collector.last if self.collector is not None else {}
+        rate, p99 = last.get("rate"), last.get("p99")
+        unit = "/s" if plan.open_model else " VUs"
+        stage = plan.profile().stage_index(s.elapsed_s) + 1
+        return (
+            f"agentcli loadtest: {clock(s.elapsed_s)}/{clock(plan.duration_s)} stage {stage}/{len(plan.stages)}, "
+            + ("-" if rate is None else f"{rate:,.1f}/s")
+            + f" (target {s.target:,.1f}{unit}), {s.finished:,} done, {s.errors:,} errors, {s.dropped:,} dropped, "
+            + f"VUs {s.vus_busy}/{s.vus}, p99 {_ms(p99)} ms"
+        )
+
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(REFRESH_S)
+            await asyncio.sleep(REFRESH_S if self._live is not None else 0.25)
             if self._live is not None:
                 self._live.update(self._render(), refresh=True)
+            elif self._lines is not None and self._lines.due():
+                self._lines.line(self.line())
 
     async def __aenter__(self) -> LiveView:
         if self.enabled:
             self._live = Live(self._render(), console=self.console, auto_refresh=False, transient=True)
             self._live.start()
+        if self.enabled or (self._lines is not None and self._lines.enabled):
             self._ticker = asyncio.create_task(self._tick(), name="agentcli-loadtest-live")
         return self
 

@@ -49,6 +49,7 @@ class EngineStatistics:
     __slots__ = ("dropped", "finished", "interrupted", "scheduled", "started")
 
     def __init__(self) -> None:
+        #: interrupted: iterations still running when graceful_stop_s ran out, cancelled
         self.scheduled = self.started = self.finished = self.dropped = self.interrupted = 0
 
 
@@ -86,7 +87,10 @@ class Engine:
         self.vus = 0  # VU coroutines alive
         self.busy = 0  # VUs inside an iteration
         self.vu_target = 0
+        #: a threshold kept failing, and the run stopped early (``abort_on_fail``)
         self.aborted = False
+        #: the run ended before its schedule: an abort, or :meth:`stop` (a signal)
+        self.stopped_early = False
         self.finished = asyncio.Event()
         self._seq = 0
         self._idle: deque[asyncio.Future[float | None]] = deque()
@@ -137,8 +141,8 @@ class Engine:
         return self.on_window(rec, old.hists())
 
     def stop(self) -> None:
-        """End the run early (abort, or a signal): no new iterations; in-flight ones get ``graceful_stop_s``."""
-        self.aborted = True
+        """End the run early (a signal, or an abort): no new iterations; in-flight ones get ``graceful_stop_s``."""
+        self.stopped_early = True
         self._stopping = True
 
     async def run(self) -> None:
@@ -150,7 +154,7 @@ class Engine:
             else:
                 await self._closed()
             await self._drain()
-            if not self.aborted:
+            if not self.stopped_early:
                 await windows  # closes every window up to the last boundary, on time
                 left = self.t0 + self.profile.duration_s - self.clock()
                 if left > 0:
@@ -163,7 +167,7 @@ class Engine:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         # The last window ends with the schedule (iterations still finishing then are counted in it), or when an
         # abort stopped the run.
-        end = self.elapsed() if self.aborted else self.profile.duration_s
+        end = self.elapsed() if self.stopped_early else self.profile.duration_s
         self._close_window(max(end, self.window.t0_s))
         self.finished.set()
 
@@ -189,6 +193,7 @@ class Engine:
                 await asyncio.sleep(delay)
             if self._close_window(end):
                 log.info("Stopping the run: a threshold kept failing for the abort grace period.")
+                self.aborted = True
                 self.stop()
                 return
 

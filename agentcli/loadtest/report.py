@@ -1,7 +1,9 @@
 """The machine report of a load test (``--json``): per stage, per window, thresholds and verdicts, config, versions.
 
-Histograms travel as HdrHistogram-style bytes (base64 in JSON) for the run and each stage, so
-``agentcli loadtest compare`` can test whole latency distributions, not just a few percentiles.
+Histograms travel as HdrHistogram-style bytes (base64 in JSON) for the run and each stage, for the HTML
+report's latency distribution; ``agentcli loadtest compare`` tests the per-window figures. A report of format
+``agentcli.loadtest/1`` (whose ``interrupted`` counted the iterations cut off at the end, now
+``iterations_interrupted``) is read as well.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ import msgspec
 
 from agentflow import scrub_secrets
 
-from ..runtime import Machine, machine, versions
+from ..runtime import Interruption, Machine, machine, versions
 from ..thresholds import Verdict, verdict
 from .collector import Collector
 from .figures import HIST_NAMES, Accumulator, WindowRecord, record_figures
 from .plan import Plan
 
-__all__ = ["FORMAT", "LoadReport", "Verdict", "build", "masked_command", "read_report", "write_report"]
+__all__ = ["FORMAT", "FORMAT_1", "LoadReport", "Verdict", "build", "masked_command", "read_report", "write_report"]
 
-FORMAT = "agentcli.loadtest/1"
+FORMAT = "agentcli.loadtest/2"
+#: The format before ``iterations_interrupted`` and ``interrupted`` (a signal) were told apart.
+FORMAT_1 = "agentcli.loadtest/1"
 #: Start lag p99 above this means the generator, not the system, may be what limits the figures.
 LAG_WARN_S = 0.001
 #: What a header's value is replaced with in reports: headers are how credentials reach a target.
@@ -95,7 +99,8 @@ class LoadReport(msgspec.Struct, kw_only=True):
     passed: bool
     generator_lag_ms: dict[str, float]
     generator_note: str | None
-    interrupted: int
+    #: iterations still running when the run ended and graceful_stop ran out: cancelled, counted nowhere else
+    iterations_interrupted: int
     run: Stretch
     stages: list[Stretch]
     windows: list[WindowOut]
@@ -107,6 +112,8 @@ class LoadReport(msgspec.Struct, kw_only=True):
     versions: dict[str, str]
     #: absent from reports written before it was added; `loadtest compare` reads those too
     machine: Machine | None = None
+    #: set when Ctrl-C or SIGTERM stopped the run: the figures cover what ran until then
+    interrupted: Interruption | None = None
 
 
 def _ms(figures: dict[str, float | None]) -> dict[str, dict[str, float]]:
@@ -132,7 +139,7 @@ def _stretch(name: str, acc: Accumulator, plan: Plan) -> Stretch:
         scheduled=acc.scheduled, started=acc.started, completed=acc.completed, errors=acc.errors,
         dropped=acc.dropped, vus_max=acc.vus_max, rate_per_s=f["rate"], throughput_per_s=f["throughput"],
         error_rate=f["error_rate"], errors_by_kind=dict(acc.errors_by_kind), latency_ms=latency,
-        hists={k: h.to_bytes() for k, h in acc.hists.items() if k in ("latency", "service", "lag")},
+        hists={k: h.to_bytes() for k, h in acc.hists.items()},
     )  # fmt: skip
 
 
@@ -152,8 +159,9 @@ def build(
     target: str,
     started_at: str,
     aborted: bool,
-    interrupted: int,
+    iterations_interrupted: int,
     command: list[str],
+    interrupted: Interruption | None = None,
 ) -> LoadReport:
     total = collector.total()
     stages = [_stretch(f"stage {i + 1} ({s.describe()})", acc, plan) for i, (s, acc) in enumerate(
@@ -185,10 +193,11 @@ def build(
         description=plan.spec.description, model="open" if plan.open_model else "closed", profile=plan.describe(),
         target=scrub_secrets(target), workers=plan.spec.workers, started_at=started_at, duration_s=total.duration_s,
         aborted=aborted, abort_reason=collector.abort_reason, passed=not failed, generator_lag_ms=lag_ms,
-        generator_note=note, interrupted=interrupted, run=_stretch("run", total, plan), stages=stages,
+        generator_note=note, iterations_interrupted=iterations_interrupted, run=_stretch("run", total, plan),
+        stages=stages,
         windows=[_window(r, plan) for r in collector.windows], window_merges=collector.windows.merges,
         thresholds=verdicts, rss_mb=collector.rss_samples, spec=spec, command=masked_command(command),
-        versions=msgspec.to_builtins(versions()), machine=machine(),
+        versions=msgspec.to_builtins(versions()), machine=machine(), interrupted=interrupted,
     )  # fmt: skip
 
 
@@ -203,6 +212,9 @@ def read_report(path: Path) -> LoadReport:
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}.") from None
     try:
-        return msgspec.json.decode(data, type=LoadReport)
-    except msgspec.DecodeError as exc:
+        raw = msgspec.json.decode(data)
+        if isinstance(raw, dict) and raw.get("format") == FORMAT_1 and isinstance(raw.get("interrupted"), int):
+            raw["iterations_interrupted"] = raw.pop("interrupted")
+        return msgspec.convert(raw, LoadReport)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"{path} is not an agentcli loadtest --json report ({exc}).") from None

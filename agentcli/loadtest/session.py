@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runtime import Stop
 from .collector import Collector
 from .model import Engine
 from .plan import Plan, make_target
@@ -35,7 +36,8 @@ class Outcome:
     collector: Collector
     target: str
     aborted: bool
-    interrupted: int
+    #: iterations cancelled when graceful_stop ran out
+    iterations_interrupted: int
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,13 +66,17 @@ async def run_local(
     status: LiveStatus | None = None,
     target: LoadTarget | None = None,
     collector: Collector | None = None,
+    stop: Stop | None = None,
 ) -> Outcome:
-    """Run ``plan`` in this process against its target (or ``target``); return the collected figures."""
+    """Run ``plan`` in this process against its target (or ``target``); return the collected figures. A
+    ``stop`` that fires (the first Ctrl-C) ends the load early; the figures of what ran are kept."""
     collector = collector if collector is not None else Collector(plan)
     tgt = target if target is not None else make_target(plan)
     async with tgt:
         engine = engine_for(plan, tgt, collector.on_window, script)
         run = asyncio.create_task(engine.run(), name="agentcli-loadtest")
+        if stop is not None:
+            stop.on_stop(engine.stop)
         try:
             if status is not None:
                 profile = engine.profile
@@ -88,4 +94,7 @@ async def run_local(
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
             raise
+        finally:
+            if stop is not None:
+                stop.remove(engine.stop)
     return Outcome(collector, tgt.describe(), engine.aborted, engine.stats.interrupted)

@@ -14,7 +14,7 @@ import asyncio
 import struct
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -23,6 +23,9 @@ from .figures import WindowRecord, merge_records
 from .plan import Plan, make_target, resolve
 from .scenario import LoadSpec, ScenarioError, load_scenario
 from .session import LiveStatus, Outcome, engine_for
+
+if TYPE_CHECKING:
+    from ..runtime import Stop
 
 __all__ = ["run_workers"]
 
@@ -57,7 +60,7 @@ class Window(msgspec.Struct, tag="window"):
 
 class Done(msgspec.Struct, tag="done"):
     aborted: bool
-    interrupted: int
+    iterations_interrupted: int
 
 
 class Failed(msgspec.Struct, tag="failed"):
@@ -79,7 +82,7 @@ def _send(msg: Any) -> None:
     out.flush()
 
 
-async def _worker() -> None:
+async def _worker(stop: Stop) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -101,6 +104,8 @@ async def _worker() -> None:
 
     async with target:
         engine = engine_for(plan, target, on_window, script)
+        # A terminal's Ctrl-C reaches the workers too: they stop the load like the parent's "stop" line does.
+        stop.on_stop(engine.stop)
         _send(Ready(target.describe()))
         go = (await reader.readline()).split()
         start_at = float(go[1]) if len(go) == 2 and go[0] == b"go" else time.time()
@@ -222,6 +227,11 @@ class _Fleet:
         if any(w.done is None for w in self.procs):
             raise ScenarioError("a worker process ended without finishing its run; see its error output above.")
 
+    def stop_load(self) -> None:
+        """End every worker's load early (a signal): each sends what it measured and finishes."""
+        for w in self.procs:
+            w.tell(b"stop\n")
+
     async def stop(self) -> None:
         for w in self.procs:
             if w.proc.returncode is None:
@@ -241,12 +251,16 @@ class _Fleet:
             self.collector,
             f"{self.target} in each of {self.n} processes",
             self.aborted or any(w.done is not None and w.done.aborted for w in self.procs),
-            sum(w.done.interrupted for w in self.procs if w.done is not None),
+            sum(w.done.iterations_interrupted for w in self.procs if w.done is not None),
         )
 
 
-async def run_workers(plan: Plan, *, status: LiveStatus, collector: Collector | None = None) -> Outcome:
+async def run_workers(
+    plan: Plan, *, status: LiveStatus, collector: Collector | None = None, stop: Stop | None = None
+) -> Outcome:
     fleet = _Fleet(plan, status, collector if collector is not None else Collector(plan))
+    if stop is not None:
+        stop.on_stop(fleet.stop_load)
     try:
         await fleet.start()
         await fleet.ready()
@@ -273,9 +287,10 @@ def _sum_status(into: LiveStatus, parts: list[Status], plan: Plan) -> None:
 
 
 def main() -> None:
-    from ..runtime import run_async
+    from ..runtime import Stop, run_async
 
-    run_async(_worker())
+    stop = Stop()
+    run_async(_worker(stop), stop)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,12 @@ from typing import Annotated, Any
 import aiohttp
 import msgspec
 import typer
-from rich.console import Console
 
 from agentflow import AgentflowError, Config, Producer
 
 from ..apps import check_destination, config_or_exit
+from ..output import console as make_console
+from ..output import error_line
 from ..parse import option, parse_rate
 
 __all__ = ["emit", "read_payloads", "schedule"]
@@ -190,7 +191,7 @@ def emit(
         raise typer.BadParameter(f"{topic!r} is not a topic name.", param_hint="'--topic'")
     payloads = read_payloads(data, file)
     n = count or len(payloads)
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     t0 = time.perf_counter()
     try:
         if url is not None:
@@ -206,7 +207,7 @@ def emit(
             )
             sent = asyncio.run(_emit_kafka(cfg, topic, key, payloads, n, per_s, batch))
     except EmitFailed as exc:
-        err.print(f"[bold red]Error:[/] {exc}", highlight=False)
+        error_line(str(exc))
         raise typer.Exit(code=1) from None
     except KeyboardInterrupt:
         err.print("Interrupted.")

@@ -14,10 +14,10 @@ from typing import Annotated
 
 import msgspec
 import typer
-from rich.console import Console
 
 from agentflow.llm.mock import DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES, Faults, LatencyModel, MockLLMServer
 
+from ..output import console as make_console
 from ..parse import option, parse_size
 from ..runtime import Interrupted, run_async
 
@@ -121,13 +121,14 @@ def mock_llm(
         max_items=max_items,
         api_key=api_key,
     )
-    console = Console()
+    console = make_console()
 
     async def serve() -> None:
         async with server:
             console.print(
                 f"mock LLM serving on {server.url} (stats: {server.root}/stats); Ctrl-C stops it.", highlight=False
             )
+            console.file.flush()  # a script waiting for this line reads a pipe
             await asyncio.Event().wait()
 
     try:

@@ -31,11 +31,13 @@ import msgspec
 import typer
 import uvloop
 from rich.console import Console
-from rich.markup import escape
 
 from agentflow import ConfigError, Runner
 
 from ..apps import load_runner
+from ..logs import log_records
+from ..output import OPTIONS, error_line
+from ..output import console as make_console
 
 __all__ = ["run"]
 
@@ -88,7 +90,6 @@ def run(
                 param_hint="'--workers'",
             )
         raise typer.Exit(_supervise(app_ref, config, workers, host, port, ingest, app_dir, log_level))
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The runner is un-started, so its monitoring settings can still be swapped for the command line's.
     runner.config = msgspec.structs.replace(
         runner.config,
@@ -100,12 +101,14 @@ def run(
             port=mon.port if port is None else port,
         ),
     )
-    raise typer.Exit(uvloop.run(_serve(runner, app_ref, worker_index, parent_pid)))
+    with log_records(level, fmt=OPTIONS.log_format):
+        code = uvloop.run(_serve(runner, app_ref, worker_index, parent_pid))
+    raise typer.Exit(code)
 
 
 async def _serve(runner: Runner, app_ref: str, index: int, parent_pid: int) -> int:
     """Run one worker until the first signal, drain, close; return the exit code."""
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals: list[int] = []
@@ -127,10 +130,10 @@ async def _serve(runner: Runner, app_ref: str, index: int, parent_pid: int) -> i
         try:
             await runner.start()
         except ConfigError as exc:
-            err.print(f"[bold red]Error:[/] {escape(str(exc))}")
+            error_line(str(exc))
             return 2
         except OSError as exc:
-            err.print(f"[bold red]Error:[/] the worker could not start: {escape(str(exc))}")
+            error_line(f"the worker could not start: {exc}")
             return 1
         address = runner.http_address
         assert address is not None
@@ -240,7 +243,7 @@ class _Supervisor:
         self.signals: list[int] = []
         self.forwarded = 0
         self.fatal = 0
-        self.err = Console(stderr=True)
+        self.err = make_console(stderr=True)
 
     def say(self, text: str) -> None:
         self.err.print(f"agentcli run: {text}", highlight=False)
@@ -330,7 +333,9 @@ def _supervise(
 ) -> int:
     """Start ``workers`` worker processes, restart the ones that crash, forward signals to them; return the exit
     code: 0 when every worker ended cleanly, 1 when one did not, 2 when one could not start with this config."""
-    argv = [sys.executable, "-m", "agentcli", "run", app_ref, "--workers", "1"]
+    argv = [sys.executable, "-m", "agentcli", "--log-format", OPTIONS.log_format]
+    argv += ["--debug"] if OPTIONS.debug else []
+    argv += ["run", app_ref, "--workers", "1"]
     argv += ["--parent-pid", str(os.getpid()), "--app-dir", str(app_dir), "--log-level", log_level]
     argv += ["--ingest" if ingest else "--no-ingest"]
     if config is not None:

@@ -43,6 +43,16 @@ DLQ_RETRY_FIRST_S = 0.1
 DLQ_RETRY_MAX_S = 5.0
 
 
+def _log_fields(agent: str, event_id: str | None, event: Event | None, topic: str) -> dict[str, Any]:
+    """What a log record carries for structured output (``agentcli --log-format json``)."""
+    return {
+        "agent": agent,
+        "event_id": event_id,
+        "correlation_id": event.correlation_id if event is not None else None,
+        "topic": topic,
+    }
+
+
 class FailurePath(abc.ABC):
     """The slow path of an agent worker. Subclasses say how a unit is called and how its success is recorded."""
 
@@ -114,7 +124,13 @@ class FailurePath(abc.ABC):
             m.retries += n
             if not isinstance(exc, Retry):
                 logger.debug(
-                    "Agent %r: attempt %d of %s failed (%r); retrying in %.3f s", self.name, attempt, what, exc, delay
+                    "Agent %r: attempt %d of %s failed (%r); retrying in %.3f s",
+                    self.name,
+                    attempt,
+                    what,
+                    exc,
+                    delay,
+                    extra=_log_fields(self.name, events[0].id, events[0], events[0].topic) if n == 1 else None,
                 )
             await asyncio.sleep(delay)
             attempt += 1
@@ -277,6 +293,7 @@ class FailurePath(abc.ABC):
                 letter.reason,
                 letter.error_type,
                 letter.error,
+                extra=_log_fields(self.name, letter.event_id, letter.event, letter.topic),
             )
         else:
             self._log_suppressed += 1

@@ -1,5 +1,5 @@
 """Event buses behind one small contract, :class:`Bus` / :class:`Subscription`: the in-memory bus (default) and
-the Kafka bus (``[bus] backend = "kafka"``, in :mod:`agentflow.bus.kafka`, which needs ``agentflow[kafka]``)."""
+the Kafka bus (``[bus] backend = "kafka"``, in :mod:`agentflow.bus.kafka`, which needs ``agentflow-runner[kafka]``)."""
 
 from __future__ import annotations
 
@@ -24,4 +24,5 @@ def create_bus(config: Config) -> Bus:
         partitions=config.bus.partitions,
         buffer_size=config.runner.event_buffer_size,
         dlq_max_entries=config.dlq.max_entries,
+        refuse_unrouted=config.bus.refuse_unrouted,
     )

@@ -109,6 +109,8 @@ class BusStatistics(msgspec.Struct, frozen=True):
     dead_letters_evicted: int
     publishers_waiting: int
     subscriptions: tuple[SubscriptionStatistics, ...]
+    #: ``unrouted`` by topic (bounded: beyond MAX_UNROUTED_TOPICS names, under "_other"); memory bus only
+    unrouted_by_topic: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class Subscription(abc.ABC):

@@ -2,26 +2,35 @@
 
 Events travel as objects (no encoding). Each (topic, consumer group) pair owns ``partitions`` deques holding
 at most ``buffer_size`` events between them; a publisher waits (FIFO) while any group on the topic is full.
-Events of a topic no group has subscribed to are counted as ``unrouted`` and dropped, as a pub/sub topic
-without subscribers would — subscribe before you publish.
+Events of a topic no group has subscribed to are dropped, as a pub/sub topic without subscribers would, but
+never silently: they are counted per topic (``unrouted``; ``agentflow_events_unrouted_total{topic}`` on the
+runner's metrics) and logged (at most one warning every ``UNROUTED_LOG_EVERY_S``). With
+``refuse_unrouted=True`` (``[bus] refuse_unrouted``) the publish raises :class:`~agentflow.errors.BusError`
+instead and nothing is published — subscribe before you publish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import operator
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from itertools import repeat, starmap
 
-from ..errors import BackpressureError, LifecycleError
+from ..errors import BackpressureError, BusError, LifecycleError
 from ..events import DeadLetter, RawEvent
 from .base import Bus, BusStatistics, Item, Subscription, SubscriptionStatistics, WakeUps
 
 __all__ = ["MemoryBus", "MemorySubscription"]
 
 _key_of = operator.attrgetter("key")
+#: Topics counted by name among the unrouted events; the others are counted under "_other" (bounded labels).
+MAX_UNROUTED_TOPICS = 1000
+#: At most one warning about unrouted events this often; it says how many were dropped since the last one.
+UNROUTED_LOG_EVERY_S = 10.0
 
 logger = logging.getLogger(__name__)
 
@@ -175,11 +184,23 @@ class MemoryBus(Bus):
     backend = "memory"
     started_when_created = True  # nothing to connect: usable as soon as it exists
 
-    def __init__(self, *, partitions: int = 8, buffer_size: int = 10_000, dlq_max_entries: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        partitions: int = 8,
+        buffer_size: int = 10_000,
+        dlq_max_entries: int = 10_000,
+        refuse_unrouted: bool = False,
+    ) -> None:
         if partitions < 1 or buffer_size < 1 or dlq_max_entries < 1:
             raise ValueError("partitions, buffer_size and dlq_max_entries must all be at least 1.")
         self.partitions = partitions
         self.buffer_size = buffer_size
+        #: raise BusError for events of a topic nobody subscribes to, instead of counting and dropping them
+        self.refuse_unrouted = refuse_unrouted
+        self._unrouted_by_topic: dict[str, int] = {}
+        self._unrouted_logged_at = -math.inf
+        self._unrouted_unlogged = 0
         self._topics: dict[str, list[_Group]] = {}
         self._groups: dict[tuple[str, str], _Group] = {}
         self._putters: dict[str, deque[asyncio.Future[None]]] = {}
@@ -236,7 +257,7 @@ class MemoryBus(Bus):
             return False
         groups = self._topics.get(topic)
         if groups is None:
-            self._unrouted += len(events)
+            self._drop_unrouted(topic, len(events))
             return True
         if len(events) == 1:  # the single-emit hot path, inlined
             for g in groups:
@@ -288,6 +309,33 @@ class MemoryBus(Bus):
         if self._closed:
             raise LifecycleError("Cannot publish on a MemoryBus once it has been closed.")
 
+    def _drop_unrouted(self, topic: str, n: int, group: str | None = None) -> None:
+        """Events nobody reads: refuse them (``refuse_unrouted``), or count them by topic and log, rate-limited."""
+        reader = f"agent {group!r}" if group is not None else "agent"
+        if self.refuse_unrouted:
+            raise BusError(
+                f"No {reader} subscribes to topic {topic!r} on this memory bus, so the {n} event(s) would be "
+                "dropped; nothing was published. Check the topic's name, register the agent before emitting, or "
+                "set [bus] refuse_unrouted = false to count and drop such events instead."
+            )
+        self._unrouted += n
+        counts = self._unrouted_by_topic
+        key = topic if topic in counts or len(counts) < MAX_UNROUTED_TOPICS else "_other"
+        counts[key] = counts.get(key, 0) + n
+        self._unrouted_unlogged += n
+        now = time.monotonic()
+        if now - self._unrouted_logged_at >= UNROUTED_LOG_EVERY_S:
+            logger.warning(
+                "Dropped %d event(s) with no subscriber on this memory bus (the latest for topic %r): no %s "
+                "reads it. Check the topic's name and register its agent before emitting, or set "
+                "[bus] refuse_unrouted = true to make emit raise instead.",
+                self._unrouted_unlogged,
+                topic,
+                reader,
+                extra={"topic": topic},
+            )
+            self._unrouted_logged_at, self._unrouted_unlogged = now, 0
+
     def _route(self, topic: str, group: str | None) -> list[_Group] | None:
         if group is None:
             return self._topics.get(topic)
@@ -302,7 +350,7 @@ class MemoryBus(Bus):
             return
         groups = self._route(topic, group)
         if not groups:
-            self._unrouted += len(events)
+            self._drop_unrouted(topic, len(events), group)
             return
         # A batch larger than the buffer goes in buffer-sized chunks, each waiting for room in every group.
         step = self.buffer_size
@@ -346,7 +394,7 @@ class MemoryBus(Bus):
             return
         groups = self._topics.get(topic)
         if not groups:
-            self._unrouted += len(events)
+            self._drop_unrouted(topic, len(events))
             return
         n = len(events)
         if self._putters.get(topic) or not self._fits(groups, n):
@@ -407,6 +455,7 @@ class MemoryBus(Bus):
             backend=self.backend,
             published=self._published,
             unrouted=self._unrouted,
+            unrouted_by_topic=dict(self._unrouted_by_topic),
             buffered=sum(g.size for g in self._groups.values()),
             unacked=sum(s.unacked for s in subs),
             dead_letters=len(self._dead),

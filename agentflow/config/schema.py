@@ -70,7 +70,7 @@ DEFAULT_KAFKA_COMPRESSION: Literal["none"] = "none"
 DEFAULT_KAFKA_ENABLE_IDEMPOTENCE = True
 DEFAULT_KAFKA_REQUEST_TIMEOUT_MS = 30_000
 DEFAULT_KAFKA_DELIVERY_TIMEOUT_S = 60.0
-DEFAULT_KAFKA_CONNECT_TIMEOUT_S = 30.0
+DEFAULT_KAFKA_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_KAFKA_SESSION_TIMEOUT_MS = 10_000
 DEFAULT_KAFKA_HEARTBEAT_INTERVAL_MS = 3_000
 DEFAULT_KAFKA_MAX_POLL_INTERVAL_MS = 300_000
@@ -145,6 +145,8 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
     backend: Literal["memory", "kafka"] = DEFAULT_BUS_BACKEND
     partitions: _PositiveInt = DEFAULT_PARTITIONS
+    # Memory bus: an emit to a topic no agent reads raises BusError instead of being counted and dropped.
+    refuse_unrouted: bool = False
 
 
 class RetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

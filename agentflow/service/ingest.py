@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"})
 #: Topic names under this prefix are agentflow's own (the list of removed dead letters, the default reply topic).
 RESERVED_PREFIX = "agentflow."
-MAX_TOPIC_CHARS = 249  # Kafka's limit for topic names; the memory bus keeps the same rule
+MAX_TOPIC_CHARS = 249
+#: How many known topics a 404 names (the answer stays small whatever the number of agents).
+KNOWN_TOPICS_LISTED = 20  # Kafka's limit for topic names; the memory bus keeps the same rule
 #: How deeply a payload may nest arrays and objects. Decoding and encoding recurse once per level, and a
 #: body nested ~1,000 deep (1-2 KB) exhausts Python's recursion limit: bound it well below, explicitly.
 MAX_NESTING = 128
@@ -155,12 +157,18 @@ class Ingest(JsonRoutes):
             return
         if not self._internal(topic) and await self._runner.bus.topic_exists(topic):
             return
+        known = sorted(self._allowed())
+        listed = ", ".join(repr(t) for t in known[:KNOWN_TOPICS_LISTED])
+        if len(known) > KNOWN_TOPICS_LISTED:
+            listed += f" and {len(known) - KNOWN_TOPICS_LISTED} more"
         raise BadRequest(
             404,
             f"Topic {topic!r} is not one this worker ingests: no agent here reads it, "
             + ("it is internal to agentflow" if self._internal(topic) else "it does not exist on the bus")
-            + ", and it is not in monitoring.ingest_topics. Create the topic, list it in monitoring.ingest_topics, "
-            "or set monitoring.ingest_any_topic = true.",
+            + ", and it is not in monitoring.ingest_topics. "
+            + (f"The topics agents here read or ingest_topics lists are {listed}. " if known else "")
+            + "Check the topic's name, create the topic, list it in monitoring.ingest_topics, or set "
+            "monitoring.ingest_any_topic = true.",
         )
 
     def _allowed(self) -> frozenset[str]:

@@ -5,7 +5,7 @@
   writes, awaited before the event is acknowledged.
 * :class:`StateHandle` — what ``ctx.state`` is; :class:`ConversationMemory` — what ``ctx.memory`` is.
 * Backends behind :class:`StateBackend`: :class:`MemoryBackend`, ``SQLiteBackend`` (:mod:`agentflow.state.sqlite`)
-  and ``RedisBackend`` (:mod:`agentflow.state.redis`, needs ``agentflow[redis]``); :func:`create_backend` picks
+  and ``RedisBackend`` (:mod:`agentflow.state.redis`, needs ``agentflow-runner[redis]``); :func:`create_backend` picks
   one from the config and imports only that one.
 """
 

@@ -1,6 +1,6 @@
 """The Redis state backend (redis-py's asyncio client): state shared by workers on several machines.
 
-Needs the optional extra: ``pip install 'agentflow[redis]'``. Only this module imports redis.
+Needs the optional extra: ``pip install 'agentflow-runner[redis]'``. Only this module imports redis.
 
 Layout, under ``key_prefix`` (default ``agentflow:``): a value is a hash ``<prefix>s:<key>`` with fields ``v``
 (the bytes) and ``n`` (the version), expiring with ``PEXPIRE``; a once-id is ``<prefix>o:<id>`` with a TTL of
@@ -34,7 +34,8 @@ try:
     from redis.exceptions import RedisError
 except ImportError as exc:  # pragma: no cover - exercised only where the extra is missing
     raise ImportError(
-        "The Redis state backend ([memory] backend = \"redis\") needs redis-py; run pip install 'agentflow[redis]'."
+        'The Redis state backend ([memory] backend = "redis") needs redis-py; run '
+        "pip install 'agentflow-runner[redis]'."
     ) from exc
 
 __all__ = ["RedisBackend"]

@@ -4,7 +4,7 @@
   :class:`ToolRegistry` holds a runner's tools and applies ``[tools.NAME]`` overrides.
 - :class:`ToolBox` is ``ctx.tools``: ``schemas()``, ``call``, ``call_many`` (parallel, in order), ``stream``.
 - :class:`LoopDetector` spots a model repeating the same calls turn after turn.
-- :mod:`agentflow.tools.mcp` (needs ``pip install 'agentflow[mcp]'``) pools sessions to MCP servers and offers
+- :mod:`agentflow.tools.mcp` (needs ``pip install 'agentflow-runner[mcp]'``) pools sessions to MCP servers and offers
   their tools as ``NAME.tool``.
 
 See docs/tools.md.

@@ -27,7 +27,7 @@ REPORT_KEYS = {
     "format", "scenario", "mode", "bus", "completed", "errors", "duration_s", "throughput_per_s", "latency_ms",
     "latency_measures", "rss_peak_mb", "cpu_s", "repeat", "order", "runs", "ratios", "round_ratios", "thresholds",
     "passed", "warnings", "notes", "details", "options", "config", "versions", "machine", "command", "started_at",
-    "phases",
+    "phases", "interrupted",
 }  # fmt: skip
 LATENCY_KEYS = {"p50", "p90", "p95", "p99", "p999", "max", "mean", "count"}
 
@@ -246,7 +246,7 @@ def test_handler_errors_are_counted(tmp_path: Path, mode: str) -> None:
     unit = "requests" if mode == "closed" else "events"
     assert f"20 of 200 {unit} failed" in " ".join(result.output.split())
     # agentflow logs at most 10 dead letters a second per agent; agentcli shows 5 of those and counts the rest
-    assert re.search(r"\d+ more agentflow log records were not shown", result.output)
+    assert re.search(r"\d+ more log records were not shown", result.output)
 
 
 def test_app_with_several_agents_needs_agent() -> None:

@@ -20,6 +20,8 @@ PRIVATE_IMPORTS = {
     ("agentcli/bench/llm.py", "agentflow.llm.mock"),
     # the raw aiokafka baseline connects exactly as the Kafka bus does (security, bootstrap, client id)
     ("agentcli/bench/kafka.py", "agentflow.bus.kafka"),
+    # config show/check name the environment overrides by the loader's own prefix
+    ("agentcli/ops/config.py", "agentflow.config"),
 }
 
 

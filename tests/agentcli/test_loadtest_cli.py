@@ -1,11 +1,9 @@
-"""agentcli loadtest from the command line: thresholds and exit codes, bad syntax, scenarios, compare, workers,
-the HTTP target (plain and streaming), and the HTML report rendered in headless Chromium."""
+"""agentcli loadtest from the command line: thresholds and exit codes, bad syntax, scenarios, workers, and the HTTP
+target (plain and streaming); compare is tested in test_compare.py, the HTML report in test_reports_html.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 from pathlib import Path
 
 import msgspec
@@ -13,7 +11,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import REPO_ROOT
-from system_packages import ensure
 from typer.testing import CliRunner, Result
 
 from agentcli.loadtest.plan import resolve
@@ -101,30 +98,6 @@ def test_python_scenario_payloads_and_checks(tmp_path: Path) -> None:
     assert "threshold" in result.output
 
 
-def test_compare_flags_a_regression_and_passes_a_rerun(tmp_path: Path) -> None:
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    loadtest("--rate", "200/s", "--duration", "2s", "--json", str(a), code=0)
-    # b: the same run with every latency ten times larger -> a regression by any test
-    data = json.loads(a.read_text())
-    hists = data["run"]["hists"]
-    from agentflow import LatencyHistogram
-
-    h = LatencyHistogram.from_bytes(msgspec.json.decode(json.dumps(hists["latency"]).encode(), type=bytes))
-    slow = LatencyHistogram()
-    for low, high, n in h.buckets():
-        slow.record_n((low + high) / 2 * 10 + 0.005, n)
-    hists["latency"] = msgspec.json.decode(msgspec.json.encode(slow.to_bytes()))
-    b.write_text(json.dumps(data))
-    same = cli.invoke(app, ["loadtest", "compare", str(a), str(a)])
-    assert same.exit_code == 0, same.output
-    assert "no regression" in same.output
-    worse = cli.invoke(app, ["loadtest", "compare", str(a), str(b)])
-    assert worse.exit_code == 1, worse.output
-    assert "REGRESSED" in worse.output
-    bad = cli.invoke(app, ["loadtest", "compare", str(a), str(tmp_path / "missing.json")])
-    assert bad.exit_code == 2 and "cannot read" in bad.output
-
-
 @pytest.mark.slow
 def test_workers_merge_their_windows_into_one_report(tmp_path: Path) -> None:
     out = tmp_path / "w.json"
@@ -176,31 +149,3 @@ async def test_http_target_plain_streaming_and_errors() -> None:
         )
         total = failing.collector.total()
         assert total.errors == 50 and total.errors_by_kind == {"http_503": 50}
-
-
-def _render(html_path: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    chromium = ensure("chromium", "chromium")
-    return subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", *args, html_path.as_uri()],
-        capture_output=True, timeout=90, check=False,
-    )  # fmt: skip
-
-
-@pytest.mark.slow
-def test_html_report_renders_offline_in_headless_chromium(tmp_path: Path) -> None:
-    ensure("chromium", "chromium")  # the test command installs Debian's Chromium when it is missing
-    html = tmp_path / "r.html"
-    loadtest("--rate", "100/s", "--stages", "1s:200,1s:50", "--window", "250ms", "--threshold", "p99<5s",
-             "--report", str(html), code=0)  # fmt: skip
-    text = html.read_text()
-    assert "http://" not in text and "https://" not in text and "<script" not in text  # opens offline
-    shot = tmp_path / "shot.png"
-    proc = _render(html, tmp_path, f"--screenshot={shot}", "--window-size=1000,1400")
-    assert shot.exists(), proc.stderr.decode(errors="replace")[-2000:]
-    png = shot.read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) > 20_000  # a blank page compresses to a few kB
-    dom = _render(html, tmp_path, "--dump-dom").stdout.decode()
-    assert dom.count('class="plot"') == 4
-    assert "Latency percentiles over time" in dom and 'class="thresholds"' in dom and "p99&lt;5s" in dom

@@ -89,7 +89,7 @@ async def test_a_stalled_target_gives_dropped_iterations_not_a_slower_generator(
     assert total.scheduled == 200
     assert total.started == 10
     assert total.dropped == 190
-    assert outcome.interrupted == 10
+    assert outcome.iterations_interrupted == 10
     assert total.figures(open_model=True)["dropped_rate"] == pytest.approx(0.95)
 
 

@@ -208,3 +208,18 @@ async def test_http_endpoints(make_runner: RunnerFactory, eventually: Eventually
         with pytest.raises(aiohttp.ClientConnectionError):
             async with http.get(f"{base}/healthz"):
                 pass
+
+
+def test_process_metrics_and_build_info_are_on_the_runners_registry() -> None:
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    from agentflow import __version__
+
+    m = parse(Metrics().render().decode())
+    [build] = m["agentflow_build_info"]
+    assert build.labels["version"] == __version__ and build.labels["python"] and build.value == 1
+    assert m["process_resident_memory_bytes"][0].value > 0 and "process_cpu_seconds_total" in m
+    # A registry that already has a process collector (the process-wide default one has) keeps just that one.
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    assert "process_open_fds" in Metrics(registry).render().decode()

@@ -29,10 +29,11 @@ from agentflow import (
 
 DOC = REPO_ROOT / "docs" / "metrics.md"
 
-#: A backticked metric name, optionally with a selector: `agentflow_x_total` or `agentflow_x_total{reason="y"}`.
-_NAME = re.compile(r"`(agentflow_\w+)(?:\{[^`]*\})?`")
+#: A backticked metric name, optionally with a selector: `agentflow_x_total` or `agentflow_x_total{reason="y"}`;
+#: process_* are prometheus-client's process collector on the runner's registry.
+_NAME = re.compile(r"`((?:agentflow|process)_\w+)(?:\{[^`]*\})?`")
 #: A row of a metric table in "## Every metric": | `agentflow_...` | `label`, `label` or none | ...
-_ROW = re.compile(r"^\| `(agentflow_\w+)` \| ([^|]*) \|", re.MULTILINE)
+_ROW = re.compile(r"^\| `((?:agentflow|process)_\w+)` \| ([^|]*) \|", re.MULTILINE)
 #: Label values that come from fixed enums, and must each be documented.
 _ENUM_LABELS = ("outcome", "kind", "reason")
 
@@ -115,6 +116,7 @@ async def rendered() -> AsyncIterator[Rendered]:
         await runner.emit_many("ok", [1, 2])
         await runner.emit("flaky", 1)
         await runner.emit("broken", 1)
+        await runner.emit("nobody-reads-this", 1)  # dropped by the memory bus as unrouted
         await runner.drain(timeout_s=5.0)
         yield Rendered(runner.metrics.render().decode(), runner.statistics())
 
@@ -136,7 +138,7 @@ def test_every_rendered_family_is_documented_with_its_labels(rendered: Rendered,
     rows = {name: set(re.findall(r"`(\w+)`", labels)) for name, labels in _ROW.findall(section)}
     for family in rendered.families:
         name = rendered.documented_name(family)
-        assert family.name.startswith("agentflow_"), f"{name} is not in the agentflow_ namespace"
+        assert family.name.startswith(("agentflow_", "process_")), f"{name} is not in the agentflow_ namespace"
         assert f"`{name}`" in doc, f"docs/metrics.md does not document {name}; add it to a table there"
         assert name in rows, f"docs/metrics.md names {name} but has no table row for it"
         assert rows[name] == rendered.labels(family), f"docs/metrics.md lists the wrong labels for {name}"
@@ -189,7 +191,9 @@ def test_statistics_agree_with_the_metrics(rendered: Rendered) -> None:
     success = sum(rendered.values("agentflow_events_handled_total", outcome="success").values())
     dead = sum(rendered.values("agentflow_events_handled_total", outcome="dead_lettered").values())
     failures = sum(rendered.values("agentflow_handler_failures_total").values())
-    assert (stats.emitted, stats.handled, stats.dead_lettered) == (emitted, success, dead) == (4, 3, 1)
+    assert (stats.emitted, stats.handled, stats.dead_lettered) == (emitted, success, dead) == (5, 3, 1)
+    unrouted = rendered.values("agentflow_events_unrouted_total")
+    assert unrouted == {("nobody-reads-this",): 1.0} and stats.bus.unrouted == 1
     assert stats.pool.failed == failures == 2
     assert rendered.values("agentflow_dead_letters") == {(): float(stats.bus.dead_letters)}
     assert rendered.values("agentflow_worker_pool_size") == {(): float(stats.pool.size)}

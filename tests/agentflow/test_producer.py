@@ -13,6 +13,7 @@ from kafka_broker import TansuBroker, kafka_settings
 
 from agentflow import (
     Config,
+    ConfigError,
     DeadLetteredError,
     Event,
     LifecycleError,
@@ -127,3 +128,12 @@ async def test_producer_on_a_shared_memory_bus() -> None:
         async with Producer(cfg, bus=bus) as producer:
             assert await producer.request("agentflow.replies-test", [1, 2], timeout_s=TIMEOUT_S) == [1, 2]
     await bus.aclose()
+
+
+async def test_a_producer_on_a_memory_bus_config_is_refused_with_a_sentence(tmp_path: Any) -> None:
+    path = tmp_path / "agentflow.toml"
+    path.write_text('[bus]\nbackend = "memory"\n')
+    for config in (str(path), config_from_dict({}), None):
+        with pytest.raises(ConfigError, match=r'backend = "memory".*nothing would read them.*runner\.emit') as info:
+            Producer(config)
+        assert info.value.key == "bus.backend"

@@ -10,7 +10,7 @@ bus). Only this package imports aiokafka, and ``import agentflow`` does not impo
 try:
     import aiokafka  # type: ignore[import-untyped]  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
-    raise ImportError("The Kafka bus needs aiokafka; install it with: pip install 'agentflow[kafka]'") from exc
+    raise ImportError("The Kafka bus needs aiokafka; install it with: pip install 'agentflow-runner[kafka]'") from exc
 
 from .bus import KafkaBus
 from .client import client_options

@@ -40,7 +40,7 @@ try:
         UnknownError,
     )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
-    raise ImportError("The Kafka bus needs aiokafka; install it with: pip install 'agentflow[kafka]'") from exc
+    raise ImportError("The Kafka bus needs aiokafka; install it with: pip install 'agentflow-runner[kafka]'") from exc
 
 from ...config import Config, KafkaConfig
 from ...errors import BackpressureError, BusUnavailableError, DeliveryUncertainError

@@ -96,6 +96,14 @@ def client_options(k: KafkaConfig) -> dict[str, Any]:
     return opts
 
 
+def _cause(exc: BaseException) -> str:
+    """``KafkaConnectionError: Unable to bootstrap ...`` (aiokafka's own text often repeats the class name)."""
+    if not isinstance(exc, KafkaError):
+        return "no answer in time"
+    name, text = type(exc).__name__, str(exc)
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
 class Connector:
     """Connects the clients of one bus: ``client_opts`` for their constructors, :meth:`connect` for their start."""
 
@@ -108,23 +116,30 @@ class Connector:
         self, start: Callable[[], Awaitable[None]], what: str, attempt_timeout_s: float | None = None
     ) -> None:
         """Call ``start`` until it connects, backing off, for at most ``connect_timeout_s`` (each attempt at most
-        ``attempt_timeout_s`` when given). A TLS failure is reported at once, with its cause."""
+        ``attempt_timeout_s`` when given, and never past the deadline). A TLS failure is reported at once, with its
+        cause. The first failure is logged as a warning, and again only when the cause changes: one line per state
+        change, not one per retry."""
         k = self.kafka
         if not self._tls_checked:
             self._tls_checked = True
             await self._raise_on_tls_failure(what)  # before aiokafka's attempt, which waits out a stalled handshake
         deadline = time.monotonic() + k.connect_timeout_s
         backoff = 0.1
+        attempts = 0
+        logged: str | None = None
         while True:
+            attempts += 1
+            limit = deadline - time.monotonic()
+            if attempt_timeout_s is not None:
+                limit = min(limit, attempt_timeout_s)
             try:
-                if attempt_timeout_s is None:
+                async with asyncio.timeout(max(limit, 0.05)):
                     await start()
-                else:
-                    async with asyncio.timeout(attempt_timeout_s):
-                        await start()
+                if logged is not None:
+                    logger.warning("Kafka: %s at %s succeeded after %d attempts.", what, k.bootstrap_servers, attempts)
                 return
             except (KafkaError, TimeoutError) as exc:
-                cause = f"{type(exc).__name__}: {exc}" if isinstance(exc, KafkaError) else "no answer in time"
+                cause = _cause(exc)
                 if isinstance(exc, KafkaError) and not (exc.retriable or isinstance(exc, KafkaConnectionError)):
                     hint = (
                         " If the brokers lack the idempotent producer (some Kafka-compatible brokers do), set "
@@ -137,10 +152,24 @@ class Connector:
                     await self._raise_on_tls_failure(what)
                 if time.monotonic() + backoff > deadline:
                     raise BusUnavailableError(
-                        f"Could not {what} at {k.bootstrap_servers} within {k.connect_timeout_s:g} s ({cause}); "
-                        "check kafka.bootstrap_servers and that the brokers are up."
+                        f"Could not {what} at {k.bootstrap_servers} within {k.connect_timeout_s:g} s "
+                        f"(kafka.connect_timeout_s): {attempts} attempt(s) failed, the last with {cause}. Check "
+                        "kafka.bootstrap_servers and that the brokers are up and reachable from here, or raise "
+                        "kafka.connect_timeout_s."
                     ) from None
-                logger.warning("Kafka: could not %s (%s); retrying in %.1f s.", what, cause, backoff)
+                if cause != logged:
+                    logger.warning(
+                        "Kafka: could not %s at %s (%s); retrying with back-off for up to %g s.",
+                        what,
+                        k.bootstrap_servers,
+                        cause,
+                        k.connect_timeout_s,
+                    )
+                    logged = cause
+                else:
+                    logger.debug(
+                        "Kafka: %s: attempt %d failed (%s); retrying in %.1f s.", what, attempts, cause, backoff
+                    )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 

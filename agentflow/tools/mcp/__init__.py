@@ -22,7 +22,7 @@ with the server's input schema, replaced when the server sends ``notifications/t
         result = await ToolBox(registry).call("search.web", {"q": "agentflow"})
 
 This package is the only part of agentflow that imports the official ``mcp`` SDK (``pip install
-'agentflow[mcp]'``). Each session lives in a task of its own, because the SDK's transports are anyio context
+'agentflow-runner[mcp]'``). Each session lives in a task of its own, because the SDK's transports are anyio context
 managers that must be entered and left by the same task; the pool's tasks live in one TaskGroup owned by the
 pool's supervisor task.
 """
@@ -32,7 +32,9 @@ from __future__ import annotations
 try:
     import mcp  # noqa: F401 - the optional dependency, checked before the modules that need it
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("agentflow.tools.mcp needs the MCP SDK; install it with: pip install 'agentflow[mcp]'") from exc
+    raise ImportError(
+        "agentflow.tools.mcp needs the MCP SDK; install it with: pip install 'agentflow-runner[mcp]'"
+    ) from exc
 
 from ._hub import MCPHub
 from ._pool import MCPPool, MCPPoolStatistics, ReplicaStatistics

@@ -369,6 +369,8 @@ async def test_ingest_accepts_only_topics_agents_read_that_exist_or_that_the_con
             assert status == 404, topic
             assert f"Topic {topic!r} is not one this worker ingests" in body["error"]
             assert "monitoring.ingest_topics" in body["error"] and body["error"].endswith(".")
+            # the answer names the topics it would take, so a typo ("questoins") is obvious
+            assert "ingest_topics lists are 'audit', 'orders'." in body["error"], body["error"]
     assert runner.statistics().emitted == 2
     anything = recording_runner(make_runner, [], ingest_any_topic=True)
     async with anything:

@@ -278,7 +278,7 @@ def test_the_redis_backend_without_redis_py_says_what_to_install() -> None:
         "    print(exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert "pip install 'agentflow[redis]'" in out.stdout, out.stderr
+    assert "pip install 'agentflow-runner[redis]'" in out.stdout, out.stderr
 
 
 def test_importing_the_state_layer_imports_neither_redis_nor_sqlite3() -> None:
