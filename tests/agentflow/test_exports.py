@@ -91,7 +91,7 @@ INTERNAL = {
     # what MockLLMServer answers; users reach it through the server (agentflow.testing.MockLLM)
     "agentflow.llm.mock_script": {"Reply", "chat_chunks", "chat_reply", "completion_chunks", "text_of", "tokens"},
     "agentflow.llm.tokens": {"estimate_tokens", "split_tokens"},
-    "agentflow.llm.transport": {"USER_AGENT", "Call", "ConnectionPool"},
+    "agentflow.llm.transport": {"USER_AGENT", "ConnectionPool"},
     "agentflow.state": set(_STATE_API),
     "agentflow.state.base": {
         "APPLIED",
