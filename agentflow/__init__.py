@@ -30,10 +30,13 @@ from .config import (
     LLMLimitsConfig,
     LLMPrice,
     LLMRetryConfig,
+    MCPConfig,
     MonitoringConfig,
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    ToolBreakerConfig,
+    ToolConfig,
     config_from_dict,
     load_config,
 )
@@ -120,6 +123,18 @@ from .resilience import (
 from .runner import Runner
 from .scrub import scrub_secrets
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
+from .tools import (
+    FunctionTool,
+    LoopDetector,
+    LoopVerdict,
+    Tool,
+    ToolBox,
+    ToolRegistry,
+    ToolResult,
+    ToolSet,
+    ToolStatistics,
+    tool,
+)
 
 __version__ = "0.1.0"
 
@@ -169,6 +184,7 @@ __all__ = [
     "EventTooLargeError",
     "Faults",
     "FunctionCall",
+    "FunctionTool",
     "HandlerTimeoutError",
     "HistogramStatistics",
     "KafkaConfig",
@@ -190,6 +206,9 @@ __all__ = [
     "LatencyHistogram",
     "LatencyModel",
     "LifecycleError",
+    "LoopDetector",
+    "LoopVerdict",
+    "MCPConfig",
     "MCPError",
     "MCPUnavailableError",
     "MemoryBus",
@@ -233,11 +252,19 @@ __all__ = [
     "SubscriptionStatistics",
     "TTLCache",
     "TokenBudgetExceededError",
+    "Tool",
     "ToolArgumentsError",
+    "ToolBox",
+    "ToolBreakerConfig",
     "ToolCall",
+    "ToolConfig",
     "ToolError",
     "ToolExecutionError",
     "ToolLoopError",
+    "ToolRegistry",
+    "ToolResult",
+    "ToolSet",
+    "ToolStatistics",
     "ToolTimeoutError",
     "UnknownToolError",
     "Usage",
@@ -250,6 +277,7 @@ __all__ = [
     "load_config",
     "new_event_id",
     "scrub_secrets",
+    "tool",
 ]
 
 

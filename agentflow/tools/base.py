@@ -23,7 +23,8 @@ from typing import Any, Final, Literal
 import msgspec
 
 from .._deadlines import Deadlines, TimedTask, expire_task
-from ..config import RetryConfig
+from ..config import RetryConfig, ToolConfig
+from ..config.schema import DEFAULT_MAX_RESULT_BYTES, DEFAULT_TOOL_TIMEOUT_S
 from ..errors import (
     CircuitOpenError,
     MCPUnavailableError,
@@ -36,7 +37,7 @@ from ..errors import (
 from ..metrics import Pow2Histogram
 from ..resilience.breaker import BreakerConfig, CircuitBreaker
 from ..resilience.retry import RetryPolicy
-from .config import DEFAULT_MAX_RESULT_BYTES, DEFAULT_TOOL_TIMEOUT_S, ToolConfig
+from .config import breaker_config
 
 __all__ = ["OUTCOMES", "Outcome", "Tool", "ToolResult", "ToolStatistics"]
 
@@ -363,7 +364,9 @@ class Tool(abc.ABC):
         if cfg.retry is not None:
             new.retry = RetryPolicy.from_config(cfg.retry)
         if cfg.breaker is not None:
-            new.breaker = CircuitBreaker(f"tool:{self.name}", cfg.breaker)
+            new.breaker = CircuitBreaker(
+                f"tool:{self.name}", breaker_config(cfg.breaker, where=f"tools.{self.name}.breaker")
+            )
         return new
 
     @property

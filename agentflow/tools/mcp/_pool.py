@@ -16,10 +16,11 @@ import msgspec
 from mcp.shared.exceptions import MCPError as SDKError
 from pydantic import ValidationError
 
+from ...config import MCPConfig
 from ...errors import CircuitOpenError, ConfigError, LifecycleError, MCPError, MCPUnavailableError
 from ...metrics import Metrics
 from ...resilience.breaker import CircuitBreaker
-from ..config import MCPConfig, resolve_env_keys
+from ..config import breaker_config, resolve_env_keys
 from ..registry import ToolRegistry
 from ._session import _describe, _is_failure, _list_all, _Replica, _Session
 from ._tool import MCPTool
@@ -101,10 +102,9 @@ class MCPPool:
         self._env_values = resolve_env_keys(config.env, env, where=f"mcp.{name}.env")
         self._state = "created"
         self._closing = False
+        breaker = breaker_config(config.breaker, where=f"mcp.{name}.breaker")
         self._replicas = [
-            _Replica(
-                i, target, CircuitBreaker(f"mcp:{name}/{i}", config.breaker, is_failure=_is_failure, metrics=metrics)
-            )
+            _Replica(i, target, CircuitBreaker(f"mcp:{name}/{i}", breaker, is_failure=_is_failure, metrics=metrics))
             for i, target in enumerate(config.replica_targets())
         ]
         self._sessions: list[_Session] = []

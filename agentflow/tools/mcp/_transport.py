@@ -14,7 +14,7 @@ import mcp.types as mcp_types
 from mcp import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from ..config import MCPConfig
+from ...config import MCPConfig
 
 #: JSON-RPC error code (implementation-defined range) of a request that never left this process.
 NOT_SENT: Final = -32099
