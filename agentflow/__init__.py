@@ -16,6 +16,7 @@ subscribed to them::
 """
 
 from .agents import BatchContext, Context
+from .agents.loop import AgentRun, ToolCallRecord
 from .bus import Bus, BusStatistics, MemoryBus, Subscription, SubscriptionStatistics, create_bus
 from .config import (
     AgentConfig,
@@ -43,6 +44,8 @@ from .config import (
 from .dlq import DeadLetterPage, DeadLetters
 from .errors import (
     AgentflowError,
+    AgentRunError,
+    AgentRunTimeoutError,
     BackpressureError,
     BatchError,
     BatchItemTooLargeError,
@@ -64,6 +67,7 @@ from .errors import (
     LLMStreamInterruptedError,
     LLMTimeoutError,
     LLMUnavailableError,
+    MaxTurnsExceededError,
     MCPError,
     MCPUnavailableError,
     RateLimitError,
@@ -141,6 +145,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentConfig",
     "AgentLLM",
+    "AgentRun",
+    "AgentRunError",
+    "AgentRunTimeoutError",
     "AgentStatistics",
     "AgentflowError",
     "BackpressureError",
@@ -211,6 +218,7 @@ __all__ = [
     "MCPConfig",
     "MCPError",
     "MCPUnavailableError",
+    "MaxTurnsExceededError",
     "MemoryBus",
     "MessageToolCall",
     "Metrics",
@@ -257,6 +265,7 @@ __all__ = [
     "ToolBox",
     "ToolBreakerConfig",
     "ToolCall",
+    "ToolCallRecord",
     "ToolConfig",
     "ToolError",
     "ToolExecutionError",

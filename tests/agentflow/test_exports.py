@@ -34,6 +34,7 @@ INTERNAL = {
     "agentflow.agents.batch": {"BatchAgentWorker", "BatchHandler"},
     "agentflow.agents.context": {"ContextOwner"},
     "agentflow.agents.failures": {"FailurePath"},
+    "agentflow.agents.loop": {"DEFAULT_MAX_TURNS", "ConversationLike", "run_agent"},  # reached as ctx.llm.run
     "agentflow.agents.spec": {"AgentSpec", "Handler", "Host"},
     "agentflow.agents.worker": {"AgentWorker"},
     "agentflow.bus": {"Item"},  # a type alias of the bus contract, for bus implementers
@@ -125,8 +126,9 @@ INTERNAL = {
         "wire_name",
     },
     "agentflow.tools.config": {"breaker_config", "resolve_env_keys"},  # what the tool layer makes of the config
-    "agentflow.tools.loops": {"DEFAULT_LOOP_THRESHOLD", "call_signature", "turn_signature"},
+    "agentflow.tools.loops": {"DEFAULT_LOOP_THRESHOLD", "call_parts", "call_signature", "turn_signature"},
     "agentflow.tools.base": {"OUTCOMES", "Outcome"},
+    "agentflow.tools.metrics": {"LOOP_ACTIONS", "RUN_OUTCOMES", "AgentToolMetrics", "ToolMetrics"},  # the runner's
     "agentflow.tools.toolbox": {"DEFAULT_MAX_PARALLEL_TOOLS", "unknown_tool_result", "wire_name"},
     # optional dependency (mcp): importing agentflow must not import it; the Runner starts MCPHub from [mcp.*]
     "agentflow.tools.mcp": {"MCPHub", "MCPPool", "MCPPoolStatistics", "MCPTool", "ReplicaStatistics"},
