@@ -7,6 +7,7 @@ option, threshold or config file, always with a sentence and never a traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -34,6 +35,7 @@ from .options import (
     check_overload,
     check_paths,
     check_ratios,
+    check_tool_scenario,
     usage,
 )
 from .report import THRESHOLD_FIGURES, Measurement, build_report, render_footer, write_json
@@ -184,6 +186,48 @@ def _llm(o: Options, console: Console, scenario: str, requests: int | None, user
     return _report(_run(run_llm_benchmark(spec, msgspec.to_builtins(spec))), o)
 
 
+#: --scenario tools | mcp | stream: default runs per side, and concurrent users.
+TOOL_SCENARIO_DEFAULTS = {"tools": (2_000, 16), "mcp": (5_000, 8), "stream": (2_000, 4)}
+
+
+def _tool_scenario(o: Options, console: Console) -> tuple[Report, Callable[[Console, Report], None]]:
+    assert o.scenario is not None
+    name = o.scenario.value
+    count, users = TOOL_SCENARIO_DEFAULTS[name]
+    limits = Limits(duration_s=o.seconds) if o.seconds is not None else Limits(count=o.requests or count)
+    common: dict[str, Any] = {
+        "limits": limits, "users": o.users or users, "compare_raw": o.compare_raw, "repeat": o.repeat or 1
+    }  # fmt: skip
+    run: Coroutine[Any, Any, Measurement]
+    if name == "tools":
+        from .tools import ToolsBenchSpec, planned_tools_ratios, render_tools, run_tools_benchmark
+
+        tools_spec = ToolsBenchSpec(**common)
+        planned, render = planned_tools_ratios(tools_spec), render_tools
+        run = run_tools_benchmark(tools_spec, msgspec.to_builtins(tools_spec))
+    elif name == "mcp":
+        from .mcp_pools import MCPBenchSpec, planned_mcp_ratios, render_mcp, run_mcp_benchmark
+
+        if importlib.util.find_spec("mcp") is None:
+            raise usage("--scenario mcp needs the MCP SDK: pip install 'agentflow[mcp]'.", "--scenario")
+        mcp_spec = MCPBenchSpec(**common)
+        planned, render = planned_mcp_ratios(mcp_spec), render_mcp
+        run = run_mcp_benchmark(mcp_spec, msgspec.to_builtins(mcp_spec))
+    else:
+        from .stream import StreamBenchSpec, planned_stream_ratios, render_stream, run_stream_benchmark
+
+        stream_spec = StreamBenchSpec(**common)
+        planned, render = planned_stream_ratios(stream_spec), render_stream
+        run = run_stream_benchmark(stream_spec, msgspec.to_builtins(stream_spec))
+    try:
+        check_ratios(o.thresholds, planned, " (add --compare-raw)")
+    except typer.BadParameter:
+        run.close()
+        raise
+    console.print(f"agentcli benchmark: {name}, {limits.describe('runs per side')}", highlight=False)
+    return _report(_run(run), o), render
+
+
 def _kafka(o: Options, console: Console) -> Report:
     from .kafka import KafkaSpec, run_kafka_benchmark
 
@@ -232,6 +276,10 @@ def _dispatch(o: Options, console: Console) -> int:
     if o.scenario is Scenario.overload:
         check_overload(o)
         return _finish(console, _overload(o, console), render_overload, o)
+    if o.scenario in (Scenario.tools, Scenario.mcp, Scenario.stream):
+        check_tool_scenario(o)
+        report, render = _tool_scenario(o, console)
+        return _finish(console, report, render, o)
     if o.scenario in (Scenario.llm_chat, Scenario.llm_embed):
         check_llm(o)
         assert o.scenario is not None
@@ -267,7 +315,8 @@ def benchmark(
         Scenario | None,
         typer.Option(
             help="Built-in scenario: noop measures framework overhead; llm-chat and llm-embed, agents calling an "
-            "LLM server; overload, 10x load and blocked emitters.",
+            "LLM server; overload, 10x load and blocked emitters; tools, the agent loop with tool calls; mcp, MCP "
+            "tool calls through session pools; stream, streamed answers and streaming tools.",
             show_default="noop",
             rich_help_panel=_WHAT,
         ),
@@ -304,14 +353,20 @@ def benchmark(
     ] = Mode.closed,
     concurrent_users: Annotated[
         int | None,
-        typer.Option(min=1, help="Closed loops: virtual users.", show_default="64; llm-*: 16", rich_help_panel=_LOAD),
+        typer.Option(
+            min=1,
+            help="Closed loops: virtual users.",
+            show_default="64; llm-*: 16; tools 16, mcp 8, stream 4",
+            rich_help_panel=_LOAD,
+        ),
     ] = None,
     requests: Annotated[
         int | None,
         typer.Option(
             min=1,
             help="Requests or events in total (overload: blocked emitters).",
-            show_default="closed 200000, throughput 500000, latency 300000; llm-* 5000; kafka 100000; overload 40000",
+            show_default="closed 200000, throughput 500000, latency 300000; llm-* 5000; kafka 100000; overload 40000; "
+            "tools 2000, mcp 5000, stream 2000 per side",
             rich_help_panel=_LOAD,
         ),
     ] = None,

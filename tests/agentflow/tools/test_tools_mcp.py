@@ -11,6 +11,8 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from mcp_helpers import alive, server_stats, stdio_config
+from mcp_helpers import SERVER, alive, server_stats, stdio_config
 
 from agentflow.errors import ConfigError, LifecycleError, MCPUnavailableError
 from agentflow.tools import MCPConfig, ToolBox, ToolConfig, ToolRegistry
@@ -427,3 +429,25 @@ def test_mcp_config_errors_are_sentences(data: dict[str, Any], says: str) -> Non
 async def test_pool_names_must_fit_tool_names() -> None:
     with pytest.raises(ConfigError, match="may only use letters"):
         MCPPool("my.server", MCPConfig(transport="http", url="http://x/mcp"))
+
+
+def test_a_stdio_server_starts_when_stderr_is_not_a_file(stats_dir: Path) -> None:
+    # An application (or agentcli under a test runner) may replace sys.stderr with an object that has no file
+    # descriptor before the SDK is first imported; the server's stderr must then go elsewhere, not crash the start.
+    script = f"""
+import asyncio, io, sys
+sys.stderr = io.StringIO()
+from agentflow.tools import MCPConfig, ToolBox, ToolRegistry
+from agentflow.tools.mcp import MCPPool
+
+async def main():
+    registry = ToolRegistry()
+    cfg = MCPConfig(transport="stdio", command=sys.executable, args=({SERVER!r}, "stdio"))
+    async with MCPPool("ctr", cfg, registry=registry):
+        print((await ToolBox(registry).call("ctr.add", {{"a": 1, "b": 2}})).content)
+
+asyncio.run(main())
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == '{"result":3}'
