@@ -21,7 +21,7 @@ from ._waiting import WaitingEmits
 from .agents import AgentSpec, AgentWorker, BatchAgentWorker, Handler
 from .bus import create_bus
 from .bus.base import Bus
-from .config import Config, RetryConfig, RetryOverride, load_config
+from .config import AgentConfig, Config, RetryConfig, RetryOverride, load_config
 from .config.schema import DEFAULT_MAX_RESULT_BYTES, DEFAULT_TOOL_TIMEOUT_S
 from .dlq import DeadLetters
 from .errors import (
@@ -247,7 +247,12 @@ class Runner:
         if self._state is not RunnerState.CREATED:
             raise LifecycleError("Register tools before starting the Runner; it is already running.")
 
+        options = (name, description, timeout_s, concurrency, idempotent, retry, breaker, max_result_bytes)
+        defaults = (None, None, DEFAULT_TOOL_TIMEOUT_S, None, False, None, None, DEFAULT_MAX_RESULT_BYTES)
+
         def register(f: Callable[..., Any]) -> FunctionTool:
+            if isinstance(f, FunctionTool) and options != defaults:
+                raise TypeError(f"Tool {f.name!r} is made already; give its options where it was made.")
             made = (
                 f
                 if isinstance(f, FunctionTool)
@@ -370,6 +375,11 @@ class Runner:
     def http_address(self) -> tuple[str, int] | None:
         """(host, port) of the metrics/health server when it runs."""
         return None if self._service is None else self._service.address
+
+    @property
+    def mcp(self) -> MCPHub | None:
+        """The pools of the ``[mcp.*]`` servers while the runner runs (``runner.mcp.statistics()``), else None."""
+        return self._mcp
 
     @property
     def service(self) -> Any:
@@ -656,7 +666,7 @@ class Runner:
     def _mcp_statistics(self) -> dict[str, Any]:
         return self._mcp.statistics() if self._mcp is not None else {}
 
-    def _select_tools(self, spec: AgentSpec, over: Any) -> None:
+    def _select_tools(self, spec: AgentSpec, over: AgentConfig) -> None:
         """The agent's tool selection, checked now: a pattern that selects nothing is a typo, said at start."""
         patterns = over.tools if over.tools is not None else spec.tools
         limit = over.max_parallel_tools or spec.max_parallel_tools or DEFAULT_MAX_PARALLEL_TOOLS

@@ -23,6 +23,7 @@ model is asked again. The loop is bounded four ways:
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -79,15 +80,10 @@ class AgentRun(msgspec.Struct, kw_only=True):
     response: ChatResponse | None = None
 
 
-_NO_TOOLS: ToolBox | None = None
-
-
+@functools.cache
 def _no_tools() -> ToolBox:
     # A model may ask for tools a run offered none of: each call then gets the "unknown tool" message.
-    global _NO_TOOLS
-    if _NO_TOOLS is None:
-        _NO_TOOLS = ToolBox(ToolRegistry())
-    return _NO_TOOLS
+    return ToolBox(ToolRegistry())
 
 
 class _Run:

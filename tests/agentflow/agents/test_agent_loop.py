@@ -19,9 +19,11 @@ from agentflow import (
     Context,
     DeadLetteredError,
     Event,
+    LifecycleError,
     Runner,
     ToolCallRecord,
     config_from_dict,
+    tool,
 )
 from agentflow.state import ConversationMemory, StateConfig, StateHandle, StateStore
 from agentflow.testing import MockLLM
@@ -373,3 +375,37 @@ def test_a_context_builds_no_tool_box_until_a_handler_asks() -> None:
     # Context is made per event; agents that use no tools must not pay for one.
     assert Context.__struct_fields__ == ("event", "_worker")
     assert isinstance(Context.__dict__["tools"], property)
+
+
+async def test_runner_tool_registers_functions_and_tools_made_apart_with_the_config_applied(
+    llm: MockLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = make_runner(llm.url, tools={"shout": {"timeout_s": 2.5}, "missing": {"concurrency": 2}})
+
+    @tool(idempotent=True)
+    async def shout(text: str) -> str:
+        """Upper-cases text."""
+        return text.upper()
+
+    registered = runner.tool(shout)
+    assert registered is not shout and registered.timeout_s == 2.5 and registered.idempotent  # [tools.shout]
+    assert await registered("hi") == "HI"  # calling the tool calls the function
+
+    @runner.tool(name="whisper", concurrency=3)
+    async def quiet(text: str) -> str:
+        """Lower-cases text."""
+        return text.lower()
+
+    assert (quiet.name, quiet.concurrency) == ("whisper", 3)
+    with pytest.raises(TypeError, match="is made already; give its options where it was made"):
+        runner.tool(timeout_s=1)(shout)
+
+    @runner.agent("q", tools=["shout", "whisper"])
+    async def answer(event: Event, ctx: Context) -> list[str]:
+        return [r.content for r in await ctx.tools.call_many([("shout", {"text": "a"}), ("whisper", '{"text": "B"}')])]
+
+    async with runner:
+        assert await runner.request("q", None) == ["A", "b"]
+        with pytest.raises(LifecycleError, match="Register tools before starting the Runner"):
+            runner.tool(shout)
+    assert "The config has [tools.missing] but no tool of that name is registered" in caplog.text

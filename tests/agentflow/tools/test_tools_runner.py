@@ -171,7 +171,7 @@ async def test_header_secrets_of_an_mcp_server_stay_out_of_logs_metrics_and_repr
         await asyncio.sleep(0.1)
         after = await runner.request("q", "after")
         seen = [repr(runner), repr(runner.config), repr(runner.tools), repr(runner.statistics()), *after]
-        seen += [runner.metrics.render().decode(), repr(runner._mcp)]
+        seen += [runner.metrics.render().decode(), repr(runner.mcp)]
     seen.append(caplog.text)
     assert not [text for text in seen if "r7nn3r" in text]
     assert "AF_TEST_RUNNER_MCP_TOKEN" in repr(runner.config)  # the config names the variable, never the value
