@@ -16,6 +16,7 @@ subscribed to them::
 """
 
 from .agents import BatchContext, Context
+from .agents.loop import AgentRun, ToolCallRecord
 from .bus import Bus, BusStatistics, MemoryBus, Subscription, SubscriptionStatistics, create_bus
 from .config import (
     AgentConfig,
@@ -30,16 +31,21 @@ from .config import (
     LLMLimitsConfig,
     LLMPrice,
     LLMRetryConfig,
+    MCPConfig,
     MonitoringConfig,
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    ToolBreakerConfig,
+    ToolConfig,
     config_from_dict,
     load_config,
 )
 from .dlq import DeadLetterPage, DeadLetters
 from .errors import (
     AgentflowError,
+    AgentRunError,
+    AgentRunTimeoutError,
     BackpressureError,
     BatchError,
     BatchItemTooLargeError,
@@ -61,6 +67,7 @@ from .errors import (
     LLMStreamInterruptedError,
     LLMTimeoutError,
     LLMUnavailableError,
+    MaxTurnsExceededError,
     MCPError,
     MCPUnavailableError,
     RateLimitError,
@@ -120,12 +127,27 @@ from .resilience import (
 from .runner import Runner
 from .scrub import scrub_secrets
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
+from .tools import (
+    FunctionTool,
+    LoopDetector,
+    LoopVerdict,
+    Tool,
+    ToolBox,
+    ToolRegistry,
+    ToolResult,
+    ToolSet,
+    ToolStatistics,
+    tool,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AgentConfig",
     "AgentLLM",
+    "AgentRun",
+    "AgentRunError",
+    "AgentRunTimeoutError",
     "AgentStatistics",
     "AgentflowError",
     "BackpressureError",
@@ -169,6 +191,7 @@ __all__ = [
     "EventTooLargeError",
     "Faults",
     "FunctionCall",
+    "FunctionTool",
     "HandlerTimeoutError",
     "HistogramStatistics",
     "KafkaConfig",
@@ -190,8 +213,12 @@ __all__ = [
     "LatencyHistogram",
     "LatencyModel",
     "LifecycleError",
+    "LoopDetector",
+    "LoopVerdict",
+    "MCPConfig",
     "MCPError",
     "MCPUnavailableError",
+    "MaxTurnsExceededError",
     "MemoryBus",
     "MessageToolCall",
     "Metrics",
@@ -233,11 +260,20 @@ __all__ = [
     "SubscriptionStatistics",
     "TTLCache",
     "TokenBudgetExceededError",
+    "Tool",
     "ToolArgumentsError",
+    "ToolBox",
+    "ToolBreakerConfig",
     "ToolCall",
+    "ToolCallRecord",
+    "ToolConfig",
     "ToolError",
     "ToolExecutionError",
     "ToolLoopError",
+    "ToolRegistry",
+    "ToolResult",
+    "ToolSet",
+    "ToolStatistics",
     "ToolTimeoutError",
     "UnknownToolError",
     "Usage",
@@ -250,6 +286,7 @@ __all__ = [
     "load_config",
     "new_event_id",
     "scrub_secrets",
+    "tool",
 ]
 
 

@@ -9,7 +9,23 @@ insertion-ordered dict of them, oldest first, needs a single timer armed at the 
     deadlines.discard(eid)                    # answered in time
 
 A request with another timeout gets a timer of its own (rare: an explicit ``timeout_s``). Used for
-``runner.request`` (key: the event id, tag: the topic) and for LLM HTTP requests (key: the call, tag: unused).
+``runner.request`` (key: the event id, tag: the topic), and, with :class:`TimedTask`, for LLM HTTP requests and
+tool calls: the timer cancels the task that waits, and the task turns that cancellation into its own timeout
+error, as ``asyncio.timeout`` does::
+
+    timed = TimedTask(asyncio.current_task())
+    deadlines = Deadlines(30.0, expire_task)
+    deadlines.add(loop, timed, None, 30.0)
+    try:
+        await work()
+    except asyncio.CancelledError:
+        if timed.timed_out():      # our timer, not a cancellation from outside
+            raise MyTimeoutError(...) from None
+        raise
+    else:
+        timed.settle()             # finished as the timer fired: take its cancellation back
+    finally:
+        deadlines.discard(timed)
 """
 
 from __future__ import annotations
@@ -18,7 +34,7 @@ import asyncio
 from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["Deadlines"]
+__all__ = ["Deadlines", "TimedTask", "expire_task"]
 
 
 class Deadlines:
@@ -78,3 +94,31 @@ class Deadlines:
     def _expire_other(self, key: Hashable, tag: Any, timeout_s: float) -> None:
         if self._others.pop(key, None) is not None:
             self._on_expire(key, tag, timeout_s)
+
+
+class TimedTask:
+    """A task bounded by a :class:`Deadlines` timer: what to cancel when it is due, and how to tell that
+    cancellation from one that came from outside (the ``uncancel`` protocol of ``asyncio.timeout``)."""
+
+    __slots__ = ("cancelling", "expired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.expired = False
+
+    def timed_out(self) -> bool:
+        """After the task caught a cancellation: True when the timer caused it and nothing else cancelled the
+        task too (then the cancellation is taken back and the caller raises its timeout error instead)."""
+        return self.expired and self.task.uncancel() <= self.cancelling
+
+    def settle(self) -> None:
+        """After the work finished: if the timer fired meanwhile and its cancellation was swallowed, take it back."""
+        if self.expired:
+            self.task.uncancel()
+
+
+def expire_task(timed: TimedTask, tag: object, timeout_s: float) -> None:
+    """The ``on_expire`` of a :class:`Deadlines` whose keys are :class:`TimedTask` s: cancel the task."""
+    timed.expired = True
+    timed.task.cancel()

@@ -17,6 +17,9 @@ Every error agentflow raises on purpose derives from :class:`AgentflowError`; th
     ├── WorkflowDepthError           a follow-up event would exceed ``max_workflow_depth``
     ├── RequestTimeoutError          ``runner.request`` got no result in time
     ├── DeadLetteredError            ``runner.request``'s event ended in the dead-letter queue
+    ├── AgentRunError                ``ctx.llm.run`` stopped before the model gave its answer
+    │   ├── MaxTurnsExceededError    the model still asked for tools after ``max_turns`` turns
+    │   └── AgentRunTimeoutError     the run went past its ``timeout_s``
     ├── CircuitOpenError             a circuit breaker refused the call; ``retry_after_s`` says when to retry
     ├── RateLimitError
     │   ├── RateLimitQueueFullError  ``max_queue`` callers already wait for the rate limiter
@@ -53,6 +56,8 @@ a delay), :class:`Skip` (acknowledge without handling) and :class:`Reject` (dead
 from __future__ import annotations
 
 __all__ = [
+    "AgentRunError",
+    "AgentRunTimeoutError",
     "AgentflowError",
     "BackpressureError",
     "BatchError",
@@ -77,6 +82,7 @@ __all__ = [
     "LifecycleError",
     "MCPError",
     "MCPUnavailableError",
+    "MaxTurnsExceededError",
     "RateLimitError",
     "RateLimitQueueFullError",
     "RateLimitTooLargeError",
@@ -184,6 +190,31 @@ class DeadLetteredError(AgentflowError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class AgentRunError(AgentflowError):
+    """The agent loop (``ctx.llm.run``) stopped before the model answered; ``turns`` says how many model turns
+    it made."""
+
+    def __init__(self, message: str, *, turns: int) -> None:
+        super().__init__(message)
+        self.turns = turns
+
+
+class MaxTurnsExceededError(AgentRunError):
+    """The model still asked for tools in its ``max_turns``-th turn; ``max_turns`` is the limit."""
+
+    def __init__(self, message: str, *, turns: int, max_turns: int) -> None:
+        super().__init__(message, turns=turns)
+        self.max_turns = max_turns
+
+
+class AgentRunTimeoutError(AgentRunError):
+    """The agent loop ran past its wall-clock ``timeout_s`` and was cancelled where it was."""
+
+    def __init__(self, message: str, *, turns: int, timeout_s: float) -> None:
+        super().__init__(message, turns=turns)
+        self.timeout_s = timeout_s
 
 
 class LLMError(AgentflowError):

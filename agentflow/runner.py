@@ -1,8 +1,8 @@
-"""The Runner: wires config, bus, pool, agents, metrics and the HTTP service, and owns their lifecycle.
+"""The Runner: wires config, bus, pool, agents, tools, metrics and the HTTP service, and owns their lifecycle.
 
 Shutdown has one path (:meth:`Runner.aclose`, also run by ``async with``): stop intake → drain in-flight events
 for ``shutdown_grace_s`` → cancel the rest (their events go back to the bus, counted in ``returned``) → close
-subscriptions → stop background tasks → close the bus if the runner created it.
+subscriptions → stop background tasks → close the MCP servers' sessions → close the bus if the runner created it.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import operator
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._waiting import WaitingEmits
 from .agents import AgentSpec, AgentWorker, BatchAgentWorker, Handler
 from .bus import create_bus
 from .bus.base import Bus
-from .config import Config, RetryConfig, RetryOverride, load_config
+from .config import AgentConfig, Config, RetryConfig, RetryOverride, load_config
+from .config.schema import DEFAULT_MAX_RESULT_BYTES, DEFAULT_TOOL_TIMEOUT_S
 from .dlq import DeadLetters
 from .errors import (
     HandlerTimeoutError,
@@ -38,9 +39,13 @@ from .requests import INBOX_PREFIX, PendingRequests, ReplySender, dead_lettered_
 from .resilience.breaker import BreakerConfig, CircuitBreaker
 from .resilience.retry import RetryPolicy
 from .statistics import AgentStatistics, RunnerStatistics, ShutdownReport
+from .tools import DEFAULT_MAX_PARALLEL_TOOLS, FunctionTool, ToolBox, ToolRegistry, ToolSet
+from .tools import tool as make_tool
+from .tools.metrics import AgentToolMetrics, ToolMetrics
 
 if TYPE_CHECKING:
     from .llm.hub import AgentLLM, LLMHub
+    from .tools.mcp import MCPHub
 
 __all__ = ["Runner"]
 
@@ -102,6 +107,12 @@ class Runner(Lifecycle):
             from .llm.hub import LLMHub  # aiohttp's client is imported only when a provider is configured
 
             self.llm = LLMHub(self.config.llm, metrics=self.metrics)
+        #: Every tool of this runner: ``@runner.tool`` functions, and the tools of the ``[mcp.*]`` servers once
+        #: the runner started; ``[tools.NAME]`` overrides are applied as tools are added.
+        self.tools = ToolRegistry(self.config.tools)
+        self._mcp: MCPHub | None = None
+        self._tool_metrics = ToolMetrics(self.tools, self._mcp_statistics)
+        self._toolboxes: dict[str, tuple[ToolSet, int, AgentToolMetrics | None]] = {}
         self.metrics.add_gauges(self._gauges)
         self.metrics.add_counters(
             "agentflow_events_unrouted",
@@ -109,6 +120,7 @@ class Runner(Lifecycle):
             "topic",
             lambda: self.bus.statistics().unrouted_by_topic,
         )
+        self.metrics.add_families(self._tool_metrics.collect)
         self.pool.usage = self._pool_usage
 
     # ---- registration ----------------------------------------------------------------------------------
@@ -124,6 +136,8 @@ class Runner(Lifecycle):
         payload: Any = None,
         batch_size: int | None = None,
         breaker: CircuitBreaker | BreakerConfig | None = None,
+        tools: Sequence[str] | None = None,
+        max_parallel_tools: int | None = None,
     ) -> Callable[[H], H]:
         """Register ``async def handler(event, ctx)`` for ``topic``; its return value answers ``request``.
 
@@ -138,6 +152,10 @@ class Runner(Lifecycle):
         ``batch_size`` makes a batch agent: ``async def handler(events, ctx)`` gets a list of up to that many
         events already delivered (it never waits to fill one) and a
         :class:`~agentflow.agents.batch.BatchContext`; see :mod:`agentflow.agents.batch`.
+
+        ``tools`` names the tools the agent may use, by name or glob (``["get_weather", "search.*"]``): they are
+        ``ctx.tools``, which ``ctx.llm.run`` offers the model; ``max_parallel_tools`` (default 4) bounds the
+        calls of one turn that run at once. ``[agents.NAME]`` may override both (docs/tools.md).
         """
         if self._lifecycle is not State.CREATED:
             raise LifecycleError("Register agents before starting the Runner; it is already running.")
@@ -147,6 +165,10 @@ class Runner(Lifecycle):
             raise ValueError("timeout_s must be greater than 0.")
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
+        if max_parallel_tools is not None and max_parallel_tools < 1:
+            raise ValueError("max_parallel_tools must be at least 1.")
+        if isinstance(tools, str):
+            raise TypeError(f"tools must be a list of tool names or patterns, not the string {tools!r}.")
 
         def register(handler: H) -> H:
             if not inspect.iscoroutinefunction(cast(Any, handler)):
@@ -165,10 +187,78 @@ class Runner(Lifecycle):
                 retry=retry,
                 payload_type=payload,
                 batch_size=batch_size,
+                tools=tuple(tools) if tools is not None else None,
+                max_parallel_tools=max_parallel_tools,
             )
             return handler
 
         return register
+
+    @overload
+    def tool(self, fn: Callable[..., Any], /) -> FunctionTool: ...
+
+    @overload
+    def tool(
+        self,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+        concurrency: int | None = None,
+        idempotent: bool = False,
+        retry: RetryPolicy | RetryConfig | None = None,
+        breaker: CircuitBreaker | BreakerConfig | bool | None = None,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    ) -> Callable[[Callable[..., Any]], FunctionTool]: ...
+
+    def tool(  # fn is not positional-only here: mypy refuses that on a method's implementation of overloads
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+        concurrency: int | None = None,
+        idempotent: bool = False,
+        retry: RetryPolicy | RetryConfig | None = None,
+        breaker: CircuitBreaker | BreakerConfig | bool | None = None,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
+        """Register a tool: ``@runner.tool`` or ``@runner.tool(timeout_s=5, idempotent=True)`` on an ``async def``
+        (or an async generator, a streaming tool), or ``runner.tool(existing)`` for one made with
+        :func:`agentflow.tool`. Returns the tool as registered, with ``[tools.NAME]`` applied; calling it calls
+        the function. The options are those of :func:`agentflow.tool` (docs/tools.md)::
+
+            @runner.tool(timeout_s=5)
+            async def get_weather(city: str, days: int = 1) -> dict:
+                \"\"\"The forecast for a city.\"\"\"
+        """
+        if self._lifecycle is not State.CREATED:
+            raise LifecycleError("Register tools before starting the Runner; it is already running.")
+
+        options = (name, description, timeout_s, concurrency, idempotent, retry, breaker, max_result_bytes)
+        defaults = (None, None, DEFAULT_TOOL_TIMEOUT_S, None, False, None, None, DEFAULT_MAX_RESULT_BYTES)
+
+        def register(f: Callable[..., Any]) -> FunctionTool:
+            if isinstance(f, FunctionTool) and options != defaults:
+                raise TypeError(f"Tool {f.name!r} is made already; give its options where it was made.")
+            made = (
+                f
+                if isinstance(f, FunctionTool)
+                else make_tool(
+                    name=name,
+                    description=description,
+                    timeout_s=timeout_s,
+                    concurrency=concurrency,
+                    idempotent=idempotent,
+                    retry=retry,
+                    breaker=breaker,
+                    max_result_bytes=max_result_bytes,
+                )(f)
+            )
+            return cast(FunctionTool, self.tools.add(made))
+
+        return register if fn is None else register(fn)
 
     @property
     def agent_topics(self) -> dict[str, str]:
@@ -189,6 +279,13 @@ class Runner(Lifecycle):
         await self.bus.start()
         if self.llm is not None:
             await self.llm.start()
+        if cfg.mcp:
+            self._mcp = self._mcp_hub()
+            await self._mcp.start()  # its sessions open now, and its tools join the registry as NAME.tool
+        for unused in self.tools.unused_configs():
+            logger.warning(
+                "The config has [tools.%s] but no tool of that name is registered; check the spelling.", unused
+            )
         n = max(1, len(self._specs))
         for spec in self._specs.values():
             over = cfg.agent(spec.name)
@@ -202,6 +299,7 @@ class Runner(Lifecycle):
             # max_concurrent_events is shared equally; an agent never runs more workers than it may hold events.
             max_inflight = max(1, cfg.runner.max_concurrent_events // n)
             concurrency = min(over.concurrency or spec.concurrency or cfg.runner.worker_pool_size, max_inflight)
+            self._select_tools(spec, over)
             sub = await self.bus.subscribe(spec.topic, spec.name)
             kind: Any = AgentWorker
             extra: dict[str, Any] = {}
@@ -242,6 +340,11 @@ class Runner(Lifecycle):
     def http_address(self) -> tuple[str, int] | None:
         """(host, port) of the metrics/health server when it runs."""
         return None if self._service is None else self._service.address
+
+    @property
+    def mcp(self) -> MCPHub | None:
+        """The pools of the ``[mcp.*]`` servers while the runner runs (``runner.mcp.statistics()``), else None."""
+        return self._mcp
 
     @property
     def service(self) -> Any:
@@ -296,6 +399,8 @@ class Runner(Lifecycle):
             await self._service.aclose()
         if self.llm is not None:
             await self.llm.aclose()
+        if self._mcp is not None:
+            await self._mcp.aclose()  # every session closed, stdio processes stopped and reaped
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._stack is not None:
@@ -519,6 +624,33 @@ class Runner(Lifecycle):
                 "ctx.llm needs an LLM provider: add an [llm.NAME] table with base_url to the config (docs/llm.md)."
             )
         return self.llm.for_agent(agent, None if event is None else event.correlation_id)
+
+    def _mcp_hub(self) -> MCPHub:
+        try:
+            from .tools.mcp import MCPHub
+        except ImportError as exc:
+            raise LifecycleError(
+                f"The config has [mcp.*] servers ({', '.join(sorted(self.config.mcp))}), which need the MCP SDK: {exc}."
+            ) from None
+        return MCPHub(self.config.mcp, registry=self.tools, metrics=self.metrics)
+
+    def _mcp_statistics(self) -> dict[str, Any]:
+        return self._mcp.statistics() if self._mcp is not None else {}
+
+    def _select_tools(self, spec: AgentSpec, over: AgentConfig) -> None:
+        """The agent's tool selection, checked now: a pattern that selects nothing is a typo, said at start."""
+        patterns = over.tools if over.tools is not None else spec.tools
+        limit = over.max_parallel_tools or spec.max_parallel_tools or DEFAULT_MAX_PARALLEL_TOOLS
+        selection = self.tools.select(patterns if patterns is not None else ())
+        selection.check(f"Agent {spec.name!r}")
+        metrics = self._tool_metrics.agent(spec.name, selection) if patterns else None
+        self._toolboxes[spec.name] = (selection, limit, metrics)
+
+    def _tools_for(self, agent: str, event: Event | None) -> ToolBox:
+        selection, limit, metrics = self._toolboxes[agent]
+        if event is None:
+            return ToolBox(selection, max_parallel=limit, metrics=metrics)
+        return ToolBox(selection, max_parallel=limit, key=event.key, workflow=event.correlation_id, metrics=metrics)
 
     def _reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None:
         reply_to = event.reply_to

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import msgspec
 import pytest
 from kafka_broker import TansuBroker, kafka_settings
+from mcp_helpers import HTTPServer
 from redis_server import RedisServer
 from state_env import StateEnv
 
@@ -206,3 +207,27 @@ def eventually() -> Eventually:
             await asyncio.sleep(0.002)
 
     return wait
+
+
+# ---- MCP test servers (tests/mcp_servers/counter_server.py, helpers in tests/mcp_helpers.py) ------------------
+
+
+@pytest.fixture
+def stats_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "stats"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def http_servers(stats_dir: Path) -> Iterator[Callable[..., HTTPServer]]:
+    made: list[HTTPServer] = []
+
+    def make(env: dict[str, str] | None = None) -> HTTPServer:
+        server = HTTPServer(stats_dir, env).start()
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.kill()

@@ -2,7 +2,9 @@
 
 A block fenced as ```python runs in a fresh interpreter from the repository root (it must exit 0 within the
 timeout); one fenced as ```python fragment (a handler body, a line that needs a running runner) must at least
-parse, with top-level ``await`` allowed. A typo in either fails here, not in a reader's terminal.
+parse, with top-level ``await`` allowed, and so must a block whose first line names the file it is
+(``# ask.py``): a file of a walkthrough, run by that walkthrough's own test (docs/tutorial.md:
+tests/agentcli/test_tutorial.py). A typo in any of them fails here, not in a reader's terminal.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def test_there_are_snippets_to_check() -> None:
 @pytest.mark.parametrize(("where", "info", "code"), SNIPPETS, ids=[s[0] for s in SNIPPETS])
 def test_snippet(where: str, info: str, code: str) -> None:
     assert info in ("", "fragment"), f"{where}: fence it as ```python or ```python fragment, not ```python {info}"
-    if info == "fragment":
+    if info == "fragment" or re.match(r"# [\w./-]+\.py\n", code):
         compile(code, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         return
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -44,7 +44,8 @@ def benchmark(
         Scenario | None,
         typer.Option(
             help="Built-in scenario: noop measures framework overhead; llm-chat and llm-embed, agents calling an "
-            "LLM server; overload, 10x load and blocked emitters.",
+            "LLM server; overload, 10x load and blocked emitters; tools, the agent loop with tool calls; mcp, MCP "
+            "tool calls through session pools; stream, streamed answers and streaming tools.",
             show_default="noop",
             rich_help_panel=_WHAT,
         ),
@@ -81,14 +82,20 @@ def benchmark(
     ] = Mode.closed,
     concurrent_users: Annotated[
         int | None,
-        typer.Option(min=1, help="Closed loops: virtual users.", show_default="64; llm-*: 16", rich_help_panel=_LOAD),
+        typer.Option(
+            min=1,
+            help="Closed loops: virtual users.",
+            show_default="64; llm-*: 16; tools 16, mcp 8, stream 4",
+            rich_help_panel=_LOAD,
+        ),
     ] = None,
     requests: Annotated[
         int | None,
         typer.Option(
             min=1,
             help="Requests or events in total (overload: blocked emitters).",
-            show_default="closed 200000, throughput 500000, latency 300000; llm-* 5000; kafka 100000; overload 40000",
+            show_default="closed 200000, throughput 500000, latency 300000; llm-* 5000; kafka 100000; overload 40000; "
+            "tools 2000, mcp 5000, stream 2000 per side",
             rich_help_panel=_LOAD,
         ),
     ] = None,

@@ -23,6 +23,7 @@ __all__ = [
     "check_overload",
     "check_paths",
     "check_ratios",
+    "check_tool_scenario",
     "usage",
 ]
 
@@ -32,6 +33,9 @@ class Scenario(enum.StrEnum):
     llm_chat = "llm-chat"
     llm_embed = "llm-embed"
     overload = "overload"
+    tools = "tools"
+    mcp = "mcp"
+    stream = "stream"
 
 
 class BusChoice(enum.StrEnum):
@@ -130,6 +134,15 @@ def check_llm(o: Options) -> None:
     _requests_or_duration(o)
     if o.llm_url is not None and not o.llm_url.startswith(("http://", "https://")):
         raise usage(f"{o.llm_url!r} is not an http(s) URL.", "--llm-url")
+
+
+def check_tool_scenario(o: Options) -> None:
+    """``--scenario tools | mcp | stream``: closed loops against servers the benchmark starts itself."""
+    if o.bus is BusChoice.kafka:
+        raise usage("--bus kafka runs the noop scenario; drop --scenario or --bus.", "--bus")
+    takes = {"--concurrent-users", "--compare-raw"}
+    _only(o, takes, f"--scenario {o.scenario}", ", ".join(sorted(takes)) + ", --requests, --duration, --repeat")
+    _requests_or_duration(o)
 
 
 def check_kafka(o: Options) -> None:

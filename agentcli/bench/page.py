@@ -29,7 +29,17 @@ import msgspec
 
 from ..loadtest.report import LoadReport
 from .report import by_duration, by_p99, by_throughput, median_run
-from .schema import FORMAT, KafkaDetails, LLMDetails, OverloadDetails, Report, Run
+from .schema import (
+    FORMAT,
+    KafkaDetails,
+    LLMDetails,
+    MCPDetails,
+    OverloadDetails,
+    Report,
+    Run,
+    StreamDetails,
+    ToolsDetails,
+)
 
 __all__ = ["Entry", "main", "read_plan", "render_page", "run_plan"]
 
@@ -230,6 +240,26 @@ def _details(r: Report) -> list[str]:
     if isinstance(d, LLMDetails):
         extra = "" if d.added_p50_ms is None else f"; added p50 {d.added_p50_ms:.2f} ms"
         return [f"Server: {d.server}, {d.concurrent_users} users, batch size {d.batch_size}{extra}.", ""]
+    if isinstance(d, ToolsDetails):
+        return [
+            f"Agent runs against the {d.server}, {d.concurrent_users} users. `ctx.tools.call` on a no-op tool: "
+            f"{d.tools_call_us:.2f} µs against {d.direct_call_us:.2f} µs for a direct await, "
+            f"**{d.call_overhead_us:.2f} µs** added per call; loop detection {d.loop_detection_1_us:.2f} µs per "
+            f"model turn of one call, **{d.loop_detection_3_us:.2f} µs** of three.",
+            "",
+        ]
+    if isinstance(d, MCPDetails):
+        return [f"MCP SDK {d.sdk_version}, {d.concurrent_users} users, {d.sessions} session per pool.", ""]
+    if isinstance(d, StreamDetails):
+        t = d.tool_delivery_ms
+        added = "n/a" if d.ttft_added_ms is None else f"{d.ttft_added_ms:.3f} ms"
+        return [
+            f"Answers of {d.tokens_per_answer} tokens, {d.concurrent_users} users. Time to first token, p50: "
+            f"agentflow {d.ttft_p50_ms:.3f} ms, bare reader {_ms(d.raw_ttft_p50_ms)} ms, **added {added}**. "
+            f"Streaming tool: **{d.tool_items_per_s:,.0f} items/s**, delivery p50 {t.p50:.3f} ms, "
+            f"**p95 {t.p95:.3f} ms**, p99 {t.p99:.3f} ms (batches of {d.tool_batch_size}).",
+            "",
+        ]
     if isinstance(d, KafkaDetails):
         return [f"Kafka: {d.brokers}, {d.partitions} partitions, {d.emitters} emitters.", ""]
     if isinstance(d, OverloadDetails):

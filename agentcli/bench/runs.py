@@ -9,6 +9,7 @@ there the first signal cancels it and nothing is written. A second Ctrl-C exits 
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -35,6 +36,7 @@ from .options import (
     check_overload,
     check_paths,
     check_ratios,
+    check_tool_scenario,
     usage,
 )
 from .report import Measurement, build_report, render_footer, write_json
@@ -227,6 +229,49 @@ def _llm(s: Session, o: Options, scenario: str, requests: int | None, users: int
     return s.report(m)
 
 
+#: --scenario tools | mcp | stream: default runs per side, and concurrent users.
+TOOL_SCENARIO_DEFAULTS = {"tools": (2_000, 16), "mcp": (5_000, 8), "stream": (2_000, 4)}
+
+
+def _tool_scenario(s: Session) -> tuple[Report, Callable[[Console, Report], None]]:
+    o = s.options
+    assert o.scenario is not None
+    name = o.scenario.value
+    count, users = TOOL_SCENARIO_DEFAULTS[name]
+    limits = Limits(duration_s=o.seconds) if o.seconds is not None else Limits(count=o.requests or count)
+    common: dict[str, Any] = {
+        "limits": limits, "users": o.users or users, "compare_raw": o.compare_raw, "repeat": o.repeat or 1
+    }  # fmt: skip
+    run: Coroutine[Any, Any, Measurement]
+    if name == "tools":
+        from .tools import ToolsBenchSpec, planned_tools_ratios, render_tools, run_tools_benchmark
+
+        tools_spec = ToolsBenchSpec(**common)
+        planned, render = planned_tools_ratios(tools_spec), render_tools
+        run = run_tools_benchmark(tools_spec, msgspec.to_builtins(tools_spec))
+    elif name == "mcp":
+        from .mcp_pools import MCPBenchSpec, planned_mcp_ratios, render_mcp, run_mcp_benchmark
+
+        if importlib.util.find_spec("mcp") is None:
+            raise usage("--scenario mcp needs the MCP SDK: pip install 'agentflow-runner[mcp]'.", "--scenario")
+        mcp_spec = MCPBenchSpec(**common)
+        planned, render = planned_mcp_ratios(mcp_spec), render_mcp
+        run = run_mcp_benchmark(mcp_spec, msgspec.to_builtins(mcp_spec))
+    else:
+        from .stream import StreamBenchSpec, planned_stream_ratios, render_stream, run_stream_benchmark
+
+        stream_spec = StreamBenchSpec(**common)
+        planned, render = planned_stream_ratios(stream_spec), render_stream
+        run = run_stream_benchmark(stream_spec, msgspec.to_builtins(stream_spec))
+    try:
+        check_ratios(o.thresholds, planned, " (add --compare-raw)")
+    except typer.BadParameter:
+        run.close()
+        raise
+    s.console.print(f"agentcli benchmark: {name}, {limits.describe('runs per side')}", highlight=False)
+    return s.report(s.run(run)), render
+
+
 def _kafka(s: Session) -> Report:
     from .kafka import KafkaSpec, run_kafka_benchmark
 
@@ -292,6 +337,10 @@ def dispatch(o: Options) -> int:
     if o.scenario is Scenario.overload:
         check_overload(o)
         return _finish(s, _overload(s), render_overload)
+    if o.scenario in (Scenario.tools, Scenario.mcp, Scenario.stream):
+        check_tool_scenario(o)
+        report, render = _tool_scenario(s)
+        return _finish(s, report, render)
     if o.scenario in (Scenario.llm_chat, Scenario.llm_embed):
         check_llm(o)
         assert o.scenario is not None

@@ -26,12 +26,15 @@ __all__ = [
     "KafkaDetails",
     "LLMDetails",
     "LatencyMs",
+    "MCPDetails",
     "NoopDetails",
     "OverloadDetails",
     "Report",
     "RequestFigures",
     "RoundRatios",
     "Run",
+    "StreamDetails",
+    "ToolsDetails",
 ]
 
 #: The schema version, as a type (so the JSON Schema pins it) and as the value reports carry.
@@ -62,8 +65,9 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     side: Annotated[
         str,
         _doc(
-            "agentflow (the primary side), or a baseline: raw, per_request, sdk, unbatched; the figures at the "
-            "top level are those of the agentflow side"
+            "agentflow (the primary side), another agentflow run (agentflow_0calls, agentflow_3calls, "
+            "agentflow_stdio), or a baseline: raw, per_request, sdk, unbatched, raw_0calls, raw_1call, raw_3calls, "
+            "per_call, sdk_stdio, per_call_stdio; the figures at the top level are those of the agentflow side"
         ),
     ]
     label: Annotated[str, _doc("what ran, for people")]
@@ -76,7 +80,9 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     cpu_s: Annotated[float | None, _doc("user + system CPU of this process during the measured phase")]
     saturation_per_s: Annotated[float | None, _doc("latency mode: the rate measured at saturation first")] = None
     rate_per_s: Annotated[float | None, _doc("latency mode: the rate then offered")] = None
-    items_per_s: Annotated[float | None, _doc("llm-embed: inputs embedded per second")] = None
+    items_per_s: Annotated[
+        float | None, _doc("llm-embed: inputs embedded per second; stream: tokens received per second")
+    ] = None
     server_requests: Annotated[int | None, _doc("llm-*: requests the LLM server counted during the run")] = None
     server_items: Annotated[int | None, _doc("llm-*: inputs the LLM server counted during the run")] = None
     hdr: Annotated[
@@ -220,7 +226,53 @@ class OverloadDetails(msgspec.Struct, frozen=True, kw_only=True, tag="overload",
     blocked: BlockedFigures
 
 
-Details = NoopDetails | LLMDetails | KafkaDetails | OverloadDetails
+class ToolsDetails(msgspec.Struct, frozen=True, kw_only=True, tag="tools", tag_field="kind"):
+    """``--scenario tools``: the agent loop at 0, 1 and 3 tool calls per run, and two micro-measurements."""
+
+    server: Annotated[str, _doc("the LLM server: the in-process mock")]
+    concurrent_users: int
+    widths: Annotated[list[int], _doc("tool calls per agent run of the sides, in order")]
+    direct_call_us: Annotated[float, _doc("a direct await of the no-op tool function, µs per call, median round")]
+    tools_call_us: Annotated[float, _doc("ctx.tools.call of the same function as a tool, µs per call, median round")]
+    call_overhead_us: Annotated[float, _doc("tools_call_us - direct_call_us")]
+    loop_detection_1_us: Annotated[float, _doc("LoopDetector.observe of a turn with 1 call, µs, median round")]
+    loop_detection_3_us: Annotated[float, _doc("LoopDetector.observe of a turn with 3 calls, µs, median round")]
+    calls_measured: Annotated[int, _doc("calls of each side of the call-overhead measurement, per round")]
+    turns_measured: Annotated[int, _doc("turns of the loop-detection measurement, per round")]
+    server_stats: Annotated[dict[str, Any] | None, _doc("the mock server's counts at the end")] = None
+
+
+class MCPDetails(msgspec.Struct, frozen=True, kw_only=True, tag="mcp", tag_field="kind"):
+    """``--scenario mcp``: calls of a no-op tool of an MCP server built with the official SDK."""
+
+    server: Annotated[str, _doc("the MCP server: its module, started by the benchmark")]
+    transports: Annotated[list[str], _doc("http (streamable HTTP on loopback) and stdio")]
+    concurrent_users: int
+    sessions: Annotated[int, _doc("sessions the pooled and the held-open sides use")]
+    sdk_version: Annotated[str, _doc("the mcp package's version")]
+    per_call_share: Annotated[int, _doc("the new-session-per-call side over HTTP makes 1/this of the calls")]
+    per_call_stdio_share: Annotated[int, _doc("the new-process-per-call side over stdio makes 1/this of the calls")]
+
+
+class StreamDetails(msgspec.Struct, frozen=True, kw_only=True, tag="stream", tag_field="kind"):
+    """``--scenario stream``: streamed chat answers, and the items of a streaming tool."""
+
+    server: Annotated[str, _doc("the LLM server: the in-process mock")]
+    concurrent_users: int
+    tokens_per_answer: Annotated[int, _doc("tokens of each streamed answer")]
+    ttft_answers: Annotated[int, _doc("answers per side and round of the time-to-first-token phase, one at a time")]
+    ttft_per_token_ms: Annotated[float, _doc("the pace of the mock that phase streams from")]
+    ttft_p50_ms: Annotated[float, _doc("agentflow: time to the first token, p50 of the median round")]
+    raw_ttft_p50_ms: Annotated[float | None, _doc("the bare SSE reader's, likewise; null without --compare-raw")]
+    ttft_added_ms: Annotated[float | None, _doc("agentflow p50 - bare p50 of each round, median of rounds")]
+    tool_items: Annotated[int, _doc("items the streaming tool yields per round")]
+    tool_batch_size: Annotated[int, _doc("ctx.tools.stream batch_size")]
+    tool_batch_timeout_ms: Annotated[float, _doc("ctx.tools.stream batch_timeout_s, in ms")]
+    tool_items_per_s: Annotated[float, _doc("items delivered per second, median round")]
+    tool_delivery_ms: Annotated[LatencyMs, _doc("yielded -> handed to the agent, per item, of the median round")]
+
+
+Details = NoopDetails | LLMDetails | KafkaDetails | OverloadDetails | ToolsDetails | MCPDetails | StreamDetails
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -233,7 +285,7 @@ class Report(msgspec.Struct, kw_only=True):
     """
 
     format: Annotated[Format, _doc("the schema version")]
-    scenario: Annotated[str, _doc("noop, app, llm-chat, llm-embed or overload")]
+    scenario: Annotated[str, _doc("noop, app, llm-chat, llm-embed, overload, tools, mcp or stream")]
     mode: Annotated[str | None, _doc("closed, throughput or latency; null for overload")]
     bus: Annotated[str, _doc("memory or kafka")]
     completed: int
@@ -251,8 +303,9 @@ class Report(msgspec.Struct, kw_only=True):
         dict[str, float],
         _doc(
             "named ratios, each the median over rounds: raw (agentflow / bare baseline), pooled_vs_per_request, "
-            "sdk (agentflow / openai SDK), batched_vs_unbatched, blocked_vs_raw (a time ratio: lower is better), "
-            "request_capacity_share, ingest_capacity_share"
+            "sdk (agentflow / openai SDK, or / a held-open MCP SDK session), batched_vs_unbatched, blocked_vs_raw "
+            "(a time ratio: lower is better), request_capacity_share, ingest_capacity_share, raw_0calls, "
+            "raw_1call, raw_3calls (tools), per_call, sdk_stdio, per_call_stdio (mcp)"
         ),
     ]
     round_ratios: list[RoundRatios]

@@ -37,6 +37,7 @@ from .worker import AgentWorker
 
 if TYPE_CHECKING:
     from ..llm.hub import AgentLLM
+    from ..tools import ToolBox
 
 __all__ = ["BatchAgentWorker", "BatchContext", "BatchHandler"]
 
@@ -83,6 +84,12 @@ class BatchContext(msgspec.Struct, gc=False):
         ``ctx.of(event).llm`` for calls made on behalf of one event's workflow.
         """
         return self._worker.llm_for(None)
+
+    @property
+    def tools(self) -> ToolBox:
+        """The agent's tools, for the batch as a whole (no event key or workflow: use ``ctx.of(event).tools``
+        for calls of stateful MCP servers made on behalf of one event)."""
+        return self._worker.tools_for(None)
 
     def of(self, event: Event) -> Context:
         """The per-event :class:`~agentflow.context.Context` of one event of this batch."""

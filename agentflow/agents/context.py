@@ -1,4 +1,5 @@
-"""The context a handler gets beside its event: who it is, and how to emit follow-up events and call LLMs."""
+"""The context a handler gets beside its event: who it is, and how to emit follow-up events, call LLMs and use
+tools."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from ..events import Event
 
 if TYPE_CHECKING:
     from ..llm.hub import AgentLLM
+    from ..tools import ToolBox
 
 __all__ = ["Context", "ContextOwner"]
 
@@ -21,6 +23,8 @@ class ContextOwner(Protocol):
     name: str
 
     def llm_for(self, event: Event | None) -> AgentLLM: ...
+
+    def tools_for(self, event: Event | None) -> ToolBox: ...
 
     async def emit_follow_up(
         self, parent: Event, topic: str, payloads: list[Any], key: str | None, headers: dict[str, str] | None
@@ -63,6 +67,17 @@ class Context(msgspec.Struct, gc=False):
         reply = await ctx.llm.chat([{"role": "user", "content": "hi"}], model="gpt-4o-mini")
         """
         return self._worker.llm_for(self.event)
+
+    @property
+    def tools(self) -> ToolBox:
+        """The agent's tools (``@runner.agent(..., tools=[...])``), for this event: calls of stateful MCP servers
+        follow its key and workflow; :meth:`~agentflow.tools.ToolBox.call_many` runs at most the agent's
+        ``max_parallel_tools`` at once::
+
+            run = await ctx.llm.run(messages, tools=ctx.tools)
+            result = await ctx.tools.call("get_weather", {"city": "Oslo"})
+        """
+        return self._worker.tools_for(self.event)
 
     async def emit(
         self, topic: str, payload: Any, *, key: str | None = None, headers: dict[str, str] | None = None

@@ -3,7 +3,8 @@ the per-event and the batch worker.
 
 A failure is handled for a *unit*: one event, or one batch (its events fail and are retried together). The loop
 is the same for both: a watchdog cancellation becomes :class:`~agentflow.errors.HandlerTimeoutError`; ``Skip``
-acknowledges the unit; ``Reject`` dead-letters it at once; any other exception is retried per the agent's
+acknowledges the unit; ``Reject`` dead-letters it at once, and so does a :class:`~agentflow.errors.ToolLoopError`
+(reason ``tool_loop``: a model stuck repeating tool calls); any other exception is retried per the agent's
 :class:`~agentflow.resilience.retry.RetryPolicy` (a single event's retry may be handed to the bus instead,
 see ``Subscription.defer_retry``) and finally dead-lettered with reason ``timeout`` or ``exhausted``.
 
@@ -24,7 +25,7 @@ from typing import Any
 import msgspec
 
 from ..bus.base import Item, Subscription
-from ..errors import HandlerTimeoutError, Reject, Retry, Skip
+from ..errors import HandlerTimeoutError, Reject, Retry, Skip, ToolLoopError
 from ..events import DeadLetter, Event, RawEvent, bounded_dead_letter
 from ..metrics import AgentMetrics
 from ..pool import Slot, WorkerPool
@@ -110,6 +111,11 @@ class FailurePath(abc.ABC):
             kind = "timeout" if isinstance(exc, HandlerTimeoutError) else "error"
             for _ in range(n):
                 m.failed(kind)
+            if isinstance(exc, ToolLoopError):
+                # The model repeated the same tool calls past the warning: another attempt would replay the same
+                # conversation, so the event goes to the dead-letter queue at once, with the repeated call.
+                await self._dead_all(events, items, "tool_loop", exc, attempt)
+                return
             if not self.policy.should_retry(attempt):
                 await self._dead_all(events, items, "timeout" if kind == "timeout" else "exhausted", exc, attempt)
                 return

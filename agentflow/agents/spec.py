@@ -11,6 +11,7 @@ from ..events import DeadLetter, Event
 
 if TYPE_CHECKING:
     from ..llm.hub import AgentLLM
+    from ..tools import ToolBox
     from .context import Context
 
 __all__ = ["AgentSpec", "Handler", "Host"]
@@ -37,6 +38,8 @@ class Host(Protocol):
 
     def _llm_for(self, agent: str, event: Event | None) -> AgentLLM: ...
 
+    def _tools_for(self, agent: str, event: Event | None) -> ToolBox: ...
+
 
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     """An agent as registered with ``@runner.agent`` (before config overrides are applied)."""
@@ -49,3 +52,5 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     retry: Any = None
     payload_type: Any = None
     batch_size: int | None = None
+    tools: tuple[str, ...] | None = None
+    max_parallel_tools: int | None = None

@@ -30,6 +30,7 @@ from .spec import Handler, Host
 
 if TYPE_CHECKING:
     from ..llm.hub import AgentLLM
+    from ..tools import ToolBox
 
 __all__ = ["AgentWorker"]
 
@@ -461,6 +462,9 @@ class AgentWorker(FailurePath):
 
     def llm_for(self, event: Event | None) -> AgentLLM:
         return self._host._llm_for(self.name, event)
+
+    def tools_for(self, event: Event | None) -> ToolBox:
+        return self._host._tools_for(self.name, event)
 
     async def emit_follow_up(
         self, parent: Event, topic: str, payloads: list[Any], key: str | None, headers: dict[str, str] | None

@@ -1,8 +1,8 @@
 """Configuration (L1): frozen, typed msgspec Structs loaded from TOML, with environment overrides.
 
-``schema`` holds one Struct per TOML table (``[runner]``, ``[bus]``, ``[kafka]``, ``[llm.NAME]`` ...) and
-their defaults; ``loader`` reads a file and the environment into a :class:`Config` and names the key, the
-file and the fix when something is wrong (docs/configuration.md)::
+``schema`` holds one Struct per TOML table (``[runner]``, ``[bus]``, ``[kafka]``, ``[llm.NAME]``, ``[tools.NAME]``,
+``[mcp.NAME]`` ...) and their defaults; ``loader`` reads a file and the environment into a :class:`Config` and
+names the key, the file and the fix when something is wrong (docs/configuration.md)::
 
     config = load_config("config/agentflow.toml")
 """
@@ -21,10 +21,13 @@ from .schema import (
     LLMLimitsConfig,
     LLMPrice,
     LLMRetryConfig,
+    MCPConfig,
     MonitoringConfig,
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    ToolBreakerConfig,
+    ToolConfig,
 )
 
 __all__ = [
@@ -41,10 +44,13 @@ __all__ = [
     "LLMLimitsConfig",
     "LLMPrice",
     "LLMRetryConfig",
+    "MCPConfig",
     "MonitoringConfig",
     "RetryConfig",
     "RetryOverride",
     "RunnerConfig",
+    "ToolBreakerConfig",
+    "ToolConfig",
     "config_from_dict",
     "load_config",
 ]

@@ -134,13 +134,15 @@ def _check_table(data: Any, struct: type[msgspec.Struct], path: tuple[str, ...],
             continue
         if isinstance(inner, type) and issubclass(inner, msgspec.Struct):
             _check_table(value, inner, key_path, reporter)
-        elif get_origin(inner) is dict:
+        elif get_origin(inner) is dict and _is_struct(get_args(inner)[1]):  # [llm.NAME], [mcp.NAME] ...
             if not isinstance(value, Mapping):
                 raise reporter.bad_value(key_path, "a table", value, "the defaults")
+            item_type = get_args(inner)[1]
             for name, item in value.items():
                 if not isinstance(name, str):
                     raise reporter.bad_value(key_path, "names that are strings", name, "the defaults")
-                _check_table(item, get_args(inner)[1], (*key_path, name), reporter)
+                _check_table(item, item_type, (*key_path, name), reporter)
+                _check_rules(item, item_type, (*key_path, name), reporter)
         else:
             try:
                 msgspec.convert(value, field.type)
@@ -148,6 +150,26 @@ def _check_table(data: Any, struct: type[msgspec.Struct], path: tuple[str, ...],
                 default = field.default
                 fallback = "the global setting" if default is None else f"the default ({_show(default)})"
                 raise reporter.bad_value(key_path, _expected(field.type), value, fallback) from None
+
+
+def _is_struct(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+
+
+def _check_rules(data: Any, struct: type[msgspec.Struct], path: tuple[str, ...], reporter: _Reporter) -> None:
+    """The rules between the fields of one table (a Struct's ``__post_init__``), named by the table's path."""
+    try:
+        msgspec.convert(data, struct)
+    except msgspec.ValidationError as exc:
+        source, from_env = reporter.source_for(path)
+        message = str(exc).partition(" - at `$")[0]
+        raise ConfigError(
+            f"{source}: [{_dotted(path)}]: {message[:1].lower()}{message[1:]}"
+            + ("" if message.endswith(".") else ".")
+            + (" Fix the variable." if from_env else " Fix the table."),
+            source=source,
+            key=_dotted(path),
+        ) from None
 
 
 class _Reporter:

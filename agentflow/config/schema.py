@@ -23,10 +23,13 @@ __all__ = [
     "LLMLimitsConfig",
     "LLMPrice",
     "LLMRetryConfig",
+    "MCPConfig",
     "MonitoringConfig",
     "RetryConfig",
     "RetryOverride",
     "RunnerConfig",
+    "ToolBreakerConfig",
+    "ToolConfig",
 ]
 
 
@@ -100,6 +103,17 @@ DEFAULT_LLM_DEADLINE_S = 120.0
 DEFAULT_LLM_BUDGET_RATIO = 0.2
 DEFAULT_LLM_BUDGET_WINDOW_S = 10.0
 DEFAULT_LLM_BUDGET_MIN_PER_S = 1.0
+DEFAULT_TOOL_TIMEOUT_S = 30.0
+DEFAULT_MAX_RESULT_BYTES = 65_536
+DEFAULT_MCP_CALL_TIMEOUT_S = 30.0
+DEFAULT_MCP_CONNECT_TIMEOUT_S = 20.0
+DEFAULT_MCP_ACQUIRE_TIMEOUT_S = 5.0
+DEFAULT_MCP_HEALTH_INTERVAL_S = 10.0
+DEFAULT_MCP_PING_TIMEOUT_S = 5.0
+DEFAULT_MCP_RECONNECT_BACKOFF_S = 0.2
+DEFAULT_MCP_MAX_RECONNECT_BACKOFF_S = 30.0
+DEFAULT_MCP_MAX_IN_FLIGHT_PER_SESSION = 16
+DEFAULT_MCP_MAX_KEYS = 10_000
 
 _PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 _NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -108,6 +122,8 @@ _NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 _Multiplier = Annotated[float, msgspec.Meta(ge=1)]
 _EventBytes = Annotated[int, msgspec.Meta(ge=64)]
 _Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+_Rate = Annotated[float, msgspec.Meta(gt=0, le=1)]
+_ResultBytes = Annotated[int, msgspec.Meta(ge=64)]
 
 
 class RunnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -238,6 +254,9 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     concurrency: _PositiveInt | None = None
     timeout_s: _PositiveFloat | None = None
     retry: RetryOverride | None = None
+    # The tools the agent may use (names or globs), and how many of its tool calls run at once (docs/tools.md).
+    tools: tuple[str, ...] | None = None
+    max_parallel_tools: _PositiveInt | None = None
 
 
 _NO_OVERRIDES = AgentConfig()
@@ -402,6 +421,117 @@ class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     prices: dict[str, LLMPrice] = msgspec.field(default_factory=dict)
 
 
+class ToolBreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[tools.NAME.breaker]`` and ``[mcp.NAME.breaker]``: a circuit breaker in front of a tool, or of each
+    replica of an MCP server. The fields and defaults are those of
+    :class:`~agentflow.resilience.BreakerConfig` (a test keeps them equal), which the tool layer builds from it::
+
+        ToolBreakerConfig(minimum_calls=10, failure_rate_threshold=0.5)
+    """
+
+    window_type: Literal["count", "time"] = "count"
+    window_size: _PositiveInt = 100
+    minimum_calls: _PositiveInt = 20
+    failure_rate_threshold: _Rate = 0.5
+    slow_call_duration_s: _PositiveFloat = 30.0
+    slow_call_rate_threshold: _Rate = 1.0
+    open_wait_s: _NonNegativeFloat = 30.0
+    open_wait_multiplier: _Multiplier = 2.0
+    max_open_wait_s: _NonNegativeFloat = 300.0
+    half_open_max_calls: _PositiveInt = 5
+
+
+class ToolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[tools.NAME]``: one tool's overrides; ``None`` keeps what the code (or the MCP server) declared.
+
+    ``timeout_s`` bounds one attempt, waiting for a ``concurrency`` slot included; ``retry`` applies only to a
+    tool that is ``idempotent``; ``breaker`` puts a circuit breaker in front of the tool; results longer than
+    ``max_result_bytes`` (UTF-8) are cut, and the tool message says so (docs/tools.md)::
+
+        ToolConfig(timeout_s=5.0, concurrency=4, idempotent=True, retry=RetryConfig(max_attempts=3))
+    """
+
+    timeout_s: _PositiveFloat | None = None
+    concurrency: _PositiveInt | None = None
+    idempotent: bool | None = None
+    max_result_bytes: _ResultBytes | None = None
+    retry: RetryConfig | None = None
+    breaker: ToolBreakerConfig | None = None
+
+
+class MCPConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[mcp.NAME]``: one MCP server whose tools agents use as ``NAME.tool``; see docs/tools.md.
+
+    ``transport = "stdio"`` starts ``command`` with ``args`` (and ``env`` added to a minimal environment) once
+    per replica, each process serving one session; ``"http"`` speaks streamable HTTP to ``url``, or to each URL
+    when ``replicas`` is a list. Sessions open when the runner starts and are reused for every call. In
+    ``headers`` and ``env``, a key ending in ``_env`` names the environment variable that holds the value of the
+    key without that suffix, so no secret sits in the file::
+
+        MCPConfig(transport="stdio", command="python", args=("server.py",), replicas=2)
+        MCPConfig(transport="http", replicas=("http://a:8000/mcp", "http://b:8000/mcp"), sessions_per_replica=4)
+    """
+
+    transport: Literal["stdio", "http"]
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    cwd: str | None = None
+    url: str = ""
+    replicas: _PositiveInt | tuple[str, ...] = 1
+    sessions_per_replica: _PositiveInt = 1
+    call_timeout_s: _PositiveFloat = DEFAULT_MCP_CALL_TIMEOUT_S
+    connect_timeout_s: _PositiveFloat = DEFAULT_MCP_CONNECT_TIMEOUT_S
+    acquire_timeout_s: _PositiveFloat = DEFAULT_MCP_ACQUIRE_TIMEOUT_S
+    health_interval_s: _PositiveFloat = DEFAULT_MCP_HEALTH_INTERVAL_S
+    ping_timeout_s: _PositiveFloat = DEFAULT_MCP_PING_TIMEOUT_S
+    reconnect_backoff_s: _NonNegativeFloat = DEFAULT_MCP_RECONNECT_BACKOFF_S
+    max_reconnect_backoff_s: _NonNegativeFloat = DEFAULT_MCP_MAX_RECONNECT_BACKOFF_S
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    tools: tuple[str, ...] = ("*",)
+    exclude_tools: tuple[str, ...] = ()
+    affinity: Literal["none", "key", "workflow"] = "none"
+    isolate: bool = False
+    max_in_flight_per_session: _PositiveInt = DEFAULT_MCP_MAX_IN_FLIGHT_PER_SESSION
+    max_keys: _PositiveInt = DEFAULT_MCP_MAX_KEYS
+    breaker: ToolBreakerConfig = msgspec.field(default_factory=ToolBreakerConfig)
+
+    def __post_init__(self) -> None:
+        # msgspec checks the field types; these are the rules between fields, as whole sentences.
+        if self.transport == "stdio":
+            if not self.command:
+                raise ValueError('An MCP server with transport = "stdio" needs command, the program to start.')
+            if not isinstance(self.replicas, int):
+                raise ValueError(
+                    'replicas is a list of URLs, which only transport = "http" uses; for "stdio" give the number '
+                    "of processes to start."
+                )
+            if self.sessions_per_replica != 1:
+                raise ValueError(
+                    "A stdio MCP server process serves one session, so sessions_per_replica must be 1 for "
+                    'transport = "stdio"; raise replicas to start more processes.'
+                )
+        elif isinstance(self.replicas, int):
+            if not self.url:
+                raise ValueError('An MCP server with transport = "http" needs url, or replicas as a list of URLs.')
+        elif not self.replicas:
+            raise ValueError("replicas must list at least one URL.")
+        if self.isolate and self.affinity == "none":
+            raise ValueError(
+                'isolate = true keeps every key on a session of its own, which needs affinity = "key" or "workflow".'
+            )
+        if self.max_reconnect_backoff_s < self.reconnect_backoff_s:
+            raise ValueError("max_reconnect_backoff_s must be at least reconnect_backoff_s.")
+
+    def replica_targets(self) -> tuple[str, ...]:
+        """One entry per replica: its URL for HTTP, ``"#<n>"`` for a stdio process."""
+        if isinstance(self.replicas, tuple):
+            return self.replicas
+        if self.transport == "http":
+            return (self.url,) * self.replicas
+        return tuple(f"#{i}" for i in range(self.replicas))
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration.
 
@@ -420,6 +550,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
     agents: dict[str, AgentConfig] = msgspec.field(default_factory=dict)
     llm: dict[str, LLMConfig] = msgspec.field(default_factory=dict)
+    tools: dict[str, ToolConfig] = msgspec.field(default_factory=dict)
+    mcp: dict[str, MCPConfig] = msgspec.field(default_factory=dict)
 
     def agent(self, name: str) -> AgentConfig:
         """Return the overrides for agent ``name``, or an AgentConfig that overrides nothing."""

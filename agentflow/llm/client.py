@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from .._deadlines import TimedTask
 from ..config import LLMConfig
 from ..errors import (
     CircuitOpenError,
@@ -43,7 +44,7 @@ from .protocols import NO_BREAKER, BatcherFactory, BatcherLike, BreakerLike, Bre
 from .stream import ChatStream, StreamAssembler, open_stream, read_stream
 from .tokens import estimate_tokens, split_tokens
 from .toolspec import tool_fields
-from .transport import USER_AGENT, Call, ConnectionPool
+from .transport import USER_AGENT, ConnectionPool
 from .types import (
     CHAT_DECODER,
     COMPLETION_DECODER,
@@ -557,7 +558,7 @@ class ProviderClient(Lifecycle):
             self.requests += 1
             self.in_flight += 1
             t0 = time.perf_counter()
-            call: Call | None = None
+            call: TimedTask | None = None
             resp = None
             try:
                 if remaining_s <= 0:
@@ -572,11 +573,11 @@ class ProviderClient(Lifecycle):
                     # waits at most request_timeout_s (sock_read), however long the consumer takes per delta.
                     stream_task = asyncio.current_task(loop)
                     assert stream_task is not None  # a coroutine awaited by a ChatStream runs in a task
-                    call = Call(stream_task)
+                    call = TimedTask(stream_task)
                     pool.expiries.add(loop, call, None, min(cfg.request_timeout_s, remaining_s))
                     timeout = pool.streaming
                 elif remaining_s >= cfg.request_timeout_s and (task := asyncio.current_task(loop)) is not None:
-                    call = Call(task)  # the common case: request_timeout_s on the shared timer
+                    call = TimedTask(task)  # the common case: request_timeout_s on the shared timer
                     pool.expiries.add(loop, call, None, cfg.request_timeout_s)
                     timeout = pool.untimed
                 else:  # less than request_timeout_s left of the deadline: aiohttp's own timer, cut to fit
@@ -602,7 +603,7 @@ class ProviderClient(Lifecycle):
                 permit.failure(exc)
                 failure: LLMError = exc
             except BaseException as exc:  # noqa: BLE001 - translated, or re-raised untouched
-                if call is not None and call.expired and call.task.uncancel() <= call.cancelling:
+                if call is not None and call.timed_out():
                     # The shared timer cancelled this request (as asyncio.timeout does): a timeout, unless the task
                     # was also cancelled from outside, which then propagates.
                     exc = TimeoutError() if isinstance(exc, asyncio.CancelledError) else exc
@@ -616,8 +617,8 @@ class ProviderClient(Lifecycle):
                 permit.failure(translated)
                 failure = translated
             else:
-                if call is not None and call.expired:  # answered as the timer fired: take its cancellation back
-                    call.task.uncancel()
+                if call is not None:
+                    call.settle()  # answered as the timer fired: take its cancellation back
                 permit.success()
                 if stream == _OPEN:
                     result.resp, result.sid = resp, sid

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -32,7 +32,11 @@ from .cost import CostTracker
 from .metrics import LLMMetrics
 from .protocols import BatcherLike, LimiterLike
 from .stream import ChatStream
-from .types import ChatMessage, ChatResponse, CompletionResponse, EmbeddingResponse
+from .types import ChatMessage, ChatResponse, CompletionResponse, EmbeddingResponse, Usage
+
+if TYPE_CHECKING:
+    from ..agents.loop import AgentRun
+    from ..tools import ToolBox
 
 __all__ = ["AgentLLM", "LLMHub"]
 
@@ -229,6 +233,52 @@ class AgentLLM:
         return self._hub.client(provider).complete(
             prompts, model=model, agent=self._agent, workflow=self._workflow, **kwargs
         )
+
+    async def run(
+        self,
+        messages: Sequence[Mapping[str, Any] | ChatMessage],
+        *,
+        tools: ToolBox | None = None,
+        max_turns: int | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        memory: Any = None,
+        timeout_s: float | None = None,
+        loop_threshold: int | None = None,
+        **kwargs: Any,
+    ) -> AgentRun:
+        """``await ctx.llm.run(messages, tools=ctx.tools, max_turns=8)``: the agent loop — model, tool calls in
+        parallel, tool messages, model … until it answers (:mod:`agentflow.agents.loop`; docs/tools.md).
+
+        ``max_turns`` (default 8) bounds the model turns; ``timeout_s`` the whole run (wall clock);
+        ``loop_threshold`` (default 3) identical turns in a row get a warning, one more raises
+        :class:`~agentflow.errors.ToolLoopError`; ``memory`` (a
+        :class:`~agentflow.state.ConversationMemory`, or anything with ``window()`` and ``append()``) gives
+        the history and keeps the run's messages. Other keyword arguments (``temperature``, ``tool_choice``,
+        ``parallel_tool_calls``, ``max_tokens`` ...) go to every model call.
+        """
+        # The loop is layer L4, above both llm/ and tools/; it is imported when a run starts, so the LLM layer
+        # itself never depends on the tool layer.
+        from ..agents.loop import run_agent
+
+        client = self._hub.client(provider)
+        used_model = model or client.config.default_model
+        costs = self._hub.costs
+
+        def chat(conversation: list[Any], schemas: list[dict[str, Any]] | None) -> Coroutine[Any, Any, ChatResponse]:
+            return client.chat(
+                conversation, model=used_model, tools=schemas, agent=self._agent, workflow=self._workflow, **kwargs
+            )
+
+        def cost(usage: Usage) -> float:
+            return costs.cost_usd(client.name, used_model, usage)
+
+        limits: dict[str, Any] = {}
+        if max_turns is not None:
+            limits["max_turns"] = max_turns
+        if loop_threshold is not None:
+            limits["loop_threshold"] = loop_threshold
+        return await run_agent(chat, messages, cost=cost, tools=tools, timeout_s=timeout_s, memory=memory, **limits)
 
     def used_tokens(self) -> int:
         """Tokens this workflow has used so far, across providers."""

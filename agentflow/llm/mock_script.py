@@ -4,7 +4,9 @@ server-sent events the way OpenAI does.
 A chat request gets, in this order of rules:
 
 1. With ``tools`` (and ``tool_choice`` not ``"none"``), ``[[loop NAME {json}]]`` directives in the last user
-   message: those tool calls, on every turn (a model stuck in a doom loop).
+   message: those tool calls, on every turn (a model stuck in a doom loop). Several come in an order that
+   rotates each turn; ``$turn`` in the JSON is replaced by the model's turn (1, 2 ...), so arguments that
+   change every turn (a model retrying with new arguments, not a loop) can be scripted too.
 2. When the last message is a tool result (``role: "tool"``): a text that quotes each result of that turn,
    ``tool results: NAME: CONTENT; NAME: CONTENT``.
 3. With ``tools``, ``[[call NAME {json}]]`` directives in the last message (from the user): those tool calls,
@@ -115,7 +117,7 @@ def chat_reply(req: ChatRequest, reply_tokens: int) -> Reply:
         user = next((m for m in reversed(messages) if m.role == "user"), None)
         calls, loops = directives(text_of(user.content)) if user is not None else ([], [])
         if loops:
-            return _calls(req, loops)
+            return _calls(req, _looped(loops, messages))
         if last.role != "tool":
             if calls and last is user:
                 return _calls(req, calls)
@@ -127,6 +129,15 @@ def chat_reply(req: ChatRequest, reply_tokens: int) -> Reply:
     out = reply_tokens if req.max_tokens is None else max(1, min(req.max_tokens, reply_tokens))
     head = f"echo:{text_of(last.content)[:64]}"
     return Reply([f"{head} tok0", *(f" tok{i}" for i in range(1, out))])
+
+
+def _looped(loops: list[tuple[str, str]], messages: list[Any]) -> list[tuple[str, str]]:
+    """A doom loop's calls for this turn: ``$turn`` in the arguments is the model's turn (1, 2 ...), and several
+    directives come in an order that rotates from turn to turn, as a model's parallel calls would."""
+    turn = 1 + sum(1 for m in messages if m.role == "assistant")
+    calls = [(name, args.replace("$turn", str(turn))) for name, args in loops]
+    k = (turn - 1) % len(calls)
+    return calls[k:] + calls[:k]
 
 
 def _forced(choice: Any, tools: list[dict[str, Any]]) -> str | None:

@@ -4,7 +4,7 @@ request timeouts.
 Requests that have the whole ``request_timeout_s`` left are bounded by one shared timer
 (:class:`~agentflow._deadlines.Deadlines`): aiohttp gets no total timeout for them (``untimed``), because its
 per-request timer costs ~4 µs on uvloop. When the timer fires, the request's task is cancelled and the caller
-turns that cancellation into a timeout, as ``asyncio.timeout`` does (:class:`Call`).
+turns that cancellation into a timeout, as ``asyncio.timeout`` does (:class:`~agentflow._deadlines.TimedTask`).
 """
 
 from __future__ import annotations
@@ -12,35 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 import aiohttp
 
-from .._deadlines import Deadlines
+from .._deadlines import Deadlines, expire_task
 from ..config import LLMConfig
 
-__all__ = ["USER_AGENT", "Call", "ConnectionPool"]
+__all__ = ["USER_AGENT", "ConnectionPool"]
 
 #: Sent with every request, so a provider's logs can tell agentflow's traffic apart.
 USER_AGENT = "agentflow/0.1 (+aiohttp)"
 
 logger = logging.getLogger(__name__)
-
-
-class Call:
-    """One HTTP request bounded by the shared request timer: the task to cancel once request_timeout_s passed."""
-
-    __slots__ = ("cancelling", "expired", "task")
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        self.cancelling = task.cancelling()
-        self.expired = False
-
-
-def _expire_call(call: Call, tag: object, timeout_s: float) -> None:
-    call.expired = True
-    call.task.cancel()
 
 
 class ConnectionPool:
@@ -61,7 +44,7 @@ class ConnectionPool:
         self.streaming = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connection_timeout_s, sock_read=config.request_timeout_s
         )
-        self.expiries = Deadlines(config.request_timeout_s, _expire_call)
+        self.expiries = Deadlines(config.request_timeout_s, expire_task)
         self.session: aiohttp.ClientSession | None = None
         self.in_use: dict[int, int] = {}
         self._rotator: asyncio.Task[None] | None = None

@@ -10,8 +10,8 @@
 See docs/tools.md.
 """
 
+from ..config import MCPConfig, ToolConfig
 from .base import OUTCOMES, Tool, ToolResult, ToolStatistics
-from .config import MCPConfig, ToolConfig
 from .function import FunctionTool, tool
 from .loops import LoopDetector, LoopVerdict, call_signature, turn_signature
 from .registry import ToolRegistry

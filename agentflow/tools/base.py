@@ -22,8 +22,9 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from .._deadlines import Deadlines
-from ..config import RetryConfig
+from .._deadlines import Deadlines, TimedTask, expire_task
+from ..config import RetryConfig, ToolConfig
+from ..config.schema import DEFAULT_MAX_RESULT_BYTES, DEFAULT_TOOL_TIMEOUT_S
 from ..errors import (
     CircuitOpenError,
     MCPUnavailableError,
@@ -36,7 +37,7 @@ from ..errors import (
 from ..metrics import Pow2Histogram
 from ..resilience.breaker import BreakerConfig, CircuitBreaker
 from ..resilience.retry import RetryPolicy
-from .config import DEFAULT_MAX_RESULT_BYTES, DEFAULT_TOOL_TIMEOUT_S, ToolConfig
+from .config import breaker_config
 
 __all__ = ["OUTCOMES", "Outcome", "Tool", "ToolResult", "ToolStatistics"]
 
@@ -101,22 +102,6 @@ class _Stats:
         self.duration = Pow2Histogram()
 
 
-class _Timed:
-    """One attempt on the tool's shared timer: the task to cancel once ``timeout_s`` passed."""
-
-    __slots__ = ("cancelling", "expired", "task")
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        self.cancelling = task.cancelling()
-        self.expired = False
-
-
-def _expire(timed: _Timed, tag: object, timeout_s: float) -> None:
-    timed.expired = True
-    timed.task.cancel()
-
-
 class _Runtime:
     """What a tool needs of the event loop it runs on: its timer and its concurrency semaphore.
 
@@ -127,7 +112,7 @@ class _Runtime:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float, concurrency: int | None) -> None:
         self.loop = loop
-        self.deadlines = Deadlines(timeout_s, _expire)
+        self.deadlines = Deadlines(timeout_s, expire_task)
         self.semaphore = asyncio.Semaphore(concurrency) if concurrency is not None else None
 
 
@@ -259,7 +244,7 @@ class Tool(abc.ABC):
             rt = self._rt = _Runtime(loop, self.timeout_s, self.concurrency)
         task = _current_task(loop)
         assert task is not None
-        timed = _Timed(task)
+        timed = TimedTask(task)
         deadlines = rt.deadlines
         deadlines.add(loop, timed, None, self.timeout_s)
         stats = self._stats
@@ -275,9 +260,9 @@ class Tool(abc.ABC):
                 async with sem:
                     value = await self._run(args, key, workflow)
         except BaseException as exc:
-            if timed.expired and task.uncancel() <= timed.cancelling:
+            if timed.timed_out():
                 # Our timer cancelled the attempt (as asyncio.timeout does); a cancellation from outside as well
-                # would have left the count above what it was, and propagates untouched.
+                # propagates untouched.
                 timeout = ToolTimeoutError(
                     f"Tool {self.name!r} did not finish within {self.timeout_s:g} s and was cancelled; call it "
                     "with a smaller request, or try another approach.",
@@ -294,8 +279,7 @@ class Tool(abc.ABC):
                     permit.cancel()
             raise
         else:
-            if timed.expired:  # finished as the timer fired, having swallowed its cancellation: take it back
-                task.uncancel()
+            timed.settle()  # finished as the timer fired, having swallowed its cancellation: take it back
             if permit is not None:
                 permit.success()
             return value
@@ -380,7 +364,9 @@ class Tool(abc.ABC):
         if cfg.retry is not None:
             new.retry = RetryPolicy.from_config(cfg.retry)
         if cfg.breaker is not None:
-            new.breaker = CircuitBreaker(f"tool:{self.name}", cfg.breaker)
+            new.breaker = CircuitBreaker(
+                f"tool:{self.name}", breaker_config(cfg.breaker, where=f"tools.{self.name}.breaker")
+            )
         return new
 
     @property

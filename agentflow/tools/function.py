@@ -22,12 +22,12 @@ from typing import Any, overload
 import msgspec
 
 from ..config import RetryConfig
+from ..config.schema import DEFAULT_MAX_RESULT_BYTES, DEFAULT_TOOL_TIMEOUT_S
 from ..errors import ToolArgumentsError
 from ..resilience.breaker import BreakerConfig, CircuitBreaker
 from ..resilience.retry import RetryPolicy
 from ._schema import describe, parameters_schema, parameters_struct
 from .base import Tool
-from .config import DEFAULT_MAX_RESULT_BYTES, DEFAULT_TOOL_TIMEOUT_S
 
 __all__ = ["FunctionTool", "tool"]
 

@@ -16,14 +16,14 @@ The warning rides in the turn's last tool message, since the chat protocol wants
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import msgspec
 
 from ..errors import ToolLoopError
 
-__all__ = ["DEFAULT_LOOP_THRESHOLD", "LoopDetector", "LoopVerdict", "call_signature", "turn_signature"]
+__all__ = ["DEFAULT_LOOP_THRESHOLD", "LoopDetector", "LoopVerdict", "call_parts", "call_signature", "turn_signature"]
 
 DEFAULT_LOOP_THRESHOLD: Final = 3
 
@@ -52,14 +52,30 @@ def call_signature(name: str, arguments: Any) -> bytes:
     return name.encode() + b"\x00" + body
 
 
-def _name_args(call: Any) -> tuple[str, Any]:
+def call_parts(call: Any) -> tuple[str, str, Any]:
+    """(id, name, arguments) of a tool call: an object with ``name``/``arguments`` (and ``id``), a
+    ``(name, arguments)`` pair, or an OpenAI-shaped mapping (``{"id", "function": {"name", "arguments"}}``).
+
+    A decoded call whose arguments were not a JSON object (``arguments`` None, as ``ToolCall`` keeps them)
+    gives its raw text instead, so the tool can say what is wrong with it and two different mistakes are two
+    different calls.
+    """
     if isinstance(call, tuple):
-        return call[0], call[1]
-    if isinstance(call, dict):
+        name, arguments = call
+        return "", name, arguments
+    if isinstance(call, Mapping):
         fn = call.get("function")
-        body = fn if isinstance(fn, dict) else call
-        return str(body.get("name", "")), body.get("arguments")
-    return call.name, call.arguments
+        body = fn if isinstance(fn, Mapping) else call
+        return str(call.get("id") or ""), str(body.get("name", "")), body.get("arguments")
+    arguments = call.arguments
+    if arguments is None:
+        arguments = getattr(call, "arguments_raw", None) or None
+    return str(getattr(call, "id", "") or ""), call.name, arguments
+
+
+def _name_args(call: Any) -> tuple[str, Any]:
+    _, name, arguments = call_parts(call)
+    return name, arguments
 
 
 def turn_signature(calls: Iterable[Any]) -> tuple[bytes, ...]:

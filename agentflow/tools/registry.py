@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..config import ToolConfig
 from ..errors import UnknownToolError
 from .base import Tool, ToolStatistics
-from .config import ToolConfig
 from .function import tool
 
 if TYPE_CHECKING:

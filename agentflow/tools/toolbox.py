@@ -22,12 +22,16 @@ import asyncio
 import fnmatch
 import hashlib
 import re
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import ToolError, ToolTimeoutError, UnknownToolError
+from ..errors import ConfigError, ToolError, ToolTimeoutError, UnknownToolError
 from .base import Tool, ToolResult
+from .loops import call_parts
 from .registry import ToolRegistry
+
+if TYPE_CHECKING:
+    from .metrics import AgentToolMetrics
 
 __all__ = ["DEFAULT_MAX_PARALLEL_TOOLS", "ToolBox", "ToolSet", "unknown_tool_result", "wire_name"]
 
@@ -111,6 +115,25 @@ class ToolSet:
         names = [t.name for t in self._registry]
         return [p for p in self.patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
 
+    def check(self, owner: str) -> None:
+        """Raise :class:`ConfigError` when a pattern selects nothing, naming it and the closest tool name."""
+        missing = self.missing()
+        if not missing:
+            return
+        import difflib  # only on this error path
+
+        names = self._registry.names()
+        pattern = missing[0]
+        close = difflib.get_close_matches(pattern, names, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        shown = ", ".join(names[:_MAX_NAMES_SHOWN]) + (" ..." if len(names) > _MAX_NAMES_SHOWN else "")
+        raise ConfigError(
+            f"{owner} asks for the tool {pattern!r}, which matches no registered tool{hint} Registered tools: "
+            f"{shown or '(none)'}. Fix the name in tools=[...] (or [agents.NAME] tools), or register the tool with "
+            "@runner.tool (an MCP server's tools are NAME.tool of its [mcp.NAME]).",
+            key=pattern,
+        )
+
     def __len__(self) -> int:
         return len(self.tools())
 
@@ -138,19 +161,6 @@ async def _ready(result: ToolResult) -> ToolResult:
     return result
 
 
-def _unpack(call: Any) -> tuple[str, str, Any]:
-    """(id, name, arguments) of a tool call: an object with ``name``/``arguments`` (and ``id``), a
-    ``(name, arguments)`` pair, or an OpenAI-shaped mapping (``{"id", "function": {"name", "arguments"}}``)."""
-    if isinstance(call, tuple):
-        name, arguments = call
-        return "", name, arguments
-    if isinstance(call, Mapping):
-        fn = call.get("function")
-        body = fn if isinstance(fn, Mapping) else call
-        return str(call.get("id") or ""), str(body.get("name", "")), body.get("arguments")
-    return str(getattr(call, "id", "") or ""), call.name, call.arguments
-
-
 class ToolBox:
     """``ctx.tools``: call the agent's tools one at a time, several in parallel, or as a stream.
 
@@ -158,7 +168,7 @@ class ToolBox:
     passed to MCP servers configured with affinity.
     """
 
-    __slots__ = ("_set", "key", "max_parallel", "workflow")
+    __slots__ = ("_set", "key", "max_parallel", "metrics", "workflow")
 
     def __init__(
         self,
@@ -167,6 +177,7 @@ class ToolBox:
         max_parallel: int = DEFAULT_MAX_PARALLEL_TOOLS,
         key: str | None = None,
         workflow: str | None = None,
+        metrics: AgentToolMetrics | None = None,
     ) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be at least 1, not {max_parallel!r}.")
@@ -174,6 +185,8 @@ class ToolBox:
         self.max_parallel = max_parallel
         self.key = key
         self.workflow = workflow
+        #: The agent's counters (parallel width here, turns and loops in ctx.llm.run); None outside a runner.
+        self.metrics = metrics
 
     def schemas(self) -> list[dict[str, Any]]:
         """The ``tools`` of a chat request (OpenAI function entries)."""
@@ -206,10 +219,12 @@ class ToolBox:
         One call failing (bad arguments, unknown tool, timeout, exception) is that call's result and does not
         cancel the others.
         """
-        items = [_unpack(c) for c in calls]
+        items = [call_parts(c) for c in calls]
         n = len(items)
         if n == 0:
             return []
+        if self.metrics is not None:
+            self.metrics.observe_width(min(n, self.max_parallel))
         if n == 1:
             cid, name, args = items[0]
             return [await self.call(name, args, call_id=cid)]

@@ -290,6 +290,10 @@ def test_app_runner_instance_cannot_take_config(tmp_path: Path) -> None:
         (["--app", "agentcli_app:make_runner", "--agent", "echo", "--agent-batch-size", "4"], "shapes the"),
         (["--scenario", "overload", "--compare-raw"], "--compare-raw does not apply to"),
         (["--scenario", "overload", "--bootstrap", "127.0.0.1:9092"], "--bus kafka"),
+        (["--scenario", "tools", "--batch-size", "4"], "--batch-size does not apply to --scenario"),
+        (["--scenario", "mcp", "--bus", "kafka"], "--bus kafka runs the noop scenario"),
+        (["--scenario", "stream", "--requests", "5", "--duration", "1s"], "not both"),
+        (["--scenario", "tools", "--threshold", "raw_1call_ratio>=0.8"], "it reports no ratio (add --compare-raw)"),
     ],
 )
 def test_bad_flags_print_usage_and_exit_2(args: list[str], expected: str) -> None:

@@ -18,6 +18,8 @@ PRIVATE_IMPORTS = {
     # mock-llm's option defaults; MockLLMServer is public, but a lazy attribute of agentflow that mypy sees untyped
     ("agentcli/ops/mockllm.py", "agentflow.llm.mock"),
     ("agentcli/bench/llm.py", "agentflow.llm.mock"),
+    ("agentcli/bench/tools.py", "agentflow.llm.mock"),
+    ("agentcli/bench/stream.py", "agentflow.llm.mock"),
     # the raw aiokafka baseline connects exactly as the Kafka bus does (security, bootstrap, client id)
     ("agentcli/bench/kafka.py", "agentflow.bus.kafka"),
     # config show/check name the environment overrides by the loader's own prefix
@@ -42,7 +44,7 @@ def test_the_operator_commands_load_neither_the_benchmark_nor_the_load_tester(mo
 def test_the_root_app_loads_no_benchmark_scenario_until_one_runs() -> None:
     loaded = _loaded_after("import agentcli.main")
     scenarios = {"harness", "noop_report", "raw", "llm", "kafka", "kafka_workers", "overload", "blocked", "profiling",
-                 "tansu", "page"}  # fmt: skip
+                 "tansu", "page", "tools", "mcp_pools", "mcp_server", "stream"}  # fmt: skip
     assert not {m for m in loaded if m.removeprefix("agentcli.bench.") in scenarios}
 
 

@@ -19,7 +19,17 @@ from typer.testing import CliRunner
 
 from agentcli import runtime
 from agentcli.bench.page import Entry, main, read_plan, render_page
-from agentcli.bench.schema import KafkaDetails, LLMDetails, NoopDetails, OverloadDetails, Report, Run
+from agentcli.bench.schema import (
+    KafkaDetails,
+    LLMDetails,
+    MCPDetails,
+    NoopDetails,
+    OverloadDetails,
+    Report,
+    Run,
+    StreamDetails,
+    ToolsDetails,
+)
 from agentcli.loadtest.report import LoadReport
 from agentcli.main import app
 from agentcli.schemas import DEFAULT_DIR, generate
@@ -43,6 +53,10 @@ BENCHMARKS: dict[str, list[str]] = {
     "llm-embed": ["benchmark", "--scenario", "llm-embed", "--batch-size", "8", "--concurrent-users", "32",
                   "--requests", "160", "--repeat", "2"],
     "overload": ["benchmark", "--scenario", "overload", "--requests", "300", "--duration", "1s", "--repeat", "1"],
+    "tools": ["benchmark", "--scenario", "tools", "--requests", "60", "--compare-raw", "--repeat", "2",
+              "--threshold", "raw_1call_ratio>0"],
+    "mcp": ["benchmark", "--scenario", "mcp", "--requests", "40", "--compare-raw"],
+    "stream": ["benchmark", "--scenario", "stream", "--requests", "40", "--compare-raw"],
     "loadtest": ["loadtest", "--rate", "200/s", "--duration", "1s", "--threshold", "p99<1s"],
 }  # fmt: skip
 
@@ -104,6 +118,8 @@ def test_every_scenarios_report_validates_against_the_benchmark_schema(reports: 
         ("noop", "latency", "memory", "noop"), ("app", "closed", "memory", "noop"),
         ("llm-chat", "closed", "memory", "llm"), ("llm-embed", "closed", "memory", "llm"),
         ("overload", None, "memory", "overload"), ("noop", "latency", "kafka", "kafka"),
+        ("tools", "closed", "memory", "tools"), ("mcp", "closed", "memory", "mcp"),
+        ("stream", "closed", "memory", "stream"),
     }  # fmt: skip
 
 
@@ -202,6 +218,7 @@ def test_run_executes_the_plan_with_its_server_and_writes_the_page(tmp_path: Pat
 def test_every_report_key_is_documented() -> None:
     doc = (ROOT / "docs" / "benchmarking.md").read_text()
     section = doc[doc.index("## The JSON report") : doc.index("## LLM scenarios")]
-    for struct in (Report, Run, NoopDetails, LLMDetails, KafkaDetails, OverloadDetails):
+    for struct in (Report, Run, NoopDetails, LLMDetails, KafkaDetails, OverloadDetails, ToolsDetails, MCPDetails,
+                   StreamDetails):  # fmt: skip
         for name in struct.__struct_fields__:
             assert f"`{name}`" in section, f"{struct.__name__}.{name} is not in docs/benchmarking.md's report section"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -16,10 +17,13 @@ from agentflow.config import (
     DlqConfig,
     KafkaConfig,
     LLMConfig,
+    MCPConfig,
     MonitoringConfig,
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    ToolBreakerConfig,
+    ToolConfig,
     config_from_dict,
     load_config,
 )
@@ -96,7 +100,14 @@ def test_shipped_file_lists_every_key() -> None:
 
 def test_docs_mention_every_key() -> None:
     docs = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    structs: dict[str, type[msgspec.Struct]] = {**SECTIONS, "agents.NAME": AgentConfig, "llm.NAME": LLMConfig}
+    structs: dict[str, type[msgspec.Struct]] = {
+        **SECTIONS,
+        "agents.NAME": AgentConfig,
+        "llm.NAME": LLMConfig,
+        "tools.NAME": ToolConfig,
+        "mcp.NAME": MCPConfig,
+        "tools.NAME.breaker": ToolBreakerConfig,
+    }
     for name, struct in structs.items():
         for field in struct.__struct_fields__:
             assert f"`{field}`" in docs, f"{name}.{field}"
@@ -263,7 +274,7 @@ def test_unknown_section_suggests_closest(write_toml: WriteToml) -> None:
     error = config_error(path)
     assert str(error) == (
         f"{path}: unknown key 'runnr'; did you mean 'runner'? Valid keys at the top level: agents, bus, dlq, "
-        "kafka, llm, monitoring, retry, runner. Rename or remove the key."
+        "kafka, llm, mcp, monitoring, retry, runner, tools. Rename or remove the key."
     )
     assert (error.source, error.key) == (str(path), "runnr")
 
@@ -425,3 +436,63 @@ def test_msgspec_messages_are_translated() -> None:
         "f.toml: key '(top level)' is invalid: object contains unknown field x. Fix the value or remove the "
         "key to use the default."
     )
+
+
+# --- [tools.NAME] and [mcp.NAME] ----------------------------------------------------------------------------
+
+
+def test_commented_examples_of_the_shipped_file_load() -> None:
+    # The shipped file's commented tables ([agents.NAME], [tools.NAME], [mcp.NAME] ...), uncommented, are valid.
+    lines = SHIPPED.read_text(encoding="utf-8").splitlines()
+    body = "\n".join(line[2:] for line in lines if re.match(r"# (\[|[a-z_]+ = )", line))
+    config = config_from_dict(tomllib.loads(body))
+    assert config.tools["get_weather"].concurrency == 8
+    assert config.mcp["files"].env == {"ROOT": "/srv/data", "API_KEY_env": "FILES_API_KEY"}
+    assert config.mcp["search"].headers == {"Authorization_env": "SEARCH_TOKEN"}
+    assert config.agent("summarize").tools == ("get_weather", "search.*")
+
+
+def test_tool_and_mcp_tables_load(write_toml: WriteToml) -> None:
+    path = write_toml(
+        '[tools."search.web"]\nidempotent = true\nretry = { max_attempts = 2 }\nbreaker = { minimum_calls = 4 }\n'
+        '[mcp.search]\ntransport = "http"\nreplicas = ["http://a/mcp", "http://b/mcp"]\n'
+        'headers = { Authorization_env = "T" }\n[agents.answer]\ntools = ["search.*"]\nmax_parallel_tools = 2\n'
+    )
+    config = load_config(path, env={"AGENTFLOW__MCP__SEARCH__CALL_TIMEOUT_S": "5"})
+    web = config.tools["search.web"]
+    assert web.idempotent is True and web.retry == RetryConfig(max_attempts=2)
+    assert web.breaker == ToolBreakerConfig(minimum_calls=4)
+    assert config.mcp["search"].replica_targets() == ("http://a/mcp", "http://b/mcp")
+    assert config.mcp["search"].call_timeout_s == 5.0
+    assert config.agent("answer") == AgentConfig(tools=("search.*",), max_parallel_tools=2)
+
+
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        ("[tools.t]\ntimeout = 1\n", "unknown key 'tools.t.timeout'; did you mean 'tools.t.timeout_s'?"),
+        ("[tools.t]\nmax_result_bytes = 10\n", "key 'tools.t.max_result_bytes' expected an integer >= 64"),
+        ("[tools.t.breaker]\nfailure_rate = 0.5\n", "did you mean 'tools.t.breaker.failure_rate_threshold'?"),
+        ('[mcp.s]\ntransport = "ws"\n', 'key \'mcp.s.transport\' expected one of "stdio", "http"'),
+        ('[mcp.s]\ntransport = "stdio"\n', '[mcp.s]: an MCP server with transport = "stdio" needs command'),
+        ('[mcp.s]\ntransport = "http"\nurl = "http://x"\nisolate = true\n', "which needs affinity"),
+        ('[mcp.s]\ntransport = "http"\nurl = "http://x"\nheaders = { A = 1 }\n', "key 'mcp.s.headers' expected"),
+        ("[agents.a]\nmax_parallel_tools = 0\n", "key 'agents.a.max_parallel_tools' expected an integer >= 1"),
+    ],
+)
+def test_bad_tool_and_mcp_keys_get_the_usual_sentence(write_toml: WriteToml, toml: str, says: str) -> None:
+    path = write_toml(toml)
+    message = str(config_error(path))
+    assert message.startswith(f"{path}: ") and says in message
+
+
+def test_the_tool_breaker_table_mirrors_the_resilience_breaker_config() -> None:
+    # config is layer L1 and cannot import resilience/: its breaker table must not drift from BreakerConfig.
+    from agentflow.resilience import BreakerConfig
+    from agentflow.tools.config import breaker_config
+
+    assert ToolBreakerConfig.__struct_fields__ == BreakerConfig.__struct_fields__
+    assert msgspec.structs.asdict(ToolBreakerConfig()) == msgspec.structs.asdict(BreakerConfig())
+    assert breaker_config(ToolBreakerConfig(minimum_calls=3), where="tools.t.breaker") == BreakerConfig(minimum_calls=3)
+    with pytest.raises(ConfigError, match=r"^\[tools.t.breaker\]: Invalid BreakerConfig: open_wait_s"):
+        breaker_config(ToolBreakerConfig(open_wait_s=10, max_open_wait_s=1), where="tools.t.breaker")

@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from agentflow import Context, Event, RequestTimeoutError
-from agentflow._deadlines import Deadlines
+from agentflow._deadlines import Deadlines, TimedTask, expire_task
 
 if TYPE_CHECKING:
     from conftest import RunnerFactory
@@ -43,6 +43,64 @@ async def test_other_timeouts_get_their_own_timer_and_close_cancels_everything()
     assert expired == ["short:0.01"]
     d.close()
     assert len(d) == 0 and d._timer is None
+
+
+async def _bounded(deadlines: Deadlines, timeout_s: float, work: asyncio.Future[None] | None = None) -> str:
+    """What a bounded wait ends with: "done", "timeout" (our timer) or a CancelledError from outside."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    timed = TimedTask(task)
+    deadlines.add(loop, timed, None, timeout_s)
+    try:
+        await (work if work is not None else asyncio.sleep(10))
+    except asyncio.CancelledError:
+        if timed.timed_out():
+            return "timeout"
+        raise
+    else:
+        timed.settle()
+        return "done"
+    finally:
+        deadlines.discard(timed)
+
+
+async def test_a_timed_task_tells_its_timer_from_a_cancellation_from_outside() -> None:
+    # The one helper behind the LLM client's request timer and every tool's timeout.
+    deadlines = Deadlines(0.02, expire_task)
+    assert await _bounded(deadlines, 0.02) == "timeout"
+    assert await _bounded(deadlines, 0.05) == "timeout"  # a timeout of its own: its own timer, same rule
+    task = asyncio.create_task(_bounded(deadlines, 5.0))
+    await asyncio.sleep(0.01)
+    task.cancel()  # from outside: propagates untouched
+    try:
+        await task
+        raise AssertionError("the cancellation was swallowed")
+    except asyncio.CancelledError:
+        pass
+    assert len(deadlines) == 0
+
+
+async def test_a_timed_task_that_swallowed_the_timers_cancellation_takes_it_back() -> None:
+    deadlines = Deadlines(0.01, expire_task)
+    loop = asyncio.get_running_loop()
+
+    async def stubborn() -> tuple[str, int]:
+        fut: asyncio.Future[None] = loop.create_future()
+        loop.call_later(0.03, fut.set_result, None)
+        task = asyncio.current_task()
+        assert task is not None
+        timed = TimedTask(task)
+        deadlines.add(loop, timed, None, 0.01)
+        try:
+            await asyncio.shield(fut)  # the timer's cancellation lands here ...
+        except asyncio.CancelledError:
+            await fut  # ... and the work finishes anyway
+        timed.settle()
+        deadlines.discard(timed)
+        return "done", task.cancelling()
+
+    assert await asyncio.create_task(stubborn()) == ("done", 0)
 
 
 async def test_runner_requests_time_out_with_the_default_and_with_their_own(make_runner: RunnerFactory) -> None:

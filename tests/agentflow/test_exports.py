@@ -34,6 +34,7 @@ INTERNAL = {
     "agentflow.agents.batch": {"BatchAgentWorker", "BatchHandler"},
     "agentflow.agents.context": {"ContextOwner"},
     "agentflow.agents.failures": {"FailurePath"},
+    "agentflow.agents.loop": {"DEFAULT_MAX_TURNS", "ConversationLike", "run_agent"},  # reached as ctx.llm.run
     "agentflow.agents.spec": {"AgentSpec", "Handler", "Host"},
     "agentflow.agents.worker": {"AgentWorker"},
     "agentflow.bus": {"Item"},  # a type alias of the bus contract, for bus implementers
@@ -93,7 +94,7 @@ INTERNAL = {
     # what MockLLMServer answers; users reach it through the server (agentflow.testing.MockLLM)
     "agentflow.llm.mock_script": {"Reply", "chat_chunks", "chat_reply", "completion_chunks", "text_of", "tokens"},
     "agentflow.llm.tokens": {"estimate_tokens", "split_tokens"},
-    "agentflow.llm.transport": {"USER_AGENT", "Call", "ConnectionPool"},
+    "agentflow.llm.transport": {"USER_AGENT", "ConnectionPool"},
     "agentflow.state": set(_STATE_API),
     "agentflow.state.base": {
         "APPLIED",
@@ -118,44 +119,19 @@ INTERNAL = {
     # optional dependency (redis): importing agentflow must not import it; create_backend builds the backend
     "agentflow.state.redis": {"RedisBackend"},
     "agentflow.state.sqlite": {"SQLiteBackend"},
-    # The tool layer stands apart until the Runner wires it in (ctx.tools, @runner.tool, ctx.llm.run).
+    # helpers of the tool layer: the loop detector's signatures, the wire names, the defaults and outcome enum
     "agentflow.tools": {
         "DEFAULT_MAX_PARALLEL_TOOLS",
-        "FunctionTool",
-        "LoopDetector",
-        "LoopVerdict",
-        "MCPConfig",
         "OUTCOMES",
-        "Tool",
-        "ToolBox",
-        "ToolConfig",
-        "ToolRegistry",
-        "ToolResult",
-        "ToolSet",
-        "ToolStatistics",
         "call_signature",
-        "tool",
         "turn_signature",
         "wire_name",
     },
-    "agentflow.tools.config": {
-        "DEFAULT_MAX_RESULT_BYTES",
-        "DEFAULT_TOOL_TIMEOUT_S",
-        "MCPConfig",
-        "ToolConfig",
-        "resolve_env_keys",
-    },
-    "agentflow.tools.loops": {
-        "DEFAULT_LOOP_THRESHOLD",
-        "LoopDetector",
-        "LoopVerdict",
-        "call_signature",
-        "turn_signature",
-    },
-    "agentflow.tools.base": {"OUTCOMES", "Outcome", "Tool", "ToolResult", "ToolStatistics"},
-    "agentflow.tools.function": {"FunctionTool", "tool"},
-    "agentflow.tools.registry": {"ToolRegistry"},
-    "agentflow.tools.toolbox": {"DEFAULT_MAX_PARALLEL_TOOLS", "ToolBox", "ToolSet", "unknown_tool_result", "wire_name"},
+    "agentflow.tools.config": {"breaker_config", "resolve_env_keys"},  # what the tool layer makes of the config
+    "agentflow.tools.loops": {"DEFAULT_LOOP_THRESHOLD", "call_parts", "call_signature", "turn_signature"},
+    "agentflow.tools.base": {"OUTCOMES", "Outcome"},
+    "agentflow.tools.metrics": {"LOOP_ACTIONS", "RUN_OUTCOMES", "AgentToolMetrics", "ToolMetrics"},  # the runner's
+    "agentflow.tools.toolbox": {"DEFAULT_MAX_PARALLEL_TOOLS", "unknown_tool_result", "wire_name"},
     # optional dependency (mcp): importing agentflow must not import it; the Runner starts MCPHub from [mcp.*]
     "agentflow.tools.mcp": {"MCPHub", "MCPPool", "MCPPoolStatistics", "MCPTool", "ReplicaStatistics"},
 }

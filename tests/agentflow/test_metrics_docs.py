@@ -1,17 +1,23 @@
 """docs/metrics.md and the metrics a runner renders cannot drift apart.
 
 A small runner (an agent that succeeds and emits a follow-up past ``max_workflow_depth``, one that fails once
-then succeeds, one that always fails with ``max_attempts=1``) renders its metrics; every family it renders must
-be documented, with its labels, and every metric the page names must be rendered.
+then succeeds, one that always fails with ``max_attempts=1``, and one that runs the agent loop with a Python tool
+and an MCP server's tool until loop detection stops it) renders its metrics; every family it renders must be
+documented, with its labels, and every metric the page names must be rendered. The LLM layer's families are
+documented in docs/llm.md instead, and checked against it in tests/agentflow/llm/test_llm_runner.py.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from conftest import REPO_ROOT
+from mcp_helpers import SERVER
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,8 +30,10 @@ from agentflow import (
     RetryBudget,
     Runner,
     RunnerStatistics,
+    ToolLoopError,
     config_from_dict,
 )
+from agentflow.testing import MockLLM
 
 DOC = REPO_ROOT / "docs" / "metrics.md"
 
@@ -70,13 +78,29 @@ def doc() -> str:
     return DOC.read_text(encoding="utf-8")
 
 
-@pytest.fixture
-async def rendered() -> AsyncIterator[Rendered]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def rendered(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rendered]:
+    async with MockLLM() as llm:
+        async for r in _rendered(llm, tmp_path_factory.mktemp("mcp")):
+            yield r
+
+
+async def _rendered(llm: MockLLM, stats: Path) -> AsyncIterator[Rendered]:
     config = config_from_dict(
         {
             "runner": {"max_workflow_depth": 0},
             "retry": {"max_attempts": 3, "initial_backoff_s": 0.0, "jitter_s": 0.0},
             "agents": {"broken": {"retry": {"max_attempts": 1}}},
+            "llm": {"mock": {"base_url": llm.url, "default_model": "m"}},
+            "mcp": {
+                "ctr": {
+                    "transport": "stdio",
+                    "command": sys.executable,
+                    "args": [SERVER, "stdio"],
+                    "env": {"STATS_DIR": str(stats)},
+                    "tools": ["echo"],
+                }
+            },
         }
     )
     runner = Runner(config)
@@ -93,6 +117,19 @@ async def rendered() -> AsyncIterator[Rendered]:
     @runner.agent("broken")
     async def broken(event: Event, ctx: Context) -> None:
         raise ValueError("always fails")
+
+    @runner.tool
+    async def lookup(q: str) -> str:
+        """Looks q up."""
+        return "nothing"
+
+    @runner.agent("tools", tools=["lookup", "ctr.*"])
+    async def tooler(event: Event, ctx: Context) -> None:
+        loop = '[[loop lookup {"q": "x"}]] [[loop ctr__echo {"text": "y"}]] [[loop missing]]'
+        try:  # warned at the third identical turn, stopped at the fourth
+            await ctx.llm.run([{"role": "user", "content": loop}], tools=ctx.tools)
+        except ToolLoopError:
+            pass
 
     # One of each resilience part on the runner's metrics, so their families are rendered too.
     breaker = CircuitBreaker("provider/model", metrics=runner.metrics)
@@ -116,6 +153,7 @@ async def rendered() -> AsyncIterator[Rendered]:
         await runner.emit_many("ok", [1, 2])
         await runner.emit("flaky", 1)
         await runner.emit("broken", 1)
+        await runner.emit("tools", 1)
         await runner.emit("nobody-reads-this", 1)  # dropped by the memory bus as unrouted
         await runner.drain(timeout_s=5.0)
         yield Rendered(runner.metrics.render().decode(), runner.statistics())
@@ -131,12 +169,20 @@ def test_the_run_renders_every_kind_of_sample(rendered: Rendered) -> None:
     depth = rendered.values("agentflow_events_dead_lettered_total", agent="steady")
     assert depth == {("steady", "depth_exceeded"): 2.0}
     assert {f.type for f in rendered.families} == {"counter", "histogram", "gauge"}
+    loops = rendered.values("agentflow_tool_loops_total", agent="tooler")
+    assert loops == {("warned", "tooler"): 1.0, ("stopped", "tooler"): 1.0}  # labels as rendered: action, agent
+    assert rendered.values("agentflow_tool_calls_total", tool="ctr.echo", outcome="ok") == {("ok", "ctr.echo"): 3.0}
+    assert rendered.values("agentflow_mcp_sessions", server="ctr", state="ready") == {("ctr", "ready"): 1.0}
+
+
+def documented_here(family: Metric) -> bool:
+    return not family.name.startswith("agentflow_llm_")  # docs/llm.md lists those
 
 
 def test_every_rendered_family_is_documented_with_its_labels(rendered: Rendered, doc: str) -> None:
     section = doc.split("\n## Every metric\n", 1)[1].split("\n## ", 1)[0]
     rows = {name: set(re.findall(r"`(\w+)`", labels)) for name, labels in _ROW.findall(section)}
-    for family in rendered.families:
+    for family in filter(documented_here, rendered.families):
         name = rendered.documented_name(family)
         assert family.name.startswith(("agentflow_", "process_")), f"{name} is not in the agentflow_ namespace"
         assert f"`{name}`" in doc, f"docs/metrics.md does not document {name}; add it to a table there"
@@ -154,7 +200,7 @@ def test_every_documented_metric_is_rendered(rendered: Rendered, doc: str) -> No
 def test_every_rendered_enum_value_is_documented(rendered: Rendered, doc: str) -> None:
     values = {
         (label, value)
-        for f in rendered.families
+        for f in filter(documented_here, rendered.families)
         for s in f.samples
         for label, value in s.labels.items()
         if label in _ENUM_LABELS
@@ -191,7 +237,7 @@ def test_statistics_agree_with_the_metrics(rendered: Rendered) -> None:
     success = sum(rendered.values("agentflow_events_handled_total", outcome="success").values())
     dead = sum(rendered.values("agentflow_events_handled_total", outcome="dead_lettered").values())
     failures = sum(rendered.values("agentflow_handler_failures_total").values())
-    assert (stats.emitted, stats.handled, stats.dead_lettered) == (emitted, success, dead) == (5, 3, 1)
+    assert (stats.emitted, stats.handled, stats.dead_lettered) == (emitted, success, dead) == (6, 4, 1)
     unrouted = rendered.values("agentflow_events_unrouted_total")
     assert unrouted == {("nobody-reads-this",): 1.0} and stats.bus.unrouted == 1
     assert stats.pool.failed == failures == 2

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+from ...config import MCPConfig
 from ...errors import LifecycleError
 from ...metrics import Metrics
-from ..config import MCPConfig
 from ..registry import ToolRegistry
 from ._pool import MCPPool, MCPPoolStatistics
 

@@ -16,10 +16,11 @@ import msgspec
 from mcp.shared.exceptions import MCPError as SDKError
 from pydantic import ValidationError
 
+from ...config import MCPConfig
 from ...errors import CircuitOpenError, ConfigError, LifecycleError, MCPError, MCPUnavailableError
 from ...metrics import Metrics
 from ...resilience.breaker import CircuitBreaker
-from ..config import MCPConfig, resolve_env_keys
+from ..config import breaker_config, resolve_env_keys
 from ..registry import ToolRegistry
 from ._session import _describe, _is_failure, _list_all, _Replica, _Session
 from ._tool import MCPTool
@@ -65,6 +66,13 @@ class MCPPoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
     replicas: tuple[ReplicaStatistics, ...]
 
 
+class _Lost(msgspec.Struct, frozen=True):
+    """A try whose session or replica failed under it: whether the request may have reached the server."""
+
+    sent: bool
+    reason: str
+
+
 class MCPPool:
     """The session pool of one ``[mcp.NAME]`` server and its tools; see the module docstring.
 
@@ -94,10 +102,9 @@ class MCPPool:
         self._env_values = resolve_env_keys(config.env, env, where=f"mcp.{name}.env")
         self._state = "created"
         self._closing = False
+        breaker = breaker_config(config.breaker, where=f"mcp.{name}.breaker")
         self._replicas = [
-            _Replica(
-                i, target, CircuitBreaker(f"mcp:{name}/{i}", config.breaker, is_failure=_is_failure, metrics=metrics)
-            )
+            _Replica(i, target, CircuitBreaker(f"mcp:{name}/{i}", breaker, is_failure=_is_failure, metrics=metrics))
             for i, target in enumerate(config.replica_targets())
         ]
         self._sessions: list[_Session] = []
@@ -245,7 +252,7 @@ class MCPPool:
 
     # ---- calls --------------------------------------------------------------------------------------------
 
-    async def call(  # noqa: C901 - one loop decides, per kind of failure, between failover and an answer
+    async def call(
         self,
         tool: str,
         arguments: dict[str, Any] | None = None,
@@ -266,81 +273,84 @@ class MCPPool:
         while True:
             attempts -= 1
             s, permit = await self._acquire(affinity, tried)
-            client = s.client
-            assert client is not None
-            s.in_flight += 1
-            try:
-                result = await client.call_tool(tool, arguments)
-            except SDKError as exc:
-                code = exc.code
-                if code == NOT_SENT or code == mcp_types.INVALID_REQUEST:
-                    # Never reached the server, or the server no longer knew the session: it did not run.
-                    sent = False
-                    if code == NOT_SENT:
-                        s.replica.mark_down(self)
-                elif code == mcp_types.CONNECTION_CLOSED:
-                    sent = True
-                else:  # the server answered with an error of its own: a fine answer for the breaker
-                    permit.success()
-                    self._failed += 1
-                    raise MCPError(
-                        f"MCP server {self.name!r} refused the call to {tool!r}: {exc.message} (code {code}).",
-                        tool=tool,
-                        server=self.name,
-                    ) from None
-                permit.failure(exc)
-                s.fail(_describe(exc))
-                tried.add(s.replica.index)
-                if (sent and not idempotent) or attempts <= 0:
-                    self._failed += 1
-                    if sent:
-                        raise MCPError(
-                            f"The session to MCP server {self.name!r} broke while the call to {tool!r} was in flight, "
-                            "so it may or may not have run; it was not retried because the tool is not idempotent.",
-                            tool=tool,
-                            server=self.name,
-                        ) from None
-                    raise MCPUnavailableError(
-                        f"MCP server {self.name!r} could not be reached for the call to {tool!r}; {_describe(exc)}.",
-                        tool=tool,
-                        server=self.name,
-                    ) from None
-                self._failovers += 1
-                if len(tried) >= len(self._replicas):
-                    tried.clear()  # every replica failed once: wait for any to come back
-                continue
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-                permit.failure(exc)
-                s.fail("its streams are closed")
-                tried.add(s.replica.index)
-                if attempts <= 0:
-                    self._failed += 1
-                    raise MCPUnavailableError(
-                        f"MCP server {self.name!r} could not be reached for the call to {tool!r}.",
-                        tool=tool,
-                        server=self.name,
-                    ) from None
-                self._failovers += 1
-                continue
-            except (ValidationError, RuntimeError) as exc:
-                permit.success()
+            outcome = await self._attempt(s, permit, tool, arguments)
+            if not isinstance(outcome, _Lost):
+                return outcome
+            tried.add(s.replica.index)
+            if (outcome.sent and not idempotent) or attempts <= 0:
+                self._failed += 1
+                raise self._lost(tool, outcome)
+            self._failovers += 1  # not sent, or safe to send again: another replica
+            if len(tried) >= len(self._replicas):
+                tried.clear()  # every replica failed once: wait for any to come back
+
+    async def _attempt(
+        self, s: _Session, permit: Any, tool: str, arguments: dict[str, Any] | None
+    ) -> mcp_types.CallToolResult | _Lost:
+        """One try on session ``s``: the result, or what was lost when the session or replica failed under it.
+
+        Raises :class:`MCPError` for an answer the caller must see (the server refused the call, or answered
+        with something unusable); those count as fine answers for the replica's breaker.
+        """
+        client = s.client
+        assert client is not None
+        s.in_flight += 1
+        try:
+            result = await client.call_tool(tool, arguments)
+        except SDKError as exc:
+            code = exc.code
+            if code not in (NOT_SENT, mcp_types.INVALID_REQUEST, mcp_types.CONNECTION_CLOSED):
+                permit.success()  # the server answered with an error of its own
                 self._failed += 1
                 raise MCPError(
-                    f"MCP server {self.name!r} answered the call to {tool!r} with a result agentflow cannot use: "
-                    f"{_describe(exc)}",
+                    f"MCP server {self.name!r} refused the call to {tool!r}: {exc.message} (code {code}).",
                     tool=tool,
                     server=self.name,
                 ) from None
-            except BaseException:
-                permit.cancel()  # cancelled (a timeout of the tool, or shutdown): no outcome to count
-                raise
-            else:
-                permit.success()
-                return result
-            finally:
-                s.in_flight -= 1
-                if self._waiters:
-                    self._notify()
+            if code == NOT_SENT:
+                s.replica.mark_down(self)
+            permit.failure(exc)
+            s.fail(_describe(exc))
+            # Never reached the server, or the server no longer knew the session: it did not run. A connection
+            # that closed under the request may have run it.
+            return _Lost(sent=code == mcp_types.CONNECTION_CLOSED, reason=_describe(exc))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            permit.failure(exc)  # the session's streams were closed before the request could be written
+            s.fail("its streams are closed")
+            return _Lost(sent=False, reason="its session's streams were closed")
+        except (ValidationError, RuntimeError) as exc:
+            permit.success()
+            self._failed += 1
+            raise MCPError(
+                f"MCP server {self.name!r} answered the call to {tool!r} with a result agentflow cannot use: "
+                f"{_describe(exc)}",
+                tool=tool,
+                server=self.name,
+            ) from None
+        except BaseException:
+            permit.cancel()  # cancelled (a timeout of the tool, or shutdown): no outcome to count
+            raise
+        else:
+            permit.success()
+            return result
+        finally:
+            s.in_flight -= 1
+            if self._waiters:
+                self._notify()
+
+    def _lost(self, tool: str, lost: _Lost) -> MCPError:
+        if lost.sent:
+            return MCPError(
+                f"The session to MCP server {self.name!r} broke while the call to {tool!r} was in flight, so it may "
+                "or may not have run; it was not retried because the tool is not idempotent.",
+                tool=tool,
+                server=self.name,
+            )
+        return MCPUnavailableError(
+            f"MCP server {self.name!r} could not be reached for the call to {tool!r}; {lost.reason}.",
+            tool=tool,
+            server=self.name,
+        )
 
     async def _acquire(self, affinity: str | None, tried: set[int]) -> tuple[_Session, Any]:
         loop = asyncio.get_running_loop()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, TextIO, cast
 
 import anyio
 import httpx2
@@ -14,7 +16,7 @@ import mcp.types as mcp_types
 from mcp import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from ..config import MCPConfig
+from ...config import MCPConfig
 
 #: JSON-RPC error code (implementation-defined range) of a request that never left this process.
 NOT_SENT: Final = -32099
@@ -97,6 +99,20 @@ class _WatchedStream:
         await self.aclose()
 
 
+def _child_stderr() -> TextIO:
+    """Where a stdio server's stderr goes: this process's stderr when it is a real file (the SDK's default is
+    whatever ``sys.stderr`` was when it was imported, which an embedding application or a test runner may have
+    replaced by an object without a file descriptor), else nowhere."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.fileno()
+                return stream
+        except (AttributeError, OSError, ValueError):
+            continue
+    return cast(TextIO, subprocess.DEVNULL)  # the process API takes the constant where it takes a file
+
+
 @asynccontextmanager
 async def open_transport(
     cfg: MCPConfig, target: str, headers: Mapping[str, str], env: Mapping[str, str]
@@ -104,7 +120,7 @@ async def open_transport(
     """The (read, write) streams of one new session to ``target``; closed (process stopped) on exit."""
     if cfg.transport == "stdio":
         params = StdioServerParameters(command=cfg.command, args=list(cfg.args), env=dict(env) or None, cwd=cfg.cwd)
-        async with stdio_client(params) as streams:
+        async with stdio_client(params, errlog=_child_stderr()) as streams:
             yield streams
     else:
         timeout = httpx2.Timeout(cfg.connect_timeout_s, read=300.0)

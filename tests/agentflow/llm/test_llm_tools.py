@@ -110,6 +110,21 @@ async def test_doom_loop_directive_asks_for_the_same_call_every_turn(
     assert len({s[0] for s in seen}) == 4  # fresh ids every turn, as a model would send
 
 
+async def test_loop_directives_rotate_and_may_number_their_turns(client: tuple[MockLLMServer, ProviderClient]) -> None:
+    _, c = client
+    messages: list[Any] = [user('Go. [[loop a {"x": 1}]] [[loop b {"page": $turn}]]')]
+    turns = []
+    for _ in range(3):
+        reply = await c.chat(messages, tools=[{"type": "function", "function": {"name": n}} for n in "ab"])
+        turns.append([(call.name, call.arguments) for call in reply.tool_calls])
+        messages += [reply.message, *(call.result("ok") for call in reply.tool_calls)]
+    assert turns == [
+        [("a", {"x": 1}), ("b", {"page": 1})],
+        [("b", {"page": 2}), ("a", {"x": 1})],
+        [("a", {"x": 1}), ("b", {"page": 3})],
+    ]
+
+
 async def test_tool_choice(client: tuple[MockLLMServer, ProviderClient]) -> None:
     _, c = client
     ask = [user("[[call get_weather {}]]")]

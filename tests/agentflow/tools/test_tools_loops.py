@@ -86,3 +86,16 @@ def test_the_threshold_must_allow_a_repeat() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         LoopDetector(threshold=1)
     assert repr(LoopDetector()) == "<LoopDetector threshold=3 repeats=0 warnings=0 detections=0>"
+
+
+def test_two_different_malformed_arguments_are_two_different_calls() -> None:
+    # ToolCall keeps arguments that are not a JSON object as None and the text in arguments_raw: the text counts.
+    from agentflow import ToolCall
+
+    first = ToolCall.decode("c1", "search", '{"q": "agentfl')
+    second = ToolCall.decode("c2", "search", '{"q": "agentflo')
+    assert first.arguments is None and second.arguments is None
+    assert turn_signature([first]) != turn_signature([second])
+    detector = LoopDetector(threshold=2)
+    for call in (first, second, first, second):
+        assert detector.observe([call]).repeats == 1

@@ -8,106 +8,25 @@ pool, and over streamable HTTP on 127.0.0.1, started here. Each writes the reque
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from conftest import REPO_ROOT
+from mcp_helpers import SERVER, alive, server_stats, stdio_config
 
 from agentflow.errors import ConfigError, LifecycleError, MCPUnavailableError
 from agentflow.tools import MCPConfig, ToolBox, ToolConfig, ToolRegistry
 from agentflow.tools.mcp import MCPHub, MCPPool
 
-SERVER = str(REPO_ROOT / "tests" / "mcp_servers" / "counter_server.py")
-
 pytestmark = pytest.mark.slow
-
-
-class HTTPServer:
-    """One counter server process on 127.0.0.1 speaking streamable HTTP."""
-
-    def __init__(self, stats: Path, env: dict[str, str] | None = None) -> None:
-        self.stats = stats
-        self.env = env or {}
-        self.port = 0
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> HTTPServer:
-        env = {**os.environ, "STATS_DIR": str(self.stats), **self.env}
-        self.proc = subprocess.Popen(
-            [sys.executable, SERVER, "http", str(self.port)], stdout=subprocess.PIPE, text=True, env=env
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "PORT <n>" once it listens
-        assert line.startswith("PORT "), f"the MCP test server did not start: {line!r}"
-        self.port = int(line.split()[1])
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(10)
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-
-
-@pytest.fixture
-def stats_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "stats"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def http_servers(stats_dir: Path) -> Iterator[Callable[..., HTTPServer]]:
-    made: list[HTTPServer] = []
-
-    def make(env: dict[str, str] | None = None) -> HTTPServer:
-        server = HTTPServer(stats_dir, env).start()
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.kill()
-
-
-def server_stats(stats_dir: Path) -> dict[int, dict[str, int]]:
-    out: dict[int, dict[str, int]] = {}
-    for f in stats_dir.glob("*.json"):
-        data = json.loads(f.read_text())
-        out[data["pid"]] = data["methods"]
-    return out
-
-
-def stdio_config(stats_dir: Path, **kw: Any) -> MCPConfig:
-    return MCPConfig(
-        transport="stdio", command=sys.executable, args=(SERVER, "stdio"), env={"STATS_DIR": str(stats_dir)}, **kw
-    )
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists, zombies included: a zombie is a child nobody reaped."""
-    return Path(f"/proc/{pid}").exists()
 
 
 async def eventually(check: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
@@ -510,3 +429,25 @@ def test_mcp_config_errors_are_sentences(data: dict[str, Any], says: str) -> Non
 async def test_pool_names_must_fit_tool_names() -> None:
     with pytest.raises(ConfigError, match="may only use letters"):
         MCPPool("my.server", MCPConfig(transport="http", url="http://x/mcp"))
+
+
+def test_a_stdio_server_starts_when_stderr_is_not_a_file(stats_dir: Path) -> None:
+    # An application (or agentcli under a test runner) may replace sys.stderr with an object that has no file
+    # descriptor before the SDK is first imported; the server's stderr must then go elsewhere, not crash the start.
+    script = f"""
+import asyncio, io, sys
+sys.stderr = io.StringIO()
+from agentflow.tools import MCPConfig, ToolBox, ToolRegistry
+from agentflow.tools.mcp import MCPPool
+
+async def main():
+    registry = ToolRegistry()
+    cfg = MCPConfig(transport="stdio", command=sys.executable, args=({SERVER!r}, "stdio"))
+    async with MCPPool("ctr", cfg, registry=registry):
+        print((await ToolBox(registry).call("ctr.add", {{"a": 1, "b": 2}})).content)
+
+asyncio.run(main())
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == '{"result":3}'
