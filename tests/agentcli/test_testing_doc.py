@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "testing.md"
-_BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)
+_BLOCK = re.compile(r"```(\w+)[^\n]*\n(.*?)```", re.DOTALL)
 
 
 def test_the_testing_guide_runs_as_written(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from conftest import REPO_ROOT
 from kafka_broker import TEST_KAFKA_SETTINGS, TansuBroker, free_port
 
 TUTORIAL = REPO_ROOT / "docs" / "tutorial.md"
-_BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)
+_BLOCK = re.compile(r"```(\w+)[^\n]*\n(.*?)```", re.DOTALL)
 _STEP = re.compile(r"^## (\d+)\. (.+)$", re.MULTILINE)
 
 
