@@ -34,6 +34,9 @@ from .config import (
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    StateConfig,
+    WorkflowConfig,
+    WorkflowStepConfig,
     config_from_dict,
     load_config,
 )
@@ -53,6 +56,7 @@ from .errors import (
     EventError,
     EventTooLargeError,
     HandlerTimeoutError,
+    JoinTimeoutError,
     LifecycleError,
     LLMAuthError,
     LLMBadRequestError,
@@ -83,7 +87,11 @@ from .errors import (
     ToolLoopError,
     ToolTimeoutError,
     UnknownToolError,
+    WorkflowDeadlineError,
     WorkflowDepthError,
+    WorkflowError,
+    WorkflowFailedError,
+    WorkflowGraphError,
 )
 from .events import DeadLetter, Event, EventCodec, RawEvent, new_event_id
 from .hdr import HistogramStatistics, LatencyHistogram
@@ -119,6 +127,7 @@ from .resilience import (
 )
 from .runner import Runner
 from .scrub import scrub_secrets
+from .state import ConversationMemory, StateHandle, StateStore, StoreStatistics
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
 
 __version__ = "0.1.0"
@@ -126,6 +135,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentConfig",
     "AgentLLM",
+    "AgentSettings",
     "AgentStatistics",
     "AgentflowError",
     "BackpressureError",
@@ -153,6 +163,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Context",
+    "ConversationMemory",
     "CostRow",
     "CostTracker",
     "DeadLetter",
@@ -171,6 +182,7 @@ __all__ = [
     "FunctionCall",
     "HandlerTimeoutError",
     "HistogramStatistics",
+    "JoinTimeoutError",
     "KafkaConfig",
     "LLMAuthError",
     "LLMBadRequestError",
@@ -222,12 +234,16 @@ __all__ = [
     "RunnerStatistics",
     "ShutdownReport",
     "Skip",
+    "StateConfig",
     "StateConflictError",
     "StateDecodeError",
     "StateEncodeError",
     "StateError",
+    "StateHandle",
+    "StateStore",
     "StateTooLargeError",
     "StateUnavailableError",
+    "StoreStatistics",
     "StreamDelta",
     "Subscription",
     "SubscriptionStatistics",
@@ -243,7 +259,13 @@ __all__ = [
     "Usage",
     "WorkerPool",
     "WorkerPoolStatistics",
+    "WorkflowConfig",
+    "WorkflowDeadlineError",
     "WorkflowDepthError",
+    "WorkflowError",
+    "WorkflowFailedError",
+    "WorkflowGraphError",
+    "WorkflowStepConfig",
     "__version__",
     "config_from_dict",
     "create_bus",
@@ -256,6 +278,7 @@ __all__ = [
 # The LLM client and the mock server import aiohttp; `import agentflow` does not, until one of these is used.
 _LAZY = {
     "AgentLLM": "agentflow.llm.hub",
+    "AgentSettings": "agentflow.llm.hub",
     "ChatStream": "agentflow.llm.stream",
     "LLMHub": "agentflow.llm.hub",
     "ProviderClient": "agentflow.llm.client",

@@ -1,8 +1,11 @@
-"""The Runner: wires config, bus, pool, agents, metrics and the HTTP service, and owns their lifecycle.
+"""The Runner: wires config, bus, pool, agents, state, workflows, metrics and the HTTP service, and owns their
+lifecycle.
 
 Shutdown has one path (:meth:`Runner.aclose`, also run by ``async with``): stop intake → drain in-flight events
 for ``shutdown_grace_s`` → cancel the rest (their events go back to the bus, counted in ``returned``) → close
-subscriptions → stop background tasks → close the bus if the runner created it.
+subscriptions → stop background tasks → flush and close the state store → close the bus if the runner created
+it. The state store starts after the bus and closes after every handler has finished and before the bus: an
+event is acknowledged only once its state writes are committed (docs/state.md).
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ from .pool import WorkerPool
 from .requests import INBOX_PREFIX, PendingRequests, ReplySender, dead_lettered_error
 from .resilience.breaker import BreakerConfig, CircuitBreaker
 from .resilience.retry import RetryPolicy
+from .state.store import StateStore
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
 
 if TYPE_CHECKING:
     from .llm.hub import AgentLLM, LLMHub
+    from .llm.protocols import SharedCacheLike
 
 __all__ = ["Runner"]
 
@@ -113,6 +118,9 @@ class Runner:
         self._closing_done: asyncio.Event | None = None
         self._shutdown: ShutdownReport | None = None
         self._service: Any = None
+        #: The state behind ``ctx.state``, ``ctx.workflow_state`` and ``ctx.memory`` (``[memory]``); started after
+        #: the bus, closed after the handlers and before the bus.
+        self.state_store = StateStore(self.config.memory)
         #: The LLM providers of ``[llm.*]`` (None when there are none); opened in start, closed in aclose.
         self.llm: LLMHub | None = None
         if self.config.llm:
@@ -135,6 +143,10 @@ class Runner:
         payload: Any = None,
         batch_size: int | None = None,
         breaker: CircuitBreaker | BreakerConfig | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+        cache_ttl_s: float | None = None,
     ) -> Callable[[H], H]:
         """Register ``async def handler(event, ctx)`` for ``topic``; its return value answers ``request``.
 
@@ -149,6 +161,10 @@ class Runner:
         ``batch_size`` makes a batch agent: ``async def handler(events, ctx)`` gets a list of up to that many
         events already delivered (it never waits to fill one) and a
         :class:`~agentflow.agents.batch.BatchContext`; see :mod:`agentflow.agents.batch`.
+
+        ``provider``, ``model``, ``temperature`` and ``cache_ttl_s`` are what the agent's ``ctx.llm`` calls use
+        when they name none (``[agents.NAME]`` overrides them too): a cheap model for simple agents, a strong one
+        for hard ones.
         """
         if self._state is not RunnerState.CREATED:
             raise LifecycleError("Register agents before starting the Runner; it is already running.")
@@ -158,6 +174,10 @@ class Runner:
             raise ValueError("timeout_s must be greater than 0.")
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
+        if temperature is not None and not 0 <= temperature <= 2:
+            raise ValueError("temperature must be from 0 to 2.")
+        if cache_ttl_s is not None and cache_ttl_s <= 0:
+            raise ValueError("cache_ttl_s must be greater than 0.")
 
         def register(handler: H) -> H:
             if not inspect.iscoroutinefunction(cast(Any, handler)):
@@ -176,6 +196,10 @@ class Runner:
                 retry=retry,
                 payload_type=payload,
                 batch_size=batch_size,
+                provider=provider,
+                model=model,
+                temperature=temperature,
+                cache_ttl_s=cache_ttl_s,
             )
             return handler
 
@@ -222,7 +246,9 @@ class Runner:
                 )
         self._stack = contextlib.AsyncExitStack()
         await self.bus.start()
+        await self.state_store.start()
         if self.llm is not None:
+            self._configure_llm()
             await self.llm.start()
         n = max(1, len(self._specs))
         for spec in self._specs.values():
@@ -238,6 +264,8 @@ class Runner:
             max_inflight = max(1, cfg.runner.max_concurrent_events // n)
             concurrency = min(over.concurrency or spec.concurrency or cfg.runner.worker_pool_size, max_inflight)
             sub = await self.bus.subscribe(spec.topic, spec.name)
+            # Another worker may write the keys of partitions this one loses: its cache forgets them.
+            sub.set_rebalance_listener(self.state_store.invalidate)
             kind: Any = AgentWorker
             extra: dict[str, Any] = {}
             if spec.batch_size is not None:
@@ -343,6 +371,8 @@ class Runner:
             self._watchdog.cancel()
         if self._stack is not None:
             await self._stack.aclose()
+        # Every handler has finished by now: what the store still buffers belongs to events not acknowledged.
+        await self.state_store.aclose()
         await self._replies.aclose()
         if self._owns_bus:
             await self.bus.aclose()
@@ -549,6 +579,27 @@ class Runner:
             )
         return self.llm.for_agent(agent, None if event is None else event.correlation_id)
 
+    def _configure_llm(self) -> None:
+        """Give the LLM hub each agent's settings (``[agents.NAME]`` over ``@runner.agent(...)``), and the second
+        cache level when the state lives in Redis."""
+        from .llm.hub import AgentSettings
+
+        hub = self.llm
+        assert hub is not None
+        for spec in self._specs.values():
+            over = self.config.agent(spec.name)
+            settings = AgentSettings(
+                provider=over.provider or spec.provider,
+                model=over.model or spec.model,
+                temperature=over.temperature if over.temperature is not None else spec.temperature,
+                cache_ttl_s=over.cache_ttl_s or spec.cache_ttl_s,
+            )
+            if settings != AgentSettings():
+                hub.set_agent_settings(spec.name, settings)
+        shared = self.state_store.backend
+        if self.config.memory.backend == "redis" and hasattr(shared, "get_blob"):
+            hub.set_shared_cache(cast("SharedCacheLike", shared))
+
     def _reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None:
         reply_to = event.reply_to
         if reply_to != self._inbox:
@@ -570,11 +621,12 @@ class Runner:
         payloads: list[Any],
         key: str | None,
         headers: dict[str, str] | None,
+        start: int = 0,
     ) -> list[str]:
         if self._state is RunnerState.CLOSED:
             raise LifecycleError(self._state_sentence("emit"))
         depth = parent.depth + 1
-        events = make_events(topic, payloads, key, headers, parent.correlation_id, depth)
+        events = make_events(topic, payloads, key, headers, parent.correlation_id, depth, parent.id, start)
         limit = self.config.runner.max_workflow_depth
         if depth > limit:
             for ev in events:

@@ -11,6 +11,7 @@ from ..events import DeadLetter, Event
 
 if TYPE_CHECKING:
     from ..llm.hub import AgentLLM
+    from ..state.store import StateStore
     from .context import Context
 
 __all__ = ["AgentSpec", "Handler", "Host"]
@@ -19,7 +20,8 @@ Handler = Callable[[Event, "Context"], Awaitable[Any]]
 
 
 class Host(Protocol):
-    """What an agent needs from its runner: follow-up emits, the dead-letter queue, replies and the LLMs."""
+    """What an agent needs from its runner: follow-up emits, the dead-letter queue, replies, the LLMs and the
+    state store."""
 
     async def _emit_follow_up(
         self,
@@ -29,6 +31,7 @@ class Host(Protocol):
         payloads: list[Any],
         key: str | None,
         headers: dict[str, str] | None,
+        start: int = 0,
     ) -> list[str]: ...
 
     async def _dead_letter(self, letter: DeadLetter) -> None: ...
@@ -36,6 +39,9 @@ class Host(Protocol):
     def _reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None: ...
 
     def _llm_for(self, agent: str, event: Event | None) -> AgentLLM: ...
+
+    @property
+    def state_store(self) -> StateStore: ...
 
 
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,3 +55,8 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     retry: Any = None
     payload_type: Any = None
     batch_size: int | None = None
+    # ctx.llm defaults of this agent; [agents.NAME] overrides them.
+    provider: str | None = None
+    model: str | None = None
+    temperature: float | None = None
+    cache_ttl_s: float | None = None

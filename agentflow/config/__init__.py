@@ -1,8 +1,8 @@
 """Configuration (L1): frozen, typed msgspec Structs loaded from TOML, with environment overrides.
 
-``schema`` holds one Struct per TOML table (``[runner]``, ``[bus]``, ``[kafka]``, ``[llm.NAME]`` ...) and
-their defaults; ``loader`` reads a file and the environment into a :class:`Config` and names the key, the
-file and the fix when something is wrong (docs/configuration.md)::
+``schema`` holds one Struct per TOML table (``[runner]``, ``[bus]``, ``[kafka]``, ``[llm.NAME]``, ``[memory]``,
+``[workflows.NAME]`` ...) and their defaults; ``loader`` reads a file and the environment into a
+:class:`Config` and names the key, the file and the fix when something is wrong (docs/configuration.md)::
 
     config = load_config("config/agentflow.toml")
 """
@@ -25,6 +25,9 @@ from .schema import (
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    StateConfig,
+    WorkflowConfig,
+    WorkflowStepConfig,
 )
 
 __all__ = [
@@ -45,6 +48,9 @@ __all__ = [
     "RetryConfig",
     "RetryOverride",
     "RunnerConfig",
+    "StateConfig",
+    "WorkflowConfig",
+    "WorkflowStepConfig",
     "config_from_dict",
     "load_config",
 ]

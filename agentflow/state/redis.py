@@ -4,7 +4,9 @@ Needs the optional extra: ``pip install 'agentflow[redis]'``. Only this module i
 
 Layout, under ``key_prefix`` (default ``agentflow:``): a value is a hash ``<prefix>s:<key>`` with fields ``v``
 (the bytes) and ``n`` (the version), expiring with ``PEXPIRE``; a once-id is ``<prefix>o:<id>`` with a TTL of
-``once_ttl_s``; ``<prefix>version`` is the version counter. A commit is one Lua script, which Redis runs
+``once_ttl_s``; ``<prefix>version`` is the version counter. Besides state, the backend keeps plain blobs with a
+TTL under ``<prefix>c:<key>`` (:meth:`RedisBackend.get_blob`), the LLM response cache's second level shared by
+every worker. A commit is one Lua script, which Redis runs
 atomically: the once-id checks, version checks, writes and the counter happen together or not at all.
 
 Needs Redis 7.0 or later (script flags). Every key a script touches is passed in ``KEYS``, but one commit
@@ -155,6 +157,7 @@ class RedisBackend(StateBackend):
         self._counter_key = f"{key_prefix}version"
         self._value_prefix = f"{key_prefix}s:"
         self._once_prefix = f"{key_prefix}o:"
+        self._blob_prefix = f"{key_prefix}c:"
 
     def _describe(self) -> str:
         return f"redis url={redacted_url(self.url)!r}"
@@ -239,3 +242,23 @@ class RedisBackend(StateBackend):
 
     async def _purge(self) -> int:
         return 0  # Redis expires values and once-ids itself
+
+    # ---- blobs: a plain shared cache beside the state (the LLM response cache's second level) -------------
+
+    async def get_blob(self, key: str) -> bytes | None:
+        """The bytes stored under ``key`` by :meth:`set_blob`, or None (absent or expired)."""
+        self._check()
+        client = self._client
+        assert client is not None
+        value = await self._call("read a cached blob", lambda: client.get(self._blob_prefix + key))
+        if value is None:
+            return None
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    async def set_blob(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Store ``value`` under ``key`` for ``ttl_s`` seconds (last writer wins; not state, no version)."""
+        self._check()
+        client = self._client
+        assert client is not None
+        ttl_ms = max(1, int(ttl_s * 1000))
+        await self._call("write a cached blob", lambda: client.set(self._blob_prefix + key, value, px=ttl_ms))

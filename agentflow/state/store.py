@@ -38,12 +38,12 @@ from typing import Any, Final
 
 import msgspec
 
+from ..config import StateConfig
 from ..errors import LifecycleError, StateConflictError, StateError, StateUnavailableError
 from .base import APPLIED, DUPLICATE, BackendStatistics, Lifecycle, StateBackend, Write, WriteResult
 from .buffer import Batch, Seg, WriteBuffer
 from .cache import StateCache
 from .codec import StateCodec, show_key
-from .config import StateConfig
 from .memory import MemoryBackend
 from .unit import Unit
 

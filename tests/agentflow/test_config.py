@@ -20,6 +20,9 @@ from agentflow.config import (
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    StateConfig,
+    WorkflowConfig,
+    WorkflowStepConfig,
     config_from_dict,
     load_config,
 )
@@ -34,6 +37,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "dlq": DlqConfig,
     "monitoring": MonitoringConfig,
     "kafka": KafkaConfig,
+    "memory": StateConfig,
 }
 
 
@@ -88,15 +92,27 @@ def test_shipped_file_equals_defaults() -> None:
 
 
 def test_shipped_file_lists_every_key() -> None:
-    data = tomllib.loads(SHIPPED.read_text(encoding="utf-8"))
+    text = SHIPPED.read_text(encoding="utf-8")
+    data = tomllib.loads(text)
     assert set(data) == set(SECTIONS)
     for name, struct in SECTIONS.items():
-        assert set(data[name]) == set(struct.__struct_fields__), name
+        fields = msgspec.structs.fields(struct)
+        # TOML has no null: a key whose default is "unset" is shown commented out.
+        assert set(data[name]) == {f.name for f in fields if f.default is not None}, name
+        for f in fields:
+            if f.default is None:
+                assert f"# {f.name} = " in text, f"{name}.{f.name}"
 
 
 def test_docs_mention_every_key() -> None:
     docs = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    structs: dict[str, type[msgspec.Struct]] = {**SECTIONS, "agents.NAME": AgentConfig, "llm.NAME": LLMConfig}
+    structs: dict[str, type[msgspec.Struct]] = {
+        **SECTIONS,
+        "agents.NAME": AgentConfig,
+        "llm.NAME": LLMConfig,
+        "workflows.NAME": WorkflowConfig,
+        "workflows.NAME.steps.STEP": WorkflowStepConfig,
+    }
     for name, struct in structs.items():
         for field in struct.__struct_fields__:
             assert f"`{field}`" in docs, f"{name}.{field}"
@@ -263,7 +279,7 @@ def test_unknown_section_suggests_closest(write_toml: WriteToml) -> None:
     error = config_error(path)
     assert str(error) == (
         f"{path}: unknown key 'runnr'; did you mean 'runner'? Valid keys at the top level: agents, bus, dlq, "
-        "kafka, llm, monitoring, retry, runner. Rename or remove the key."
+        "kafka, llm, memory, monitoring, retry, runner, workflows. Rename or remove the key."
     )
     assert (error.source, error.key) == (str(path), "runnr")
 

@@ -9,18 +9,14 @@ from types import ModuleType
 
 import agentflow
 
+#: agentflow.state's names for backend authors and scripts; handlers reach state through ctx.state (StateHandle).
 _STATE_API = {
     "BackendStatistics",
-    "ConversationMemory",
     "Lifecycle",
     "MISSING",
     "MemoryBackend",
     "Record",
     "StateBackend",
-    "StateConfig",
-    "StateHandle",
-    "StateStore",
-    "StoreStatistics",
     "Unit",
     "Write",
     "WriteResult",
@@ -33,7 +29,7 @@ INTERNAL = {
     "agentflow.agents": {"AgentSpec", "AgentWorker", "BatchAgentWorker", "BatchHandler", "Handler", "Host"},
     "agentflow.agents.batch": {"BatchAgentWorker", "BatchHandler"},
     "agentflow.agents.context": {"ContextOwner"},
-    "agentflow.agents.failures": {"FailurePath"},
+    "agentflow.agents.failures": {"TERMINAL", "FailurePath", "Units"},
     "agentflow.agents.spec": {"AgentSpec", "Handler", "Host"},
     "agentflow.agents.worker": {"AgentWorker"},
     "agentflow.bus": {"Item"},  # a type alias of the bus contract, for bus implementers
@@ -75,7 +71,7 @@ INTERNAL = {
     "agentflow.service.ingest": {"Ingest", "IngestEvent"},
     # the LLM client's parts, wired by the LLMHub from [llm.NAME]
     "agentflow.llm.failures": {"MAX_ERROR_DETAIL_CHARS", "SCRUB_WINDOW_CHARS", "Failures", "outcome", "retry_after_s"},
-    "agentflow.llm.metrics": {"OUTCOMES", "LLMMetrics", "ModelMetrics"},
+    "agentflow.llm.metrics": {"OUTCOMES", "LLMMetrics", "ModelMetrics", "SharedCacheStats"},
     "agentflow.llm.protocols": {
         "NO_BREAKER",
         "BatcherFactory",
@@ -85,6 +81,7 @@ INTERNAL = {
         "BudgetLike",
         "LimiterLike",
         "PermitLike",
+        "SharedCacheLike",
     },
     "agentflow.llm.stream": {"StreamAssembler", "open_stream", "read_stream"},
     "agentflow.llm.toolspec": {"tool_fields"},  # chat()'s checks of its tool arguments
@@ -104,11 +101,10 @@ INTERNAL = {
         "Write",
         "WriteResult",
     },
-    "agentflow.state.config": {"StateConfig"},
-    "agentflow.state.conversation": {"ConversationMemory", "Message"},
-    "agentflow.state.handle": {"MEMORY_NAMESPACE_PREFIX", "WORKFLOW_NAMESPACE", "StateHandle"},
+    "agentflow.state.conversation": {"Message"},
+    "agentflow.state.handle": {"MEMORY_NAMESPACE_PREFIX", "WORKFLOW_NAMESPACE"},
     "agentflow.state.memory": {"MemoryBackend"},
-    "agentflow.state.store": {"MISSING", "StateStore", "StoreStatistics"},
+    "agentflow.state.store": {"MISSING"},
     "agentflow.state.unit": {"Unit"},
     "agentflow.state.buffer": {"Batch", "Seg", "WriteBuffer"},  # the store's internals
     "agentflow.state.cache": {"Entry", "StateCache"},
