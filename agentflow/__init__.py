@@ -129,6 +129,7 @@ from .runner import Runner
 from .scrub import scrub_secrets
 from .state import ConversationMemory, StateHandle, StateStore, StoreStatistics
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
+from .workflows import StepStatus, Workflow, WorkflowRun, Workflows, WorkflowStatus
 
 __version__ = "0.1.0"
 
@@ -243,6 +244,7 @@ __all__ = [
     "StateStore",
     "StateTooLargeError",
     "StateUnavailableError",
+    "StepStatus",
     "StoreStatistics",
     "StreamDelta",
     "Subscription",
@@ -259,13 +261,17 @@ __all__ = [
     "Usage",
     "WorkerPool",
     "WorkerPoolStatistics",
+    "Workflow",
     "WorkflowConfig",
     "WorkflowDeadlineError",
     "WorkflowDepthError",
     "WorkflowError",
     "WorkflowFailedError",
     "WorkflowGraphError",
+    "WorkflowRun",
+    "WorkflowStatus",
     "WorkflowStepConfig",
+    "Workflows",
     "__version__",
     "config_from_dict",
     "create_bus",

@@ -41,6 +41,7 @@ from .resilience.breaker import BreakerConfig, CircuitBreaker
 from .resilience.retry import RetryPolicy
 from .state.store import StateStore
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
+from .workflows import Workflow, WorkflowRun, Workflows
 
 if TYPE_CHECKING:
     from .llm.hub import AgentLLM, LLMHub
@@ -121,6 +122,9 @@ class Runner:
         #: The state behind ``ctx.state``, ``ctx.workflow_state`` and ``ctx.memory`` (``[memory]``); started after
         #: the bus, closed after the handlers and before the bus.
         self.state_store = StateStore(self.config.memory)
+        #: The workflows (``runner.workflow(name)``, ``[workflows.NAME]``): their runs, results and status.
+        self.workflows = Workflows(self)
+        self._sweeper: asyncio.Task[None] | None = None
         #: The LLM providers of ``[llm.*]`` (None when there are none); opened in start, closed in aclose.
         self.llm: LLMHub | None = None
         if self.config.llm:
@@ -205,6 +209,28 @@ class Runner:
 
         return register
 
+    def workflow(self, name: str, *, max_execution_time_s: float | None = None) -> Workflow:
+        """Define workflow ``name``: add steps with ``wf.step``, ``wf.parallel`` and ``wf.join`` (docs/workflows.md).
+        Each step becomes an agent when the runner starts, after the graph is checked::
+
+            wf = runner.workflow("research", max_execution_time_s=300)
+            wf.step("plan", plan)
+            wf.parallel("search", [web, papers, news], after="plan")
+            wf.join("merge", merge, after="search", timeout_s=60)
+            wf.step("write", write, after="merge")
+        """
+        if self._state is not RunnerState.CREATED:
+            raise LifecycleError("Define workflows before starting the Runner; it is already running.")
+        return self.workflows.define(name, max_execution_time_s=max_execution_time_s)
+
+    async def start_workflow(
+        self, name: str, payload: Any, *, key: str | None = None, run_id: str | None = None
+    ) -> WorkflowRun:
+        """Start a run of workflow ``name``: ``payload`` is its first steps' input. ``key`` (default: the run id)
+        keys every event of the run; an explicit ``run_id`` makes a start idempotent (starting it again emits
+        the same events, which the steps can deduplicate). ``await run.result(timeout_s=...)`` waits for it."""
+        return await self.workflows.start(name, payload, key=key, run_id=run_id)
+
     @property
     def agent_topics(self) -> dict[str, str]:
         """Registered agents: name → topic."""
@@ -238,6 +264,14 @@ class Runner:
 
     async def _start(self) -> None:
         cfg = self.config
+        for spec in self.workflows.build(dict(self._specs)):
+            self._specs[spec.name] = spec
+        if self.workflows.graphs and cfg.bus.backend == "kafka" and cfg.memory.backend == "memory":
+            logger.warning(
+                'Workflows run on the Kafka bus with [memory] backend = "memory": a join\'s parts, and run status, '
+                "stay in each worker's own memory, so joins and status work only with a single worker; use "
+                'backend = "sqlite" (one machine) or "redis".'
+            )
         for configured in cfg.agents:
             if configured not in self._specs:
                 logger.warning(
@@ -294,6 +328,8 @@ class Runner:
         for a in self._agents:
             a.start(self._tg)
         self._watchdog = self._tg.create_task(self.pool.watchdog(), name="agentflow-watchdog")
+        if self.workflows.has_timeouts:
+            self._sweeper = self._tg.create_task(self.workflows.sweep(), name="agentflow-workflow-joins")
         mon = cfg.monitoring
         if mon.metrics_enabled:
             from .service import Service
@@ -369,6 +405,8 @@ class Runner:
             await self.llm.aclose()
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._stack is not None:
             await self._stack.aclose()
         # Every handler has finished by now: what the store still buffers belongs to events not acknowledged.
@@ -659,6 +697,30 @@ class Runner:
             await self.bus.dead_letter(letter)
         else:
             logger.error("Dropped dead letter %s (%s): dlq.enabled is false.", letter.id, letter.reason)
+        if self.workflows.graphs:
+            await self.workflows.on_dead_letter(letter)  # the run the event belongs to has failed
+
+    async def _join_timed_out(self, letter: DeadLetter) -> None:
+        """A join waited past its timeout: its run fails to the dead-letter queue (written until it is)."""
+        delay = 0.1
+        while True:
+            try:
+                await self._dead_letter(letter)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried, as a worker retries its dead letters
+                logger.warning("Could not write dead letter %s (join_timeout): %s; retrying in %.1f s", letter.id,
+                               exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if letter.agent is not None:
+            self.metrics.agent(letter.agent).dead_letter("join_timeout")
+        logger.warning("%s", letter.error)
+
+    async def _publish(self, topic: str, events: Sequence[Event]) -> None:
+        """Publish events made here (a workflow's first steps), waiting for room as emit does."""
+        if not self.bus.offer(topic, events):
+            await self._waiting.publish(self.bus, topic, events)
+        self.metrics.emitted(topic, len(events))
 
     def _dead_letters_failing(self) -> int:
         """Dead letters whose write to the queue failed and is being retried (``/readyz`` is 503 meanwhile)."""
