@@ -39,6 +39,7 @@ from .pool import WorkerPool
 from .requests import INBOX_PREFIX, PendingRequests, ReplySender, dead_lettered_error
 from .resilience.breaker import BreakerConfig, CircuitBreaker
 from .resilience.retry import RetryPolicy
+from .state.metrics import state_families
 from .state.store import StateStore
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
 from .workflows import Workflow, WorkflowRun, Workflows
@@ -132,6 +133,7 @@ class Runner:
 
             self.llm = LLMHub(self.config.llm, metrics=self.metrics)
         self.metrics.add_gauges(self._gauges)
+        self.metrics.add_families(lambda: state_families(self.state_store))
         self.pool.usage = self._pool_usage
 
     # ---- registration ----------------------------------------------------------------------------------

@@ -128,6 +128,7 @@ INTERNAL = {
     "agentflow.state.buffer": {"Batch", "Seg", "WriteBuffer"},  # the store's internals
     "agentflow.state.cache": {"Entry", "StateCache"},
     "agentflow.state.codec": {"StateCodec"},
+    "agentflow.state.metrics": {"state_families"},  # rendered through runner.metrics
     # optional dependency (redis): importing agentflow must not import it; create_backend builds the backend
     "agentflow.state.redis": {"RedisBackend"},
     "agentflow.state.sqlite": {"SQLiteBackend"},
