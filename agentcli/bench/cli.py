@@ -28,12 +28,15 @@ from .options import (
     Options,
     ProfileKind,
     Scenario,
+    StateBackendChoice,
     check_kafka,
     check_llm,
     check_noop,
     check_overload,
     check_paths,
     check_ratios,
+    check_state,
+    check_workflow,
     usage,
 )
 from .report import THRESHOLD_FIGURES, Measurement, build_report, render_footer, write_json
@@ -220,6 +223,39 @@ def _overload(o: Options, console: Console) -> Report:
     return _report(_run(coro), o)
 
 
+def _state(o: Options, console: Console) -> Report:
+    from .state import StateSpec, run_state_benchmark
+
+    check_ratios(o.thresholds, {"get", "set", "update"}, "")
+    backend = (o.backend or StateBackendChoice.memory).value
+    default_ops = 100_000 if backend == "memory" else 10_000
+    spec = StateSpec(
+        backend=backend, ops=o.requests or default_ops, users=o.users or 16, repeat=o.repeat or 1,
+        acked_seconds=o.seconds or 3.0,
+    )  # fmt: skip
+    base = config_or_exit(o.config)
+    console.print(
+        f"agentcli benchmark: state on {backend}, {spec.ops:,} gets, sets and updates against a bare loop",
+        highlight=False,
+    )
+    return _report(_run(run_state_benchmark(spec, base, msgspec.to_builtins(spec))), o)
+
+
+def _workflow(o: Options, console: Console) -> Report:
+    from .workflow import WorkflowSpec, run_workflow_benchmark
+
+    check_ratios(o.thresholds, {"wall_vs_critical_path"}, "")
+    limits = Limits(duration_s=o.seconds) if o.seconds is not None else Limits(count=o.requests or 5_000)
+    kafka = o.bus is BusChoice.kafka
+    spec = WorkflowSpec(limits=limits, users=o.users or 128, kafka=kafka, bootstrap=o.bootstrap, repeat=o.repeat or 1)
+    console.print(
+        f"agentcli benchmark: workflow, {limits.describe('runs')}, {spec.users} users on the {o.bus.value} bus",
+        highlight=False,
+    )
+    base = config_or_exit(o.config)
+    return _report(_run(run_workflow_benchmark(spec, base, msgspec.to_builtins(spec))), o)
+
+
 def _dispatch(o: Options, console: Console) -> int:
     """Check the options against the scenario, run it, print and write its report; the exit code."""
     # The scenarios are imported when they run: `agentcli run` and the other commands never load the harness.
@@ -227,8 +263,16 @@ def _dispatch(o: Options, console: Console) -> int:
     from .llm import render_llm
     from .noop_report import render as render_noop
     from .overload_report import render_overload
+    from .state import render_state
+    from .workflow import render_workflow
 
     check_paths(o)
+    if o.scenario is Scenario.state:
+        check_state(o)
+        return _finish(console, _state(o, console), render_state, o)
+    if o.scenario is Scenario.workflow:
+        check_workflow(o)
+        return _finish(console, _workflow(o, console), render_workflow, o)
     if o.scenario is Scenario.overload:
         check_overload(o)
         return _finish(console, _overload(o, console), render_overload, o)
@@ -267,7 +311,8 @@ def benchmark(
         Scenario | None,
         typer.Option(
             help="Built-in scenario: noop measures framework overhead; llm-chat and llm-embed, agents calling an "
-            "LLM server; overload, 10x load and blocked emitters.",
+            "LLM server; overload, 10x load and blocked emitters; state, ctx.state against a bare loop; workflow, "
+            "plan -> 3 parallel researchers -> join -> writer over a 50 ms mock LLM.",
             show_default="noop",
             rich_help_panel=_WHAT,
         ),
@@ -407,6 +452,15 @@ def benchmark(
         str | None,
         typer.Option(metavar="HOST:PORT", help="--bus kafka: the brokers to use.", rich_help_panel=_WHAT),
     ] = None,
+    backend: Annotated[
+        StateBackendChoice | None,
+        typer.Option(
+            help="--scenario state: the state backend (redis: a redis-server is started unless --config sets "
+            '[memory] backend = "redis").',
+            show_default="memory",
+            rich_help_panel=_WHAT,
+        ),
+    ] = None,
 ) -> None:
     """Measure agentflow's throughput and latency, optionally against the same work without agentflow."""
     try:
@@ -420,7 +474,7 @@ def benchmark(
         batch_size=batch_size, agent_batch_size=agent_batch_size, load_fraction=load_fraction,
         compare_raw=compare_raw, repeat=rounds, profile=profile, output=output, json_path=json_path,
         llm_url=llm_url, dimensions=dimensions, bus=bus, bootstrap=bootstrap, thresholds=thresholds,
-        started_at=now_iso(),
+        started_at=now_iso(), backend=backend,
     )  # fmt: skip
     console = Console()
     limiter = LogLimiter(Console(stderr=True))

@@ -19,7 +19,16 @@ from typer.testing import CliRunner
 
 from agentcli import runtime
 from agentcli.bench.page import Entry, main, read_plan, render_page
-from agentcli.bench.schema import KafkaDetails, LLMDetails, NoopDetails, OverloadDetails, Report, Run
+from agentcli.bench.schema import (
+    KafkaDetails,
+    LLMDetails,
+    NoopDetails,
+    OverloadDetails,
+    Report,
+    Run,
+    StateDetails,
+    WorkflowDetails,
+)
 from agentcli.loadtest.report import LoadReport
 from agentcli.main import app
 from agentcli.schemas import DEFAULT_DIR, generate
@@ -43,6 +52,13 @@ BENCHMARKS: dict[str, list[str]] = {
     "llm-embed": ["benchmark", "--scenario", "llm-embed", "--batch-size", "8", "--concurrent-users", "32",
                   "--requests", "160", "--repeat", "2"],
     "overload": ["benchmark", "--scenario", "overload", "--requests", "300", "--duration", "1s", "--repeat", "1"],
+    "state-memory": ["benchmark", "--scenario", "state", "--requests", "300", "--duration", "0.3s", "--repeat", "2",
+                     "--threshold", "get_ratio>0"],
+    "state-sqlite": ["benchmark", "--scenario", "state", "--backend", "sqlite", "--requests", "200",
+                     "--duration", "0.3s"],
+    "state-redis": ["benchmark", "--scenario", "state", "--backend", "redis", "--requests", "200",
+                    "--duration", "0.3s"],
+    "workflow": ["benchmark", "--scenario", "workflow", "--requests", "60", "--concurrent-users", "16"],
     "loadtest": ["loadtest", "--rate", "200/s", "--duration", "1s", "--threshold", "p99<1s"],
 }  # fmt: skip
 
@@ -55,11 +71,13 @@ def reports(tmp_path_factory: pytest.TempPathFactory, kafka_broker: TansuBroker)
     config.write_text(TANSU_TOML)
     kafka = ["benchmark", "--bus", "kafka", "--bootstrap", kafka_broker.bootstrap, "--config", str(config),
              "--mode", "latency", "--requests", "1000", "--compare-raw"]  # fmt: skip
+    kafka_workflow = ["benchmark", "--scenario", "workflow", "--bus", "kafka", "--bootstrap", kafka_broker.bootstrap,
+                      "--config", str(config), "--requests", "20", "--concurrent-users", "4"]  # fmt: skip
     small = out / "small.toml"
     small.write_text("[runner]\nevent_buffer_size = 200\nmax_concurrent_events = 50\nmax_waiting_emits = 20\n")
     cli = CliRunner()
     try:
-        for name, args in {**BENCHMARKS, "kafka": kafka}.items():
+        for name, args in {**BENCHMARKS, "kafka": kafka, "workflow-kafka": kafka_workflow}.items():
             argv = [
                 *args,
                 *(["--config", str(small)] if name == "overload" else []),
@@ -104,6 +122,8 @@ def test_every_scenarios_report_validates_against_the_benchmark_schema(reports: 
         ("noop", "latency", "memory", "noop"), ("app", "closed", "memory", "noop"),
         ("llm-chat", "closed", "memory", "llm"), ("llm-embed", "closed", "memory", "llm"),
         ("overload", None, "memory", "overload"), ("noop", "latency", "kafka", "kafka"),
+        ("state", "closed", "memory", "state"), ("workflow", "closed", "memory", "workflow"),
+        ("workflow", "closed", "kafka", "workflow"),
     }  # fmt: skip
 
 
@@ -129,7 +149,7 @@ def test_the_benchmarks_page_is_made_from_real_reports(reports: Path, tmp_path: 
         "".join(
             f'[[benchmark]]\nname = "{name}"\ntitle = "The {name} run"\ncommand = "agentcli {args[0]} ..."\n'
             + ('note = "A note under its table."\n' if name == "overload" else "")
-            for name, args in {**BENCHMARKS, "kafka": ["benchmark"]}.items()
+            for name, args in {**BENCHMARKS, "kafka": ["benchmark"], "workflow-kafka": ["benchmark"]}.items()
         )
     )
     page = tmp_path / "benchmarks.md"
