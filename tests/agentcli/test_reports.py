@@ -222,6 +222,7 @@ def test_run_executes_the_plan_with_its_server_and_writes_the_page(tmp_path: Pat
 def test_every_report_key_is_documented() -> None:
     doc = (ROOT / "docs" / "benchmarking.md").read_text()
     section = doc[doc.index("## The JSON report") : doc.index("## LLM scenarios")]
-    for struct in (Report, Run, NoopDetails, LLMDetails, KafkaDetails, OverloadDetails):
+    details = (NoopDetails, LLMDetails, KafkaDetails, OverloadDetails, StateDetails, WorkflowDetails)
+    for struct in (Report, Run, *details):
         for name in struct.__struct_fields__:
             assert f"`{name}`" in section, f"{struct.__name__}.{name} is not in docs/benchmarking.md's report section"
