@@ -119,8 +119,9 @@ class WorkflowStatus(msgspec.Struct, frozen=True, kw_only=True):
     """``await runner.workflows.status(run_id)`` and ``GET /v1/workflows/{run_id}``: where a run stands.
 
     ``state`` is ``running``, ``done`` (every last step finished) or ``failed`` (a step ended in the dead-letter
-    queue: its ``reason`` and ``error`` say why). ``steps`` lists every step in definition order, ``pending``
-    ones included; ``tokens`` and ``cost_usd`` add up the steps'.
+    queue: its ``reason`` and ``error`` say why, ``failed_step`` names it). Replaying the dead letter
+    (``runner.dlq.replay``) puts the run back to ``running``. ``steps`` lists every step in definition order,
+    ``pending`` ones included; ``tokens`` and ``cost_usd`` add up the steps'.
     """
 
     run_id: str

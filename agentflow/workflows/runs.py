@@ -286,19 +286,19 @@ class Workflows:
                 self._sinks.pop(run_id, None)
 
     async def _outcome(self, run_id: str, graph: Graph) -> tuple[Any] | WorkflowFailedError | None:
-        """``(result,)`` when every last step is done, the error when the run failed, else None; read fresh from
-        the state store."""
+        """``(result,)`` when every last step is done, else the error when the run failed, else None; read
+        fresh from the state store."""
         store = self.store
-        failure = await store.get(f"{FAILED_NS}:{run_id}", _FAILURE_DEC, fresh=True)
-        if failure is not MISSING:
-            return _failed_error(run_id, graph.name, failure)
         results: dict[str, Any] = {}
         for sink in graph.sinks:
             rec = await store.get(f"{STEP_NS}:{run_id}/{sink}", _STEP_DEC, fresh=True)
             if rec is MISSING or rec.state != "done":
-                return None
+                break
             results[sink] = rec.result
-        return (results[graph.sinks[0]] if len(graph.sinks) == 1 else results,)
+        else:
+            return (results[graph.sinks[0]] if len(graph.sinks) == 1 else results,)
+        failure = await store.get(f"{FAILED_NS}:{run_id}", _FAILURE_DEC, fresh=True)
+        return None if failure is MISSING else _failed_error(run_id, graph.name, failure)
 
     async def status(self, run_id: str) -> WorkflowStatus | None:
         """Where run ``run_id`` stands, read from the state store (any worker can answer for any run); None when
@@ -319,10 +319,10 @@ class Workflows:
         by_name = {s.name: s for s in steps}
         done = bool(sinks) and all(by_name[s].state == "done" for s in sinks)
         ends = [s.finished_at for s in steps if s.finished_at is not None]
-        finished = failure.failed_at if failed else (max(ends) if done and ends else None)
+        finished = (max(ends) if ends else None) if done else failure.failed_at if failed else None
         return WorkflowStatus(
             run_id=run_id, workflow=run.workflow, key=run.key,
-            state="failed" if failed else "done" if done else "running",
+            state="done" if done else "failed" if failed else "running",
             started_at=run.started_at, deadline=run.deadline, finished_at=finished,
             duration_s=None if finished is None else finished - run.started_at,
             tokens=sum(s.tokens for s in steps), cost_usd=sum(s.cost_usd for s in steps), steps=steps,
@@ -359,6 +359,21 @@ class Workflows:
         waiting = self._waiters.get(run_id)
         if waiting is not None and not waiting[0].done():
             waiting[0].set_exception(_failed_error(run_id, graph.name, failure))
+
+    async def replaying(self, events: list[Event]) -> None:
+        """Dead letters of runs' events are replayed: their runs are running again (the failure is forgotten,
+        the step pending), so ``run.result()`` waits for them instead of raising."""
+        if not self.graphs:
+            return
+        store = self.store
+        for ev in events:
+            run_id = (ev.headers or {}).get(RUN_HEADER)
+            found = self._by_topic.get(ev.topic)
+            if run_id is None or found is None:
+                continue
+            await StateHandle(store, FAILED_NS, run_id).delete()
+            await StateHandle(store, STEP_NS, f"{run_id}/{found[1]}").delete()
+        await store.flush()
 
     # ---- join timeouts ---------------------------------------------------------------------------------
 

@@ -380,3 +380,26 @@ async def test_get_v1_workflows_run_id_answers_the_status_behind_the_token(
         404,
         "No workflow run 'no-such-run' is known: it was never started, or its records have expired.",
     )
+
+
+async def test_replaying_a_failed_steps_dead_letter_lets_the_run_finish(make_runner: RunnerFactory) -> None:
+    runner = make_runner({"retry": {"max_attempts": 1}})
+    broken = True
+
+    async def flaky(event: Event, ctx: Context) -> str:
+        if broken:
+            raise ValueError("the upstream is down")
+        return "recovered"
+
+    runner.workflow("w").step("plan", plan).step("flaky", flaky, after="plan")
+    async with runner:
+        run = await runner.start_workflow("w", {"topic": "t"})
+        with pytest.raises(WorkflowFailedError):
+            await run.result(timeout_s=TIMEOUT_S)
+        broken = False
+        assert await runner.dlq.replay() == 1
+        assert await run.result(timeout_s=TIMEOUT_S) == "recovered"
+        status = await run.status()
+    # The replay took the run out of failure: it finished, and its status no longer names a failed step.
+    assert status is not None and status.state == "done" and status.failed_step is None
+    assert status.steps[1].state == "done"
