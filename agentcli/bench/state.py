@@ -216,13 +216,15 @@ class _BareSQLite(_Bare):
 
 
 class _BareRedis(_Bare):
-    """redis-py's asyncio client: GET, SET, and a WATCH/MULTI/EXEC transaction for the read-modify-write."""
+    """redis-py's asyncio client: GET, SET, and a WATCH/MULTI/EXEC transaction for the read-modify-write. Its
+    connections are bounded as the Redis backend's are (a blocking pool of ``[memory] max_connections``)."""
 
     def __init__(self, url: str, password: str | None, max_connections: int) -> None:
         import redis.asyncio as aioredis  # type: ignore[import-untyped,unused-ignore]
         from redis.exceptions import WatchError  # type: ignore[import-untyped,unused-ignore]
 
-        client = aioredis.Redis.from_url(url, password=password, max_connections=max_connections)
+        pool = aioredis.BlockingConnectionPool.from_url(url, password=password, max_connections=max_connections)
+        client = aioredis.Redis(connection_pool=pool)
         self._client = client
         prefix = f"bench-bare-{os.urandom(3).hex()}:"
 
@@ -300,7 +302,7 @@ async def _bare_side(spec: StateSpec, store: _Store, round_: int) -> list[Run]:
     if b == "sqlite":
         bare = _BareSQLite(store.sqlite_path(f"r{round_}"))
     elif b == "redis":
-        bare = _BareRedis(store.url, store.password(), max(16, spec.users))
+        bare = _BareRedis(store.url, store.password(), _config(spec, store, "bare").memory.max_connections)
     else:
         bare = _BareMemory()
     n, users, size = spec.ops, spec.users, spec.value_bytes
