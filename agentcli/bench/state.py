@@ -254,6 +254,7 @@ class _BareRedis(_Bare):
 
     async def close(self) -> None:
         await self._client.aclose()
+        await self._client.connection_pool.disconnect()  # a pool passed in is not closed by aclose()
 
 
 def _bytes(raw: bytes | str) -> bytes:
