@@ -272,11 +272,10 @@ class AgentWorker(FailurePath):
                 self._swallowed_timeout(slot)
             release()
             observe_run(perf() - t0)
-            unit = ctx._unit
-            if unit is not None and unit.pending:
+            if ctx._unit is not None and ctx._unit.pending:
                 # State writes wait for their flush: the slow path acknowledges the event once they are in.
                 try:
-                    await self._completed([ev], [item], slot, [unit], result)
+                    await self._completed([ev], [item], slot, [ctx._unit], result)
                     if key is not None:
                         await self._drain_key(key, slot)
                 except asyncio.CancelledError:
