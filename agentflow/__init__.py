@@ -36,8 +36,11 @@ from .config import (
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    StateConfig,
     ToolBreakerConfig,
     ToolConfig,
+    WorkflowConfig,
+    WorkflowStepConfig,
     config_from_dict,
     load_config,
 )
@@ -59,6 +62,7 @@ from .errors import (
     EventError,
     EventTooLargeError,
     HandlerTimeoutError,
+    JoinTimeoutError,
     LifecycleError,
     LLMAuthError,
     LLMBadRequestError,
@@ -90,7 +94,11 @@ from .errors import (
     ToolLoopError,
     ToolTimeoutError,
     UnknownToolError,
+    WorkflowDeadlineError,
     WorkflowDepthError,
+    WorkflowError,
+    WorkflowFailedError,
+    WorkflowGraphError,
 )
 from .events import DeadLetter, Event, EventCodec, RawEvent, new_event_id
 from .hdr import HistogramStatistics, LatencyHistogram
@@ -126,6 +134,7 @@ from .resilience import (
 )
 from .runner import Runner
 from .scrub import scrub_secrets
+from .state import ConversationMemory, StateHandle, StateStore, StoreStatistics
 from .statistics import AgentStatistics, RunnerState, RunnerStatistics, ShutdownReport
 from .tools import (
     FunctionTool,
@@ -139,6 +148,7 @@ from .tools import (
     ToolStatistics,
     tool,
 )
+from .workflows import StepStatus, Workflow, WorkflowRun, Workflows, WorkflowStatus
 
 __version__ = "0.1.0"
 
@@ -148,6 +158,7 @@ __all__ = [
     "AgentRun",
     "AgentRunError",
     "AgentRunTimeoutError",
+    "AgentSettings",
     "AgentStatistics",
     "AgentflowError",
     "BackpressureError",
@@ -175,6 +186,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Context",
+    "ConversationMemory",
     "CostRow",
     "CostTracker",
     "DeadLetter",
@@ -194,6 +206,7 @@ __all__ = [
     "FunctionTool",
     "HandlerTimeoutError",
     "HistogramStatistics",
+    "JoinTimeoutError",
     "KafkaConfig",
     "LLMAuthError",
     "LLMBadRequestError",
@@ -249,12 +262,17 @@ __all__ = [
     "RunnerStatistics",
     "ShutdownReport",
     "Skip",
+    "StateConfig",
     "StateConflictError",
     "StateDecodeError",
     "StateEncodeError",
     "StateError",
+    "StateHandle",
+    "StateStore",
     "StateTooLargeError",
     "StateUnavailableError",
+    "StepStatus",
+    "StoreStatistics",
     "StreamDelta",
     "Subscription",
     "SubscriptionStatistics",
@@ -279,7 +297,17 @@ __all__ = [
     "Usage",
     "WorkerPool",
     "WorkerPoolStatistics",
+    "Workflow",
+    "WorkflowConfig",
+    "WorkflowDeadlineError",
     "WorkflowDepthError",
+    "WorkflowError",
+    "WorkflowFailedError",
+    "WorkflowGraphError",
+    "WorkflowRun",
+    "WorkflowStatus",
+    "WorkflowStepConfig",
+    "Workflows",
     "__version__",
     "config_from_dict",
     "create_bus",
@@ -293,6 +321,7 @@ __all__ = [
 # The LLM client and the mock server import aiohttp; `import agentflow` does not, until one of these is used.
 _LAZY = {
     "AgentLLM": "agentflow.llm.hub",
+    "AgentSettings": "agentflow.llm.hub",
     "ChatStream": "agentflow.llm.stream",
     "LLMHub": "agentflow.llm.hub",
     "ProviderClient": "agentflow.llm.client",

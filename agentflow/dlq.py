@@ -195,6 +195,7 @@ class DeadLetters:
                 for d in batch:
                     assert d.event is not None
                     events.append(msgspec.structs.replace(d.event, attempt=1, created_at=now))
+                await self._runner.workflows.replaying(events)  # their runs are running again
                 await bus.publish(topic, events, group=agent)
                 done.extend(d.id for d in batch)
         finally:

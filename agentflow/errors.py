@@ -14,7 +14,12 @@ Every error agentflow raises on purpose derives from :class:`AgentflowError`; th
     │   └── BusUnavailableError      brokers unreachable, or a delivery not confirmed in time
     │       └── DeliveryUncertainError  not confirmed, and possibly written: ``event_ids`` names the events
     ├── HandlerTimeoutError          an attempt ran past its timeout and was cancelled
-    ├── WorkflowDepthError           a follow-up event would exceed ``max_workflow_depth``
+    ├── WorkflowError                a workflow's definition or one of its runs went wrong
+    │   ├── WorkflowDepthError       a follow-up event would exceed ``max_workflow_depth``
+    │   ├── WorkflowGraphError       the steps do not form a valid graph: a cycle, an unknown step (also a ValueError)
+    │   ├── WorkflowDeadlineError    the run passed its ``max_execution_time_s``
+    │   ├── JoinTimeoutError         a join did not get all its parents within its ``timeout_s``
+    │   └── WorkflowFailedError      ``run.result()``: a step of the run ended in the dead-letter queue
     ├── RequestTimeoutError          ``runner.request`` got no result in time
     ├── DeadLetteredError            ``runner.request``'s event ended in the dead-letter queue
     ├── AgentRunError                ``ctx.llm.run`` stopped before the model gave its answer
@@ -72,6 +77,7 @@ __all__ = [
     "EventError",
     "EventTooLargeError",
     "HandlerTimeoutError",
+    "JoinTimeoutError",
     "LLMAuthError",
     "LLMBadRequestError",
     "LLMError",
@@ -103,7 +109,11 @@ __all__ = [
     "ToolLoopError",
     "ToolTimeoutError",
     "UnknownToolError",
+    "WorkflowDeadlineError",
     "WorkflowDepthError",
+    "WorkflowError",
+    "WorkflowFailedError",
+    "WorkflowGraphError",
 ]
 
 
@@ -176,8 +186,45 @@ class HandlerTimeoutError(AgentflowError):
     """A handler attempt ran past its timeout and was cancelled."""
 
 
-class WorkflowDepthError(AgentflowError):
+class WorkflowError(AgentflowError):
+    """A workflow's definition or one of its runs went wrong (docs/workflows.md)."""
+
+
+class WorkflowDepthError(WorkflowError):
     """A follow-up event would nest deeper than ``max_workflow_depth``."""
+
+
+class WorkflowGraphError(WorkflowError, ValueError):
+    """A workflow's steps do not form a valid graph (a cycle, an unknown or duplicate step); raised at start."""
+
+
+class WorkflowDeadlineError(WorkflowError):
+    """A workflow run passed its ``max_execution_time_s``; the step's event goes to the dead-letter queue with
+    reason ``deadline_exceeded`` and is not retried. ``run_id`` names the run."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class JoinTimeoutError(WorkflowError):
+    """A join step did not receive all its parents' results within its ``timeout_s``; the run fails to the
+    dead-letter queue with reason ``join_timeout`` and the parts it had. ``missing`` names the parents."""
+
+    def __init__(self, message: str, *, run_id: str | None = None, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.missing = missing
+
+
+class WorkflowFailedError(WorkflowError):
+    """``await run.result()`` of a run that failed: ``step`` ended in the dead-letter queue with ``reason``."""
+
+    def __init__(self, message: str, *, run_id: str, step: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.step = step
+        self.reason = reason
 
 
 class RequestTimeoutError(AgentflowError):

@@ -113,11 +113,25 @@ def make_events(
     headers: Mapping[str, str] | None,
     correlation_id: str | None,
     depth: int,
+    parent_id: str | None = None,
+    start: int = 0,
 ) -> list[Event]:
-    """Build one event per payload with fresh ids and one shared timestamp (the batch's emit time)."""
+    """Build one event per payload with one shared timestamp (the batch's emit time).
+
+    Events emitted outside a handler get fresh ids. Follow-ups of an event (``parent_id``) get ids derived from
+    it and from their position among the parent's emits, counted from ``start``: ``<parent id>/<position>``. A
+    redelivered or retried parent that emits the same follow-ups in the same order so emits the same ids, and
+    the next agent can recognise them (``once=True`` state writes, docs/state.md).
+    """
     now = time.time()
     hdrs = dict(headers) if headers else None
-    ids = _new_ids(len(payloads))
+    n = len(payloads)
+    if parent_id:
+        base = parent_id + "/"
+        end = start + n
+        ids = list(map(base.__add__, _SUFFIXES[start:end] if end <= len(_SUFFIXES) else map(str, range(start, end))))
+    else:
+        ids = _new_ids(n)
     if correlation_id is None:  # each event starts its own workflow
         return [
             Event(topic=topic, payload=p, key=key, id=i, headers=hdrs, created_at=now, correlation_id=i, depth=depth)

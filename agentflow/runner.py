@@ -1,8 +1,11 @@
-"""The Runner: wires config, bus, pool, agents, tools, metrics and the HTTP service, and owns their lifecycle.
+"""The Runner: wires config, bus, pool, agents, tools, state, workflows, metrics and the HTTP service, and owns
+their lifecycle.
 
 Shutdown has one path (:meth:`Runner.aclose`, also run by ``async with``): stop intake → drain in-flight events
 for ``shutdown_grace_s`` → cancel the rest (their events go back to the bus, counted in ``returned``) → close
-subscriptions → stop background tasks → close the MCP servers' sessions → close the bus if the runner created it.
+subscriptions → stop background tasks → close the MCP servers' sessions → flush and close the state store →
+close the bus if the runner created it. The state store starts after the bus and closes after every handler has
+finished and before the bus: an event is acknowledged only once its state writes are committed (docs/state.md).
 """
 
 from __future__ import annotations
@@ -38,13 +41,17 @@ from .pool import WorkerPool
 from .requests import INBOX_PREFIX, PendingRequests, ReplySender, dead_lettered_error
 from .resilience.breaker import BreakerConfig, CircuitBreaker
 from .resilience.retry import RetryPolicy
+from .state.metrics import state_families
+from .state.store import StateStore
 from .statistics import AgentStatistics, RunnerStatistics, ShutdownReport
 from .tools import DEFAULT_MAX_PARALLEL_TOOLS, FunctionTool, ToolBox, ToolRegistry, ToolSet
 from .tools import tool as make_tool
 from .tools.metrics import AgentToolMetrics, ToolMetrics
+from .workflows import Workflow, WorkflowRun, Workflows
 
 if TYPE_CHECKING:
     from .llm.hub import AgentLLM, LLMHub
+    from .llm.protocols import SharedCacheLike
     from .tools.mcp import MCPHub
 
 __all__ = ["Runner"]
@@ -101,6 +108,12 @@ class Runner(Lifecycle):
         self._watchdog: asyncio.Task[None] | None = None
         self._shutdown: ShutdownReport | None = None
         self._service: Any = None
+        #: The state behind ``ctx.state``, ``ctx.workflow_state`` and ``ctx.memory`` (``[memory]``); started after
+        #: the bus, closed after the handlers and before the bus.
+        self.state_store = StateStore(self.config.memory)
+        #: The workflows (``runner.workflow(name)``, ``[workflows.NAME]``): their runs, results and status.
+        self.workflows = Workflows(self)
+        self._sweeper: asyncio.Task[None] | None = None
         #: The LLM providers of ``[llm.*]`` (None when there are none); opened in start, closed in aclose.
         self.llm: LLMHub | None = None
         if self.config.llm:
@@ -121,6 +134,7 @@ class Runner(Lifecycle):
             lambda: self.bus.statistics().unrouted_by_topic,
         )
         self.metrics.add_families(self._tool_metrics.collect)
+        self.metrics.add_families(lambda: state_families(self.state_store))
         self.pool.usage = self._pool_usage
 
     # ---- registration ----------------------------------------------------------------------------------
@@ -138,6 +152,10 @@ class Runner(Lifecycle):
         breaker: CircuitBreaker | BreakerConfig | None = None,
         tools: Sequence[str] | None = None,
         max_parallel_tools: int | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+        cache_ttl_s: float | None = None,
     ) -> Callable[[H], H]:
         """Register ``async def handler(event, ctx)`` for ``topic``; its return value answers ``request``.
 
@@ -156,6 +174,9 @@ class Runner(Lifecycle):
         ``tools`` names the tools the agent may use, by name or glob (``["get_weather", "search.*"]``): they are
         ``ctx.tools``, which ``ctx.llm.run`` offers the model; ``max_parallel_tools`` (default 4) bounds the
         calls of one turn that run at once. ``[agents.NAME]`` may override both (docs/tools.md).
+        ``provider``, ``model``, ``temperature`` and ``cache_ttl_s`` are what the agent's ``ctx.llm`` calls use
+        when they name none (``[agents.NAME]`` overrides them too): a cheap model for simple agents, a strong one
+        for hard ones.
         """
         if self._lifecycle is not State.CREATED:
             raise LifecycleError("Register agents before starting the Runner; it is already running.")
@@ -169,6 +190,10 @@ class Runner(Lifecycle):
             raise ValueError("max_parallel_tools must be at least 1.")
         if isinstance(tools, str):
             raise TypeError(f"tools must be a list of tool names or patterns, not the string {tools!r}.")
+        if temperature is not None and not 0 <= temperature <= 2:
+            raise ValueError("temperature must be from 0 to 2.")
+        if cache_ttl_s is not None and cache_ttl_s <= 0:
+            raise ValueError("cache_ttl_s must be greater than 0.")
 
         def register(handler: H) -> H:
             if not inspect.iscoroutinefunction(cast(Any, handler)):
@@ -189,6 +214,10 @@ class Runner(Lifecycle):
                 batch_size=batch_size,
                 tools=tuple(tools) if tools is not None else None,
                 max_parallel_tools=max_parallel_tools,
+                provider=provider,
+                model=model,
+                temperature=temperature,
+                cache_ttl_s=cache_ttl_s,
             )
             return handler
 
@@ -260,6 +289,28 @@ class Runner(Lifecycle):
 
         return register if fn is None else register(fn)
 
+    def workflow(self, name: str, *, max_execution_time_s: float | None = None) -> Workflow:
+        """Define workflow ``name``: add steps with ``wf.step``, ``wf.parallel`` and ``wf.join`` (docs/workflows.md).
+        Each step becomes an agent when the runner starts, after the graph is checked::
+
+            wf = runner.workflow("research", max_execution_time_s=300)
+            wf.step("plan", plan)
+            wf.parallel("search", [web, papers, news], after="plan")
+            wf.join("merge", merge, after="search", timeout_s=60)
+            wf.step("write", write, after="merge")
+        """
+        if self._lifecycle is not State.CREATED:
+            raise LifecycleError("Define workflows before starting the Runner; it is already running.")
+        return self.workflows.define(name, max_execution_time_s=max_execution_time_s)
+
+    async def start_workflow(
+        self, name: str, payload: Any, *, key: str | None = None, run_id: str | None = None
+    ) -> WorkflowRun:
+        """Start a run of workflow ``name``: ``payload`` is its first steps' input. ``key`` (default: the run id)
+        keys every event of the run; an explicit ``run_id`` makes a start idempotent (starting it again emits
+        the same events, which the steps can deduplicate). ``await run.result(timeout_s=...)`` waits for it."""
+        return await self.workflows.start(name, payload, key=key, run_id=run_id)
+
     @property
     def agent_topics(self) -> dict[str, str]:
         """Registered agents: name → topic."""
@@ -269,15 +320,14 @@ class Runner(Lifecycle):
 
     async def _open(self) -> None:
         cfg = self.config
-        for configured in cfg.agents:
-            if configured not in self._specs:
-                logger.warning(
-                    "The config has [agents.%s] but no agent of that name is registered; check the spelling.",
-                    configured,
-                )
+        for spec in self.workflows.build(dict(self._specs)):
+            self._specs[spec.name] = spec
+        self._warn_about_config()
         self._stack = contextlib.AsyncExitStack()
         await self.bus.start()
+        await self.state_store.start()
         if self.llm is not None:
+            self._configure_llm()
             await self.llm.start()
         if cfg.mcp:
             self._mcp = self._mcp_hub()
@@ -286,42 +336,10 @@ class Runner(Lifecycle):
             logger.warning(
                 "The config has [tools.%s] but no tool of that name is registered; check the spelling.", unused
             )
-        n = max(1, len(self._specs))
+        # max_concurrent_events is shared equally; an agent never runs more workers than it may hold events.
+        max_inflight = max(1, cfg.runner.max_concurrent_events // max(1, len(self._specs)))
         for spec in self._specs.values():
-            over = cfg.agent(spec.name)
-            retry = cfg.retry
-            if isinstance(spec.retry, RetryConfig):
-                retry = spec.retry
-            elif isinstance(spec.retry, RetryOverride):
-                retry = spec.retry.apply(retry)
-            if over.retry is not None:
-                retry = over.retry.apply(retry)
-            # max_concurrent_events is shared equally; an agent never runs more workers than it may hold events.
-            max_inflight = max(1, cfg.runner.max_concurrent_events // n)
-            concurrency = min(over.concurrency or spec.concurrency or cfg.runner.worker_pool_size, max_inflight)
-            self._select_tools(spec, over)
-            sub = await self.bus.subscribe(spec.topic, spec.name)
-            kind: Any = AgentWorker
-            extra: dict[str, Any] = {}
-            if spec.batch_size is not None:
-                kind, extra = BatchAgentWorker, {"batch_size": spec.batch_size}
-            self._agents.append(
-                kind(
-                    **extra,
-                    name=spec.name,
-                    handler=spec.handler,
-                    sub=sub,
-                    pool=self.pool,
-                    metrics=self.metrics.agent(spec.name),
-                    host=self,
-                    codec=self.codec,
-                    concurrency=concurrency,
-                    timeout_s=over.timeout_s or spec.timeout_s or cfg.runner.event_timeout_s,
-                    policy=RetryPolicy.from_config(retry),
-                    max_inflight=max_inflight,
-                    payload_type=spec.payload_type,
-                )
-            )
+            self._agents.append(await self._make_worker(spec, max_inflight))
         if self._agents:
             shortest = min(a.timeout_s for a in self._agents)
             self.pool.resolution_s = min(0.25, max(0.002, shortest / 20))
@@ -329,12 +347,67 @@ class Runner(Lifecycle):
         for a in self._agents:
             a.start(self._tg)
         self._watchdog = self._tg.create_task(self.pool.watchdog(), name="agentflow-watchdog")
+        if self.workflows.has_timeouts:
+            self._sweeper = self._tg.create_task(self.workflows.sweep(), name="agentflow-workflow-joins")
         mon = cfg.monitoring
         if mon.metrics_enabled:
             from .service import Service
 
             self._service = Service(self, host=mon.host, port=mon.port)
             await self._service.start()
+
+    def _warn_about_config(self) -> None:
+        """Log what in the config is likely a mistake but does not stop the runner."""
+        cfg = self.config
+        if self.workflows.graphs and cfg.bus.backend == "kafka" and cfg.memory.backend == "memory":
+            logger.warning(
+                'Workflows run on the Kafka bus with [memory] backend = "memory": a join\'s parts, and run status, '
+                "stay in each worker's own memory, so joins and status work only with a single worker; use "
+                'backend = "sqlite" (one machine) or "redis".'
+            )
+        for configured in cfg.agents:
+            if configured not in self._specs:
+                logger.warning(
+                    "The config has [agents.%s] but no agent of that name is registered; check the spelling.",
+                    configured,
+                )
+
+    async def _make_worker(self, spec: AgentSpec, max_inflight: int) -> AgentWorker:
+        """The worker of one agent, ``[agents.NAME]`` over ``@runner.agent(...)``, subscribed to its topic."""
+        cfg = self.config
+        over = cfg.agent(spec.name)
+        retry = cfg.retry
+        if isinstance(spec.retry, RetryConfig):
+            retry = spec.retry
+        elif isinstance(spec.retry, RetryOverride):
+            retry = spec.retry.apply(retry)
+        if over.retry is not None:
+            retry = over.retry.apply(retry)
+        concurrency = min(over.concurrency or spec.concurrency or cfg.runner.worker_pool_size, max_inflight)
+        self._select_tools(spec, over)
+        sub = await self.bus.subscribe(spec.topic, spec.name)
+        # Another worker may write the keys of partitions this one loses: its cache forgets them.
+        sub.set_rebalance_listener(self.state_store.invalidate)
+        kind: Any = AgentWorker
+        extra: dict[str, Any] = {}
+        if spec.batch_size is not None:
+            kind, extra = BatchAgentWorker, {"batch_size": spec.batch_size}
+        worker: AgentWorker = kind(
+            **extra,
+            name=spec.name,
+            handler=spec.handler,
+            sub=sub,
+            pool=self.pool,
+            metrics=self.metrics.agent(spec.name),
+            host=self,
+            codec=self.codec,
+            concurrency=concurrency,
+            timeout_s=over.timeout_s or spec.timeout_s or cfg.runner.event_timeout_s,
+            policy=RetryPolicy.from_config(retry),
+            max_inflight=max_inflight,
+            payload_type=spec.payload_type,
+        )
+        return worker
 
     @property
     def http_address(self) -> tuple[str, int] | None:
@@ -403,8 +476,12 @@ class Runner(Lifecycle):
             await self._mcp.aclose()  # every session closed, stdio processes stopped and reaped
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._stack is not None:
             await self._stack.aclose()
+        # Every handler has finished by now: what the store still buffers belongs to events not acknowledged.
+        await self.state_store.aclose()
         await self._replies.aclose()
         if self._owns_bus:
             await self.bus.aclose()
@@ -652,6 +729,27 @@ class Runner(Lifecycle):
             return ToolBox(selection, max_parallel=limit, metrics=metrics)
         return ToolBox(selection, max_parallel=limit, key=event.key, workflow=event.correlation_id, metrics=metrics)
 
+    def _configure_llm(self) -> None:
+        """Give the LLM hub each agent's settings (``[agents.NAME]`` over ``@runner.agent(...)``), and the second
+        cache level when the state lives in Redis."""
+        from .llm.hub import AgentSettings
+
+        hub = self.llm
+        assert hub is not None
+        for spec in self._specs.values():
+            over = self.config.agent(spec.name)
+            settings = AgentSettings(
+                provider=over.provider or spec.provider,
+                model=over.model or spec.model,
+                temperature=over.temperature if over.temperature is not None else spec.temperature,
+                cache_ttl_s=over.cache_ttl_s or spec.cache_ttl_s,
+            )
+            if settings != AgentSettings():
+                hub.set_agent_settings(spec.name, settings)
+        shared = self.state_store.backend
+        if self.config.memory.backend == "redis" and hasattr(shared, "get_blob"):
+            hub.set_shared_cache(cast("SharedCacheLike", shared))
+
     def _reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None:
         reply_to = event.reply_to
         if reply_to != self._inbox:
@@ -673,11 +771,12 @@ class Runner(Lifecycle):
         payloads: list[Any],
         key: str | None,
         headers: dict[str, str] | None,
+        start: int = 0,
     ) -> list[str]:
         if self._lifecycle is State.CLOSED:
             raise LifecycleError(self._state_sentence("emit"))
         depth = parent.depth + 1
-        events = make_events(topic, payloads, key, headers, parent.correlation_id, depth)
+        events = make_events(topic, payloads, key, headers, parent.correlation_id, depth, parent.id, start)
         limit = self.config.runner.max_workflow_depth
         if depth > limit:
             for ev in events:
@@ -710,6 +809,30 @@ class Runner(Lifecycle):
             await self.bus.dead_letter(letter)
         else:
             logger.error("Dropped dead letter %s (%s): dlq.enabled is false.", letter.id, letter.reason)
+        if self.workflows.graphs:
+            await self.workflows.on_dead_letter(letter)  # the run the event belongs to has failed
+
+    async def _join_timed_out(self, letter: DeadLetter) -> None:
+        """A join waited past its timeout: its run fails to the dead-letter queue (written until it is)."""
+        delay = 0.1
+        while True:
+            try:
+                await self._dead_letter(letter)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried, as a worker retries its dead letters
+                logger.warning("Could not write dead letter %s (join_timeout): %s; retrying in %.1f s", letter.id,
+                               exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if letter.agent is not None:
+            self.metrics.agent(letter.agent).dead_letter("join_timeout")
+        logger.warning("%s", letter.error)
+
+    async def _publish(self, topic: str, events: Sequence[Event]) -> None:
+        """Publish events made here (a workflow's first steps), waiting for room as emit does."""
+        if not self.bus.offer(topic, events):
+            await self._waiting.publish(self.bus, topic, events)
+        self.metrics.emitted(topic, len(events))
 
     def _dead_letters_failing(self) -> int:
         """Dead letters whose write to the queue failed and is being retried (``/readyz`` is 503 meanwhile)."""

@@ -20,7 +20,7 @@ from ..parse import ParseError, option, parse_duration
 from ..runtime import now_iso
 from ..thresholds import parse_threshold
 from .measure import Mode
-from .options import BusChoice, Options, ProfileKind, Scenario, usage
+from .options import BusChoice, Options, ProfileKind, Scenario, StateBackendChoice, usage
 from .report import THRESHOLD_FIGURES
 from .runs import dispatch
 
@@ -45,7 +45,8 @@ def benchmark(
         typer.Option(
             help="Built-in scenario: noop measures framework overhead; llm-chat and llm-embed, agents calling an "
             "LLM server; overload, 10x load and blocked emitters; tools, the agent loop with tool calls; mcp, MCP "
-            "tool calls through session pools; stream, streamed answers and streaming tools.",
+            "tool calls through session pools; stream, streamed answers and streaming tools; state, ctx.state "
+            "against a bare loop; workflow, plan -> 3 parallel researchers -> join -> writer over a 50 ms mock LLM.",
             show_default="noop",
             rich_help_panel=_WHAT,
         ),
@@ -197,6 +198,15 @@ def benchmark(
         str | None,
         typer.Option(metavar="HOST:PORT", help="--bus kafka: the brokers to use.", rich_help_panel=_WHAT),
     ] = None,
+    backend: Annotated[
+        StateBackendChoice | None,
+        typer.Option(
+            help="--scenario state: the state backend (redis: a redis-server is started unless --config sets "
+            '[memory] backend = "redis").',
+            show_default="memory",
+            rich_help_panel=_WHAT,
+        ),
+    ] = None,
 ) -> None:
     """Measure agentflow's throughput and latency, optionally against the same work without agentflow."""
     if ctx.invoked_subcommand is not None:
@@ -212,7 +222,7 @@ def benchmark(
         batch_size=batch_size, agent_batch_size=agent_batch_size, load_fraction=load_fraction,
         compare_raw=compare_raw, repeat=rounds, profile=profile, output=output, json_path=json_path,
         html_path=html_path, llm_url=llm_url, dimensions=dimensions, bus=bus, bootstrap=bootstrap,
-        thresholds=thresholds, started_at=now_iso(),
+        thresholds=thresholds, started_at=now_iso(), backend=backend,
     )  # fmt: skip
     with log_records(logging.WARNING, fmt=OPTIONS.log_format, limit=5) as limiter:
         code = dispatch(o)

@@ -15,6 +15,7 @@ from .measure import Mode
 __all__ = [
     "BusChoice",
     "Options",
+    "StateBackendChoice",
     "ProfileKind",
     "Scenario",
     "check_kafka",
@@ -24,6 +25,8 @@ __all__ = [
     "check_paths",
     "check_ratios",
     "check_tool_scenario",
+    "check_state",
+    "check_workflow",
     "usage",
 ]
 
@@ -36,6 +39,14 @@ class Scenario(enum.StrEnum):
     tools = "tools"
     mcp = "mcp"
     stream = "stream"
+    state = "state"
+    workflow = "workflow"
+
+
+class StateBackendChoice(enum.StrEnum):
+    memory = "memory"
+    sqlite = "sqlite"
+    redis = "redis"
 
 
 class BusChoice(enum.StrEnum):
@@ -77,6 +88,7 @@ class Options:
     bootstrap: str | None
     thresholds: list[Threshold]
     started_at: str
+    backend: StateBackendChoice | None = None
 
     def given(self) -> dict[str, bool]:
         """Which of the options that only some scenarios take were given."""
@@ -95,6 +107,7 @@ class Options:
             "--llm-url": self.llm_url is not None,
             "--dimensions": self.dimensions != 8,
             "--bootstrap": self.bootstrap is not None,
+            "--backend": self.backend is not None,
         }
 
 
@@ -114,6 +127,8 @@ def check_paths(o: Options) -> None:
             raise usage(f"directory {str(path.parent)!r} does not exist.", flag)
     if o.bootstrap is not None and o.bus is not BusChoice.kafka:
         raise usage("--bootstrap applies to --bus kafka.", "--bootstrap")
+    if o.backend is not None and o.scenario is not Scenario.state:
+        raise usage("--backend picks the state backend of --scenario state.", "--backend")
 
 
 def _requests_or_duration(o: Options) -> None:
@@ -124,6 +139,20 @@ def _requests_or_duration(o: Options) -> None:
 def check_overload(o: Options) -> None:
     takes = "--requests, --duration, --repeat, --config, --bus, --bootstrap, --json and --threshold"
     _only(o, {"--bootstrap"}, "--scenario overload", takes)
+
+
+def check_state(o: Options) -> None:
+    if o.bus is BusChoice.kafka:
+        raise usage("--scenario state measures the state store, on the memory bus; drop --bus.", "--bus")
+    takes = {"--backend", "--concurrent-users", "--compare-raw"}
+    listing = ", ".join(sorted(takes)) + ", --requests (operations), --duration (of acked_write), --repeat, --config"
+    _only(o, takes, "--scenario state", listing)
+
+
+def check_workflow(o: Options) -> None:
+    takes = {"--concurrent-users", "--bootstrap"}
+    _only(o, takes, "--scenario workflow", ", ".join(sorted(takes)) + ", --requests, --duration, --repeat, --bus")
+    _requests_or_duration(o)
 
 
 def check_llm(o: Options) -> None:

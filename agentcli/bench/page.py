@@ -37,8 +37,10 @@ from .schema import (
     OverloadDetails,
     Report,
     Run,
+    StateDetails,
     StreamDetails,
     ToolsDetails,
+    WorkflowDetails,
 )
 
 __all__ = ["Entry", "main", "read_plan", "render_page", "run_plan"]
@@ -207,8 +209,12 @@ def _anchor(title: str) -> str:
 
 def _median_runs(r: Report) -> list[Run]:
     rank = by_duration if r.scenario == "overload" else by_p99 if r.mode == "latency" else by_throughput
-    sides = dict.fromkeys(run.side for run in r.runs)
-    return [run for side in sides if (run := median_run(r.runs, side, rank)) is not None]
+    out: list[Run] = []
+    for op in dict.fromkeys(run.op for run in r.runs):  # the state scenario measures several operations
+        runs = [run for run in r.runs if run.op == op]
+        sides = dict.fromkeys(run.side for run in runs)
+        out += [run for side in sides if (run := median_run(runs, side, rank)) is not None]
+    return out
 
 
 def _bench_section(e: Entry, r: Report) -> list[str]:
@@ -220,8 +226,9 @@ def _bench_section(e: Entry, r: Report) -> list[str]:
     ]
     for run in _median_runs(r):
         lat = run.latency_ms
+        side = run.side if run.op is None else f"{run.op}: {run.side}"
         lines.append(
-            f"| {run.side} | {run.completed:,} | {run.errors:,} | {_n(run.throughput_per_s)} | "
+            f"| {side} | {run.completed:,} | {run.errors:,} | {_n(run.throughput_per_s)} | "
             f"{_ms(lat.p50 if lat else None)} | {_ms(lat.p99 if lat else None)} | {_ms(lat.max if lat else None)} | "
             f"{_n(run.cpu_s, 2)} |"
         )
@@ -262,6 +269,25 @@ def _details(r: Report) -> list[str]:
         ]
     if isinstance(d, KafkaDetails):
         return [f"Kafka: {d.brokers}, {d.partitions} partitions, {d.emitters} emitters.", ""]
+    if isinstance(d, StateDetails):
+        return [
+            f"State: {d.backend} ({d.store}), {d.users} users, {d.ops:,} operations each; acked_write offers "
+            f"{d.acked_rate_per_s:,.0f} writes/s for {d.acked_seconds:g} s.",
+            "",
+        ]
+    if isinstance(d, WorkflowDetails):
+
+        def f(v: float | None, fmt: str) -> str:
+            return "n/a" if v is None else format(v, fmt)
+
+        return [
+            f"{d.steps} steps, {d.critical_path_steps} on the critical path, {d.llm_server} at "
+            f"{d.llm_latency_ms:g} ms, {d.concurrent_users} users, state on {d.state_backend}: critical path p50 "
+            f"{f(d.critical_path_ms_p50, ',.1f')} ms, wall p50 {f(d.wall_ms_p50, ',.1f')} ms, wall/critical p50 "
+            f"{f(d.wall_over_critical_p50, '.3f')} (p95 {f(d.wall_over_critical_p95, '.3f')}), framework overhead "
+            f"per step p50 {f(d.overhead_per_step_us_p50, ',.0f')} µs (p95 {f(d.overhead_per_step_us_p95, ',.0f')}).",
+            "",
+        ]
     if isinstance(d, OverloadDetails):
         q, i, b = d.requests, d.ingest, d.blocked
         return [

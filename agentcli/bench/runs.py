@@ -30,13 +30,16 @@ from .options import (
     Options,
     ProfileKind,
     Scenario,
+    StateBackendChoice,
     check_kafka,
     check_llm,
     check_noop,
     check_overload,
     check_paths,
     check_ratios,
+    check_state,
     check_tool_scenario,
+    check_workflow,
     usage,
 )
 from .report import Measurement, build_report, render_footer, write_json
@@ -321,6 +324,41 @@ def _overload(s: Session) -> Report:
     return s.report(m)
 
 
+def _state(s: Session) -> Report:
+    from .state import StateSpec, run_state_benchmark
+
+    o = s.options
+    check_ratios(o.thresholds, {"get", "set", "update"}, "")
+    backend = (o.backend or StateBackendChoice.memory).value
+    default_ops = 100_000 if backend == "memory" else 10_000
+    spec = StateSpec(
+        backend=backend, ops=o.requests or default_ops, users=o.users or 16, repeat=o.repeat or 1,
+        acked_seconds=o.seconds or 3.0,
+    )  # fmt: skip
+    base = config_or_exit(o.config)
+    s.console.print(
+        f"agentcli benchmark: state on {backend}, {spec.ops:,} gets, sets and updates against a bare loop",
+        highlight=False,
+    )
+    return s.report(s.run(run_state_benchmark(spec, base, msgspec.to_builtins(spec))))
+
+
+def _workflow(s: Session) -> Report:
+    from .workflow import WorkflowSpec, run_workflow_benchmark
+
+    o = s.options
+    check_ratios(o.thresholds, {"wall_vs_critical_path"}, "")
+    limits = Limits(duration_s=o.seconds) if o.seconds is not None else Limits(count=o.requests or 5_000)
+    kafka = o.bus is BusChoice.kafka
+    spec = WorkflowSpec(limits=limits, users=o.users or 128, kafka=kafka, bootstrap=o.bootstrap, repeat=o.repeat or 1)
+    s.console.print(
+        f"agentcli benchmark: workflow, {limits.describe('runs')}, {spec.users} users on the {o.bus.value} bus",
+        highlight=False,
+    )
+    base = config_or_exit(o.config)
+    return s.report(s.run(run_workflow_benchmark(spec, base, msgspec.to_builtins(spec))))
+
+
 def dispatch(o: Options) -> int:
     """Check the options against the scenario, run it, print and write its report; the exit code."""
     # The scenarios are imported when they run: `agentcli run` and the other commands never load the harness.
@@ -328,12 +366,20 @@ def dispatch(o: Options) -> int:
     from .llm import render_llm
     from .noop_report import render as render_noop
     from .overload_report import render_overload
+    from .state import render_state
+    from .workflow import render_workflow
 
     check_paths(o)
     reset_stop()
     stop = Stop()
     stop.on_stop(request_stop)
     s = Session(options=o, console=make_console(), stop=stop, started=time.monotonic())
+    if o.scenario is Scenario.state:
+        check_state(o)
+        return _finish(s, _state(s), render_state)
+    if o.scenario is Scenario.workflow:
+        check_workflow(o)
+        return _finish(s, _workflow(s), render_workflow)
     if o.scenario is Scenario.overload:
         check_overload(o)
         return _finish(s, _overload(s), render_overload)

@@ -35,6 +35,8 @@ __all__ = [
     "Run",
     "StreamDetails",
     "ToolsDetails",
+    "StateDetails",
+    "WorkflowDetails",
 ]
 
 #: The schema version, as a type (so the JSON Schema pins it) and as the value reports carry.
@@ -91,6 +93,9 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
             "the run's latency histogram: HdrHistogram-style bytes (base64 in JSON), for the latency distribution "
             "of the HTML report and `agentcli benchmark compare`"
         ),
+    ] = None
+    op: Annotated[
+        str | None, _doc("state: the operation measured (get, set, update, acked_write); null for other scenarios")
     ] = None
 
 
@@ -272,7 +277,51 @@ class StreamDetails(msgspec.Struct, frozen=True, kw_only=True, tag="stream", tag
     tool_delivery_ms: Annotated[LatencyMs, _doc("yielded -> handed to the agent, per item, of the median round")]
 
 
-Details = NoopDetails | LLMDetails | KafkaDetails | OverloadDetails | ToolsDetails | MCPDetails | StreamDetails
+class StateDetails(msgspec.Struct, frozen=True, kw_only=True, tag="state", tag_field="kind"):
+    """``--scenario state``: the backend, where its data lived, and the shape of each phase."""
+
+    backend: Annotated[str, _doc("memory, sqlite or redis")]
+    store: Annotated[str, _doc("where the data lived (files, a redis-server started for the run, or --config's)")]
+    users: Annotated[int, _doc("concurrent handlers (agentflow) or coroutines (bare) of get, set and update")]
+    ops: Annotated[int, _doc("operations of each of get, set and update per run")]
+    value_bytes: Annotated[int, _doc("size of the text in each value")]
+    acked_rate_per_s: Annotated[float, _doc("acked_write: writes offered per second (open loop)")]
+    acked_seconds: Annotated[float, _doc("acked_write: how long they were offered")]
+    flush_interval_ms: Annotated[float, _doc("[memory] flush_interval_ms of the agentflow side")]
+
+
+class WorkflowDetails(msgspec.Struct, frozen=True, kw_only=True, tag="workflow", tag_field="kind"):
+    """``--scenario workflow``: plan -> parallel researchers -> join -> writer, one LLM call per step."""
+
+    steps: Annotated[int, _doc("steps of one run")]
+    critical_path_steps: Annotated[int, _doc("steps on the longest path (plan, a researcher, join, writer)")]
+    llm_server: Annotated[str, _doc("the agentcli mock-llm process the steps call")]
+    llm_latency_ms: Annotated[float, _doc("the server's fixed latency per call")]
+    concurrent_users: int
+    state_backend: str
+    critical_path_ms_p50: Annotated[
+        float | None, _doc("median over runs of the critical path: the LLM calls' durations along the longest path")
+    ]
+    wall_ms_p50: Annotated[float | None, _doc("median run wall time: start_workflow -> result")]
+    wall_over_critical_p50: Annotated[float | None, _doc("median over runs of wall time / critical path")]
+    wall_over_critical_p95: Annotated[float | None, _doc("95th percentile over runs of wall time / critical path")]
+    overhead_per_step_us_p50: Annotated[
+        float | None, _doc("median over runs of (wall time - critical path) / critical_path_steps, microseconds")
+    ]
+    overhead_per_step_us_p95: Annotated[float | None, _doc("its 95th percentile")]
+
+
+Details = (
+    NoopDetails
+    | LLMDetails
+    | KafkaDetails
+    | OverloadDetails
+    | ToolsDetails
+    | MCPDetails
+    | StreamDetails
+    | StateDetails
+    | WorkflowDetails
+)
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -285,7 +334,7 @@ class Report(msgspec.Struct, kw_only=True):
     """
 
     format: Annotated[Format, _doc("the schema version")]
-    scenario: Annotated[str, _doc("noop, app, llm-chat, llm-embed, overload, tools, mcp or stream")]
+    scenario: Annotated[str, _doc("noop, app, llm-chat, llm-embed, overload, tools, mcp, stream, state or workflow")]
     mode: Annotated[str | None, _doc("closed, throughput or latency; null for overload")]
     bus: Annotated[str, _doc("memory or kafka")]
     completed: int
@@ -305,7 +354,9 @@ class Report(msgspec.Struct, kw_only=True):
             "named ratios, each the median over rounds: raw (agentflow / bare baseline), pooled_vs_per_request, "
             "sdk (agentflow / openai SDK, or / a held-open MCP SDK session), batched_vs_unbatched, blocked_vs_raw "
             "(a time ratio: lower is better), request_capacity_share, ingest_capacity_share, raw_0calls, "
-            "raw_1call, raw_3calls (tools), per_call, sdk_stdio, per_call_stdio (mcp)"
+            "raw_1call, raw_3calls (tools), per_call, sdk_stdio, per_call_stdio (mcp); state: get, set, update "
+            "(agentflow ops/s / the bare loop's); workflow: wall_vs_critical_path (the median run's wall time / its "
+            "critical path: lower is better, 1 is ideal)"
         ),
     ]
     round_ratios: list[RoundRatios]

@@ -32,6 +32,7 @@ import msgspec
 from ..errors import EventDecodeError
 from ..events import Event, RawEvent, convert_payload
 from ..pool import Slot
+from ..state.unit import Unit
 from .context import Context
 from .worker import AgentWorker
 
@@ -52,17 +53,22 @@ _reply_to_of = operator.attrgetter("reply_to")
 class BatchContext(msgspec.Struct, gc=False):
     """What a batch handler gets beside its events.
 
-    Follow-up events belong to one event's workflow, so ``emit`` names it with ``parent``::
+    Follow-up events and state writes belong to one event, so ``emit`` names it with ``parent`` and
+    ``of(event)`` gives that event's own :class:`~agentflow.agents.context.Context` (its ``state``, ``memory``
+    and follow-up ids); the batch is acknowledged once every event's writes are committed::
 
         @runner.agent("docs", batch_size=64)
         async def embed(events, ctx):
             vectors = await my_model.embed([e.payload["text"] for e in events])
             for ev, vec in zip(events, vectors):
+                await ctx.of(ev).state.set(vec)
                 await ctx.emit("vectors", {"id": ev.payload["id"], "vector": vec}, parent=ev)
     """
 
     events: list[Event]
     _worker: AgentWorker
+    _units: list[Unit | None] | None = None
+    _contexts: dict[int, Context] | None = None
 
     def __repr__(self) -> str:
         return f"<BatchContext agent={self._worker.name!r} events={len(self.events)} attempt={self.attempt}>"
@@ -92,8 +98,29 @@ class BatchContext(msgspec.Struct, gc=False):
         return self._worker.tools_for(None)
 
     def of(self, event: Event) -> Context:
-        """The per-event :class:`~agentflow.context.Context` of one event of this batch."""
-        return Context(event, self._worker)
+        """The per-event :class:`~agentflow.context.Context` of one event of this batch (the same one on every
+        call for the same event, so its follow-ups are numbered in order)."""
+        contexts = self._contexts
+        if contexts is None:
+            contexts = self._contexts = {}
+        ctx = contexts.get(id(event))
+        if ctx is None:
+            unit = None
+            units = self._units
+            if units is not None:
+                i = next((i for i, e in enumerate(self.events) if e is event), None)
+                unit = None if i is None else units[i]
+            ctx = contexts[id(event)] = Context(event, self._worker, unit)
+        return ctx
+
+    def _collect_units(self, units: list[Unit | None]) -> None:
+        """Put the units this call's per-event contexts made into ``units`` (parallel to ``events``)."""
+        contexts = self._contexts
+        if contexts:
+            for i, ev in enumerate(self.events):
+                ctx = contexts.get(id(ev))
+                if ctx is not None and ctx._unit is not None:
+                    units[i] = ctx._unit
 
     async def emit(
         self,
@@ -105,7 +132,7 @@ class BatchContext(msgspec.Struct, gc=False):
         headers: dict[str, str] | None = None,
     ) -> str | None:
         """Emit one follow-up event of ``parent``'s workflow; None when it was dead-lettered for depth."""
-        return await Context(parent, self._worker).emit(topic, payload, key=key, headers=headers)
+        return await self.of(parent).emit(topic, payload, key=key, headers=headers)
 
     async def emit_many(
         self,
@@ -117,7 +144,7 @@ class BatchContext(msgspec.Struct, gc=False):
         headers: dict[str, str] | None = None,
     ) -> list[str]:
         """Emit several follow-up events of ``parent``'s workflow at once."""
-        return await Context(parent, self._worker).emit_many(topic, payloads, key=key, headers=headers)
+        return await self.of(parent).emit_many(topic, payloads, key=key, headers=headers)
 
 
 BatchHandler = Callable[[list[Event], BatchContext], Awaitable[Any]]
@@ -252,13 +279,15 @@ class BatchAgentWorker(AgentWorker):
         t0 = time.perf_counter()
         self._queue_waits(events, t0 + self._wall_offset)
         slot.deadline = t0 + self.timeout_s
+        units: list[Unit | None] = [None] * len(events)
         try:
-            results = await self._invoke(events)
+            results = await self._invoke(events, units)
         except BaseException as exc:  # noqa: BLE001 - classified in _failed
             self._attempt_failed(slot, t0)
-            await self._failed(events, items, slot, exc)
+            await self._failed(events, items, slot, exc, units)
             return
-        self._succeeded_all(events, items, slot, t0, results)
+        self._attempt_done(slot, t0)
+        await self._completed(events, items, slot, units, results)
 
     def _queue_waits(self, events: list[Event], now: float) -> None:
         """Observe emit → start for each event; events emitted together (equal created_at) cost one step."""
@@ -285,19 +314,15 @@ class BatchAgentWorker(AgentWorker):
 
     # ---- the unit of the slow path (FailurePath): one batch ---------------------------------------------
 
-    async def _invoke(self, events: list[Event]) -> Sequence[Any] | None:
-        return self._results(await self._call(events, BatchContext(events, self)), len(events))
+    async def _invoke(self, events: list[Event], units: list[Unit | None]) -> Sequence[Any] | None:
+        bctx = BatchContext(events, self, units if any(u is not None for u in units) else None)
+        try:
+            return self._results(await self._call(events, bctx), len(events))
+        finally:
+            bctx._collect_units(units)
 
-    def _succeeded_all(
-        self, events: list[Event], items: list[Any], slot: Slot, t0: float, results: Sequence[Any] | None
-    ) -> None:
-        slot.deadline = 0.0
-        if slot.timed_out:
-            self._swallowed_timeout(slot)
-        self._pool.release()
-        m = self._m
-        m.duration.observe(time.perf_counter() - t0)
-        m.handled += len(events)
+    def _succeeded_all(self, events: list[Event], items: list[Any], slot: Slot, results: Sequence[Any] | None) -> None:
+        self._m.handled += len(events)
         self._finish_all(items)
         self._reply_all(events, results)
 

@@ -3,10 +3,18 @@ the per-event and the batch worker.
 
 A failure is handled for a *unit*: one event, or one batch (its events fail and are retried together). The loop
 is the same for both: a watchdog cancellation becomes :class:`~agentflow.errors.HandlerTimeoutError`; ``Skip``
-acknowledges the unit; ``Reject`` dead-letters it at once, and so does a :class:`~agentflow.errors.ToolLoopError`
-(reason ``tool_loop``: a model stuck repeating tool calls); any other exception is retried per the agent's
-:class:`~agentflow.resilience.retry.RetryPolicy` (a single event's retry may be handed to the bus instead,
-see ``Subscription.defer_retry``) and finally dead-lettered with reason ``timeout`` or ``exhausted``.
+acknowledges the unit; ``Reject`` dead-letters it at once, and so do the failures that another attempt cannot
+cure (:data:`TERMINAL`: a model stuck repeating tool calls, a state value over ``max_state_bytes``, a workflow
+past its deadline, a join that timed out); any other exception is retried per the agent's
+:class:`~agentflow.resilience.retry.RetryPolicy` (a single event's retry may be handed to the bus instead, see
+``Subscription.defer_retry``) and finally dead-lettered with reason ``timeout`` or ``exhausted``.
+
+State writes gate acknowledgement (docs/state.md): every event carries the :class:`~agentflow.state.Unit` its
+handler's ``ctx.state`` writes went into (None when it wrote nothing), and :meth:`FailurePath._committed` is the
+one wait for them before an event is acknowledged, whichever way it finishes. A commit that fails after a
+successful attempt (or a ``Skip``) fails that attempt: the event is retried per its policy, its writes made again
+into a fresh unit. Dead-lettered events and events handed to a retry topic wait for their writes too; a failed
+commit there is logged, since the dead letter (or the retry) runs the handler again.
 
 Dead letters are written before the events are acknowledged; a write that fails is retried with capped back-off
 for as long as it takes (the event stays unacknowledged meanwhile), so nothing is acknowledged that is not
@@ -25,14 +33,36 @@ from typing import Any
 import msgspec
 
 from ..bus.base import Item, Subscription
-from ..errors import HandlerTimeoutError, Reject, Retry, Skip, ToolLoopError
+from ..errors import (
+    HandlerTimeoutError,
+    JoinTimeoutError,
+    Reject,
+    Retry,
+    Skip,
+    StateError,
+    StateTooLargeError,
+    ToolLoopError,
+    WorkflowDeadlineError,
+)
 from ..events import DeadLetter, Event, RawEvent, bounded_dead_letter
 from ..metrics import AgentMetrics
 from ..pool import Slot, WorkerPool
 from ..resilience.retry import RetryPolicy
+from ..state.unit import Unit
 from .spec import Host
 
-__all__ = ["FailurePath"]
+__all__ = ["TERMINAL", "FailurePath", "Units"]
+
+#: The state units of a unit's events, in order (None: the event's handler made no state write).
+Units = list[Unit | None]
+
+#: Failures another attempt cannot cure, and the dead-letter reason of each: not retried.
+TERMINAL: tuple[tuple[type[BaseException], str], ...] = (
+    (StateTooLargeError, "state_too_large"),
+    (WorkflowDeadlineError, "deadline_exceeded"),
+    (JoinTimeoutError, "join_timeout"),
+    (ToolLoopError, "tool_loop"),
+)
 
 logger = logging.getLogger("agentflow.agents")
 
@@ -72,12 +102,15 @@ class FailurePath(abc.ABC):
     _log_suppressed: int
 
     @abc.abstractmethod
-    async def _invoke(self, events: list[Event]) -> Any:
-        """Call the handler on a unit (one event, or a batch) and return what the unit's success records."""
+    async def _invoke(self, events: list[Event], units: Units) -> Any:
+        """Call the handler on a unit (one event, or a batch) and return what the unit's success records.
+
+        ``units`` holds each event's state unit from earlier attempts (None: none yet); on return, and when the
+        handler raised, it holds the units this attempt's contexts made or used."""
 
     @abc.abstractmethod
-    def _succeeded_all(self, events: list[Event], items: list[Item], slot: Slot, t0: float, result: Any) -> None:
-        """Bookkeeping after the handler returned ``result`` for the unit."""
+    def _succeeded_all(self, events: list[Event], items: list[Item], slot: Slot, result: Any) -> None:
+        """Bookkeeping after the unit succeeded and its state writes are committed: count, acknowledge, reply."""
 
     @abc.abstractmethod
     def _finish_all(self, items: Sequence[Item]) -> None:
@@ -89,7 +122,9 @@ class FailurePath(abc.ABC):
 
     # ---- the retry loop --------------------------------------------------------------------------------
 
-    async def _failed(self, events: list[Event], items: list[Item], slot: Slot, exc: BaseException) -> None:
+    async def _failed(
+        self, events: list[Event], items: list[Item], slot: Slot, exc: BaseException, units: Units
+    ) -> None:
         """Classify ``exc`` (raised by the unit's handler), back off and retry, and finally dead-letter."""
         m = self._m
         n = len(events)
@@ -98,32 +133,38 @@ class FailurePath(abc.ABC):
         while True:
             exc = self._as_timeout(exc, slot, what, attempt)
             if isinstance(exc, Skip):
-                m.skipped += n
-                slot.current = None
-                self._finish_all(items)
-                self._reply_all(events, None)
-                return
+                not_committed = await self._committed(units)
+                if not_committed is None:
+                    m.skipped += n
+                    slot.current = None
+                    self._finish_all(items)
+                    self._reply_all(events, None)
+                    return
+                exc, units = not_committed, [None] * n  # the skip's writes did not commit: the attempt failed
             if isinstance(exc, Reject):
-                await self._dead_all(events, items, "rejected", exc, attempt)
+                await self._dead_all(events, items, "rejected", exc, attempt, units)
                 return
             if not isinstance(exc, Exception):
                 raise exc  # KeyboardInterrupt, SystemExit: not ours to swallow
             kind = "timeout" if isinstance(exc, HandlerTimeoutError) else "error"
             for _ in range(n):
                 m.failed(kind)
-            if isinstance(exc, ToolLoopError):
-                # The model repeated the same tool calls past the warning: another attempt would replay the same
-                # conversation, so the event goes to the dead-letter queue at once, with the repeated call.
-                await self._dead_all(events, items, "tool_loop", exc, attempt)
+            # Another attempt would fail the same way (a model repeating tool calls would replay the same
+            # conversation): the event goes to the dead-letter queue at once.
+            terminal = next((reason for tp, reason in TERMINAL if isinstance(exc, tp)), None)
+            if terminal is not None:
+                await self._dead_all(events, items, terminal, exc, attempt, units)
                 return
             if not self.policy.should_retry(attempt):
-                await self._dead_all(events, items, "timeout" if kind == "timeout" else "exhausted", exc, attempt)
+                reason = "timeout" if kind == "timeout" else "exhausted"
+                await self._dead_all(events, items, reason, exc, attempt, units)
                 return
             # A bus that can park the retry outside this worker (Kafka retry topics) takes it over: the event is
             # finished here, so a long back-off holds neither a slot nor the partition's commit.
             if n == 1 and await self._sub.defer_retry(events[0], attempt, exc):
                 m.retries += 1
                 slot.current = None
+                await self._settle_terminal(events, units, "handed to a retry topic")
                 self._finish_all(items)
                 return
             delay = self.policy.delay_s(attempt, exc)
@@ -141,26 +182,75 @@ class FailurePath(abc.ABC):
             await asyncio.sleep(delay)
             attempt += 1
             events = [msgspec.structs.replace(ev, attempt=attempt) for ev in events]
-            t0, result, error = await self._call_in_slot(slot, events)
-            if error is not None:
-                exc = error
-                continue
-            self._succeeded_all(events, items, slot, t0, result)
-            return
+            for unit in units:
+                if unit is not None:
+                    unit.begin_attempt()  # its once-writes are numbered from the start again
+            result, error = await self._call_in_slot(slot, events, units)
+            if error is None:
+                error = await self._committed(units)
+                if error is None:
+                    self._succeeded_all(events, items, slot, result)
+                    return
+                units = [None] * n  # the next attempt writes into fresh units: a failed one stays failed
+            exc = error
 
-    async def _call_in_slot(self, slot: Slot, events: list[Event]) -> tuple[float, Any, BaseException | None]:
-        """One retry attempt: take a pool slot, run the unit under the watchdog, and return (start time, result,
-        None), or (start time, None, what it raised) with the slot released."""
+    async def _completed(self, events: list[Event], items: list[Item], slot: Slot, units: Units, result: Any) -> None:
+        """The unit's handler returned (its attempt's bookkeeping done): once its state writes are committed,
+        count, acknowledge and reply; a commit that failed fails the attempt instead."""
+        error = await self._committed(units)
+        if error is None:
+            self._succeeded_all(events, items, slot, result)
+        else:
+            await self._failed(events, items, slot, error, [None] * len(events))
+
+    @staticmethod
+    async def _committed(units: Units) -> StateError | None:
+        """Wait until every state write of these units is committed: the one wait an event's acknowledgement
+        goes through. Returns the error of a commit that failed (None: everything is in, or nothing was written)."""
+        for unit in units:
+            if unit is not None and unit.pending:
+                try:
+                    await unit.committed()
+                except StateError as exc:
+                    return exc
+        return None
+
+    async def _settle_terminal(self, events: list[Event], units: Units, how: str) -> None:
+        """Before acknowledging events that will run again elsewhere (a dead letter, a retry topic): wait for
+        their writes; a failed commit is logged, since the next run makes them again."""
+        error = await self._committed(units)
+        if error is not None:
+            logger.warning(
+                "Agent %r: the state writes of event %s (%s) were not committed: %s",
+                self.name,
+                events[0].id,
+                how,
+                error,
+            )
+
+    async def _call_in_slot(self, slot: Slot, events: list[Event], units: Units) -> tuple[Any, BaseException | None]:
+        """One retry attempt: take a pool slot, run the unit under the watchdog, and return (result, None), or
+        (None, what it raised); the slot is released either way."""
         pool = self._pool
         if not pool.try_acquire():
             await pool.acquire()
         t0 = time.perf_counter()
         slot.deadline = t0 + self.timeout_s
         try:
-            return t0, await self._invoke(events), None
+            result = await self._invoke(events, units)
         except BaseException as exc:  # noqa: BLE001 - the caller classifies it
             self._attempt_failed(slot, t0)
-            return t0, None, exc
+            return None, exc
+        self._attempt_done(slot, t0)
+        return result, None
+
+    def _attempt_done(self, slot: Slot, t0: float) -> None:
+        """Bookkeeping after a handler returned: disarm the watchdog, free the pool slot, record the duration."""
+        slot.deadline = 0.0
+        if slot.timed_out:
+            self._swallowed_timeout(slot)
+        self._pool.release()
+        self._m.duration.observe(time.perf_counter() - t0)
 
     def _attempt_failed(self, slot: Slot, t0: float) -> None:
         """Bookkeeping after a handler raised: disarm the watchdog, free the pool slot, record the duration."""
@@ -215,13 +305,21 @@ class FailurePath(abc.ABC):
         self._dead_done(item, ev, letter)
 
     async def _dead_all(
-        self, events: list[Event], items: list[Item], reason: str, exc: BaseException, attempts: int
+        self,
+        events: list[Event],
+        items: list[Item],
+        reason: str,
+        exc: BaseException,
+        attempts: int,
+        units: Units | None = None,
     ) -> None:
         # Every letter is written before any event is acknowledged: a shutdown that cancels a write gives the
         # whole unit back (a letter written twice is at-least-once), never part of it.
         letters = [self._letter(item, ev, reason, exc, attempts) for ev, item in zip(events, items, strict=True)]
         for letter in letters:
             await self._record(letter)
+        if units:
+            await self._settle_terminal(events, units, f"dead-lettered as {reason}")
         for ev, item, letter in zip(events, items, letters, strict=True):
             self._dead_done(item, ev, letter)
 

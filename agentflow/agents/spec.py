@@ -11,6 +11,7 @@ from ..events import DeadLetter, Event
 
 if TYPE_CHECKING:
     from ..llm.hub import AgentLLM
+    from ..state.store import StateStore
     from ..tools import ToolBox
     from .context import Context
 
@@ -20,7 +21,8 @@ Handler = Callable[[Event, "Context"], Awaitable[Any]]
 
 
 class Host(Protocol):
-    """What an agent needs from its runner: follow-up emits, the dead-letter queue, replies and the LLMs."""
+    """What an agent needs from its runner: follow-up emits, the dead-letter queue, replies, the LLMs and the
+    state store."""
 
     async def _emit_follow_up(
         self,
@@ -30,6 +32,7 @@ class Host(Protocol):
         payloads: list[Any],
         key: str | None,
         headers: dict[str, str] | None,
+        start: int = 0,
     ) -> list[str]: ...
 
     async def _dead_letter(self, letter: DeadLetter) -> None: ...
@@ -39,6 +42,9 @@ class Host(Protocol):
     def _llm_for(self, agent: str, event: Event | None) -> AgentLLM: ...
 
     def _tools_for(self, agent: str, event: Event | None) -> ToolBox: ...
+
+    @property
+    def state_store(self) -> StateStore: ...
 
 
 class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,3 +60,8 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int | None = None
     tools: tuple[str, ...] | None = None
     max_parallel_tools: int | None = None
+    # ctx.llm defaults of this agent; [agents.NAME] overrides them.
+    provider: str | None = None
+    model: str | None = None
+    temperature: float | None = None
+    cache_ttl_s: float | None = None

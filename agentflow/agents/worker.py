@@ -24,6 +24,8 @@ from ..events import Event, EventCodec, RawEvent, convert_payload
 from ..metrics import AgentMetrics
 from ..pool import Slot, WorkerPool
 from ..resilience.retry import RetryPolicy
+from ..state.store import StateStore
+from ..state.unit import Unit
 from .context import Context
 from .failures import FailurePath
 from .spec import Handler, Host
@@ -204,10 +206,13 @@ class AgentWorker(FailurePath):
     # ---- workers ---------------------------------------------------------------------------------------
 
     async def _work(self, slot: Slot) -> None:  # noqa: C901 - the measured per-event hot path, kept in one frame
-        # The hot path: a plain event whose key is free is handled right here, with the steps of _begin and
-        # _succeeded (the slow path's) written out around the handler call. Each algorithm they use — the key
-        # claim, the pool's slot accounting, the histograms, the ack — is one method, bound to a local here;
-        # tests/test_hot_path.py drives the same scenarios through both paths and compares what they record.
+        # The hot path: a plain event whose key is free is handled right here, with the steps of _begin,
+        # _attempt_done and _succeeded_all (the slow path's) written out around the handler call. A handler whose
+        # state writes still wait for their flush goes on through _completed, the slow path's, as failures do.
+        # Each algorithm they use — the key claim, the pool's slot accounting, the histograms, the ack — is one
+        # method, bound to a local here;
+        # tests/agentflow/agents/test_hot_path.py drives the same scenarios through both paths and compares what
+        # they record.
         # Anything else — raw bytes, typed payloads, failures, parked keys — takes the slow path.
         local, idle = self._local, self._idle
         loop = asyncio.get_running_loop()
@@ -251,24 +256,35 @@ class AgentWorker(FailurePath):
             t0 = perf()  # _begin
             observe_wait(t0 + self._wall_offset - ev.created_at)
             slot.deadline = t0 + timeout
+            ctx = Context(ev, self)
             try:
-                result = await handler(ev, Context(ev, self))
+                result = await handler(ev, ctx)
             except BaseException as exc:  # noqa: BLE001 - classified in _failed
                 self._attempt_failed(slot, t0)
                 try:
-                    await self._failed([ev], [item], slot, exc)
+                    await self._failed([ev], [item], slot, exc, [ctx._unit])
                     if key is not None:
                         await self._drain_key(key, slot)
                 except asyncio.CancelledError:
                     self._abandon_key(slot, key)
                     raise
                 continue
-            slot.deadline = 0.0  # _succeeded
+            slot.deadline = 0.0  # _attempt_done
             if slot.timed_out:
                 self._swallowed_timeout(slot)
             release()
             observe_run(perf() - t0)
-            m.handled += 1
+            if ctx._unit is not None and ctx._unit.pending:
+                # State writes wait for their flush: the slow path acknowledges the event once they are in.
+                try:
+                    await self._completed([ev], [item], slot, [ctx._unit], result)
+                    if key is not None:
+                        await self._drain_key(key, slot)
+                except asyncio.CancelledError:
+                    self._abandon_key(slot, key)
+                    raise
+                continue
+            m.handled += 1  # _succeeded_all
             slot.current = None
             ack(item)
             self.inflight -= 1
@@ -293,14 +309,9 @@ class AgentWorker(FailurePath):
         slot.deadline = t0 + self.timeout_s
         return t0
 
-    def _succeeded(self, ev: Event, item: Item, slot: Slot, t0: float, result: Any) -> None:
-        """Bookkeeping after a handler returned ``result``: disarm, free the slot, count, acknowledge, reply."""
-        slot.deadline = 0.0
-        if slot.timed_out:
-            self._swallowed_timeout(slot)
-        self._pool.release()
+    def _succeeded(self, ev: Event, item: Item, slot: Slot, result: Any) -> None:
+        """Bookkeeping once a handler returned ``result`` and its state writes are in: count, acknowledge, reply."""
         m = self._m
-        m.duration.observe(time.perf_counter() - t0)
         m.handled += 1
         slot.current = None
         self._sub.ack(item)
@@ -427,22 +438,28 @@ class AgentWorker(FailurePath):
         if not pool.try_acquire():
             await pool.acquire()
         t0 = self._begin(ev, slot)
+        units: list[Unit | None] = [None]
         try:
-            result = await self._handler(ev, Context(ev, self))
+            result = await self._invoke([ev], units)
         except BaseException as exc:  # noqa: BLE001 - classified in _failed
             self._attempt_failed(slot, t0)
-            await self._failed([ev], [item], slot, exc)
+            await self._failed([ev], [item], slot, exc, units)
             return
-        self._succeeded(ev, item, slot, t0, result)
+        self._attempt_done(slot, t0)
+        await self._completed([ev], [item], slot, units, result)
 
     # ---- the unit of the slow path (FailurePath): one event ---------------------------------------------
 
-    async def _invoke(self, events: list[Event]) -> Any:
+    async def _invoke(self, events: list[Event], units: list[Unit | None]) -> Any:
         ev = events[0]
-        return await self._handler(ev, Context(ev, self))
+        ctx = Context(ev, self, units[0])
+        try:
+            return await self._handler(ev, ctx)
+        finally:
+            units[0] = ctx._unit
 
-    def _succeeded_all(self, events: list[Event], items: list[Item], slot: Slot, t0: float, result: Any) -> None:
-        self._succeeded(events[0], items[0], slot, t0, result)
+    def _succeeded_all(self, events: list[Event], items: list[Item], slot: Slot, result: Any) -> None:
+        self._succeeded(events[0], items[0], slot, result)
 
     def _finish_all(self, items: Sequence[Item]) -> None:
         if len(items) == 1:
@@ -467,6 +484,20 @@ class AgentWorker(FailurePath):
         return self._host._tools_for(self.name, event)
 
     async def emit_follow_up(
-        self, parent: Event, topic: str, payloads: list[Any], key: str | None, headers: dict[str, str] | None
+        self,
+        parent: Event,
+        topic: str,
+        payloads: list[Any],
+        key: str | None,
+        headers: dict[str, str] | None,
+        start: int = 0,
     ) -> list[str]:
-        return await self._host._emit_follow_up(parent, self.name, topic, payloads, key, headers)
+        return await self._host._emit_follow_up(parent, self.name, topic, payloads, key, headers, start)
+
+    @property
+    def state_store(self) -> StateStore:
+        return self._host.state_store
+
+    def new_unit(self, event: Event) -> Unit:
+        """The state unit of ``event`` (all its attempts): once-writes are scoped by this agent and the event's id."""
+        return self._host.state_store.unit(scope=f"{self.name}:{event.id}" if event.id else None)

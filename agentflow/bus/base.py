@@ -148,6 +148,12 @@ class Subscription(abc.ABC):
         """
         return False
 
+    def set_rebalance_listener(self, listener: Callable[[], None] | None) -> bool:
+        """Ask to be called whenever partitions are assigned to this member or taken from it (after the revoked
+        partitions' commit); True if supported. Whoever caches what the keys of its partitions hold (the state
+        store) forgets it then. Buses whose partitions never move to another process return False."""
+        return False
+
     def ack_many(self, items: Sequence[Item]) -> None:
         """Mark several taken items finished (what a batch agent finishes at once); same as ``ack`` on each."""
         for item in items:

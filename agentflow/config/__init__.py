@@ -1,8 +1,9 @@
 """Configuration (L1): frozen, typed msgspec Structs loaded from TOML, with environment overrides.
 
 ``schema`` holds one Struct per TOML table (``[runner]``, ``[bus]``, ``[kafka]``, ``[llm.NAME]``, ``[tools.NAME]``,
-``[mcp.NAME]`` ...) and their defaults; ``loader`` reads a file and the environment into a :class:`Config` and
-names the key, the file and the fix when something is wrong (docs/configuration.md)::
+``[mcp.NAME]``, ``[memory]``, ``[workflows.NAME]`` ...) and their defaults; ``loader`` reads a file and the
+environment into a :class:`Config` and names the key, the file and the fix when something is wrong
+(docs/configuration.md)::
 
     config = load_config("config/agentflow.toml")
 """
@@ -26,8 +27,11 @@ from .schema import (
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    StateConfig,
     ToolBreakerConfig,
     ToolConfig,
+    WorkflowConfig,
+    WorkflowStepConfig,
 )
 
 __all__ = [
@@ -51,6 +55,9 @@ __all__ = [
     "RunnerConfig",
     "ToolBreakerConfig",
     "ToolConfig",
+    "StateConfig",
+    "WorkflowConfig",
+    "WorkflowStepConfig",
     "config_from_dict",
     "load_config",
 ]

@@ -30,6 +30,9 @@ __all__ = [
     "RunnerConfig",
     "ToolBreakerConfig",
     "ToolConfig",
+    "StateConfig",
+    "WorkflowConfig",
+    "WorkflowStepConfig",
 ]
 
 
@@ -114,6 +117,22 @@ DEFAULT_MCP_RECONNECT_BACKOFF_S = 0.2
 DEFAULT_MCP_MAX_RECONNECT_BACKOFF_S = 30.0
 DEFAULT_MCP_MAX_IN_FLIGHT_PER_SESSION = 16
 DEFAULT_MCP_MAX_KEYS = 10_000
+DEFAULT_STATE_BACKEND: Literal["memory", "sqlite", "redis"] = "memory"
+DEFAULT_STATE_PATH = "agentflow-state.db"
+DEFAULT_STATE_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_STATE_KEY_PREFIX = "agentflow:"
+DEFAULT_STATE_CACHE_SIZE = 10_000
+DEFAULT_STATE_CACHE_TTL_S = 30.0
+DEFAULT_COMPRESSION_THRESHOLD_BYTES = 4096
+DEFAULT_MAX_STATE_BYTES = 1_048_576  # 1 MiB
+DEFAULT_FLUSH_INTERVAL_MS = 0.0  # group commit: a flush starts as soon as the previous one is done
+DEFAULT_MAX_PENDING_WRITES = 10_000
+DEFAULT_MAX_UPDATE_ATTEMPTS = 10
+DEFAULT_ONCE_TTL_S = 7 * 24 * 3600.0
+DEFAULT_PURGE_INTERVAL_S = 60.0
+DEFAULT_STATE_OPERATION_TIMEOUT_S = 5.0
+DEFAULT_REDIS_MAX_CONNECTIONS = 16
+DEFAULT_CONVERSATION_MAX_MESSAGES = 200
 
 _PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 _NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -124,6 +143,8 @@ _EventBytes = Annotated[int, msgspec.Meta(ge=64)]
 _Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 _Rate = Annotated[float, msgspec.Meta(gt=0, le=1)]
 _ResultBytes = Annotated[int, msgspec.Meta(ge=64)]
+# A prefix of Redis keys: printable, no spaces, so `redis-cli --scan --pattern 'agentflow:*'` finds them.
+_KeyPrefix = Annotated[str, msgspec.Meta(pattern=r"^[!-~]*$", max_length=64)]
 
 
 class RunnerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -246,9 +267,11 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """``[agents.NAME]``: one agent's overrides; ``None`` inherits the global setting.
 
     ``concurrency`` caps this agent's handlers running at once (unset: only ``worker_pool_size`` limits
-    it); ``timeout_s`` replaces ``runner.event_timeout_s``; ``retry`` is merged over ``[retry]``::
+    it); ``timeout_s`` replaces ``runner.event_timeout_s``; ``retry`` is merged over ``[retry]``.
+    ``provider``, ``model``, ``temperature`` and ``cache_ttl_s`` are what this agent's ``ctx.llm`` calls use
+    when a call does not name them (a cheap model for simple agents, a strong one for hard ones)::
 
-        AgentConfig(timeout_s=5.0, retry=RetryOverride(max_attempts=1))
+        AgentConfig(timeout_s=5.0, retry=RetryOverride(max_attempts=1), model="gpt-4o-mini", temperature=0)
     """
 
     concurrency: _PositiveInt | None = None
@@ -257,6 +280,12 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     # The tools the agent may use (names or globs), and how many of its tool calls run at once (docs/tools.md).
     tools: tuple[str, ...] | None = None
     max_parallel_tools: _PositiveInt | None = None
+    # What ctx.llm uses when a call does not say: a provider of [llm.*], its model, the sampling temperature and
+    # how long this agent's responses stay cached.
+    provider: str | None = None
+    model: str | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    cache_ttl_s: _PositiveFloat | None = None
 
 
 _NO_OVERRIDES = AgentConfig()
@@ -532,6 +561,71 @@ class MCPConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
         return tuple(f"#{i}" for i in range(self.replicas))
 
 
+class StateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[memory]``: the state backend behind ``ctx.state``, ``ctx.workflow_state`` and ``ctx.memory``
+    (docs/state.md).
+
+    ``backend``: ``"memory"`` (one process, lost on exit), ``"sqlite"`` (a file at ``path`` in WAL mode, durable on
+    one machine) or ``"redis"`` (``url``; the password comes from the environment variable ``password_env``
+    names, never from the file). Writes wait at most ``flush_interval_ms`` in the write-behind buffer and are
+    committed together; an event is acknowledged only after the commit holding its writes::
+
+        StateConfig(backend="redis", url="redis://10.0.0.5:6379/0", password_env="AGENTFLOW_REDIS_PASSWORD")
+    """
+
+    backend: Literal["memory", "sqlite", "redis"] = DEFAULT_STATE_BACKEND
+    path: str = DEFAULT_STATE_PATH
+    # "normal" survives a killed process (the commit is in the WAL file); "full" also a power cut, at an fsync
+    # per flush.
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
+    url: str = DEFAULT_STATE_URL
+    password_env: str = ""
+    key_prefix: _KeyPrefix = DEFAULT_STATE_KEY_PREFIX
+    max_connections: _PositiveInt = DEFAULT_REDIS_MAX_CONNECTIONS
+    operation_timeout_s: _PositiveFloat = DEFAULT_STATE_OPERATION_TIMEOUT_S
+    state_cache_size: _PositiveInt = DEFAULT_STATE_CACHE_SIZE
+    state_cache_ttl_s: _PositiveFloat = DEFAULT_STATE_CACHE_TTL_S
+    enable_state_compression: bool = False
+    compression_threshold_bytes: _PositiveInt = DEFAULT_COMPRESSION_THRESHOLD_BYTES
+    max_state_bytes: _PositiveInt = DEFAULT_MAX_STATE_BYTES
+    flush_interval_ms: _NonNegativeFloat = DEFAULT_FLUSH_INTERVAL_MS
+    max_pending_writes: _PositiveInt = DEFAULT_MAX_PENDING_WRITES
+    max_update_attempts: _PositiveInt = DEFAULT_MAX_UPDATE_ATTEMPTS
+    default_ttl_s: _PositiveFloat | None = None
+    once_ttl_s: _PositiveFloat = DEFAULT_ONCE_TTL_S
+    purge_interval_s: _PositiveFloat = DEFAULT_PURGE_INTERVAL_S
+    conversation_max_messages: _PositiveInt = DEFAULT_CONVERSATION_MAX_MESSAGES
+    conversation_ttl_s: _PositiveFloat | None = None
+
+
+class WorkflowStepConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[workflows.NAME.steps.STEP]``: one step of a workflow defined in TOML (docs/workflows.md).
+
+    The handler is ``handler`` (an import path, ``"package.module:function"``) or ``agent`` (the name of an
+    agent registered with ``@runner.agent``, whose handler the step reuses); ``parallel`` lists several import
+    paths instead, a group of steps that run side by side. ``after`` names the steps whose results it takes; with
+    several, the step is a join that waits up to ``timeout_s`` for all of them::
+
+        WorkflowStepConfig(handler="research.steps:merge", after=["research"], timeout_s=60)
+    """
+
+    handler: str = ""
+    agent: str = ""
+    parallel: list[str] = msgspec.field(default_factory=list)
+    after: list[str] = msgspec.field(default_factory=list)
+    timeout_s: _PositiveFloat | None = None
+
+
+class WorkflowConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[workflows.NAME]``: a workflow of steps; ``max_execution_time_s`` bounds a whole run::
+
+    WorkflowConfig(max_execution_time_s=300, steps={"plan": WorkflowStepConfig(handler="app:plan")})
+    """
+
+    max_execution_time_s: _PositiveFloat | None = None
+    steps: dict[str, WorkflowStepConfig] = msgspec.field(default_factory=dict)
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration.
 
@@ -552,6 +646,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     llm: dict[str, LLMConfig] = msgspec.field(default_factory=dict)
     tools: dict[str, ToolConfig] = msgspec.field(default_factory=dict)
     mcp: dict[str, MCPConfig] = msgspec.field(default_factory=dict)
+    memory: StateConfig = msgspec.field(default_factory=StateConfig)
+    workflows: dict[str, WorkflowConfig] = msgspec.field(default_factory=dict)
 
     def agent(self, name: str) -> AgentConfig:
         """Return the overrides for agent ``name``, or an AgentConfig that overrides nothing."""

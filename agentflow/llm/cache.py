@@ -87,15 +87,15 @@ class TTLCache(Generic[K, V]):
         self.hits += 1
         return value
 
-    def put(self, key: K, value: V) -> None:
-        """Store ``value`` for ``ttl_s``; evict the least recently used entry when full."""
+    def put(self, key: K, value: V, ttl_s: float | None = None) -> None:
+        """Store ``value`` for ``ttl_s`` (default: the cache's); evict the least recently used entry when full."""
         data = self._data
         if key in data:
             del data[key]
         elif len(data) >= self.max_entries:
             data.popitem(last=False)
             self.evictions += 1
-        data[key] = (self._clock() + self.ttl_s, value)
+        data[key] = (self._clock() + (self.ttl_s if ttl_s is None else ttl_s), value)
 
     def clear(self) -> None:
         self._data.clear()

@@ -1,6 +1,7 @@
 """One OpenAI-compatible provider over a pooled aiohttp session: chat (plain and SSE), embeddings, completions.
 
-Each call goes: token budget → cache → (batcher, for embeddings and list-prompt completions) → rate limiter
+Each call goes: token budget → cache (in-process, then the shared second level when there is one) → (batcher,
+for embeddings and list-prompt completions) → rate limiter
 → circuit breaker → HTTP, with retries of retriable failures (429, 5xx, timeouts, resets) inside one deadline
 shared by all attempts. The connections are a :class:`~agentflow.llm.transport.ConnectionPool`; failures
 become :class:`~agentflow.errors.LLMError` instances in :mod:`agentflow.llm.failures`. The resilience parts are passed
@@ -14,6 +15,7 @@ key in an ``api-key`` header and adds ``?api-version=`` (``base_url`` is then th
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -39,8 +41,17 @@ from ..resilience.retry import RetryPolicy
 from .cache import TTLCache
 from .cost import CostTracker
 from .failures import Failures, outcome
-from .metrics import LLMMetrics, ModelMetrics
-from .protocols import NO_BREAKER, BatcherFactory, BatcherLike, BreakerLike, BreakersLike, BudgetLike, LimiterLike
+from .metrics import LLMMetrics, ModelMetrics, SharedCacheStats
+from .protocols import (
+    NO_BREAKER,
+    BatcherFactory,
+    BatcherLike,
+    BreakerLike,
+    BreakersLike,
+    BudgetLike,
+    LimiterLike,
+    SharedCacheLike,
+)
 from .stream import ChatStream, StreamAssembler, open_stream, read_stream
 from .tokens import estimate_tokens, split_tokens
 from .toolspec import tool_fields
@@ -117,6 +128,9 @@ class ProviderClient(Lifecycle):
         )
         if self.cache is not None:
             self.metrics.add_cache(name, self.cache)
+        #: The second cache level, shared by every worker (Redis, when [memory] backend = "redis"); None: none.
+        self.shared_cache: SharedCacheLike | None = None
+        self.shared_stats = SharedCacheStats()
         rc = config.retry
         self._policy = RetryPolicy(
             max_attempts=rc.max_attempts,
@@ -193,11 +207,14 @@ class ProviderClient(Lifecycle):
         priority: int = 0,
         timeout_s: float | None = None,
         cache: bool | None = None,
+        cache_ttl_s: float | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> ChatResponse:
         """One chat completion. ``stream=True`` reads it as server-sent events and records time to first token
         and inter-token latency (the answer is still returned whole). ``cache=None`` caches only when
-        ``temperature == 0`` (and ``[llm.NAME.cache] deterministic_only``); ``extra`` adds body fields.
+        ``temperature == 0`` (and ``[llm.NAME.cache] deterministic_only``), for ``cache_ttl_s`` (default
+        ``[llm.NAME.cache] ttl_s``), in this process and in the shared second level when there is one; ``extra``
+        adds body fields.
 
         ``tools`` (OpenAI function tools), ``tool_choice`` and ``parallel_tool_calls`` are checked and sent;
         the calls the model asks for are ``response.tool_calls``."""
@@ -220,6 +237,11 @@ class ProviderClient(Lifecycle):
             hit = self.cache.get(key)
             if isinstance(hit, ChatResponse):
                 return msgspec.structs.replace(hit, cached=True)
+            if self.shared_cache is not None:
+                shared = await self._shared_get(key)
+                if shared is not None:
+                    self.cache.put(key, shared, cache_ttl_s)
+                    return msgspec.structs.replace(shared, cached=True)
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -230,8 +252,40 @@ class ProviderClient(Lifecycle):
         if tools is not None:
             self._report_tool_calls(resp, model)
         if key is not None and self.cache is not None:
-            self.cache.put(key, resp)
+            self.cache.put(key, resp, cache_ttl_s)
+            if self.shared_cache is not None:
+                await self._shared_put(key, resp, cache_ttl_s)
         return resp
+
+    def _shared_key(self, key: bytes) -> str:
+        # Hashed: the request body can be large, and the key names the provider (models differ between them).
+        return f"llm:{self.name}:{hashlib.blake2b(key, digest_size=20).hexdigest()}"
+
+    async def _shared_get(self, key: bytes) -> ChatResponse | None:
+        shared, stats = self.shared_cache, self.shared_stats
+        assert shared is not None
+        try:
+            raw = await shared.get_blob(self._shared_key(key))
+            resp = None if raw is None else CHAT_DECODER.decode(raw)
+        except Exception as exc:  # noqa: BLE001 - the shared level is an optimisation: a failure is a miss
+            stats.errors += 1
+            logger.debug("LLM cache of %r: the shared level failed a read (%s); calling the provider", self.name, exc)
+            resp = None
+        if resp is None:
+            stats.misses += 1
+        else:
+            stats.hits += 1
+        return resp
+
+    async def _shared_put(self, key: bytes, resp: ChatResponse, ttl_s: float | None) -> None:
+        shared = self.shared_cache
+        assert shared is not None
+        ttl = self.config.cache.ttl_s if ttl_s is None else ttl_s
+        try:
+            await shared.set_blob(self._shared_key(key), ENCODER.encode(resp), ttl)
+        except Exception as exc:  # noqa: BLE001 - the answer is good; only sharing it failed
+            self.shared_stats.errors += 1
+            logger.debug("LLM cache of %r: the shared level failed a write (%s)", self.name, exc)
 
     def stream(
         self,
@@ -329,9 +383,11 @@ class ProviderClient(Lifecycle):
         priority: int = 0,
         timeout_s: float | None = None,
         cache: bool | None = None,
+        cache_ttl_s: float | None = None,
     ) -> EmbeddingResponse:
         """Embeddings of ``inputs`` in order. Concurrent calls are coalesced into batched requests when
-        batching is on; each input is cached on its own (embeddings are deterministic)."""
+        batching is on; each input is cached on its own (embeddings are deterministic), for ``cache_ttl_s``
+        (default ``[llm.NAME.cache] ttl_s``)."""
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         if not texts:
             raise LLMBadRequestError("embed() needs at least one input.", provider=self.name)
@@ -366,7 +422,7 @@ class ProviderClient(Lifecycle):
                 vectors[i] = vec
                 usage.prompt_tokens += tokens
                 if use_cache and self.cache is not None:
-                    self.cache.put(("embed", model, dimensions, texts[i]), vec)
+                    self.cache.put(("embed", model, dimensions, texts[i]), vec, cache_ttl_s)
             usage.total_tokens = usage.prompt_tokens
             self._account(model, agent, workflow, usage)
         data = [Embedding(index=i, embedding=v or []) for i, v in enumerate(vectors)]

@@ -47,6 +47,8 @@ class CostTracker:
         self._prices: dict[str, dict[str, LLMPrice]] = {}
         self._rows: dict[tuple[str, str, str], CostRow] = {}
         self._workflows: OrderedDict[str, int] = OrderedDict()
+        # (workflow, agent) -> [tokens, cost]: what one step of a workflow run used (docs/workflows.md, status)
+        self._steps: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self._max_workflows = max_workflows
         self.budget_refusals = 0
 
@@ -94,7 +96,19 @@ class CostTracker:
             self._workflows[workflow] = used
             if len(self._workflows) > self._max_workflows:
                 self._workflows.popitem(last=False)
+            step = self._steps.get((workflow, agent))
+            if step is None:
+                step = self._steps[workflow, agent] = [0.0, 0.0]
+                if len(self._steps) > self._max_workflows:
+                    self._steps.popitem(last=False)
+            step[0] += prompt + completion
+            step[1] += cost
         return cost
+
+    def step_usage(self, workflow: str, agent: str) -> tuple[int, float]:
+        """Tokens and US dollars ``agent`` used in ``workflow`` in this process (0 when unknown or forgotten)."""
+        step = self._steps.get((workflow, agent))
+        return (0, 0.0) if step is None else (int(step[0]), step[1])
 
     def used(self, workflow: str) -> int:
         """Tokens the workflow has used so far (0 when unknown or forgotten)."""

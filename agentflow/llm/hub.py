@@ -30,7 +30,7 @@ from .batching import MicroBatcher
 from .client import ProviderClient
 from .cost import CostTracker
 from .metrics import LLMMetrics
-from .protocols import BatcherLike, LimiterLike
+from .protocols import BatcherLike, LimiterLike, SharedCacheLike
 from .stream import ChatStream
 from .types import ChatMessage, ChatResponse, CompletionResponse, EmbeddingResponse, Usage
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..agents.loop import AgentRun
     from ..tools import ToolBox
 
-__all__ = ["AgentLLM", "LLMHub"]
+__all__ = ["AgentLLM", "AgentSettings", "LLMHub"]
 
 
 def _is_failure(exc: BaseException) -> bool:
@@ -48,6 +48,21 @@ def _is_failure(exc: BaseException) -> bool:
 
 def _is_ignored(exc: BaseException) -> bool:
     return isinstance(exc, LLMError) and not exc.retriable
+
+
+class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What one agent's ``ctx.llm`` calls use when they name none: ``[agents.NAME]`` over ``@runner.agent(...)``.
+
+    ``temperature`` applies to chat, streamed chat and completions; ``cache_ttl_s`` to cached chat answers and
+    embeddings::
+
+        AgentSettings(provider="openai", model="gpt-4o-mini", temperature=0.0, cache_ttl_s=3600)
+    """
+
+    provider: str | None = None
+    model: str | None = None
+    temperature: float | None = None
+    cache_ttl_s: float | None = None
 
 
 class LLMHub(Lifecycle):
@@ -80,6 +95,7 @@ class LLMHub(Lifecycle):
         for name, cfg in providers.items():
             self._clients[name] = self._build(name, cfg)
         self._first: ProviderClient | None = next(iter(self._clients.values()), None)
+        self._settings: dict[str, AgentSettings] = {}
 
     def _build(self, name: str, cfg: LLMConfig) -> ProviderClient:
         metrics = self._metrics
@@ -167,26 +183,65 @@ class LLMHub(Lifecycle):
             await lim.aclose()
 
     def for_agent(self, agent: str | None, workflow: str | None) -> AgentLLM:
-        return AgentLLM(self, agent, workflow)
+        return AgentLLM(self, agent, workflow, None if agent is None else self._settings.get(agent))
+
+    def set_agent_settings(self, agent: str, settings: AgentSettings) -> None:
+        """Give ``agent``'s ``ctx.llm`` these defaults; a provider that is not configured is refused."""
+        if settings.provider is not None and settings.provider not in self._clients:
+            import difflib
+
+            close = difflib.get_close_matches(settings.provider, self._clients, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise ConfigError(
+                f"Agent {agent!r} asks for LLM provider {settings.provider!r}, which no [llm.NAME] table configures"
+                f"{hint} Configured: {', '.join(sorted(self._clients))}.",
+                key=f"agents.{agent}.provider",
+            )
+        self._settings[agent] = settings
+
+    def set_shared_cache(self, shared: SharedCacheLike) -> None:
+        """Give every provider's response cache a second level shared by all workers (``shared.name``: redis)."""
+        for name, client in self._clients.items():
+            if client.cache is not None:
+                client.shared_cache = shared
+                self.llm_metrics.add_shared_cache(name, shared.name, client.shared_stats)
 
 
 class AgentLLM:
     """``ctx.llm``: the hub's calls, attributed to one agent and workflow (the event's correlation id).
 
-    ``provider`` picks an ``[llm.NAME]`` (default: the first configured); ``model`` defaults to its
-    ``default_model``. Raises :class:`~agentflow.errors.TokenBudgetExceededError` once the workflow used up
-    ``token_budget_per_workflow``.
+    ``provider`` picks an ``[llm.NAME]`` (default: the agent's ``provider``, else the first configured); ``model``
+    defaults to the agent's ``model``, else the provider's ``default_model``; the agent's ``temperature`` and
+    ``cache_ttl_s`` apply to calls that give none (:class:`AgentSettings`). Raises
+    :class:`~agentflow.errors.TokenBudgetExceededError` once the workflow used up ``token_budget_per_workflow``.
     """
 
-    __slots__ = ("_agent", "_hub", "_workflow")
+    __slots__ = ("_agent", "_hub", "_settings", "_workflow")
 
-    def __init__(self, hub: LLMHub, agent: str | None, workflow: str | None) -> None:
+    def __init__(
+        self, hub: LLMHub, agent: str | None, workflow: str | None, settings: AgentSettings | None = None
+    ) -> None:
         self._hub = hub
         self._agent = agent
         self._workflow = workflow
+        self._settings = settings
 
     def __repr__(self) -> str:
         return f"<AgentLLM agent={self._agent!r} workflow={self._workflow!r} providers={self._hub.providers}>"
+
+    def _apply(
+        self, provider: str | None, model: str | None, kwargs: dict[str, Any], *, cached: bool, sampled: bool
+    ) -> tuple[ProviderClient, str | None]:
+        """The client and model of a call, with the agent's settings filled in where the call gave none."""
+        s = self._settings
+        if s is not None:
+            provider = provider or s.provider
+            model = model or s.model
+            if sampled and s.temperature is not None and kwargs.get("temperature") is None:
+                kwargs["temperature"] = s.temperature
+            if cached and s.cache_ttl_s is not None and kwargs.get("cache_ttl_s") is None:
+                kwargs["cache_ttl_s"] = s.cache_ttl_s
+        return self._hub.client(provider), model
 
     # Plain functions returning the client's coroutine: ``await ctx.llm.chat(...)`` works the same, and the
     # call path has one coroutine layer less (each layer costs on every suspension of every call).
@@ -200,9 +255,8 @@ class AgentLLM:
         **kwargs: Any,
     ) -> Coroutine[Any, Any, ChatResponse]:
         """``await ctx.llm.chat(messages, ...)``: :meth:`ProviderClient.chat` for this agent and workflow."""
-        return self._hub.client(provider).chat(
-            messages, model=model, agent=self._agent, workflow=self._workflow, **kwargs
-        )
+        client, model = self._apply(provider, model, kwargs, cached=True, sampled=True)
+        return client.chat(messages, model=model, agent=self._agent, workflow=self._workflow, **kwargs)
 
     def stream(
         self,
@@ -214,25 +268,22 @@ class AgentLLM:
     ) -> ChatStream:
         """``async with ctx.llm.stream(messages, ...) as s: async for delta in s: ...``: the answer as it
         arrives (:meth:`ProviderClient.stream` for this agent and workflow)."""
-        return self._hub.client(provider).stream(
-            messages, model=model, agent=self._agent, workflow=self._workflow, **kwargs
-        )
+        client, model = self._apply(provider, model, kwargs, cached=False, sampled=True)
+        return client.stream(messages, model=model, agent=self._agent, workflow=self._workflow, **kwargs)
 
     def embed(
         self, inputs: str | Sequence[str], *, model: str | None = None, provider: str | None = None, **kwargs: Any
     ) -> Coroutine[Any, Any, EmbeddingResponse]:
         """``await ctx.llm.embed(inputs, ...)``: :meth:`ProviderClient.embed` for this agent and workflow."""
-        return self._hub.client(provider).embed(
-            inputs, model=model, agent=self._agent, workflow=self._workflow, **kwargs
-        )
+        client, model = self._apply(provider, model, kwargs, cached=True, sampled=False)
+        return client.embed(inputs, model=model, agent=self._agent, workflow=self._workflow, **kwargs)
 
     def complete(
         self, prompts: str | Sequence[str], *, model: str | None = None, provider: str | None = None, **kwargs: Any
     ) -> Coroutine[Any, Any, CompletionResponse]:
         """``await ctx.llm.complete(prompts, ...)``: :meth:`ProviderClient.complete` for this agent and workflow."""
-        return self._hub.client(provider).complete(
-            prompts, model=model, agent=self._agent, workflow=self._workflow, **kwargs
-        )
+        client, model = self._apply(provider, model, kwargs, cached=False, sampled=True)
+        return client.complete(prompts, model=model, agent=self._agent, workflow=self._workflow, **kwargs)
 
     async def run(
         self,

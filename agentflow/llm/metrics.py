@@ -16,7 +16,7 @@ from ..metrics import Pow2Histogram
 from .cache import TTLCache
 from .cost import CostTracker
 
-__all__ = ["OUTCOMES", "LLMMetrics", "ModelMetrics"]
+__all__ = ["OUTCOMES", "LLMMetrics", "ModelMetrics", "SharedCacheStats"]
 
 #: Values of the ``outcome`` label, one per member of the LLM error tree plus success.
 OUTCOMES = (
@@ -46,6 +46,17 @@ class ModelMetrics:
         self.inter_token = Pow2Histogram()
 
 
+class SharedCacheStats:
+    """Lookups of one provider's shared (second-level) response cache: hits, misses, and failed reads or writes."""
+
+    __slots__ = ("errors", "hits", "misses")
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+
+
 class LLMMetrics:
     """Everything the LLM layer counts; :meth:`collect` turns it into Prometheus families."""
 
@@ -53,6 +64,7 @@ class LLMMetrics:
         self.costs = costs
         self._models: dict[tuple[str, str], ModelMetrics] = {}
         self._caches: dict[str, TTLCache[object, object]] = {}
+        self._shared: dict[str, tuple[str, SharedCacheStats]] = {}
 
     def model(self, provider: str, model: str) -> ModelMetrics:
         key = (provider, model)
@@ -67,6 +79,10 @@ class LLMMetrics:
 
     def add_cache(self, provider: str, cache: TTLCache[object, object]) -> None:
         self._caches[provider] = cache
+
+    def add_shared_cache(self, provider: str, level: str, stats: SharedCacheStats) -> None:
+        """Count the second cache level of ``provider`` (``level`` names it: ``redis``)."""
+        self._shared[provider] = (level, stats)
 
     def requests_total(self) -> int:
         return sum(sum(m.outcomes.values()) for m in self._models.values())
@@ -122,17 +138,26 @@ class LLMMetrics:
         yield from (tokens, cost)
         lookups = CounterMetricFamily(
             "agentflow_llm_cache_lookups",
-            "Response cache lookups, by result: hit or miss.",
-            labels=["provider", "result"],
+            "Response cache lookups, by level (memory: this process; redis: shared by the workers) and result.",
+            labels=["provider", "level", "result"],
         )
         entries = GaugeMetricFamily(
-            "agentflow_llm_cache_entries", "Entries in the response cache.", labels=["provider"]
+            "agentflow_llm_cache_entries", "Entries in the in-process response cache.", labels=["provider"]
         )
         for provider, cache in sorted(self._caches.items()):
-            lookups.add_metric([provider, "hit"], cache.hits)
-            lookups.add_metric([provider, "miss"], cache.misses)
+            lookups.add_metric([provider, "memory", "hit"], cache.hits)
+            lookups.add_metric([provider, "memory", "miss"], cache.misses)
             entries.add_metric([provider], len(cache))
-        yield from (lookups, entries)
+        errors = CounterMetricFamily(
+            "agentflow_llm_cache_errors",
+            "Reads and writes of the shared response cache level that failed (each read counted as a miss too).",
+            labels=["provider", "level"],
+        )
+        for provider, (level, stats) in sorted(self._shared.items()):
+            lookups.add_metric([provider, level, "hit"], stats.hits)
+            lookups.add_metric([provider, level, "miss"], stats.misses)
+            errors.add_metric([provider, level], stats.errors)
+        yield from (lookups, entries, errors)
         refused = CounterMetricFamily(
             "agentflow_llm_budget_refusals", "LLM calls refused because the workflow's token budget was used up."
         )

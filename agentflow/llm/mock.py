@@ -111,6 +111,9 @@ class MockStats(msgspec.Struct, kw_only=True):
     rejected: dict[str, int] = msgspec.field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Chat requests by the model they named, and by their temperature ("unset" when they sent none).
+    models: dict[str, int] = msgspec.field(default_factory=dict)
+    temperatures: dict[str, int] = msgspec.field(default_factory=dict)
     streams: int = 0
     tool_calls: int = 0
     connections_opened: int = 0
@@ -148,6 +151,16 @@ def _hashed(text: str, dims: int) -> list[float]:
     vec = out[:dims]
     norm = math.sqrt(sum(v * v for v in vec)) or 1.0
     return [round(v / norm, 6) for v in vec]
+
+
+#: Distinct values a by-value count of the stats keeps; further ones are counted under "_other".
+MAX_TALLIED = 100
+
+
+def _tally(counts: dict[str, int], value: str) -> None:
+    if value not in counts and len(counts) >= MAX_TALLIED:
+        value = "_other"
+    counts[value] = counts.get(value, 0) + 1
 
 
 class MockLLMServer(Lifecycle):
@@ -453,6 +466,8 @@ class MockLLMServer(Lifecycle):
         usage = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
         s.prompt_tokens += prompt
         s.completion_tokens += out
+        _tally(s.models, req.model)
+        _tally(s.temperatures, "unset" if req.temperature is None else f"{req.temperature:g}")
         s.tool_calls += len(reply.calls) * n
         cid = f"chatcmpl-{s.requests}"
         if req.stream:

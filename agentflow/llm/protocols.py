@@ -18,6 +18,7 @@ __all__ = [
     "BudgetLike",
     "LimiterLike",
     "PermitLike",
+    "SharedCacheLike",
 ]
 
 T_contra = TypeVar("T_contra", contravariant=True)
@@ -60,6 +61,18 @@ class BatcherLike(Protocol[T_contra, R_co]):
     async def submit(self, item: T_contra, *, tokens: int = 0, deadline: float | None = None) -> R_co: ...
 
     async def aclose(self) -> None: ...
+
+
+class SharedCacheLike(Protocol):
+    """A cache shared by every worker (the second level of the response cache): bytes under string keys, each
+    with a time to live. Failures raise; the client counts them and treats them as misses."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def get_blob(self, key: str) -> bytes | None: ...
+
+    async def set_blob(self, key: str, value: bytes, ttl_s: float) -> None: ...
 
 
 BatcherFactory = Callable[[Callable[[list[Any]], Awaitable[Sequence[Any]]], str], BatcherLike[Any, Any]]

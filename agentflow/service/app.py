@@ -1,6 +1,6 @@
 """The runner's HTTP server: ``/metrics`` (Prometheus text), ``/healthz`` (alive), ``/readyz`` (ready for work),
-and with ``[monitoring] ingest_enabled`` the ingest (:mod:`.ingest`) and dead-letter (:mod:`.dlq`) routes, behind
-the bearer-token rule of :mod:`.auth`.
+and with ``[monitoring] ingest_enabled`` the ingest (:mod:`.ingest`), dead-letter (:mod:`.dlq`) and workflow
+(:mod:`.workflows`) routes, behind the bearer-token rule of :mod:`.auth`.
 
 Binds 127.0.0.1 unless configured otherwise (``[monitoring] host``). Started by the runner when
 ``monitoring.metrics_enabled`` is true; imported only then, so a runner without it never loads aiohttp.web.
@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .auth import BearerToken
 from .dlq import DeadLetterRoutes
 from .ingest import Ingest
+from .workflows import WorkflowRoutes
 
 if TYPE_CHECKING:
     from ..runner import Runner
@@ -44,10 +45,12 @@ class Service:
         self.refused: dict[int, int] = {}
         self.ingest: Ingest | None = None
         self.dead_letters: DeadLetterRoutes | None = None
+        self.workflows: WorkflowRoutes | None = None
         if mon.ingest_enabled:
             token = BearerToken(mon, "HTTP ingest", "monitoring.ingest_enabled")
             self.ingest = Ingest(runner, mon, token, self.refused)
             self.dead_letters = DeadLetterRoutes(runner, mon, token, self.refused)
+            self.workflows = WorkflowRoutes(runner, mon, token, self.refused)
         self._draining = False
 
     @property
@@ -72,7 +75,7 @@ class Service:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        for routes in (self.ingest, self.dead_letters):
+        for routes in (self.ingest, self.dead_letters, self.workflows):
             if routes is not None:
                 routes.add_routes(app)
         self._app_runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from ..config import StateConfig
 from ..errors import ConfigError
 from .base import BackendStatistics, Lifecycle, Record, StateBackend, Write, WriteResult
-from .config import StateConfig
 from .conversation import ConversationMemory
 from .handle import StateHandle
 from .memory import MemoryBackend

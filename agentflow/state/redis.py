@@ -3,8 +3,11 @@
 Needs the optional extra: ``pip install 'agentflow-runner[redis]'``. Only this module imports redis.
 
 Layout, under ``key_prefix`` (default ``agentflow:``): a value is a hash ``<prefix>s:<key>`` with fields ``v``
-(the bytes) and ``n`` (the version), expiring with ``PEXPIRE``; a once-id is ``<prefix>o:<id>`` with a TTL of
-``once_ttl_s``; ``<prefix>version`` is the version counter. A commit is one Lua script, which Redis runs
+(the bytes), ``n`` (the version) and, when it expires, ``e`` (its expiry, Unix milliseconds), expiring with
+``PEXPIRE``, so a read is one ``HMGET``; a once-id is ``<prefix>o:<id>`` with a TTL of
+``once_ttl_s``; ``<prefix>version`` is the version counter. Besides state, the backend keeps plain blobs with a
+TTL under ``<prefix>c:<key>`` (:meth:`RedisBackend.get_blob`), the LLM response cache's second level shared by
+every worker. A commit is one Lua script, which Redis runs
 atomically: the once-id checks, version checks, writes and the counter happen together or not at all.
 
 Needs Redis 7.0 or later (script flags). Every key a script touches is passed in ``KEYS``, but one commit
@@ -46,8 +49,8 @@ _DUPLICATE = WriteResult(DUPLICATE)
 
 # KEYS[1] is the version counter, KEYS[2..n+1] the value keys, then the once keys in order.
 # ARGV: n, once_ttl_ms, then per write: op ("s" set, "d" delete), value, ttl_ms (0: none), expected version
-# ("" for none), index of its once key among the once keys (0: none). Replies two integers per write:
-# 1 and the new version, -1 and the version found, or -2 and 0 for a duplicate.
+# ("" for none), index of its once key among the once keys (0: none), expiry in Unix ms (0: none). Replies two
+# integers per write: 1 and the new version, -1 and the version found, or -2 and 0 for a duplicate.
 #
 # Redis does not roll a script back when a command in it fails, so the script decides everything first (the
 # reads that can fail, e.g. on a key of the wrong type, all happen there, tracking the batch's own effects) and
@@ -76,31 +79,31 @@ for i = 1, n do
       version = version + 1
       if ARGV[a] == 'd' then current[key] = 0 else current[key] = version end
       if okey then seen[okey] = true end
-      plan[#plan + 1] = {key, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), version, okey}
+      plan[#plan + 1] = {key, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), version, okey, ARGV[a + 5]}
       out[#out + 1] = 1
       out[#out + 1] = version
     end
   end
-  a = a + 5
+  a = a + 6
 end
 for _, w in ipairs(plan) do
-  local key, op, value, ttl, ver, okey = w[1], w[2], w[3], w[4], w[5], w[6]
+  local key, op, value, ttl, ver, okey, at = w[1], w[2], w[3], w[4], w[5], w[6], w[7]
   if op == 'd' then
     redis.call('DEL', key)
   else
-    redis.call('HSET', key, 'v', value, 'n', ver)
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+    if ttl > 0 then
+      redis.call('HSET', key, 'v', value, 'n', ver, 'e', at)
+      redis.call('PEXPIRE', key, ttl)
+    else
+      redis.call('HSET', key, 'v', value, 'n', ver)
+      redis.call('HDEL', key, 'e')
+      redis.call('PERSIST', key)
+    end
   end
   if okey then redis.call('SET', okey, '1', 'PX', once_ms) end
 end
 redis.call('SET', KEYS[1], version)
 return out
-"""
-
-_GET_LUA = """#!lua flags=no-writes
-local r = redis.call('HMGET', KEYS[1], 'v', 'n')
-if not r[1] then return false end
-return {r[1], r[2], redis.call('PTTL', KEYS[1])}
 """
 
 
@@ -152,10 +155,10 @@ class RedisBackend(StateBackend):
         self._password = password
         self._client: aioredis.Redis | None = None
         self._commit_script: Any = None
-        self._get_script: Any = None
         self._counter_key = f"{key_prefix}version"
         self._value_prefix = f"{key_prefix}s:"
         self._once_prefix = f"{key_prefix}o:"
+        self._blob_prefix = f"{key_prefix}c:"
 
     def _describe(self) -> str:
         return f"redis url={redacted_url(self.url)!r}"
@@ -183,7 +186,6 @@ class RedisBackend(StateBackend):
         client = aioredis.Redis(connection_pool=pool)
         self._client = client
         self._commit_script = client.register_script(_COMMIT_LUA)
-        self._get_script = client.register_script(_GET_LUA)
         await self._call("answer a PING at start", client.ping)
 
     async def _close(self) -> None:
@@ -193,12 +195,17 @@ class RedisBackend(StateBackend):
             await client.connection_pool.disconnect()
 
     async def _get(self, key: str) -> Record | None:
-        script = self._get_script
-        reply = await self._call("read a key", lambda: script(keys=[self._value_prefix + key]))
-        if not reply:
+        client = self._client
+        assert client is not None
+        full = self._value_prefix + key
+        reply: list[Any] = await self._call("read a key", lambda: client.hmget(full, "v", "n", "e"))
+        value, version, at = reply
+        if value is None or version is None:
             return None
-        value, version, pttl = reply
-        return Record(bytes(value), int(version), time.time() + pttl / 1000 if pttl > 0 else None)
+        expires_at = None if at is None else int(at) / 1000
+        if expires_at is not None and expires_at <= time.time():
+            return None  # due, and Redis has not removed it yet
+        return Record(value if isinstance(value, bytes) else str(value).encode(), int(version), expires_at)
 
     async def _commit(self, writes: Sequence[Write]) -> list[WriteResult]:
         now = time.time()
@@ -217,7 +224,8 @@ class RedisBackend(StateBackend):
                 once_keys.append(self._once_prefix + w.once_id)
                 oi = len(once_keys)
             expected = "" if w.expected_version is None else w.expected_version
-            args += ("d", b"", 0, expected, oi) if w.value is None else ("s", w.value, ttl_ms, expected, oi)
+            at = 0 if w.expires_at is None else int(w.expires_at * 1000)
+            args += ("d", b"", 0, expected, oi, 0) if w.value is None else ("s", w.value, ttl_ms, expected, oi, at)
         keys += once_keys
         script = self._commit_script
         reply = await self._call("commit state writes", lambda: script(keys=keys, args=args))
@@ -240,3 +248,23 @@ class RedisBackend(StateBackend):
 
     async def _purge(self) -> int:
         return 0  # Redis expires values and once-ids itself
+
+    # ---- blobs: a plain shared cache beside the state (the LLM response cache's second level) -------------
+
+    async def get_blob(self, key: str) -> bytes | None:
+        """The bytes stored under ``key`` by :meth:`set_blob`, or None (absent or expired)."""
+        self._check()
+        client = self._client
+        assert client is not None
+        value = await self._call("read a cached blob", lambda: client.get(self._blob_prefix + key))
+        if value is None:
+            return None
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    async def set_blob(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Store ``value`` under ``key`` for ``ttl_s`` seconds (last writer wins; not state, no version)."""
+        self._check()
+        client = self._client
+        assert client is not None
+        ttl_ms = max(1, int(ttl_s * 1000))
+        await self._call("write a cached blob", lambda: client.set(self._blob_prefix + key, value, px=ttl_ms))

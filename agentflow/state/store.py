@@ -38,12 +38,12 @@ from typing import Any, Final
 
 import msgspec
 
+from ..config import StateConfig
 from ..errors import LifecycleError, StateConflictError, StateError, StateUnavailableError
 from .base import APPLIED, DUPLICATE, BackendStatistics, Lifecycle, StateBackend, Write, WriteResult
 from .buffer import Batch, Seg, WriteBuffer
 from .cache import StateCache
 from .codec import StateCodec, show_key
-from .config import StateConfig
 from .memory import MemoryBackend
 from .unit import Unit
 
@@ -235,8 +235,12 @@ class StateStore:
 
     # -- reads -------------------------------------------------------------------------------------------------
 
-    async def get(self, key: str, decoder: msgspec.msgpack.Decoder[Any] | None = None) -> Any:
-        """The value of ``key`` decoded (untyped, or with ``decoder``), or :data:`MISSING`."""
+    async def get(self, key: str, decoder: msgspec.msgpack.Decoder[Any] | None = None, *, fresh: bool = False) -> Any:
+        """The value of ``key`` decoded (untyped, or with ``decoder``), or :data:`MISSING`.
+
+        ``fresh`` skips the cache (this process's own buffered writes are still seen): for keys other processes
+        write, when a read must not be up to ``state_cache_ttl_s`` old.
+        """
         if self._state is not Lifecycle.RUNNING:
             self._check()
         direct = self._direct
@@ -246,13 +250,13 @@ class StateStore:
                 return MISSING
             raw: bytes | None = self.codec.unpack(key, rec.value)
         else:
-            raw = await self._read(key)
+            raw = await self._read(key, fresh)
         return MISSING if raw is None else self.codec.decode(key, raw, decoder)
 
-    async def _read(self, key: str) -> bytes | None:
+    async def _read(self, key: str, fresh: bool = False) -> bytes | None:
         seg = self._buffer.buffered(key)
         if seg is None:
-            entry = self._cache.lookup(key)
+            entry = None if fresh else self._cache.lookup(key)
             if entry is not None:
                 return entry[0]
             raw, _ = await self._fetch(key)

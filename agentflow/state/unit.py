@@ -44,6 +44,12 @@ class Unit:
         """True when nothing of this unit waits to be committed (it may have failed: see ``committed``)."""
         return self._outstanding == 0
 
+    @property
+    def pending(self) -> bool:
+        """True when ``committed()`` would wait or raise: writes wait for a flush, or a flush failed. A unit
+        whose writes were all applied at once (the memory backend) or that only read is never pending."""
+        return self._outstanding > 0 or self._error is not None
+
     def begin_attempt(self) -> None:
         """Start a new attempt of the event: once-ids are numbered from the start again, so a retried
         handler that repeats a ``once=True`` write makes the same id and is recognised."""

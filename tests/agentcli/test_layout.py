@@ -44,7 +44,8 @@ def test_the_operator_commands_load_neither_the_benchmark_nor_the_load_tester(mo
 def test_the_root_app_loads_no_benchmark_scenario_until_one_runs() -> None:
     loaded = _loaded_after("import agentcli.main")
     scenarios = {"harness", "noop_report", "raw", "llm", "kafka", "kafka_workers", "overload", "blocked", "profiling",
-                 "tansu", "page", "tools", "mcp_pools", "mcp_server", "stream"}  # fmt: skip
+                 "tansu", "page", "tools", "mcp_pools", "mcp_server", "stream", "state", "workflow",
+                 "redisd"}  # fmt: skip
     assert not {m for m in loaded if m.removeprefix("agentcli.bench.") in scenarios}
 
 

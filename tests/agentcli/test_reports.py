@@ -27,8 +27,10 @@ from agentcli.bench.schema import (
     OverloadDetails,
     Report,
     Run,
+    StateDetails,
     StreamDetails,
     ToolsDetails,
+    WorkflowDetails,
 )
 from agentcli.loadtest.report import LoadReport
 from agentcli.main import app
@@ -57,6 +59,13 @@ BENCHMARKS: dict[str, list[str]] = {
               "--threshold", "raw_1call_ratio>0"],
     "mcp": ["benchmark", "--scenario", "mcp", "--requests", "40", "--compare-raw"],
     "stream": ["benchmark", "--scenario", "stream", "--requests", "40", "--compare-raw"],
+    "state-memory": ["benchmark", "--scenario", "state", "--requests", "300", "--duration", "0.3s", "--repeat", "2",
+                     "--threshold", "get_ratio>0"],
+    "state-sqlite": ["benchmark", "--scenario", "state", "--backend", "sqlite", "--requests", "200",
+                     "--duration", "0.3s"],
+    "state-redis": ["benchmark", "--scenario", "state", "--backend", "redis", "--requests", "200",
+                    "--duration", "0.3s"],
+    "workflow": ["benchmark", "--scenario", "workflow", "--requests", "60", "--concurrent-users", "16"],
     "loadtest": ["loadtest", "--rate", "200/s", "--duration", "1s", "--threshold", "p99<1s"],
 }  # fmt: skip
 
@@ -69,11 +78,13 @@ def reports(tmp_path_factory: pytest.TempPathFactory, kafka_broker: TansuBroker)
     config.write_text(TANSU_TOML)
     kafka = ["benchmark", "--bus", "kafka", "--bootstrap", kafka_broker.bootstrap, "--config", str(config),
              "--mode", "latency", "--requests", "1000", "--compare-raw"]  # fmt: skip
+    kafka_workflow = ["benchmark", "--scenario", "workflow", "--bus", "kafka", "--bootstrap", kafka_broker.bootstrap,
+                      "--config", str(config), "--requests", "20", "--concurrent-users", "4"]  # fmt: skip
     small = out / "small.toml"
     small.write_text("[runner]\nevent_buffer_size = 200\nmax_concurrent_events = 50\nmax_waiting_emits = 20\n")
     cli = CliRunner()
     try:
-        for name, args in {**BENCHMARKS, "kafka": kafka}.items():
+        for name, args in {**BENCHMARKS, "kafka": kafka, "workflow-kafka": kafka_workflow}.items():
             argv = [
                 *args,
                 *(["--config", str(small)] if name == "overload" else []),
@@ -120,6 +131,8 @@ def test_every_scenarios_report_validates_against_the_benchmark_schema(reports: 
         ("overload", None, "memory", "overload"), ("noop", "latency", "kafka", "kafka"),
         ("tools", "closed", "memory", "tools"), ("mcp", "closed", "memory", "mcp"),
         ("stream", "closed", "memory", "stream"),
+        ("state", "closed", "memory", "state"), ("workflow", "closed", "memory", "workflow"),
+        ("workflow", "closed", "kafka", "workflow"),
     }  # fmt: skip
 
 
@@ -145,7 +158,7 @@ def test_the_benchmarks_page_is_made_from_real_reports(reports: Path, tmp_path: 
         "".join(
             f'[[benchmark]]\nname = "{name}"\ntitle = "The {name} run"\ncommand = "agentcli {args[0]} ..."\n'
             + ('note = "A note under its table."\n' if name == "overload" else "")
-            for name, args in {**BENCHMARKS, "kafka": ["benchmark"]}.items()
+            for name, args in {**BENCHMARKS, "kafka": ["benchmark"], "workflow-kafka": ["benchmark"]}.items()
         )
     )
     page = tmp_path / "benchmarks.md"
@@ -218,7 +231,8 @@ def test_run_executes_the_plan_with_its_server_and_writes_the_page(tmp_path: Pat
 def test_every_report_key_is_documented() -> None:
     doc = (ROOT / "docs" / "benchmarking.md").read_text()
     section = doc[doc.index("## The JSON report") : doc.index("## LLM scenarios")]
-    for struct in (Report, Run, NoopDetails, LLMDetails, KafkaDetails, OverloadDetails, ToolsDetails, MCPDetails,
-                   StreamDetails):  # fmt: skip
+    details = (NoopDetails, LLMDetails, KafkaDetails, OverloadDetails, ToolsDetails, MCPDetails, StreamDetails,
+               StateDetails, WorkflowDetails)  # fmt: skip
+    for struct in (Report, Run, *details):
         for name in struct.__struct_fields__:
             assert f"`{name}`" in section, f"{struct.__name__}.{name} is not in docs/benchmarking.md's report section"

@@ -22,8 +22,11 @@ from agentflow.config import (
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    StateConfig,
     ToolBreakerConfig,
     ToolConfig,
+    WorkflowConfig,
+    WorkflowStepConfig,
     config_from_dict,
     load_config,
 )
@@ -38,6 +41,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "dlq": DlqConfig,
     "monitoring": MonitoringConfig,
     "kafka": KafkaConfig,
+    "memory": StateConfig,
 }
 
 
@@ -92,10 +96,16 @@ def test_shipped_file_equals_defaults() -> None:
 
 
 def test_shipped_file_lists_every_key() -> None:
-    data = tomllib.loads(SHIPPED.read_text(encoding="utf-8"))
+    text = SHIPPED.read_text(encoding="utf-8")
+    data = tomllib.loads(text)
     assert set(data) == set(SECTIONS)
     for name, struct in SECTIONS.items():
-        assert set(data[name]) == set(struct.__struct_fields__), name
+        fields = msgspec.structs.fields(struct)
+        # TOML has no null: a key whose default is "unset" is shown commented out.
+        assert set(data[name]) == {f.name for f in fields if f.default is not None}, name
+        for f in fields:
+            if f.default is None:
+                assert f"# {f.name} = " in text, f"{name}.{f.name}"
 
 
 def test_docs_mention_every_key() -> None:
@@ -107,6 +117,8 @@ def test_docs_mention_every_key() -> None:
         "tools.NAME": ToolConfig,
         "mcp.NAME": MCPConfig,
         "tools.NAME.breaker": ToolBreakerConfig,
+        "workflows.NAME": WorkflowConfig,
+        "workflows.NAME.steps.STEP": WorkflowStepConfig,
     }
     for name, struct in structs.items():
         for field in struct.__struct_fields__:
@@ -274,7 +286,7 @@ def test_unknown_section_suggests_closest(write_toml: WriteToml) -> None:
     error = config_error(path)
     assert str(error) == (
         f"{path}: unknown key 'runnr'; did you mean 'runner'? Valid keys at the top level: agents, bus, dlq, "
-        "kafka, llm, mcp, monitoring, retry, runner, tools. Rename or remove the key."
+        "kafka, llm, mcp, memory, monitoring, retry, runner, tools, workflows. Rename or remove the key."
     )
     assert (error.source, error.key) == (str(path), "runnr")
 

@@ -9,18 +9,14 @@ from types import ModuleType
 
 import agentflow
 
+#: agentflow.state's names for backend authors and scripts; handlers reach state through ctx.state (StateHandle).
 _STATE_API = {
     "BackendStatistics",
-    "ConversationMemory",
     "Lifecycle",
     "MISSING",
     "MemoryBackend",
     "Record",
     "StateBackend",
-    "StateConfig",
-    "StateHandle",
-    "StateStore",
-    "StoreStatistics",
     "Unit",
     "Write",
     "WriteResult",
@@ -33,7 +29,7 @@ INTERNAL = {
     "agentflow.agents": {"AgentSpec", "AgentWorker", "BatchAgentWorker", "BatchHandler", "Handler", "Host"},
     "agentflow.agents.batch": {"BatchAgentWorker", "BatchHandler"},
     "agentflow.agents.context": {"ContextOwner"},
-    "agentflow.agents.failures": {"FailurePath"},
+    "agentflow.agents.failures": {"TERMINAL", "FailurePath", "Units"},
     "agentflow.agents.loop": {"DEFAULT_MAX_TURNS", "ConversationLike", "run_agent"},  # reached as ctx.llm.run
     "agentflow.agents.spec": {"AgentSpec", "Handler", "Host"},
     "agentflow.agents.worker": {"AgentWorker"},
@@ -75,10 +71,29 @@ INTERNAL = {
     "agentflow.service.app": {"Service"},
     "agentflow.service.auth": {"BadRequest", "BearerToken", "JsonRoutes", "is_loopback"},
     "agentflow.service.dlq": {"DeadLetterRoutes", "ReplayRequest"},
+    "agentflow.service.workflows": {"WorkflowRoutes"},
+    # a workflow's compiled graph, its records in the state store and its step handlers: the runner's wiring
+    "agentflow.workflows.graph": {"Graph", "Step", "StepOptions", "from_config", "step_agent", "step_topic"},
+    "agentflow.workflows.records": {
+        "DEADLINE_HEADER",
+        "FAILED_NS",
+        "JOIN_NS",
+        "PART_HEADER",
+        "RUN_HEADER",
+        "RUN_NS",
+        "STEP_NS",
+        "WORKFLOW_HEADER",
+        "Failure",
+        "JoinRecord",
+        "RunRecord",
+        "StepRecord",
+        "pending_namespace",
+    },
+    "agentflow.workflows.steps": {"pending_shard", "step_handler"},
     "agentflow.service.ingest": {"Ingest", "IngestEvent"},
     # the LLM client's parts, wired by the LLMHub from [llm.NAME]
     "agentflow.llm.failures": {"MAX_ERROR_DETAIL_CHARS", "SCRUB_WINDOW_CHARS", "Failures", "outcome", "retry_after_s"},
-    "agentflow.llm.metrics": {"OUTCOMES", "LLMMetrics", "ModelMetrics"},
+    "agentflow.llm.metrics": {"OUTCOMES", "LLMMetrics", "ModelMetrics", "SharedCacheStats"},
     "agentflow.llm.protocols": {
         "NO_BREAKER",
         "BatcherFactory",
@@ -88,6 +103,7 @@ INTERNAL = {
         "BudgetLike",
         "LimiterLike",
         "PermitLike",
+        "SharedCacheLike",
     },
     "agentflow.llm.stream": {"StreamAssembler", "open_stream", "read_stream"},
     "agentflow.llm.toolspec": {"tool_fields"},  # chat()'s checks of its tool arguments
@@ -107,15 +123,15 @@ INTERNAL = {
         "Write",
         "WriteResult",
     },
-    "agentflow.state.config": {"StateConfig"},
-    "agentflow.state.conversation": {"ConversationMemory", "Message"},
-    "agentflow.state.handle": {"MEMORY_NAMESPACE_PREFIX", "WORKFLOW_NAMESPACE", "StateHandle"},
+    "agentflow.state.conversation": {"Message"},
+    "agentflow.state.handle": {"MEMORY_NAMESPACE_PREFIX", "WORKFLOW_NAMESPACE"},
     "agentflow.state.memory": {"MemoryBackend"},
-    "agentflow.state.store": {"MISSING", "StateStore", "StoreStatistics"},
+    "agentflow.state.store": {"MISSING"},
     "agentflow.state.unit": {"Unit"},
     "agentflow.state.buffer": {"Batch", "Seg", "WriteBuffer"},  # the store's internals
     "agentflow.state.cache": {"Entry", "StateCache"},
     "agentflow.state.codec": {"StateCodec"},
+    "agentflow.state.metrics": {"state_families"},  # rendered through runner.metrics
     # optional dependency (redis): importing agentflow must not import it; create_backend builds the backend
     "agentflow.state.redis": {"RedisBackend"},
     "agentflow.state.sqlite": {"SQLiteBackend"},

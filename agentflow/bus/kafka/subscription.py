@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
@@ -110,6 +110,7 @@ class KafkaSubscription(RecordReader, WakeUps, Subscription):
         self._tasks: list[asyncio.Task[None]] = []
         self._commits: asyncio.Task[None] | None = None
         self._stop_commits = asyncio.Event()
+        self._rebalance_listener: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -208,6 +209,18 @@ class KafkaSubscription(RecordReader, WakeUps, Subscription):
 
     # ---- rebalance -------------------------------------------------------------------------------------
 
+    def set_rebalance_listener(self, listener: Callable[[], None] | None) -> bool:
+        self._rebalance_listener = listener
+        return True
+
+    def _rebalanced(self) -> None:
+        listener = self._rebalance_listener
+        if listener is not None:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener must not break the rebalance
+                logger.exception("A rebalance listener of group %r failed", self.group)
+
     def _assigned(self, parts: set[Any]) -> None:
         for tp in sorted(parts, key=lambda tp: tp.partition):
             self._buf.setdefault(tp, deque())
@@ -226,6 +239,7 @@ class KafkaSubscription(RecordReader, WakeUps, Subscription):
                 self._paused = False
             else:
                 self._set_paused(True)
+        self._rebalanced()
         self._wake()
 
     def _restore(self, parts: set[Any]) -> None:
@@ -287,6 +301,7 @@ class KafkaSubscription(RecordReader, WakeUps, Subscription):
         #    events still running go on marking them finished meanwhile.
         await self._commit()
         self._parked_offsets.update(self._tracker.revoke(parts))
+        self._rebalanced()
         self._resume_if_room()
 
     # ---- fetching --------------------------------------------------------------------------------------

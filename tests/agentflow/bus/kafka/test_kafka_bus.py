@@ -280,6 +280,38 @@ async def test_runner_on_kafka_handles_events_and_answers_requests(
         assert audited == [{"greeted": "ada"}]
 
 
+async def test_a_rebalance_empties_the_runners_state_cache(
+    kafka_broker: TansuBroker, make_runner: Any, eventually: Any, tmp_path: Any
+) -> None:
+    # Another member of the agent's group may write the keys of partitions this worker gets back: its cache of
+    # committed values must not outlive a change of its partitions.
+    prefix = f"{uuid.uuid4().hex[:10]}."
+    settings = kafka_settings(kafka_broker.bootstrap, prefix=prefix)
+    runner: Runner = make_runner(
+        {
+            "bus": {"backend": "kafka", "partitions": 4},
+            "kafka": settings,
+            "memory": {"backend": "sqlite", "path": str(tmp_path / "state.db")},
+        }
+    )
+
+    @runner.agent("counts")
+    async def count(event: Event, ctx: Any) -> int:
+        n: int = await ctx.state.update(lambda n: n + 1, default=0)
+        return n
+
+    async with runner:
+        assert await runner.request("counts", None, key="k", timeout_s=TIMEOUT_S) == 1
+        assert runner.state_store.statistics().cached >= 1
+        other = KafkaBus(msgspec.convert(settings, KafkaConfig), partitions=4)
+        await other.start()
+        try:
+            await other.subscribe("counts", "count")  # a second member of the agent's group: a rebalance
+            await eventually(lambda: runner.state_store.statistics().cached == 0, timeout_s=TIMEOUT_S)
+        finally:
+            await other.aclose()
+
+
 async def test_unreachable_brokers_fail_start_with_a_clear_error() -> None:
     port = free_port()
     cfg = msgspec.convert(kafka_settings(f"127.0.0.1:{port}", connect_timeout_s=0.5), KafkaConfig)
