@@ -1,7 +1,7 @@
 """One lifecycle for every resource: created → starting → running → closing → closed.
 
-Runner, Producer, buses, LLM hub and clients, the mock LLM server, rate limiters, micro-batchers and the state
-store all follow it (:class:`Lifecycle`): ``start`` once (a resource that may be shared, such as a bus, lets a
+Runner, Producer, buses, LLM hub and clients, the mock LLM server, rate limiters, micro-batchers, the state store
+and its backends, and the MCP hub and pools all follow it (:class:`Lifecycle`): ``start`` once (a resource that may be shared, such as a bus, lets a
 second ``start`` through while it runs), ``aclose`` idempotent and safe to call concurrently, a closed resource
 refusing to start again with a sentence, and ``async with`` doing both::
 

@@ -27,8 +27,9 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from agentflow import Event, new_event_id
+from agentflow import Context, Event, StateError, new_event_id
 from agentflow.llm.mock import Faults, LatencyModel, MockLLMServer
+from agentflow.state import ConversationMemory, StateHandle, StateStore, Unit
 
 #: An in-process OpenAI-compatible server for tests of agents that use ``ctx.llm``; point
 #: ``[llm.NAME] base_url`` at ``server.url``::
@@ -99,25 +100,96 @@ class Emitted(NamedTuple):
     key: str | None
 
 
+class _StateOwner:
+    """What a real :class:`~agentflow.Context` needs to give a handler its state, outside a runner: the state
+    parts of a RecordingContext are those of a real Context, so they behave the same."""
+
+    def __init__(self, name: str, store: StateStore) -> None:
+        self.name = name
+        self._store = store
+
+    @property
+    def state_store(self) -> StateStore:
+        return self._store
+
+    def new_unit(self, event: Event) -> Unit:
+        return self._store.unit(scope=f"{self.name}:{event.id}" if event.id else None)
+
+    def llm_for(self, event: Event | None) -> Any:
+        raise TypeError("RecordingContext gives no ctx.llm; run the handler on a Runner with an [llm.*] provider.")
+
+    def tools_for(self, event: Event | None) -> Any:
+        raise TypeError("RecordingContext gives no ctx.tools; run the handler on a Runner with its tools.")
+
+    async def emit_follow_up(
+        self,
+        parent: Event,
+        topic: str,
+        payloads: list[Any],
+        key: str | None,
+        headers: dict[str, str] | None,
+        start: int,
+    ) -> list[str]:
+        raise TypeError("RecordingContext records emits itself.")
+
+
 class RecordingContext:
     """A stand-in for :class:`~agentflow.Context` that records follow-up events instead of publishing them.
 
     It offers the same public surface (``event``, ``agent``, ``attempt``, ``correlation_id``, ``emit``,
-    ``emit_many``). Each follow-up is recorded twice: as ``(topic, payload, key)`` in ``emitted``, and in
-    ``follow_ups`` as the :class:`~agentflow.Event` the runner would publish (same ``correlation_id``,
-    ``depth + 1``, headers kept). ``max_workflow_depth`` is not applied: nothing is dead-lettered here::
+    ``emit_many``, and with a ``state`` store ``state``, ``workflow_state`` and ``memory``). Each follow-up is
+    recorded twice: as ``(topic, payload, key)`` in ``emitted``, and in ``follow_ups`` as the
+    :class:`~agentflow.Event` the runner would publish (same ``correlation_id``, ``depth + 1``, headers kept).
+    ``max_workflow_depth`` is not applied: nothing is dead-lettered here::
 
         ctx = RecordingContext(make_event("orders", {"id": 7}), agent="place")
         await place(ctx.event, ctx)
         assert ctx.emitted == [("invoices", {"order": 7}, None)]
         assert ctx.follow_ups[0].depth == 1
+
+    ``state`` is a started :class:`~agentflow.state.StateStore` (``async with StateStore() as store``, the
+    memory backend by default); ``await ctx.committed()`` waits until the handler's writes are in it.
     """
 
-    def __init__(self, event: Event, *, agent: str = "test") -> None:
+    def __init__(self, event: Event, *, agent: str = "test", state: StateStore | None = None) -> None:
         self.event = event
         self._agent = agent
         self.emitted: list[Emitted] = []
         self.follow_ups: list[Event] = []
+        self._store = state
+        self._context: Context | None = None
+
+    def _stateful(self) -> Context:
+        if self._store is None:
+            raise StateError(
+                "This RecordingContext has no state store; pass state=store (a started StateStore, e.g. from "
+                "`async with StateStore() as store`) to run_handler or RecordingContext to use ctx.state, "
+                "ctx.workflow_state or ctx.memory."
+            )
+        if self._context is None:
+            self._context = Context(self.event, _StateOwner(self._agent, self._store))
+        return self._context
+
+    @property
+    def state(self) -> StateHandle[Any]:
+        """As :attr:`agentflow.Context.state`: the event key's state in this agent's namespace."""
+        return self._stateful().state
+
+    @property
+    def workflow_state(self) -> StateHandle[Any]:
+        """As :attr:`agentflow.Context.workflow_state`: keyed by the correlation id."""
+        return self._stateful().workflow_state
+
+    @property
+    def memory(self) -> ConversationMemory:
+        """As :attr:`agentflow.Context.memory`: the conversation of the event's key."""
+        return self._stateful().memory
+
+    async def committed(self) -> None:
+        """Wait until the state writes made through this context are committed to the store."""
+        unit = self._context._unit if self._context is not None else None
+        if unit is not None:
+            await unit.committed()
 
     def __repr__(self) -> str:
         return (
@@ -188,13 +260,16 @@ async def run_handler(
     *,
     topic: str = "test",
     agent: str = "test",
+    state: StateStore | None = None,
 ) -> HandlerResult:
     """Call ``async def handler(event, ctx)`` once, outside any runner, with a :class:`RecordingContext`.
 
     ``event_or_payload`` is an :class:`~agentflow.Event` (use :func:`make_event` to set ``attempt``, ``key``
     and the rest), or a payload, wrapped in a new event on ``topic``. An exception the handler raises,
     including the outcomes ``Retry``, ``Skip`` and ``Reject``, is returned in ``error`` rather than raised;
-    there is no timeout, retry or dead-lettering here::
+    there is no timeout, retry or dead-lettering here. With ``state`` (a started
+    :class:`~agentflow.state.StateStore`) the handler has ``ctx.state``, and its writes are committed to the
+    store before this returns (when it returned without raising)::
 
         async def test_place_retries_when_the_stock_service_is_down():
             result = await run_handler(place, make_event("orders", {"id": 7}, attempt=3))
@@ -202,11 +277,12 @@ async def run_handler(
             assert result.emitted == []
     """
     event = event_or_payload if isinstance(event_or_payload, Event) else make_event(topic, event_or_payload)
-    ctx = RecordingContext(event, agent=agent)
+    ctx = RecordingContext(event, agent=agent, state=state)
     value: Any = None
     error: Exception | None = None
     try:
         value = await handler(event, ctx)
+        await ctx.committed()
     except Exception as exc:  # noqa: BLE001 - the caller asserts on it; cancellation still propagates
         error = exc
     return HandlerResult(value=value, error=error, emitted=ctx.emitted, follow_ups=ctx.follow_ups, event=event)

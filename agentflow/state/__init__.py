@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from ..config import StateConfig
 from ..errors import ConfigError
-from .base import BackendStatistics, Lifecycle, Record, StateBackend, Write, WriteResult
+from .base import BackendStatistics, Record, StateBackend, Write, WriteResult
 from .conversation import ConversationMemory
 from .handle import StateHandle
 from .memory import MemoryBackend
@@ -27,7 +27,6 @@ __all__ = [
     "MISSING",
     "BackendStatistics",
     "ConversationMemory",
-    "Lifecycle",
     "MemoryBackend",
     "Record",
     "StateBackend",

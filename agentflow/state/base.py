@@ -21,20 +21,18 @@ time (``time.time()``), since several processes share it.
 from __future__ import annotations
 
 import abc
-import enum
 from collections.abc import Sequence
 from typing import ClassVar, Final, Literal
 
 import msgspec
 
-from ..errors import LifecycleError
+from ..lifecycle import Lifecycle, State
 
 __all__ = [
     "APPLIED",
     "CONFLICT",
     "DUPLICATE",
     "BackendStatistics",
-    "Lifecycle",
     "Record",
     "StateBackend",
     "Write",
@@ -44,15 +42,6 @@ __all__ = [
 APPLIED: Final = "applied"
 CONFLICT: Final = "conflict"
 DUPLICATE: Final = "duplicate"
-
-
-class Lifecycle(enum.Enum):
-    """created → running → closing → closed; a closed resource cannot be started again."""
-
-    CREATED = "created"
-    RUNNING = "running"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 class Record(msgspec.Struct, frozen=True, gc=False):
@@ -99,10 +88,10 @@ class BackendStatistics(msgspec.Struct, frozen=True, kw_only=True):
     errors: int
 
 
-class StateBackend(abc.ABC):
+class StateBackend(Lifecycle, abc.ABC):
     """Base of the state backends. Subclasses implement ``_open``, ``_close``, ``_get``, ``_commit``,
-    ``_is_applied`` and ``_purge``; this class keeps the lifecycle (start once, idempotent ``aclose``, async
-    context manager) and the counts::
+    ``_is_applied`` and ``_purge``; the lifecycle is :class:`~agentflow.lifecycle.Lifecycle`'s (start once,
+    idempotent shielded ``aclose``, async context manager) and this class keeps the counts::
 
         async with SQLiteBackend("state.db") as backend:
             [result] = await backend.commit([Write(key="k", value=b"v")])
@@ -115,7 +104,6 @@ class StateBackend(abc.ABC):
         if once_ttl_s <= 0:
             raise ValueError("once_ttl_s must be greater than 0.")
         self.once_ttl_s = once_ttl_s
-        self._state = Lifecycle.CREATED
         self._gets = 0
         self._commits = 0
         self._applied = 0
@@ -126,7 +114,7 @@ class StateBackend(abc.ABC):
 
     def __repr__(self) -> str:
         return (
-            f"<{type(self).__name__} {self._describe()} state={self._state.value} gets={self._gets} "
+            f"<{type(self).__name__} {self._describe()} state={self.state.value} gets={self._gets} "
             f"commits={self._commits} writes={self._applied} conflicts={self._conflicts} "
             f"duplicates={self._duplicates}>"
         )
@@ -135,46 +123,12 @@ class StateBackend(abc.ABC):
         """Where the data lives, for ``repr`` and error messages (never a credential)."""
         return self.name
 
-    @property
-    def state(self) -> Lifecycle:
-        return self._state
-
-    async def __aenter__(self) -> StateBackend:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        """Open the connection (and create the schema where there is one); a backend starts once."""
-        if self._state is not Lifecycle.CREATED:
-            raise LifecycleError(
-                f"A {type(self).__name__} starts once; it is {self._state.value}. Create a new one instead."
-            )
-        self._state = Lifecycle.RUNNING
-        try:
-            await self._open()
-        except BaseException:
-            self._state = Lifecycle.CLOSED
-            await self._close()
-            raise
-
-    async def aclose(self) -> None:
-        """Close the connection; idempotent."""
-        if self._state in (Lifecycle.CLOSING, Lifecycle.CLOSED):
-            return
-        self._state = Lifecycle.CLOSING
-        try:
-            await self._close()
-        finally:
-            self._state = Lifecycle.CLOSED
+    def _kind(self) -> str:
+        return f"{type(self).__name__} ({self._describe()})"
 
     def _check(self) -> None:
-        if self._state is not Lifecycle.RUNNING:
-            raise LifecycleError(
-                f"The {type(self).__name__} is {self._state.value}; use it between start() and aclose()."
-            )
+        if self._lifecycle is not State.RUNNING:
+            self._check_running("use the state backend")
 
     async def get(self, key: str) -> Record | None:
         """The record of ``key``, or None when it is absent or expired."""
@@ -232,7 +186,7 @@ class StateBackend(abc.ABC):
     def statistics(self) -> BackendStatistics:
         return BackendStatistics(
             backend=self.name,
-            state=self._state.value,
+            state=self.state.value,
             gets=self._gets,
             commits=self._commits,
             writes_applied=self._applied,

@@ -40,7 +40,8 @@ import msgspec
 
 from ..config import StateConfig
 from ..errors import LifecycleError, StateConflictError, StateError, StateUnavailableError
-from .base import APPLIED, DUPLICATE, BackendStatistics, Lifecycle, StateBackend, Write, WriteResult
+from ..lifecycle import Lifecycle, State
+from .base import APPLIED, DUPLICATE, BackendStatistics, StateBackend, Write, WriteResult
 from .buffer import Batch, Seg, WriteBuffer
 from .cache import StateCache
 from .codec import StateCodec, show_key
@@ -89,7 +90,7 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-class StateStore:
+class StateStore(Lifecycle):
     """Cache, write-behind buffer and codec in front of a :class:`StateBackend`; see the module docstring.
 
     Builds its backend from ``config`` (and closes it) unless one is passed, which must be started and is left
@@ -117,7 +118,6 @@ class StateStore:
             backend = create_backend(cfg, env=env)
         self._backend = backend
         self._direct = self._backend if isinstance(self._backend, MemoryBackend) else None
-        self._state = Lifecycle.CREATED
         self.codec = StateCodec(
             max_state_bytes=cfg.max_state_bytes,
             compress_from_bytes=cfg.compression_threshold_bytes if cfg.enable_state_compression else None,
@@ -131,14 +131,13 @@ class StateStore:
         self._epoch = 0  # bumped by every commit and invalidation: a backend read that spans one is not cached
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stack: contextlib.AsyncExitStack | None = None
-        self._closer: asyncio.Task[None] | None = None
         self._flushes = self._flushed = self._flush_failures = self._failed_writes = 0
         self._updates = self._conflicts = self._duplicates = 0
 
     def __repr__(self) -> str:
         b = self._buffer
         return (
-            f"<StateStore backend={self._backend.name} state={self._state.value} cached={len(self._cache)}/"
+            f"<StateStore backend={self._backend.name} state={self.state.value} cached={len(self._cache)}/"
             f"{self._cache.max_entries} pending={b.npending} inflight={len(b.inflight)} flushes={self._flushes} "
             f"writes={b.writes} conflicts={self._conflicts} failed_writes={self._failed_writes}>"
         )
@@ -147,52 +146,25 @@ class StateStore:
     def backend(self) -> StateBackend:
         return self._backend
 
-    @property
-    def state(self) -> Lifecycle:
-        return self._state
-
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> StateStore:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
+    async def _open(self) -> None:
         """Start the backend (when the store made it) and the flusher; a store starts once."""
-        if self._state is not Lifecycle.CREATED:
-            raise LifecycleError(f"A StateStore starts once; it is {self._state.value}. Create a new one instead.")
-        self._state = Lifecycle.RUNNING
         self._loop = asyncio.get_running_loop()
-        try:
-            if self._owns_backend:
-                await self._backend.start()
-            elif self._backend.state is not Lifecycle.RUNNING:
-                raise LifecycleError(
-                    f"The backend passed to the StateStore is {self._backend.state.value}; start it first (the "
-                    "store closes only backends it made itself)."
-                )
-            self._stack = contextlib.AsyncExitStack()
-            tg = await self._stack.enter_async_context(asyncio.TaskGroup())
-            tg.create_task(self._run(), name=f"agentflow-state-flush-{self._backend.name}")
-        except BaseException:
-            await self._shutdown()
-            raise
+        if self._owns_backend:
+            await self._backend.start()
+        elif self._backend.state is not State.RUNNING:
+            raise LifecycleError(
+                f"The backend passed to the StateStore is {self._backend.state.value}; start it first (the "
+                "store closes only backends it made itself)."
+            )
+        self._stack = contextlib.AsyncExitStack()
+        tg = await self._stack.enter_async_context(asyncio.TaskGroup())
+        tg.create_task(self._run(), name=f"agentflow-state-flush-{self._backend.name}")
 
-    async def aclose(self) -> None:
-        """Flush what is buffered, stop the flusher, close the backend the store made; idempotent, and the
-        cleanup finishes even when the caller is cancelled."""
-        if self._state is Lifecycle.CLOSED:
-            return
-        if self._closer is None:
-            self._closer = asyncio.get_running_loop().create_task(self._shutdown(), name="agentflow-state-close")
-        await asyncio.shield(self._closer)
-
-    async def _shutdown(self) -> None:
-        if self._state is not Lifecycle.CLOSED:
-            self._state = Lifecycle.CLOSING
+    async def _close(self) -> None:
+        """Flush what is buffered, stop the flusher, close the backend the store made (shielded: the cleanup
+        finishes even when the caller is cancelled)."""
         self._wake()
         try:
             if self._stack is not None:
@@ -204,18 +176,12 @@ class StateStore:
             if lost:
                 self._failed_writes += lost
                 logger.error("state store closed with %d writes not committed", lost)
-            try:
-                if self._owns_backend:
-                    await self._backend.aclose()
-            finally:
-                self._state = Lifecycle.CLOSED
+            if self._owns_backend:
+                await self._backend.aclose()
 
     def _check(self) -> None:
-        if self._state is not Lifecycle.RUNNING:
-            raise LifecycleError(
-                f"The StateStore is {self._state.value}; read and write state only while it runs (between start() "
-                "and aclose())."
-            )
+        if self._lifecycle is not State.RUNNING:
+            self._check_running("read or write state")
 
     def unit(self, scope: str | None = None) -> Unit:
         """A new unit for one event's writes; ``scope`` (agent and event id) is needed for ``once=True``."""
@@ -241,7 +207,7 @@ class StateStore:
         ``fresh`` skips the cache (this process's own buffered writes are still seen): for keys other processes
         write, when a read must not be up to ``state_cache_ttl_s`` old.
         """
-        if self._state is not Lifecycle.RUNNING:
+        if self._lifecycle is not State.RUNNING:
             self._check()
         direct = self._direct
         if direct is not None:
@@ -292,14 +258,14 @@ class StateStore:
         self, key: str, value: Any, *, ttl_s: float | None = None, unit: Unit | None = None, once: bool = False
     ) -> None:
         """Write ``value`` under ``key`` (behind; durable when ``unit.committed()`` returns)."""
-        if self._state is not Lifecycle.RUNNING:
+        if self._lifecycle is not State.RUNNING:
             self._check()
         raw = self.codec.encode(key, value)
         await self._write(key, raw, self._expiry(ttl_s), unit, once)
 
     async def delete(self, key: str, *, unit: Unit | None = None, once: bool = False) -> None:
         """Delete ``key`` (behind, like ``set``)."""
-        if self._state is not Lifecycle.RUNNING:
+        if self._lifecycle is not State.RUNNING:
             self._check()
         await self._write(key, None, None, unit, once)
 
@@ -325,7 +291,7 @@ class StateStore:
 
     async def _make_room(self) -> None:
         await self._buffer.wait_room()
-        if self._state is not Lifecycle.RUNNING:
+        if self._lifecycle is not State.RUNNING:
             self._check()
 
     async def update(
@@ -349,7 +315,7 @@ class StateStore:
         the backend holds, so only another write of the key by this store while ``fn`` runs is a conflict.
         With ``once=True``, an event whose update was already applied gets the stored value back.
         """
-        if self._state is not Lifecycle.RUNNING:
+        if self._lifecycle is not State.RUNNING:
             self._check()
         once_id = None if not once else _once_id(key, unit)
         self._updates += 1
@@ -467,11 +433,11 @@ class StateStore:
             now = loop.time()
             due = self._buffer.due_in(now)
             if due is not None:
-                if due > 0 and self._state is Lifecycle.RUNNING:
+                if due > 0 and self._lifecycle is State.RUNNING:
                     await self._sleep_until(min(now + due, next_purge))
                 else:
                     await self._flush(self._buffer.take(now))
-            elif self._state is not Lifecycle.RUNNING:
+            elif self._lifecycle is not State.RUNNING:
                 return
             elif now >= next_purge:
                 await self._purge()
@@ -537,7 +503,7 @@ class StateStore:
         b = self._buffer
         return StoreStatistics(
             backend=self._backend.name,
-            state=self._state.value,
+            state=self.state.value,
             cached=len(self._cache),
             cache_size=self._cache.max_entries,
             cache_hits=self._cache.hits,

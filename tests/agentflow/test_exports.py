@@ -12,7 +12,6 @@ import agentflow
 #: agentflow.state's names for backend authors and scripts; handlers reach state through ctx.state (StateHandle).
 _STATE_API = {
     "BackendStatistics",
-    "Lifecycle",
     "MISSING",
     "MemoryBackend",
     "Record",
@@ -117,7 +116,6 @@ INTERNAL = {
         "CONFLICT",
         "DUPLICATE",
         "BackendStatistics",
-        "Lifecycle",
         "Record",
         "StateBackend",
         "Write",

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from agentflow import Context, Event, Retry
+from agentflow import Context, Event, Retry, StateError
+from agentflow.state import StateHandle, StateStore
 from agentflow.testing import EventRecorder, RecordingContext, make_event, run_handler
 
 if TYPE_CHECKING:
@@ -164,3 +165,27 @@ async def test_wait_for_times_out_with_a_sentence() -> None:
         "recorded topic, or raise timeout_s."
     )
     assert repr(recorder) == "<EventRecorder events=1 waiting=0>"
+
+
+async def test_run_handler_gives_the_handler_state_and_commits_its_writes() -> None:
+    async def count(event: Event, ctx: Any) -> int:
+        n: int = await ctx.state.update(lambda n: n + 1, default=0)
+        await ctx.memory.append({"role": "user", "content": event.payload})
+        return n
+
+    async with StateStore() as store:
+        first = await run_handler(count, make_event("clicks", "hi", key="u1"), agent="counter", state=store)
+        second = await run_handler(count, make_event("clicks", "again", key="u1"), agent="counter", state=store)
+        other = await run_handler(count, make_event("clicks", "hi", key="u2"), agent="counter", state=store)
+        assert (first.value, second.value, other.value) == (1, 2, 1)
+        assert await StateHandle(store, "counter", "u1", None).get() == 2
+        history = await RecordingContext(make_event("clicks", key="u1"), agent="counter", state=store).memory.window()
+        assert [m["content"] for m in history] == ["hi", "again"]
+
+
+async def test_state_without_a_store_is_a_sentence_naming_the_fix() -> None:
+    async def reads(event: Event, ctx: Any) -> Any:
+        return await ctx.state.get()
+
+    result = await run_handler(reads, make_event("clicks", key="u1"))
+    assert isinstance(result.error, StateError) and "pass state=store" in str(result.error)

@@ -17,7 +17,8 @@ from mcp.shared.exceptions import MCPError as SDKError
 from pydantic import ValidationError
 
 from ...config import MCPConfig
-from ...errors import CircuitOpenError, ConfigError, LifecycleError, MCPError, MCPUnavailableError
+from ...errors import CircuitOpenError, ConfigError, MCPError, MCPUnavailableError
+from ...lifecycle import Lifecycle, State
 from ...metrics import Metrics
 from ...resilience.breaker import CircuitBreaker
 from ..config import breaker_config, resolve_env_keys
@@ -73,10 +74,11 @@ class _Lost(msgspec.Struct, frozen=True):
     reason: str
 
 
-class MCPPool:
+class MCPPool(Lifecycle):
     """The session pool of one ``[mcp.NAME]`` server and its tools; see the module docstring.
 
-    An async context manager; ``aclose()`` is idempotent and stops every stdio process it started. With
+    Its lifecycle is :class:`~agentflow.lifecycle.Lifecycle`'s: ``start`` once, ``async with``, and ``aclose()``
+    idempotent and shielded, stopping every stdio process it started. With
     ``registry``, the server's tools are kept there as ``NAME.tool`` (removed again on close).
     """
 
@@ -100,7 +102,6 @@ class MCPPool:
         # Resolved secrets live only here and in the HTTP clients: never in a repr, a log line or a metric.
         self._headers = resolve_env_keys(config.headers, env, where=f"mcp.{name}.headers")
         self._env_values = resolve_env_keys(config.env, env, where=f"mcp.{name}.env")
-        self._state = "created"
         self._closing = False
         breaker = breaker_config(config.breaker, where=f"mcp.{name}.breaker")
         self._replicas = [
@@ -131,41 +132,30 @@ class MCPPool:
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> MCPPool:
-        await self.start()
-        return self
+    def _kind(self) -> str:
+        return f"MCP pool {self.name!r}"
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
+    async def _open(self) -> None:
         """Open every session (waiting at most ``connect_timeout_s``) and list the server's tools.
 
         Raises :class:`MCPUnavailableError` (after closing what it opened) when no session could be opened.
         """
-        if self._state != "created":
-            raise LifecycleError(f"MCP pool {self.name!r} starts once; create a new one.")
-        self._state = "running"
         loop = asyncio.get_running_loop()
         started: asyncio.Future[None] = loop.create_future()
         self._supervisor = loop.create_task(self._supervise(started), name=f"agentflow-mcp-{self.name}")
-        try:
-            await started
-            with anyio.move_on_after(self.config.connect_timeout_s):
-                while not all(s.opened or s.attempts for s in self._sessions):  # every first try is over
-                    await self._wait_change(_WAIT_SLICE_S)
-            if not any(s.usable() for s in self._sessions):
-                raise MCPUnavailableError(
-                    f"MCP server {self.name!r} could not be reached: no session opened within "
-                    f"{self.config.connect_timeout_s:g} s. Check that it runs and the [mcp.{self.name}] settings "
-                    "(the log says why each attempt failed).",
-                    server=self.name,
-                )
-            ready = next(s for s in self._sessions if s.usable())
-            self._install(self._filter(ready.listing))  # listed as the session opened: no call of its own
-        except BaseException:
-            await self.aclose()
-            raise
+        await started
+        with anyio.move_on_after(self.config.connect_timeout_s):
+            while not all(s.opened or s.attempts for s in self._sessions):  # every first try is over
+                await self._wait_change(_WAIT_SLICE_S)
+        if not any(s.usable() for s in self._sessions):
+            raise MCPUnavailableError(
+                f"MCP server {self.name!r} could not be reached: no session opened within "
+                f"{self.config.connect_timeout_s:g} s. Check that it runs and the [mcp.{self.name}] settings "
+                "(the log says why each attempt failed).",
+                server=self.name,
+            )
+        ready = next(s for s in self._sessions if s.usable())
+        self._install(self._filter(ready.listing))  # listed as the session opened: no call of its own
 
     async def _supervise(self, started: asyncio.Future[None]) -> None:
         # The pool's tasks live here, not in the caller's task: start() and aclose() may come from different
@@ -176,11 +166,9 @@ class MCPPool:
             tg.create_task(self._refresher(), name=f"agentflow-mcp-{self.name}-tools")
             started.set_result(None)
 
-    async def aclose(self) -> None:
-        """Close every session (stdio processes stopped and reaped) and remove the tools; idempotent."""
-        if self._state == "closed":
-            return
-        self._state = "closed"
+    async def _close(self) -> None:
+        """Close every session (stdio processes stopped and reaped) and remove the tools; runs once, shielded:
+        a caller cancelled while closing still gets every process stopped before it goes on."""
         self._closing = True
         for s in self._sessions:
             s.stop()
@@ -188,12 +176,8 @@ class MCPPool:
         self._notify()
         task = self._supervisor
         if task is not None:
-            # Shielded: a caller cancelled while closing still gets every process stopped before it goes on.
             try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                await asyncio.wait([task])
-                raise
+                await task
             except Exception:  # noqa: BLE001 - a bug in a session task; closing must finish anyway
                 logger.exception("MCP server %r: a pool task failed while closing", self.name)
         if self.registry is not None:
@@ -263,7 +247,7 @@ class MCPPool:
     ) -> mcp_types.CallToolResult:
         """Call ``tool`` (the server's name for it) on a session of the pool; see the module docstring for
         routing, failover and retries. Raises :class:`MCPError` or :class:`MCPUnavailableError`."""
-        if self._state != "running":
+        if self._lifecycle is not State.RUNNING:
             raise MCPUnavailableError(f"MCP pool {self.name!r} is not running.", tool=tool, server=self.name)
         cfg = self.config
         affinity = key if cfg.affinity == "key" else workflow if cfg.affinity == "workflow" else None
@@ -469,7 +453,7 @@ class MCPPool:
         return MCPPoolStatistics(
             name=self.name,
             transport=self.config.transport,
-            state=self._state,
+            state=self.state.value,
             sessions=len(sessions),
             ready=sum(s.usable() for s in sessions),
             in_flight=sum(s.in_flight for s in sessions),

@@ -124,11 +124,11 @@ async def test_once_ids_expire_after_once_ttl(state: StateEnv) -> None:
 
 async def test_a_backend_starts_once_and_refuses_use_outside_its_life(state: StateEnv) -> None:
     b = create_backend(state.config(), env=state.env)
-    with pytest.raises(LifecycleError, match="between start"):
+    with pytest.raises(LifecycleError, match="has not started"):
         await b.get("k")
     async with b:
         assert "state=running" in repr(b)
-        with pytest.raises(LifecycleError, match="starts once"):
+        with pytest.raises(LifecycleError, match="start it once"):
             await b.start()
     await b.aclose()
     assert b.statistics().state == "closed"

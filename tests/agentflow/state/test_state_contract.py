@@ -497,14 +497,14 @@ async def test_a_cancelled_close_still_finishes_and_close_is_idempotent(state: S
 
 async def test_a_store_starts_once_and_refuses_use_after_close(state: StateEnv) -> None:
     store = await state.store()
-    with pytest.raises(LifecycleError, match="starts once"):
+    with pytest.raises(LifecycleError, match="start it once"):
         await store.start()
     await store.aclose()
     with pytest.raises(LifecycleError, match="closed"):
         await handle(store).get()
     with pytest.raises(LifecycleError, match="closed"):
         await handle(store).set(1)
-    with pytest.raises(LifecycleError, match="starts once"):
+    with pytest.raises(LifecycleError, match="once it has been closed"):
         await store.start()
 
 

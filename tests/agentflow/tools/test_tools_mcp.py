@@ -226,6 +226,24 @@ async def test_no_stdio_process_is_left_after_close(stats_dir: Path) -> None:
     assert pool.statistics().state == "closed"
 
 
+async def test_closing_cancelled_twice_still_stops_every_process(stats_dir: Path) -> None:
+    pool = MCPPool("ctr", stdio_config(stats_dir, replicas=2))
+    await pool.start()
+    pids = set(server_stats(stats_dir))
+    closing = asyncio.ensure_future(pool.aclose())
+    await asyncio.sleep(0)
+    closing.cancel()
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await asyncio.wait_for(pool.aclose(), 30)  # returns: the shielded close went on and finished
+    assert pool.statistics().state == "closed"
+    assert not any(alive(p) for p in pids), "a server process outlived a cancelled close"
+    with pytest.raises(LifecycleError, match="once it has been closed"):
+        await pool.start()
+
+
 async def test_a_tool_timeout_leaves_the_session_usable(stats_dir: Path) -> None:
     registry = ToolRegistry({"ctr.sleep": ToolConfig(timeout_s=0.2)})
     async with MCPPool("ctr", stdio_config(stats_dir), registry=registry) as pool:
