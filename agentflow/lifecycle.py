@@ -3,8 +3,7 @@
 Runner, Producer, buses, LLM hub and clients, the mock LLM server, rate limiters, micro-batchers, the state store
 and its backends, and the MCP hub and pools all follow it (:class:`Lifecycle`): ``start`` once (a resource that
 may be shared, such as a bus, lets a second ``start`` through while it runs), ``aclose`` idempotent and safe to
-call concurrently, a closed resource
-refusing to start again with a sentence, and ``async with`` doing both::
+call concurrently, a closed resource refusing to start again with a sentence, and ``async with`` doing both::
 
     async with MemoryBus() as bus:     # start ... aclose
         ...
