@@ -455,9 +455,18 @@ def test_msgspec_messages_are_translated() -> None:
 
 def test_commented_examples_of_the_shipped_file_load() -> None:
     # The shipped file's commented tables ([agents.NAME], [tools.NAME], [mcp.NAME] ...), uncommented, are valid.
-    lines = SHIPPED.read_text(encoding="utf-8").splitlines()
-    body = "\n".join(line[2:] for line in lines if re.match(r"# (\[|[a-z_]+ = )", line))
+    # Each commented key belongs to the table above it, whether that table's header is commented or not.
+    tables: dict[str, list[str]] = {}
+    table = ""
+    for line in SHIPPED.read_text(encoding="utf-8").splitlines():
+        header = re.match(r"(?:# )?(\[[^\]]+\])$", line)
+        if header:
+            table = header.group(1)
+        elif re.match(r"# [a-z_]+ = ", line):
+            tables.setdefault(table, []).append(line[2:])
+    body = "\n".join(f"{name}\n" + "\n".join(keys) for name, keys in tables.items())
     config = config_from_dict(tomllib.loads(body))
+    assert config.memory.default_ttl_s == 86400.0 and config.memory.conversation_ttl_s == 86400.0
     assert config.tools["get_weather"].concurrency == 8
     assert config.mcp["files"].env == {"ROOT": "/srv/data", "API_KEY_env": "FILES_API_KEY"}
     assert config.mcp["search"].headers == {"Authorization_env": "SEARCH_TOKEN"}
