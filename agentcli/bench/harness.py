@@ -367,7 +367,10 @@ class AgentflowRun:
         tally = Tally()
         label = f"{self.label} saturation"
         gc.collect()
-        if self.target.recorder is not None:
+        if (rec := self.target.recorder) is not None:
+            # The flood records into a histogram of its own: the one before it belongs to the previous round's
+            # result, and the paced phase starts another.
+            rec.hist = LatencyHistogram()
             elapsed = await self._flood(SATURATION_LIMITS, tally, stamp=True, label=label)
             return tally.issued / elapsed
         async with Ticker(self.progress, label, SATURATION_LIMITS, tally.finished):

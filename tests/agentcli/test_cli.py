@@ -154,6 +154,16 @@ def test_repeat_alternates_the_sides_and_reports_the_median(tmp_path: Path) -> N
     assert "alternating" in data["order"] and "median" in data["order"]
 
 
+def test_latency_rounds_each_measure_only_themselves(tmp_path: Path) -> None:
+    # A round's saturation flood comes before its paced run; it must not land in the previous round's figures.
+    data = report(tmp_path, "--mode", "latency", "--requests", "1000", "--repeat", "3")
+    ours = [r for r in data["runs"] if r["side"] == "agentflow"]
+    assert [r["round"] for r in ours] == [1, 2, 3]
+    assert [r["latency_ms"]["count"] for r in ours] == [1000, 1000, 1000]
+    p99s = [r["latency_ms"]["p99"] for r in ours]
+    assert max(p99s) < 100 * min(p99s), p99s  # of the same order, not one round carrying another's flood
+
+
 def test_overload_scenario_reports_refusals_capacity_memory_and_no_loss(tmp_path: Path) -> None:
     # Small bounds, so the backlog drains in a moment; 50 in flight + 200 buffered + 20 waiting for room stay
     # under max_pending_requests, so here max_waiting_emits is the bound that refuses requests.
