@@ -151,9 +151,10 @@ def render(console: Console, report: Report) -> None:
             ratio(top.saturation_per_s, raw.saturation_per_s if raw else None))  # fmt: skip
         row("offered rate (events/s)", num(top.rate_per_s or 0), num(raw.rate_per_s or 0) if raw else "")
     row("duration (s)", num(top.duration_s), num(raw.duration_s) if raw else "")
-    row("throughput (events/s)", num(top.throughput_per_s), num(raw.throughput_per_s) if raw else "",
-        ratio(top.throughput_per_s, raw.throughput_per_s if raw else None),
-        (num(bare.throughput_per_s), ratio(top.throughput_per_s, bare.throughput_per_s)) if bare else ("", ""))  # fmt: skip
+    tput = top.throughput_per_s
+    row("throughput (events/s)", num(tput), num(raw.throughput_per_s) if raw else "",
+        ratio(tput, raw.throughput_per_s if raw else None),
+        (num(bare.throughput_per_s), ratio(tput, bare.throughput_per_s)) if bare else ("", ""))  # fmt: skip
     for key in ("p50", "p95", "p99", "max"):
         a = getattr(top.latency_ms, key) if top.latency_ms else None
         b = getattr(raw.latency_ms, key) if raw and raw.latency_ms else None

@@ -66,8 +66,9 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
         str,
         _doc(
             "agentflow (the primary side), another agentflow run (agentflow_0calls, agentflow_3calls, "
-            "agentflow_stdio), or a baseline: bare, raw, per_request, sdk, unbatched, raw_0calls, raw_1call, raw_3calls, "
-            "per_call, sdk_stdio, per_call_stdio; the figures at the top level are those of the agentflow side"
+            "agentflow_stdio), or a baseline: bare, raw, per_request, sdk, unbatched, raw_0calls, raw_1call, "
+            "raw_3calls, per_call, sdk_stdio, per_call_stdio; the figures at the top level are those of the "
+            "agentflow side"
         ),
     ]
     label: Annotated[str, _doc("what ran, for people")]
