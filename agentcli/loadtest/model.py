@@ -7,9 +7,10 @@ dropped instead of waiting, so a slow system cannot slow the generator down. A n
 idle, so the VUs in flight follow Little's law (arrival rate × time in flight) by themselves. Left to agentcli
 (``max_vus`` None), the cap is that, up to ``AUTO_VUS_LIMIT``, as long as the generator keeps to its schedule:
 once the generator itself has reached arrivals more than ``GENERATOR_LAG_LIMIT_S`` late for ``LATE_GRACE_S`` on
-end, an arrival finds no new VU (past ``AUTO_VUS_MIN``) and is dropped, because more iterations in flight would
-only slow the generator further — the trap a fixed large cap sets — while a stalled target, which leaves the
-generator idle and on time, still gets a VU per arrival and its stall is measured. Latency is measured from the
+end, it is saturated, and until it has been on time for ``RECOVER_S`` on end an arrival finds no new VU (past
+``AUTO_VUS_MIN``) and is dropped, because more iterations in flight would only slow the generator further — the
+trap a fixed large cap sets. A stalled target, which leaves the generator idle and on time, still gets a VU per
+arrival and its stall is measured. Latency is measured from the
 intended time, so any delay — the system's or the generator's own — is in it; the generator's own part is
 reported separately as start lag (intended → the iteration actually starting).
 
@@ -51,9 +52,10 @@ AUTO_VUS_MIN = 16
 AUTO_VUS_LIMIT = 1000
 #: An arrival reached later than this means the generator, not the target, is the limit (the report says so).
 GENERATOR_LAG_LIMIT_S = 0.001
-#: How long the generator must have been late on end before a derived cap stops starting VUs: a pause of the
-#: process (a GC pass, the OS) is not saturation.
-LATE_GRACE_S = 0.1
+#: How long the generator must have been late on end before a derived cap stops starting VUs (a short pause of
+#: the process, a GC pass or the OS, is not saturation), and on time on end before it starts them again.
+LATE_GRACE_S = 0.02
+RECOVER_S = 0.5
 
 OnWindow = Callable[[WindowRecord, dict[str, Any]], bool]
 PayloadFn = Callable[[int], Any]
@@ -224,7 +226,9 @@ class Engine:
         sleep, idle, stats = asyncio.sleep, self._idle, self.stats
         # Past this many VUs, a derived cap starts new ones only for arrivals the generator reaches on time.
         free = AUTO_VUS_MIN if self.auto_vus else self.max_vus
-        late_since: float | None = None
+        late_since: float | None = None  # the generator has been late since then
+        on_time_since = 0.0  # ... on time since then
+        saturated = False
         n = 0
         next_t = profile.arrival_time(0)
         while next_t is not None and not self._stopping:
@@ -235,16 +239,19 @@ class Engine:
                 continue
             win = self.window
             if now - next_t <= GENERATOR_LAG_LIMIT_S:
-                late_since = None
+                if late_since is not None:
+                    late_since, on_time_since = None, now
+                saturated = saturated and now - on_time_since < RECOVER_S
             elif late_since is None:
                 late_since = now
-            on_time = late_since is None or now - late_since < LATE_GRACE_S
+            elif now - late_since >= LATE_GRACE_S:
+                saturated = True
             while next_t is not None and next_t <= now:
                 win.scheduled += 1
                 stats.scheduled += 1
                 if idle:
                     idle.pop().set_result(t0 + next_t)
-                elif self.vus < free or (on_time and self.vus < self.max_vus):
+                elif self.vus < free or (not saturated and self.vus < self.max_vus):
                     self.vus += 1
                     self._spawn(self._open_vu(t0 + next_t))
                 else:
