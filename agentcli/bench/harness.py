@@ -59,6 +59,7 @@ __all__ = [
     "NoopTarget",
     "Outcome",
     "Target",
+    "planned_sides",
     "run_benchmark",
 ]
 
@@ -70,8 +71,8 @@ SATURATION_LIMITS = Limits(duration_s=1.0)
 SENDERS_MIN = 64
 #: Request outcomes that count as errors rather than crash the benchmark.
 FAILURES: tuple[type[BaseException], ...] = (DeadLetteredError, RequestTimeoutError)
-#: The sides of a round, baseline first.
-SIDES = ("raw", "agentflow")
+#: The sides of a round, baselines first: the bare pipeline (throughput mode), the raw one, agentflow.
+SIDES = ("bare", "raw", "agentflow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,13 +368,25 @@ class AgentflowRun:
         tally = Tally()
         label = f"{self.label} saturation"
         gc.collect()
-        if self.target.recorder is not None:
+        if (rec := self.target.recorder) is not None:
+            # The flood records into a histogram of its own: the one before it belongs to the previous round's
+            # result, and the paced phase starts another.
+            rec.hist = LatencyHistogram()
             elapsed = await self._flood(SATURATION_LIMITS, tally, stamp=True, label=label)
             return tally.issued / elapsed
         async with Ticker(self.progress, label, SATURATION_LIMITS, tally.finished):
             t0 = perf_counter()
             await closed_loop(self._request(), self._senders(), SATURATION_LIMITS, FAILURES, tally)
             return tally.finished() / (perf_counter() - t0)
+
+
+def planned_sides(spec: BenchSpec) -> tuple[str, ...]:
+    """The sides of each round: agentflow; with --compare-raw the raw pipeline too, and in throughput mode the bare
+    one (in closed mode the raw consumer already does nothing per request, and a latency run records each event's
+    latency by design, so there the raw side is the bare one)."""
+    if not spec.compare_raw:
+        return ("agentflow",)
+    return SIDES if spec.mode is Mode.throughput else SIDES[1:]
 
 
 async def run_benchmark(
@@ -402,6 +415,10 @@ async def run_benchmark(
             result = await raw.run_latency(spec.limits, spec.load_fraction, SATURATION_LIMITS, label)
         runs.append((n, "raw", result))
 
+    async def bare_round(n: int) -> None:
+        assert raw is not None
+        runs.append((n, "bare", await raw.run_bare(spec.payload, spec.limits, "bare" + tag(n))))
+
     async def ours(runner: Runner, n: int) -> RunResult:
         result = await AgentflowRun(runner, target, spec, progress, prof, "agentflow" + tag(n)).run()
         runs.append((n, "agentflow", result))
@@ -419,11 +436,14 @@ async def run_benchmark(
         last.shutdown_s = shutdown.duration_s if shutdown is not None else None
         return Outcome(runs, target.config)
     for n in range(1, spec.repeat + 1):
-        for side in round_sides(SIDES if raw is not None else SIDES[1:], n):
+        for side in round_sides(planned_sides(spec), n):
             if STOP.set:
                 return Outcome(runs, target.config)
             if side == "raw":
                 await raw_round(n)
+                continue
+            if side == "bare":
+                await bare_round(n)
                 continue
             runner = target.runner(spec.mode)
             async with runner:

@@ -52,11 +52,12 @@ def to_run(result: RunResult, side: str, round_: int) -> Run:
 
 
 def _round_ratios(outcome: Outcome, spec: BenchSpec) -> list[dict[str, float]]:
-    """raw: agentflow / raw throughput of each round (latency mode: of the saturations each side was paced by)."""
+    """raw: agentflow / raw throughput of each round (latency mode: of the saturations each side was paced by);
+    bare: agentflow / bare pipeline throughput (throughput mode)."""
     out: list[dict[str, float]] = []
     for n in range(1, spec.repeat + 1):
         sides = {side: r for rn, side, r in outcome.runs if rn == n}
-        ours, raw = sides.get("agentflow"), sides.get("raw")
+        ours, raw, bare = sides.get("agentflow"), sides.get("raw"), sides.get("bare")
         ratios: dict[str, float] = {}
         if ours is not None and raw is not None:
             a, b = ours.throughput_per_s, raw.throughput_per_s
@@ -64,6 +65,8 @@ def _round_ratios(outcome: Outcome, spec: BenchSpec) -> list[dict[str, float]]:
                 a, b = ours.saturation_per_s, raw.saturation_per_s
             if b:
                 ratios["raw"] = a / b
+        if ours is not None and bare is not None and bare.throughput_per_s:
+            ratios["bare"] = ours.throughput_per_s / bare.throughput_per_s
         out.append(ratios)
     return out
 
@@ -122,6 +125,7 @@ def render(console: Console, report: Report) -> None:
     """The noop / app table: the median run of each side (the ratios printed below are medians of rounds)."""
     rank = by_p99 if report.mode == Mode.latency.value else by_throughput
     top, raw = median_run(report.runs, "agentflow", rank), median_run(report.runs, "raw", rank)
+    bare = median_run(report.runs, "bare", rank)
     assert top is not None
     table = Table()
     table.add_column("")
@@ -129,27 +133,34 @@ def render(console: Console, report: Report) -> None:
     if raw is not None:
         table.add_column("raw asyncio.Queue", justify="right")
         table.add_column("agentflow/raw", justify="right")
+    if bare is not None:
+        table.add_column("bare asyncio.Queue", justify="right")
+        table.add_column("agentflow/bare", justify="right")
 
-    def row(name: str, ours: str, theirs: str = "", ratio: str = "") -> None:
-        table.add_row(name, ours, *((theirs, ratio) if raw is not None else ()))
+    def row(name: str, ours: str, theirs: str = "", ratio: str = "", bare_cells: tuple[str, str] = ("", "")) -> None:
+        table.add_row(name, ours, *((theirs, ratio) if raw is not None else ()), *(bare_cells if bare else ()))
 
     def ratio(a: float | None, b: float | None) -> str:
         return f"{a / b:.2f}x" if a is not None and b else ""
 
-    row("completed", f"{top.completed:,}", f"{raw.completed:,}" if raw else "")
+    row("completed", f"{top.completed:,}", f"{raw.completed:,}" if raw else "",
+        bare_cells=(f"{bare.completed:,}", "") if bare else ("", ""))  # fmt: skip
     row("errors", f"{top.errors:,}", f"{raw.errors:,}" if raw else "")
     if top.saturation_per_s is not None:
         row("saturation (events/s)", num(top.saturation_per_s), num(raw.saturation_per_s or 0) if raw else "",
             ratio(top.saturation_per_s, raw.saturation_per_s if raw else None))  # fmt: skip
         row("offered rate (events/s)", num(top.rate_per_s or 0), num(raw.rate_per_s or 0) if raw else "")
     row("duration (s)", num(top.duration_s), num(raw.duration_s) if raw else "")
-    row("throughput (events/s)", num(top.throughput_per_s), num(raw.throughput_per_s) if raw else "",
-        ratio(top.throughput_per_s, raw.throughput_per_s if raw else None))  # fmt: skip
+    tput = top.throughput_per_s
+    row("throughput (events/s)", num(tput), num(raw.throughput_per_s) if raw else "",
+        ratio(tput, raw.throughput_per_s if raw else None),
+        (num(bare.throughput_per_s), ratio(tput, bare.throughput_per_s)) if bare else ("", ""))  # fmt: skip
     for key in ("p50", "p95", "p99", "max"):
         a = getattr(top.latency_ms, key) if top.latency_ms else None
         b = getattr(raw.latency_ms, key) if raw and raw.latency_ms else None
         row(f"latency {key} (ms)", _ms(a) if a is not None else "n/a", _ms(b) if b is not None else "", ratio(a, b))
-    row("CPU time (s)", num(top.cpu_s or 0), num(raw.cpu_s or 0) if raw else "")
+    row("CPU time (s)", num(top.cpu_s or 0), num(raw.cpu_s or 0) if raw else "",
+        bare_cells=(num(bare.cpu_s or 0), "") if bare else ("", ""))  # fmt: skip
     row("peak RSS (MB, process)", f"{report.rss_peak_mb:,.1f}")
     console.print(table)
     console.print(f"latency: {report.latency_measures}", highlight=False)

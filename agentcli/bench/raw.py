@@ -12,6 +12,11 @@ It is what a careful engineer would write by hand, sized like the runner it is c
 
 The handler does exactly what the noop agent does in the same mode: nothing (closed), record
 ``time.time() - created_at`` (throughput), or record ``perf_counter() - intended`` (latency).
+
+The bare pipeline (:meth:`RawPipeline.run_bare`, side ``bare``, throughput mode) is the same queue and consumers
+with no per-event work at all: the producer puts the payload and each consumer only takes and marks it done. It is
+the ceiling of an asyncio pipeline on this machine; the ``raw`` side adds the measurement work agentflow's noop
+agent does (a clock read at emit and a histogram record per event), which costs about as much as the queue itself.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from .measure import (
 __all__ = ["RawPipeline"]
 
 LABEL = "raw"
+BARE_LABEL = "bare"
 
 
 class RawPipeline:
@@ -116,6 +122,35 @@ class RawPipeline:
             for w in workers:
                 w.cancel()
         return RunResult(label, tally.issued, hist.count, 0, duration, cpu, hist)
+
+    async def run_bare(self, payload: Any, limits: Limits, label: str = BARE_LABEL) -> RunResult:
+        """Throughput of the queue alone: no clock read, no record; ``q.join()`` says every item was consumed."""
+        q: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.buffer_size)
+        taken = [0]
+
+        async def consume() -> None:
+            get, done = q.get, q.task_done
+            n = 0
+            try:
+                while True:
+                    await get()
+                    done()
+                    n += 1
+            finally:
+                taken[0] += n  # counted once, when cancelled: no per-event work
+
+        tally = Tally()
+        gc.collect()
+        async with asyncio.TaskGroup() as tg:
+            workers = [tg.create_task(consume()) for _ in range(self.consumers)]
+            async with Ticker(self._progress, label, limits, lambda: tally.issued):
+                cpu0, t0 = cpu_seconds(), perf_counter()
+                await flood(q.put, None, 1, payload, limits, tally)
+                await q.join()
+                duration, cpu = perf_counter() - t0, cpu_seconds() - cpu0
+            for w in workers:
+                w.cancel()
+        return RunResult(label, tally.issued, taken[0], 0, duration, cpu, None)
 
     async def run_latency(
         self, limits: Limits, load_fraction: float, saturation_limits: Limits, label: str = LABEL

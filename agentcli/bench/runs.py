@@ -179,7 +179,8 @@ def _noop(s: Session) -> tuple[Report, Profiler]:
     from .noop_report import measurement
 
     o = s.options
-    check_ratios(o.thresholds, {"raw"} if o.compare_raw else set(), " (add --compare-raw for raw_ratio)")
+    planned = ({"raw", "bare"} if o.mode is Mode.throughput else {"raw"}) if o.compare_raw else set()
+    check_ratios(o.thresholds, planned, " (add --compare-raw for raw_ratio, and bare_ratio in throughput mode)")
     body = _parse_payload(o.payload)
     target = _noop_target(o)
     limits = (

@@ -68,8 +68,9 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
         str,
         _doc(
             "agentflow (the primary side), another agentflow run (agentflow_0calls, agentflow_3calls, "
-            "agentflow_stdio), or a baseline: raw, per_request, sdk, unbatched, raw_0calls, raw_1call, raw_3calls, "
-            "per_call, sdk_stdio, per_call_stdio; the figures at the top level are those of the agentflow side"
+            "agentflow_stdio), or a baseline: bare, raw, per_request, sdk, unbatched, raw_0calls, raw_1call, "
+            "raw_3calls, per_call, sdk_stdio, per_call_stdio; the figures at the top level are those of the "
+            "agentflow side"
         ),
     ]
     label: Annotated[str, _doc("what ran, for people")]
@@ -351,7 +352,8 @@ class Report(msgspec.Struct, kw_only=True):
     ratios: Annotated[
         dict[str, float],
         _doc(
-            "named ratios, each the median over rounds: raw (agentflow / bare baseline), pooled_vs_per_request, "
+            "named ratios, each the median over rounds: raw (agentflow / the raw pipeline doing the same "
+            "measurement work), bare (agentflow / the bare pipeline doing no per-event work), pooled_vs_per_request, "
             "sdk (agentflow / openai SDK, or / a held-open MCP SDK session), batched_vs_unbatched, blocked_vs_raw "
             "(a time ratio: lower is better), request_capacity_share, ingest_capacity_share, raw_0calls, "
             "raw_1call, raw_3calls (tools), per_call, sdk_stdio, per_call_stdio (mcp); state: get, set, update "

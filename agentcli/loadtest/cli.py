@@ -104,7 +104,7 @@ def loadtest(
         int | None,
         typer.Option(
             help="Open model: most iterations in flight; past it arrivals are dropped.",
-            show_default="1000",
+            show_default="derived: up to 1000 while the generator is on time",
             rich_help_panel=_LOAD,
         ),
     ] = None,

@@ -3,7 +3,14 @@
 Open model: arrival ``n`` is due at ``t0 + profile.arrival_time(n)``, an absolute timeline computed from the
 stages, so a late pass never shifts later arrivals. Each due arrival goes to an idle virtual user (a long-lived
 coroutine; new ones are started up to ``max_vus``); when all ``max_vus`` are busy the arrival is counted as
-dropped instead of waiting, so a slow system cannot slow the generator down. Latency is measured from the
+dropped instead of waiting, so a slow system cannot slow the generator down. A new VU starts only when none is
+idle, so the VUs in flight follow Little's law (arrival rate × time in flight) by themselves. Left to agentcli
+(``max_vus`` None), the cap is that, up to ``AUTO_VUS_LIMIT``, as long as the generator keeps to its schedule:
+once the generator itself has reached arrivals more than ``GENERATOR_LAG_LIMIT_S`` late for ``LATE_GRACE_S`` on
+end, it is saturated, and until it has been on time for ``RECOVER_S`` on end an arrival finds no new VU (past
+``AUTO_VUS_MIN``) and is dropped, because more iterations in flight would only slow the generator further — the
+trap a fixed large cap sets. A stalled target, which leaves the generator idle and on time, still gets a VU per
+arrival and its stall is measured. Latency is measured from the
 intended time, so any delay — the system's or the generator's own — is in it; the generator's own part is
 reported separately as start lag (intended → the iteration actually starting).
 
@@ -28,7 +35,7 @@ from .figures import Window, WindowRecord
 from .stages import Profile
 from .targets import LoadTarget, Probe
 
-__all__ = ["Engine", "EngineStatistics"]
+__all__ = ["AUTO_VUS_LIMIT", "GENERATOR_LAG_LIMIT_S", "Engine", "EngineStatistics"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,16 @@ log = logging.getLogger(__name__)
 SPIN_S = 0.001
 #: How often the closed model adjusts the number of VUs to the stage target.
 VU_STEP_S = 0.05
+#: Open model, --max-vus left to agentcli: VUs start freely up to AUTO_VUS_MIN, then only while the generator is
+#: on time, up to AUTO_VUS_LIMIT.
+AUTO_VUS_MIN = 16
+AUTO_VUS_LIMIT = 1000
+#: An arrival reached later than this means the generator, not the target, is the limit (the report says so).
+GENERATOR_LAG_LIMIT_S = 0.001
+#: How long the generator must have been late on end before a derived cap stops starting VUs (a short pause of
+#: the process, a GC pass or the OS, is not saturation), and on time on end before it starts them again.
+LATE_GRACE_S = 0.02
+RECOVER_S = 0.5
 
 OnWindow = Callable[[WindowRecord, dict[str, Any]], bool]
 PayloadFn = Callable[[int], Any]
@@ -65,7 +82,7 @@ class Engine:
         on_window: OnWindow,
         payload: PayloadFn,
         check: CheckFn | None = None,
-        max_vus: int = 1000,
+        max_vus: int | None = None,
         think_time_s: float = 0.0,
         window_s: float = 1.0,
         graceful_stop_s: float = 30.0,
@@ -77,7 +94,9 @@ class Engine:
         self.on_window = on_window
         self.payload = payload
         self.check = check
-        self.max_vus = max_vus
+        #: None: up to AUTO_VUS_LIMIT while the generator keeps to its schedule (see the module docstring)
+        self.auto_vus = max_vus is None
+        self.max_vus = AUTO_VUS_LIMIT if max_vus is None else max_vus
         self.think_time_s = think_time_s
         self.window_s = window_s
         self.graceful_stop_s = graceful_stop_s
@@ -205,6 +224,11 @@ class Engine:
     async def _open(self) -> None:
         clock, t0, profile = self.clock, self.t0, self.profile
         sleep, idle, stats = asyncio.sleep, self._idle, self.stats
+        # Past this many VUs, a derived cap starts new ones only for arrivals the generator reaches on time.
+        free = AUTO_VUS_MIN if self.auto_vus else self.max_vus
+        late_since: float | None = None  # the generator has been late since then
+        on_time_since = 0.0  # ... on time since then
+        saturated = False
         n = 0
         next_t = profile.arrival_time(0)
         while next_t is not None and not self._stopping:
@@ -214,12 +238,20 @@ class Engine:
                 await sleep(ahead - SPIN_S if ahead > SPIN_S else 0)
                 continue
             win = self.window
+            if now - next_t <= GENERATOR_LAG_LIMIT_S:
+                if late_since is not None:
+                    late_since, on_time_since = None, now
+                saturated = saturated and now - on_time_since < RECOVER_S
+            elif late_since is None:
+                late_since = now
+            elif now - late_since >= LATE_GRACE_S:
+                saturated = True
             while next_t is not None and next_t <= now:
                 win.scheduled += 1
                 stats.scheduled += 1
                 if idle:
                     idle.pop().set_result(t0 + next_t)
-                elif self.vus < self.max_vus:
+                elif self.vus < free or (not saturated and self.vus < self.max_vus):
                     self.vus += 1
                     self._spawn(self._open_vu(t0 + next_t))
                 else:

@@ -17,6 +17,7 @@ from agentflow import Config, ConfigError, load_config
 from ..parse import parse_duration, parse_rate
 from ..thresholds import Threshold, parse_threshold
 from .figures import THRESHOLD_FIGURES
+from .model import AUTO_VUS_LIMIT
 from .scenario import LoadSpec, ScenarioError
 from .stages import Profile, Stage, parse_stages
 from .targets import NOOP_TOPIC, HttpTarget, KafkaTarget, LoadTarget, RunnerTarget, noop_runner
@@ -87,7 +88,7 @@ def resolve(spec: LoadSpec) -> Plan:
         stages = [Stage(parse_duration(spec.duration), start)]
     else:
         raise ScenarioError("say how long to run: a duration (like 30s) or stages (like 10s:50,20s:50,10s:0).")
-    if not 1 <= spec.max_vus <= MAX_VUS_LIMIT:
+    if spec.max_vus is not None and not 1 <= spec.max_vus <= MAX_VUS_LIMIT:
         raise ScenarioError(f"max_vus must be from 1 to {MAX_VUS_LIMIT:,}, not {spec.max_vus}.")
     if not 1 <= spec.workers <= MAX_WORKERS:
         raise ScenarioError(f"workers must be from 1 to {MAX_WORKERS}, not {spec.workers}.")
@@ -157,7 +158,11 @@ def make_target(plan: Plan) -> LoadTarget:
         return KafkaTarget(_kafka_config(spec), spec.topic, timeout_s=plan.timeout_s, emit_only=spec.emit_only)
     if spec.url is not None:
         return HttpTarget(
-            spec.url, connections=spec.max_vus, timeout_s=plan.timeout_s, stream=spec.stream, headers=spec.headers
+            spec.url,
+            connections=spec.max_vus or AUTO_VUS_LIMIT,
+            timeout_s=plan.timeout_s,
+            stream=spec.stream,
+            headers=spec.headers,
         )
     # Imported late: agentcli.apps pulls in typer, which a --workers process does not otherwise need.
     import typer

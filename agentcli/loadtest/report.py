@@ -19,6 +19,7 @@ from ..runtime import Interruption, Machine, machine, versions
 from ..thresholds import Verdict, verdict
 from .collector import Collector
 from .figures import HIST_NAMES, Accumulator, WindowRecord, record_figures
+from .model import GENERATOR_LAG_LIMIT_S
 from .plan import Plan
 
 __all__ = ["FORMAT", "FORMAT_1", "LoadReport", "Verdict", "build", "masked_command", "read_report", "write_report"]
@@ -27,7 +28,7 @@ FORMAT = "agentcli.loadtest/2"
 #: The format before ``iterations_interrupted`` and ``interrupted`` (a signal) were told apart.
 FORMAT_1 = "agentcli.loadtest/1"
 #: Start lag p99 above this means the generator, not the system, may be what limits the figures.
-LAG_WARN_S = 0.001
+LAG_WARN_S = GENERATOR_LAG_LIMIT_S
 #: What a header's value is replaced with in reports: headers are how credentials reach a target.
 MASK = "***"
 
@@ -184,6 +185,13 @@ def build(
                 "generator itself was busy, so part of the latency is the tool's; lower the rate per process "
                 "or add --workers."
             )
+            if total.dropped:
+                note = (
+                    f"The generator, not the target, was the limit: it started its p99 iteration "
+                    f"{p[99.0] * 1e3:.2f} ms late (over 1 ms) and dropped {total.dropped:,} arrivals, so part of "
+                    "the latency and the drops are the tool's; add --workers (one per core) or lower the rate per "
+                    "process."
+                )
     failed = any(v.passed is False for v in verdicts)
     spec = msgspec.to_builtins(plan.spec)
     spec["headers"] = {name: MASK for name in plan.spec.headers}

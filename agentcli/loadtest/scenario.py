@@ -43,7 +43,8 @@ class LoadSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     vus: int | None = None
     stages: str | None = None
     duration: str | None = None
-    max_vus: int = 1000
+    #: open model: most iterations in flight; None derives it from the rate and the observed latency
+    max_vus: int | None = None
     think_time: str = "0s"
     window: str = "1s"
     graceful_stop: str = "10s"

@@ -1,7 +1,11 @@
 """The embedded in-memory bus: bounded, partitioned, at-least-once, with Kafka's group semantics.
 
-Events travel as objects (no encoding). Each (topic, consumer group) pair owns ``partitions`` deques holding
-at most ``buffer_size`` events between them; a publisher waits (FIFO) while any group on the topic is full.
+Events travel as objects (no encoding). Each (topic, consumer group) pair owns ``partitions`` deques for keyed
+events (by the key's hash) and one deque, the keyless lane, for events without a key, holding at most
+``buffer_size`` events between them; a publisher waits (FIFO) while any group on the topic is full. The lane is
+shared by every member of the group and taken from in emit order, so a keyless event waits behind the keyless
+events emitted before it and no others, however long a flood runs; a member takes from its partitions and the
+lane in turn, so neither starves the other.
 Events of a topic no group has subscribed to are dropped, as a pub/sub topic without subscribers would, but
 never silently: they are counted per topic (``unrouted``; ``agentflow_events_unrouted_total{topic}`` on the
 runner's metrics) and logged (at most one warning every ``UNROUTED_LOG_EVERY_S``). With
@@ -36,12 +40,13 @@ logger = logging.getLogger(__name__)
 
 
 class _Group:
-    __slots__ = ("capacity", "members", "name", "owners", "partitions", "size", "topic")
+    __slots__ = ("capacity", "lane", "members", "name", "owners", "partitions", "size", "topic")
 
     def __init__(self, topic: str, name: str, partitions: int, capacity: int) -> None:
         self.topic = topic
         self.name = name
         self.partitions: list[deque[Item]] = [deque() for _ in range(partitions)]
+        self.lane: deque[Item] = deque()  # keyless events, in emit order
         self.owners: list[MemorySubscription | None] = [None] * partitions
         self.members: list[MemorySubscription] = []
         self.capacity = capacity
@@ -61,8 +66,16 @@ class _Group:
             m._part_ids.append(p)
             self.owners[p] = m
         for m in self.members:
+            m._parts.append(self.lane)  # taken in turn with the member's partitions (take_nowait rotates)
             m._next = 0
             m._wake()
+
+    def wake_lane(self) -> None:
+        """Keyless events arrived: wake the first member waiting for work (any member may take them)."""
+        for m in self.members:
+            if m._waiter is not None:
+                m._wake()
+                return
 
 
 class MemorySubscription(WakeUps, Subscription):
@@ -84,8 +97,12 @@ class MemorySubscription(WakeUps, Subscription):
     def __repr__(self) -> str:
         return (
             f"<MemorySubscription topic={self.topic!r} group={self.group!r} partitions={self._part_ids} "
-            f"buffered={sum(map(len, self._parts))} unacked={len(self._unacked)}>"
+            f"buffered={self._buffered()} unacked={len(self._unacked)}>"
         )
+
+    def _buffered(self) -> int:
+        """Events this member may take: its partitions' and the group's keyless lane (shared by the members)."""
+        return sum(map(len, self._parts))
 
     def take_nowait(self, max_n: int) -> list[Item]:
         g = self._g
@@ -140,7 +157,8 @@ class MemorySubscription(WakeUps, Subscription):
         back = [it for it in items if self._unacked.pop(id(it), None) is not None]
         nparts = len(g.partitions)
         for it in reversed(back):
-            g.partitions[self._bus._partition_of(it.key, nparts, 0)].appendleft(it)
+            key = it.key
+            (g.lane if key is None else g.partitions[hash(key) % nparts]).appendleft(it)
         g.size += len(back)
         self._requeued += len(back)
         for m in g.members:
@@ -162,7 +180,7 @@ class MemorySubscription(WakeUps, Subscription):
             topic=self.topic,
             group=self.group,
             partitions=tuple(self._part_ids),
-            buffered=sum(map(len, self._parts)),
+            buffered=self._buffered(),
             unacked=len(self._unacked),
             taken=self._taken,
             acked=self._taken - self._requeued - len(self._unacked),
@@ -210,7 +228,6 @@ class MemoryBus(Bus):
         self._dead: deque[DeadLetter] = deque()
         self._dlq_max = dlq_max_entries
         self._dlq_evicted = 0
-        self._rr = 0
         self._published = 0
         self._unrouted = 0
         self._closed = False
@@ -229,10 +246,6 @@ class MemoryBus(Bus):
                 await m.aclose()
         for topic in self._putters:
             self._wake_putters(topic, len(self._putters[topic]))
-
-    @staticmethod
-    def _partition_of(key: str | None, nparts: int, default: int) -> int:
-        return default if key is None else hash(key) % nparts
 
     @staticmethod
     def _fits(groups: list[_Group], n: int, headroom: int = 0) -> bool:
@@ -265,11 +278,14 @@ class MemoryBus(Bus):
                     return False
             e = events[0]
             self._published += 1
-            nparts = self.partitions
-            if e.key is None:
-                p = self._rr = (self._rr + 1) % nparts
-            else:
-                p = hash(e.key) % nparts
+            key = e.key
+            if key is None:
+                for g in groups:
+                    g.size += 1
+                    g.lane.append(e)
+                    g.wake_lane()
+                return True
+            p = hash(key) % self.partitions
             for g in groups:
                 g.size += 1
                 g.partitions[p].append(e)
@@ -286,22 +302,25 @@ class MemoryBus(Bus):
         n = len(events)
         self._published += n
         nparts = self.partitions
-        sticky = self._rr
-        self._rr = (sticky + 1) % nparts
         key0 = events[0].key
         same_key = n == 1 or list(map(_key_of, events)).count(key0) == n
         for g in groups:
             g.size += n
-            if same_key:
-                p = self._partition_of(key0, nparts, sticky)
+            if same_key and key0 is None:
+                g.lane.extend(events)
+                for m in g.members:  # a batch may keep several members busy
+                    m._wake()
+            elif same_key:
+                p = hash(key0) % nparts
                 g.partitions[p].extend(events)
                 owner = g.owners[p]
                 if owner is not None:
                     owner._wake()
             else:
-                parts = g.partitions
+                parts, lane = g.partitions, g.lane
                 for e in events:
-                    parts[self._partition_of(e.key, nparts, sticky)].append(e)
+                    key = e.key
+                    (lane if key is None else parts[hash(key) % nparts]).append(e)
                 for m in g.members:
                     m._wake()
 

@@ -1,13 +1,16 @@
 """A micro-batcher: concurrent single requests coalesced into one upstream call.
 
 Embeddings and list-prompt completions cost about the same for one input as for thirty-two, so callers that
-arrive together are sent together. A batch goes out when it is full (``max_batch_size``, or
-``max_batch_tokens``), when its oldest item has waited ``max_wait_ms``, or earlier when a caller's deadline
-needs it, whichever comes first. Each caller gets its own result back; a failed dispatch fails only the callers
-of that batch, with the dispatch's own exception.
+arrive together are sent together. When no batch is in flight, what is pending goes out at the end of the
+current loop iteration: a lone caller never waits, and callers submitting in the same iteration still share a
+call. While a batch is in flight, items wait for the next batch, which goes out when it is full
+(``max_batch_size``, or ``max_batch_tokens``), when the batches in flight have all come back, when its oldest
+item has waited ``max_wait_ms``, or earlier when a caller's deadline needs it, whichever comes first: the upstream
+call's own duration sets the batch size, as in group commit. Each caller gets its own result back; a failed
+dispatch fails only the callers of that batch, with the dispatch's own exception.
 
-Adaptive mode tunes the wait (AIMD): a batch that gained nothing by waiting halves it, so a lone request goes
-out almost at once; a batch that gained items while meeting ``target_latency_ms`` adds a step, so under load
+Adaptive mode tunes the wait of items that arrive while a batch is in flight (AIMD): a batch that gained nothing
+by waiting halves it; a batch that gained items while meeting ``target_latency_ms`` adds a step, so under load
 the wait grows toward ``max_wait_ms`` and batches fill.
 """
 
@@ -39,7 +42,7 @@ _AIMD_STEP = 0.125
 _AIMD_DECREASE = 0.5
 #: Weight of the newest dispatch duration in the running estimate used to flush ahead of a deadline.
 _EWMA = 0.2
-_REASONS = ("size", "tokens", "time", "deadline", "close")
+_REASONS = ("size", "tokens", "idle", "time", "deadline", "close")
 
 
 class BatcherStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +125,8 @@ class MicroBatcher(Lifecycle, Generic[T, R]):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._timer_reason = "time"
+        self._idle: asyncio.Handle | None = None  # the end-of-iteration flush, while nothing is in flight
+        self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._dispatch_s = 0.0  # running estimate of one dispatch's duration
         self._closed = False
@@ -156,6 +161,11 @@ class MicroBatcher(Lifecycle, Generic[T, R]):
             self._flush("size")
         elif limit is not None and self._pending_tokens >= limit:
             self._flush("tokens")
+        elif self._in_flight == 0:
+            # Nothing to wait for: waiting would only add latency. call_soon, not now, so the callers
+            # already scheduled in this iteration join the batch.
+            if self._idle is None:
+                self._idle = loop.call_soon(self._on_idle)
         else:
             self._arm(loop, now, p)
         try:
@@ -184,6 +194,11 @@ class MicroBatcher(Lifecycle, Generic[T, R]):
             self._timer = None
         self._timer_at = math.inf
 
+    def _on_idle(self) -> None:
+        self._idle = None
+        if self._in_flight == 0 and self._pending:
+            self._flush("idle")
+
     def _on_timer(self) -> None:
         self._timer = None
         self._flush(self._timer_reason)
@@ -201,11 +216,18 @@ class MicroBatcher(Lifecycle, Generic[T, R]):
         if not batch:
             return
         self._flushes[reason] += 1
+        self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._send(batch, reason), name=f"batch-{self.name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: list[_Pending[T, R]], reason: str) -> None:
+        try:
+            await self._send_batch(batch, reason)
+        finally:
+            self._landed()
+
+    async def _send_batch(self, batch: list[_Pending[T, R]], reason: str) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         m = self._m
@@ -252,6 +274,13 @@ class MicroBatcher(Lifecycle, Generic[T, R]):
         if self.adaptive:
             self._tune(len(batch), reason, waited + took)
 
+    def _landed(self) -> None:
+        """A batch came back and its callers have their results: with none left in flight, the items that waited
+        for it go out at the end of this iteration, with what the woken callers submit next (see ``submit``)."""
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._pending and self._idle is None and not self._closed:
+            self._idle = asyncio.get_running_loop().call_soon(self._on_idle)
+
     def _tune(self, size: int, reason: str, latency_s: float) -> None:
         top = self.max_wait_ms / 1000
         target = self.target_latency_ms
@@ -284,6 +313,9 @@ class MicroBatcher(Lifecycle, Generic[T, R]):
 
     async def _close(self) -> None:
         self._closed = True
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         tasks = list(self._tasks)
         for t in tasks:
             if not t.done():

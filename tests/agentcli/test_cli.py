@@ -117,6 +117,19 @@ def test_throughput_mode_in_batches_against_the_raw_item_pipeline(tmp_path: Path
     assert data["ratios"]["raw"] > 0 and raw["completed"] == 2000
 
 
+def test_throughput_mode_reports_the_bare_and_the_raw_pipeline_each_with_its_ratio(tmp_path: Path) -> None:
+    data = report(tmp_path, "--mode", "throughput", "--requests", "2000", "--compare-raw")
+    assert_consistent(data, 2000)
+    by_side = {r["side"]: r for r in data["runs"]}
+    assert set(by_side) == {"bare", "raw", "agentflow"}
+    bare, raw = by_side["bare"], by_side["raw"]
+    assert bare["completed"] == raw["completed"] == 2000
+    assert bare["latency_ms"] is None and raw["latency_ms"] is not None  # bare does no per-event work at all
+    assert set(data["ratios"]) == {"raw", "bare"}
+    assert data["ratios"]["bare"] == pytest.approx(data["throughput_per_s"] / bare["throughput_per_s"])
+    assert data["ratios"]["raw"] == pytest.approx(data["throughput_per_s"] / raw["throughput_per_s"])
+
+
 def test_latency_mode_paces_at_half_of_saturation(tmp_path: Path) -> None:
     data = report(tmp_path, "--mode", "latency", "--requests", "1000", "--compare-raw")
     assert_consistent(data, 1000)
@@ -139,7 +152,8 @@ def test_duration_limits_a_run(tmp_path: Path) -> None:
 def test_repeat_alternates_the_sides_and_reports_the_median(tmp_path: Path) -> None:
     data = report(tmp_path, "--mode", "throughput", "--requests", "1000", "--compare-raw", "--repeat", "3")
     assert [(r["round"], r["side"]) for r in data["runs"]] == [
-        (1, "raw"), (1, "agentflow"), (2, "agentflow"), (2, "raw"), (3, "raw"), (3, "agentflow"),
+        (1, "bare"), (1, "raw"), (1, "agentflow"), (2, "agentflow"), (2, "raw"), (2, "bare"),
+        (3, "bare"), (3, "raw"), (3, "agentflow"),
     ]  # fmt: skip
     ours = sorted(r["throughput_per_s"] for r in data["runs"] if r["side"] == "agentflow")
     assert data["throughput_per_s"] == ours[1]  # the median round, not the best
@@ -152,6 +166,16 @@ def test_repeat_alternates_the_sides_and_reports_the_median(tmp_path: Path) -> N
         )
         assert rr["ratios"]["raw"] == pytest.approx(a["throughput_per_s"] / b["throughput_per_s"])
     assert "alternating" in data["order"] and "median" in data["order"]
+
+
+def test_latency_rounds_each_measure_only_themselves(tmp_path: Path) -> None:
+    # A round's saturation flood comes before its paced run; it must not land in the previous round's figures.
+    data = report(tmp_path, "--mode", "latency", "--requests", "1000", "--repeat", "3")
+    ours = [r for r in data["runs"] if r["side"] == "agentflow"]
+    assert [r["round"] for r in ours] == [1, 2, 3]
+    assert [r["latency_ms"]["count"] for r in ours] == [1000, 1000, 1000]
+    p99s = [r["latency_ms"]["p99"] for r in ours]
+    assert max(p99s) < 100 * min(p99s), p99s  # of the same order, not one round carrying another's flood
 
 
 def test_overload_scenario_reports_refusals_capacity_memory_and_no_loss(tmp_path: Path) -> None:

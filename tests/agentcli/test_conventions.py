@@ -60,7 +60,7 @@ def test_every_option_shows_a_default_and_its_brackets() -> None:
     assert "(the [kafka] settings)" in invoke("emit", "--help").output
     assert "[monitoring] host" in invoke("run", "--help").output
     loadtest = " ".join(invoke("loadtest", "--help").output.split())
-    assert "past it arrivals are dropped. [default: (1000)]" in loadtest
+    assert "past it arrivals are dropped. [default: (derived: up to 1000 while the generator is on time)]" in loadtest
     assert "[default: ([kafka] bootstrap_servers of --config)]" in loadtest
 
 

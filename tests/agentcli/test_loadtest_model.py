@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from time import perf_counter
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from agentcli.loadtest.collector import Collector
 from agentcli.loadtest.figures import Accumulator, Window, WindowList, merge_records
 from agentcli.loadtest.plan import resolve
+from agentcli.loadtest.report import build
 from agentcli.loadtest.scenario import LoadSpec
 from agentcli.loadtest.session import run_local
 from agentcli.loadtest.stages import Profile, parse_stages
@@ -91,6 +93,48 @@ async def test_a_stalled_target_gives_dropped_iterations_not_a_slower_generator(
     assert total.dropped == 190
     assert outcome.iterations_interrupted == 10
     assert total.figures(open_model=True)["dropped_rate"] == pytest.approx(0.95)
+
+
+class BusyTarget(LoadTarget):
+    """Each call holds the event loop ``cpu_s`` (the generator's own work, as an HTTP client's is) and then waits
+    ``wait_s`` for the answer."""
+
+    name = "busy"
+
+    def __init__(self, cpu_s: float, wait_s: float) -> None:
+        self.cpu_s = cpu_s
+        self.wait_s = wait_s
+
+    async def call(self, payload: Any, probe: Probe) -> Any:
+        time.sleep(self.cpu_s)  # noqa: ASYNC251 - blocking on purpose: the generator's CPU is the limit
+        await asyncio.sleep(self.wait_s)
+        return None
+
+
+async def test_the_derived_max_vus_gives_a_stalled_target_a_vu_per_arrival() -> None:
+    plan = plan_of(rate="200/s", duration="1s", graceful_stop="100ms")  # no max_vus: derived
+    outcome = await run_local(plan, None, target=StallTarget(after_s=None))
+    total = outcome.collector.total()
+    # The generator stays on time, so every arrival gets a VU and waits on the target: its wait is measured.
+    assert total.scheduled == total.started == 200 and total.dropped == 0
+    assert outcome.iterations_interrupted == 200
+
+
+async def test_the_derived_max_vus_stops_growing_when_the_generator_is_the_limit() -> None:
+    # 3 ms of the loop per call caps the generator near 330 calls/s, far below the 2,000/s asked for.
+    target = BusyTarget(cpu_s=0.003, wait_s=0.02)
+    derived = await run_local(plan_of(rate="2000/s", duration="1s", graceful_stop="1s"), None, target=target)
+    fixed = await run_local(
+        plan_of(rate="2000/s", duration="1s", graceful_stop="1s", max_vus=1000), None, target=target
+    )
+    d, f = derived.collector.total(), fixed.collector.total()
+    assert d.dropped > 0 and d.vus_max < 150  # a late generator starts no more VUs past the grace period
+    assert f.vus_max > 2 * d.vus_max  # a fixed large cap lets them pile up: the trap
+    report = build(
+        plan_of(rate="2000/s", duration="1s"), derived.collector, target="busy", started_at="", aborted=False,
+        iterations_interrupted=0, command=["agentcli"],
+    )  # fmt: skip
+    assert report.generator_note is not None and "generator, not the target, was the limit" in report.generator_note
 
 
 @pytest.mark.slow

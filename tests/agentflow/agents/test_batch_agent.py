@@ -274,7 +274,9 @@ async def test_batch_agents_reach_the_llm_through_ctx(make_runner: RunnerFactory
     from agentflow.testing import LatencyModel, MockLLM
 
     async with MockLLM(latency=LatencyModel(seed=1)) as server:
-        runner = make_runner({"llm": {"mock": {"base_url": server.url, "default_model": "m"}}})
+        # No cache: a batch's "one workflow" input must reach the server every time, however the batches overlap.
+        llm = {"base_url": server.url, "default_model": "m", "cache": {"enabled": False}}
+        runner = make_runner({"llm": {"mock": llm}})
 
         @runner.agent("docs", batch_size=16)
         async def embed(events: list[Event], ctx: BatchContext) -> list[int]:

@@ -1,5 +1,6 @@
-"""Micro-batcher with real asyncio: size, token, time and deadline flushes; cancellation before dispatch; one
-failed batch fails only its callers; wrong-length results; adaptive mode; close; metrics."""
+"""Micro-batcher with real asyncio: a lone caller never waits, items wait only while a batch is in flight; size,
+token, time and deadline flushes; cancellation before dispatch; one failed batch fails only its callers;
+wrong-length results; adaptive mode; close; metrics."""
 
 from __future__ import annotations
 
@@ -20,14 +21,56 @@ class Upstream:
         self.gate.set()
         self.fail_on: set[int] = set()
         self.short = False
+        self.arrived = asyncio.Event()
+
+    async def until(self, n: int) -> None:
+        """Until ``n`` batches have been dispatched."""
+        while len(self.batches) < n:
+            self.arrived.clear()
+            await self.arrived.wait()
 
     async def __call__(self, items: list[int]) -> Sequence[int]:
         self.batches.append(list(items))
+        self.arrived.set()
         await self.gate.wait()
         if self.fail_on & set(items):
             raise RuntimeError(f"upstream rejected batch {items}")
         out = [i * 10 for i in items]
         return out[:-1] if self.short else out
+
+
+async def busy(b: MicroBatcher[int, int], up: Upstream, item: int = -1) -> asyncio.Task[int]:
+    """Hold one batch in flight (``up.gate`` cleared), so the items submitted next wait for a batch of their own."""
+    up.gate.clear()
+    sent = len(up.batches)
+    first = asyncio.create_task(b.submit(item))
+    await up.until(sent + 1)
+    return first
+
+
+async def test_a_lone_caller_is_sent_at_once_not_after_max_wait() -> None:
+    up = Upstream()
+    async with MicroBatcher(up, max_batch_size=32, max_wait_ms=60_000) as b:
+        for i in range(3):  # one at a time: nobody else is waiting, so waiting could only add latency
+            assert await asyncio.wait_for(b.submit(i), 5) == i * 10
+        s = b.statistics()
+    assert up.batches == [[0], [1], [2]]
+    assert s.flushes["idle"] == 3 and s.flushes["time"] == 0 and s.mean_queue_wait_s < 1.0
+
+
+async def test_concurrent_callers_share_a_batch_and_those_arriving_during_a_dispatch_share_the_next() -> None:
+    up = Upstream()
+    async with MicroBatcher(up, max_batch_size=32, max_wait_ms=60_000) as b:
+        together = await asyncio.wait_for(asyncio.gather(*(b.submit(i) for i in range(8))), 5)
+        assert together == [i * 10 for i in range(8)]
+        first = await busy(b, up, 100)
+        later = [asyncio.create_task(b.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        assert up.batches[-1] == [100] and b.statistics().pending == 3  # they wait for the batch in flight
+        up.gate.set()  # it comes back: the three go out together, without waiting out max_wait_ms
+        assert await asyncio.wait_for(asyncio.gather(*later), 5) == [0, 10, 20] and await first == 1000
+    assert up.batches == [list(range(8)), [100], [0, 1, 2]]
+    assert b.statistics().flushes["idle"] == 3
 
 
 async def test_a_full_batch_goes_out_at_once_without_waiting() -> None:
@@ -41,44 +84,55 @@ async def test_a_full_batch_goes_out_at_once_without_waiting() -> None:
     assert s.batch_size_histogram == ((4, 2),)
 
 
-async def test_a_partial_batch_goes_out_after_max_wait() -> None:
+async def test_a_partial_batch_goes_out_after_max_wait_while_another_is_in_flight() -> None:
     up = Upstream()
     async with MicroBatcher(up, max_batch_size=100, max_wait_ms=5) as b:
-        assert await asyncio.gather(b.submit(1), b.submit(2)) == [10, 20]
+        first = await busy(b, up, 0)
+        waiting = asyncio.gather(b.submit(1), b.submit(2))
+        await up.until(2)  # the first batch is still out: only max_wait_ms sends these
+        assert b.statistics().flushes["time"] == 1
+        up.gate.set()
+        assert await waiting == [10, 20] and await first == 0
         s = b.statistics()
-    assert up.batches == [[1, 2]] and s.flushes["time"] == 1 and s.mean_fill_ratio == 0.02
+    assert up.batches == [[0], [1, 2]] and s.mean_fill_ratio == 0.015
 
 
 async def test_the_token_budget_splits_batches() -> None:
     up = Upstream()
     async with MicroBatcher(up, max_batch_size=100, max_wait_ms=60_000, max_batch_tokens=10) as b:
-        out = await asyncio.gather(*(b.submit(i, tokens=t) for i, t in enumerate([4, 4, 4, 6])))
+        first = await busy(b, up, 9)
+        out = asyncio.gather(*(b.submit(i, tokens=t) for i, t in enumerate([4, 4, 4, 6])))
         with pytest.raises(BatchItemTooLargeError, match="11 tokens is over"):
             await b.submit(99, tokens=11)
         last = asyncio.create_task(b.submit(4, tokens=1))
         await asyncio.sleep(0)
-    assert out == [0, 10, 20, 30] and await last == 40
+        up.gate.set()
+    assert await out == [0, 10, 20, 30] and await last == 40 and await first == 90
     # 4+4 fits and a third 4 would overflow 10, so [0, 1] goes; 4+6 reaches 10, so [2, 3] goes; close sends [4].
-    assert up.batches == [[0, 1], [2, 3], [4]]
-    assert b.statistics().flushes == {"size": 0, "tokens": 2, "time": 0, "deadline": 0, "close": 1}
+    assert up.batches == [[9], [0, 1], [2, 3], [4]]
+    assert b.statistics().flushes == {"size": 0, "tokens": 2, "idle": 1, "time": 0, "deadline": 0, "close": 1}
 
 
 async def test_the_tightest_caller_deadline_flushes_the_batch() -> None:
     up = Upstream()
     loop = asyncio.get_running_loop()
     async with MicroBatcher(up, max_batch_size=100, max_wait_ms=60_000) as b:
+        first = await busy(b, up, 0)
         relaxed = asyncio.create_task(b.submit(1, deadline=loop.time() + 3600))
         await asyncio.sleep(0)
-        urgent = b.submit(2, deadline=loop.time() + 0.02)
-        assert await asyncio.wait_for(urgent, 10) == 20
-        assert relaxed.done() and relaxed.result() == 10
+        urgent = asyncio.create_task(b.submit(2, deadline=loop.time() + 0.02))
+        await up.until(2)
         assert b.statistics().flushes["deadline"] == 1
-    assert up.batches == [[1, 2]]
+        up.gate.set()
+        assert await asyncio.wait_for(urgent, 10) == 20
+        assert relaxed.done() and relaxed.result() == 10 and await first == 0
+    assert up.batches == [[0], [1, 2]]
 
 
 async def test_a_caller_cancelled_before_dispatch_is_left_out_and_does_not_hang_the_batch() -> None:
     up = Upstream()
     async with MicroBatcher(up, max_batch_size=3, max_wait_ms=60_000) as b:
+        first = await busy(b, up, 0)
         gone = asyncio.create_task(b.submit(1))
         stays = asyncio.create_task(b.submit(2))
         await asyncio.sleep(0)
@@ -86,14 +140,19 @@ async def test_a_caller_cancelled_before_dispatch_is_left_out_and_does_not_hang_
         with pytest.raises(asyncio.CancelledError):
             await gone
         assert b.statistics().pending == 1
-        results = await asyncio.gather(b.submit(3), b.submit(4))  # fills the batch with the one that stayed
-        assert results == [30, 40] and await stays == 20
+        results = asyncio.gather(b.submit(3), b.submit(4))  # fills the batch with the one that stayed
+        await asyncio.sleep(0)
+        up.gate.set()
+        assert await results == [30, 40] and await stays == 20 and await first == 0
+        first = await busy(b, up, 0)
         lonely = asyncio.create_task(b.submit(5))
         await asyncio.sleep(0)
         lonely.cancel()  # the only pending caller: nothing is dispatched for it, ever
         with pytest.raises(asyncio.CancelledError):
             await lonely
-    assert up.batches == [[2, 3, 4]]
+        up.gate.set()
+        assert await first == 0
+    assert up.batches == [[0], [2, 3, 4], [0]]
     assert b.statistics().cancelled == 2
 
 
@@ -139,10 +198,16 @@ async def test_adaptive_mode_sends_a_lone_request_far_sooner_than_max_wait() -> 
         s = b.statistics()
         assert s.current_wait_ms == 0.0 and s.mean_queue_wait_s < 2.0  # < 10 % of max_wait_ms
         # Under load, batches that gained items by waiting grow the wait toward max_wait_ms.
-        await asyncio.gather(*(b.submit(i) for i in range(10)))
+        # Under load (a batch in flight), batches that gained items by waiting grow the wait toward max_wait_ms.
+        first = await busy(b, up, 99)
+        rest = asyncio.gather(*(b.submit(i) for i in range(10)))
+        await up.until(7)
+        up.gate.set()
+        await rest
+        assert await first == 990
         assert b.statistics().current_wait_ms > 0.0
     assert up.batches[:5] == [[0], [1], [2], [3], [4]]
-    assert up.batches[5] == list(range(10))
+    assert up.batches[6] == list(range(10))
 
 
 async def test_adaptive_mode_backs_off_when_over_the_latency_target() -> None:
