@@ -361,12 +361,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reports", type=Path, required=True, help="the directory of the NAME.json reports")
     parser.add_argument("--run", action="store_true", help="run every command of the plan first")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="with --run: run only this benchmark of the plan (repeatable); the page uses the other reports as is",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the page (default docs/benchmarks.md)")
     args = parser.parse_args(argv)
     try:
         entries = read_plan(args.plan)
+        if args.only and not args.run:
+            raise PlanError("--only chooses what --run runs; add --run.")
         if args.run:
-            run_plan(entries, args.reports)
+            chosen = entries
+            if args.only:
+                unknown = sorted(set(args.only) - {e.name for e in entries})
+                if unknown:
+                    names = ", ".join(e.name for e in entries)
+                    raise PlanError(f"--only {', '.join(unknown)}: not in the plan, whose benchmarks are {names}.")
+                chosen = [e for e in entries if e.name in args.only]
+            run_plan(chosen, args.reports)
         items = [(e, _load(args.reports / f"{e.name}.json")) for e in entries]
         args.output.write_text(render_page(items, _plan_name(args.plan)), encoding="utf-8")
     except PlanError as exc:

@@ -226,6 +226,14 @@ def test_run_executes_the_plan_with_its_server_and_writes_the_page(tmp_path: Pat
     assert "`agentcli loadtest --rate 50/s --duration 500ms`" in text
     with socket.socket() as s:  # the server was stopped
         assert s.connect_ex(("127.0.0.1", port)) != 0
+    # --only re-runs one benchmark; the page keeps the other's report as it was.
+    chat_before = (reports / "chat.json").stat().st_mtime_ns
+    load_before = (reports / "load.json").read_bytes()
+    assert main(["--plan", str(plan), "--run", "--only", "load", "--reports", str(reports), "--output", str(page)]) == 0
+    assert (reports / "chat.json").stat().st_mtime_ns == chat_before
+    assert (reports / "load.json").read_bytes() != load_before
+    assert main(["--plan", str(plan), "--run", "--only", "nope", "--reports", str(reports), "--output", str(page)]) == 2
+    assert main(["--plan", str(plan), "--only", "load", "--reports", str(reports), "--output", str(page)]) == 2
 
 
 def test_every_report_key_is_documented() -> None:
