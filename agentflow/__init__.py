@@ -17,8 +17,10 @@ subscribed to them::
 
 from .agents import BatchContext, Context
 from .bus import Bus, BusStatistics, MemoryBus, Subscription, SubscriptionStatistics, create_bus
+from .components import ComponentFigures, ComponentSample, HistSample
 from .config import (
     AgentConfig,
+    AlertsConfig,
     BusConfig,
     Config,
     DlqConfig,
@@ -34,6 +36,7 @@ from .config import (
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    TracingConfig,
     config_from_dict,
     load_config,
 )
@@ -87,6 +90,16 @@ from .errors import (
 )
 from .events import DeadLetter, Event, EventCodec, RawEvent, new_event_id
 from .hdr import HistogramStatistics, LatencyHistogram
+from .insight import (
+    Alert,
+    CostHistory,
+    CostReport,
+    ProfileReport,
+    ProfileSnapshot,
+    build_cost_report,
+    build_profile,
+    take_snapshot,
+)
 from .llm.batching import BatcherStatistics, MicroBatcher
 from .llm.cache import CacheStatistics, TTLCache
 from .llm.cost import CostRow, CostTracker
@@ -128,6 +141,8 @@ __all__ = [
     "AgentLLM",
     "AgentStatistics",
     "AgentflowError",
+    "Alert",
+    "AlertsConfig",
     "BackpressureError",
     "BatchContext",
     "BatchError",
@@ -150,9 +165,13 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "CompletionResponse",
+    "ComponentFigures",
+    "ComponentSample",
     "Config",
     "ConfigError",
     "Context",
+    "CostHistory",
+    "CostReport",
     "CostRow",
     "CostTracker",
     "DeadLetter",
@@ -170,6 +189,7 @@ __all__ = [
     "Faults",
     "FunctionCall",
     "HandlerTimeoutError",
+    "HistSample",
     "HistogramStatistics",
     "KafkaConfig",
     "LLMAuthError",
@@ -201,6 +221,8 @@ __all__ = [
     "MonitoringConfig",
     "Producer",
     "ProducerStatistics",
+    "ProfileReport",
+    "ProfileSnapshot",
     "ProviderClient",
     "RateLimitError",
     "RateLimitQueueFullError",
@@ -239,17 +261,21 @@ __all__ = [
     "ToolExecutionError",
     "ToolLoopError",
     "ToolTimeoutError",
+    "TracingConfig",
     "UnknownToolError",
     "Usage",
     "WorkerPool",
     "WorkerPoolStatistics",
     "WorkflowDepthError",
     "__version__",
+    "build_cost_report",
+    "build_profile",
     "config_from_dict",
     "create_bus",
     "load_config",
     "new_event_id",
     "scrub_secrets",
+    "take_snapshot",
 ]
 
 

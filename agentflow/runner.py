@@ -31,6 +31,7 @@ from .errors import (
     Skip,
 )
 from .events import DeadLetter, Event, EventCodec, RawEvent, make_events, new_event_id
+from .insight.hub import Insight
 from .lifecycle import Lifecycle, State
 from .metrics import GaugeSample, Metrics
 from .pool import WorkerPool
@@ -104,6 +105,8 @@ class Runner(Lifecycle):
             self.llm = LLMHub(self.config.llm, metrics=self.metrics)
         self.metrics.add_gauges(self._gauges)
         self.pool.usage = self._pool_usage
+        #: Event-loop lag, alerts, the profile and cost reports (agentflow.insight; docs/observability.md).
+        self.insight = Insight(self)
 
     # ---- registration ----------------------------------------------------------------------------------
 
@@ -225,6 +228,7 @@ class Runner(Lifecycle):
         for a in self._agents:
             a.start(self._tg)
         self._watchdog = self._tg.create_task(self.pool.watchdog(), name="agentflow-watchdog")
+        self.insight.start(self._tg)
         mon = cfg.monitoring
         if mon.metrics_enabled:
             from .service import Service
@@ -288,6 +292,7 @@ class Runner(Lifecycle):
             await a.close_subscription()
         if self._service is not None:
             await self._service.aclose()
+        await self.insight.aclose()
         if self.llm is not None:
             await self.llm.aclose()
         if self._watchdog is not None:
@@ -512,7 +517,13 @@ class Runner(Lifecycle):
             raise LifecycleError(
                 "ctx.llm needs an LLM provider: add an [llm.NAME] table with base_url to the config (docs/llm.md)."
             )
-        return self.llm.for_agent(agent, None if event is None else event.correlation_id)
+        if event is None:
+            return self.llm.for_agent(agent, None)
+        run = event.correlation_id
+        if event.depth == 0 and run is not None:
+            # A workflow's first event names it in the cost history (its topic), unless the workflow layer does.
+            self.llm.costs.ledger.name_run(run, event.topic)
+        return self.llm.for_agent(agent, run)
 
     def _reply(self, event: Event, result: Any, dead: DeadLetter | None) -> None:
         reply_to = event.reply_to
@@ -646,6 +657,15 @@ class Runner(Lifecycle):
             )
             out.append(
                 (
+                    "agentflow_agent_concurrency",
+                    "Handlers this agent may run at once: its workers ([agents.NAME] concurrency).",
+                    ("agent",),
+                    (a.name,),
+                    float(a.concurrency),
+                )
+            )
+            out.append(
+                (
                     "agentflow_dead_letter_writes_failing",
                     "Dead letters whose write to the dead-letter queue failed and is being retried.",
                     ("agent",),
@@ -664,6 +684,16 @@ class Runner(Lifecycle):
                     float(sub.buffered),
                 )
             )
+            if sub.lag is not None:
+                out.append(
+                    (
+                        "agentflow_consumer_lag",
+                        "Events of the topic the consumer group has not finished (on Kafka: to the partitions' end).",
+                        ("topic", "group"),
+                        (sub.topic, sub.group),
+                        float(sub.lag),
+                    )
+                )
         out.append(("agentflow_dead_letters", "Entries in the dead-letter queue.", (), (), float(bus.dead_letters)))
         out.append(
             (

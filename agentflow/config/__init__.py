@@ -10,6 +10,7 @@ file and the fix when something is wrong (docs/configuration.md)::
 from .loader import ENV_PREFIX, config_from_dict, load_config
 from .schema import (
     AgentConfig,
+    AlertsConfig,
     BusConfig,
     Config,
     DlqConfig,
@@ -25,11 +26,13 @@ from .schema import (
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    TracingConfig,
 )
 
 __all__ = [
     "ENV_PREFIX",
     "AgentConfig",
+    "AlertsConfig",
     "BusConfig",
     "Config",
     "DlqConfig",
@@ -45,6 +48,7 @@ __all__ = [
     "RetryConfig",
     "RetryOverride",
     "RunnerConfig",
+    "TracingConfig",
     "config_from_dict",
     "load_config",
 ]

@@ -103,6 +103,7 @@ class ProviderClient(Lifecycle):
         self.metrics = llm_metrics or LLMMetrics(CostTracker())
         self.costs = self.metrics.costs
         self.costs.set_prices(name, config.prices)
+        self.costs.set_budget(name, config.token_budget_per_workflow, config.token_budget_warn_share)
         self._breakers = breakers
         self._limiter_factory = limiter_factory
         self._limiters: dict[str, LimiterLike | None] = {}
@@ -218,7 +219,11 @@ class ProviderClient(Lifecycle):
         if key is not None and self.cache is not None:
             hit = self.cache.get(key)
             if isinstance(hit, ChatResponse):
+                if temperature == 0:
+                    self.metrics.deterministic(self.name, agent, "hit")
                 return msgspec.structs.replace(hit, cached=True)
+        if temperature == 0:  # what the profile's cache recommendation is based on
+            self.metrics.deterministic(self.name, agent, "off" if key is None else "miss")
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}

@@ -1,6 +1,7 @@
 """The runner's HTTP server: ``/metrics`` (Prometheus text), ``/healthz`` (alive), ``/readyz`` (ready for work),
-and with ``[monitoring] ingest_enabled`` the ingest (:mod:`.ingest`) and dead-letter (:mod:`.dlq`) routes, behind
-the bearer-token rule of :mod:`.auth`.
+the profile, cost and alert reports (:mod:`.insight`), with ``[monitoring] ingest_enabled`` the ingest
+(:mod:`.ingest`) and dead-letter (:mod:`.dlq`) routes, and with ``[monitoring] profiling`` the ``/debug`` routes
+(:mod:`.debug`), behind the bearer-token rule of :mod:`.auth`.
 
 Binds 127.0.0.1 unless configured otherwise (``[monitoring] host``). Started by the runner when
 ``monitoring.metrics_enabled`` is true; imported only then, so a runner without it never loads aiohttp.web.
@@ -14,8 +15,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .auth import BearerToken
+from .debug import DebugRoutes
 from .dlq import DeadLetterRoutes
 from .ingest import Ingest
+from .insight import InsightRoutes
 
 if TYPE_CHECKING:
     from ..runner import Runner
@@ -48,6 +51,12 @@ class Service:
             token = BearerToken(mon, "HTTP ingest", "monitoring.ingest_enabled")
             self.ingest = Ingest(runner, mon, token, self.refused)
             self.dead_letters = DeadLetterRoutes(runner, mon, token, self.refused)
+        reports = BearerToken(mon, "The profile, cost and alert endpoints", "", refuse_start=False)
+        self.insight = InsightRoutes(runner, mon, reports, self.refused)
+        self.debug: DebugRoutes | None = None
+        if mon.profiling:
+            token = BearerToken(mon, "Profiling (/debug/*)", "monitoring.profiling")
+            self.debug = DebugRoutes(runner, mon, token, self.refused)
         self._draining = False
 
     @property
@@ -72,7 +81,7 @@ class Service:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        for routes in (self.ingest, self.dead_letters):
+        for routes in (self.ingest, self.dead_letters, self.insight, self.debug):
             if routes is not None:
                 routes.add_routes(app)
         self._app_runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -11,6 +11,7 @@ from conftest import REPO_ROOT
 
 from agentflow.config import (
     AgentConfig,
+    AlertsConfig,
     BusConfig,
     Config,
     DlqConfig,
@@ -20,6 +21,7 @@ from agentflow.config import (
     RetryConfig,
     RetryOverride,
     RunnerConfig,
+    TracingConfig,
     config_from_dict,
     load_config,
 )
@@ -34,6 +36,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "dlq": DlqConfig,
     "monitoring": MonitoringConfig,
     "kafka": KafkaConfig,
+    "tracing": TracingConfig,
 }
 
 
@@ -96,7 +99,12 @@ def test_shipped_file_lists_every_key() -> None:
 
 def test_docs_mention_every_key() -> None:
     docs = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    structs: dict[str, type[msgspec.Struct]] = {**SECTIONS, "agents.NAME": AgentConfig, "llm.NAME": LLMConfig}
+    structs: dict[str, type[msgspec.Struct]] = {
+        **SECTIONS,
+        "monitoring.alerts": AlertsConfig,
+        "agents.NAME": AgentConfig,
+        "llm.NAME": LLMConfig,
+    }
     for name, struct in structs.items():
         for field in struct.__struct_fields__:
             assert f"`{field}`" in docs, f"{name}.{field}"
@@ -263,7 +271,7 @@ def test_unknown_section_suggests_closest(write_toml: WriteToml) -> None:
     error = config_error(path)
     assert str(error) == (
         f"{path}: unknown key 'runnr'; did you mean 'runner'? Valid keys at the top level: agents, bus, dlq, "
-        "kafka, llm, monitoring, retry, runner. Rename or remove the key."
+        "kafka, llm, monitoring, retry, runner, tracing. Rename or remove the key."
     )
     assert (error.source, error.key) == (str(path), "runnr")
 

@@ -76,6 +76,8 @@ async def rendered() -> AsyncIterator[Rendered]:
             "runner": {"max_workflow_depth": 0},
             "retry": {"max_attempts": 3, "initial_backoff_s": 0.0, "jitter_s": 0.0},
             "agents": {"broken": {"retry": {"max_attempts": 1}}},
+            # one alert checked, so agentflow_alert_firing is rendered too
+            "monitoring": {"alerts": {"rss_mb": 1_000_000}},
         }
     )
     runner = Runner(config)
@@ -116,6 +118,8 @@ async def rendered() -> AsyncIterator[Rendered]:
         await runner.emit("flaky", 1)
         await runner.emit("broken", 1)
         await runner.drain(timeout_s=5.0)
+        assert runner.insight.alerts is not None
+        runner.insight.alerts.check()
         yield Rendered(runner.metrics.render().decode(), runner.statistics())
 
 
