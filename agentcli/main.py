@@ -14,6 +14,9 @@ from rich.console import Console
 
 from . import runtime
 from .bench.cli import benchmark
+from .insight.cost_report import cost_report
+from .insight.profile import profile
+from .insight.profile_report import profile_report
 from .loadtest.cli import loadtest_app
 from .ops.dlq import dlq_app
 from .ops.emit import emit
@@ -25,7 +28,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="agentcli",
-    help="Drive agentflow: run workers, emit events, serve a mock LLM, benchmark and load-test.",
+    help="Drive agentflow: run workers, emit events, serve a mock LLM, benchmark, load-test, profile and cost reports.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -46,6 +49,9 @@ app.command(name="run")(run)
 app.command(name="emit")(emit)
 app.add_typer(dlq_app, name="dlq")
 app.command(name="mock-llm")(mock_llm)
+app.command(name="profile-report")(profile_report)
+app.command(name="cost-report")(cost_report)
+app.command(name="profile")(profile)
 
 
 def main() -> None:

@@ -167,6 +167,16 @@ class Runner(Lifecycle):
 
         return register
 
+    def with_config(self, config: Config) -> Runner:
+        """A new, un-started Runner with this one's agents and another config (its own bus, metrics and LLM
+        clients): ``agentcli run --dry-run`` runs an app's agents against the mock LLM this way::
+
+            dry = runner.with_config(msgspec.structs.replace(runner.config, llm=mock_providers))
+        """
+        other = Runner(config)
+        other._specs = dict(self._specs)
+        return other
+
     @property
     def agent_topics(self) -> dict[str, str]:
         """Registered agents: name → topic."""

@@ -296,7 +296,7 @@ def _run(plan: Plan, scenario_obj: Any, json_path: Path | None, html_path: Path 
         log.removeHandler(limiter)
     rep = build(
         plan, outcome.collector, target=outcome.target, started_at=started_at, aborted=outcome.aborted,
-        interrupted=outcome.interrupted, command=command_line(),
+        interrupted=outcome.interrupted, command=command_line(), profile=outcome.profile,
     )  # fmt: skip
     render(console, rep)
     hidden = limiter.summary()

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from agentflow import scrub_secrets
+from agentflow import ProfileSnapshot, scrub_secrets
 
 from ..runtime import Machine, machine, versions
 from ..thresholds import Verdict, verdict
@@ -107,6 +107,8 @@ class LoadReport(msgspec.Struct, kw_only=True):
     versions: dict[str, str]
     #: absent from reports written before it was added; `loadtest compare` reads those too
     machine: Machine | None = None
+    #: an in-process runner's profile snapshot over the run (agentcli profile-report --from reads it)
+    profile_snapshot: ProfileSnapshot | None = None
 
 
 def _ms(figures: dict[str, float | None]) -> dict[str, dict[str, float]]:
@@ -154,6 +156,7 @@ def build(
     aborted: bool,
     interrupted: int,
     command: list[str],
+    profile: ProfileSnapshot | None = None,
 ) -> LoadReport:
     total = collector.total()
     stages = [_stretch(f"stage {i + 1} ({s.describe()})", acc, plan) for i, (s, acc) in enumerate(
@@ -188,7 +191,7 @@ def build(
         generator_note=note, interrupted=interrupted, run=_stretch("run", total, plan), stages=stages,
         windows=[_window(r, plan) for r in collector.windows], window_merges=collector.windows.merges,
         thresholds=verdicts, rss_mb=collector.rss_samples, spec=spec, command=masked_command(command),
-        versions=msgspec.to_builtins(versions()), machine=machine(),
+        versions=msgspec.to_builtins(versions()), machine=machine(), profile_snapshot=profile,
     )  # fmt: skip
 
 

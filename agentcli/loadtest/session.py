@@ -7,11 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentflow import ProfileSnapshot
+
 from .collector import Collector
 from .model import Engine
 from .plan import Plan, make_target
 from .scenario import build_payload
-from .targets import LoadTarget
+from .targets import LoadTarget, RunnerTarget
 
 __all__ = ["LiveStatus", "Outcome", "run_local"]
 
@@ -37,6 +39,8 @@ class Outcome:
     aborted: bool
     interrupted: int
     extra: dict[str, Any] = field(default_factory=dict)
+    #: an in-process runner's profile snapshot over the run
+    profile: ProfileSnapshot | None = None
 
 
 def engine_for(
@@ -88,4 +92,7 @@ async def run_local(
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
             raise
-    return Outcome(collector, tgt.describe(), engine.aborted, engine.stats.interrupted)
+    outcome = Outcome(collector, tgt.describe(), engine.aborted, engine.stats.interrupted)
+    if isinstance(tgt, RunnerTarget):
+        outcome.profile = tgt.profile
+    return outcome

@@ -3,8 +3,11 @@ every asyncio task with its coroutine stack. Nothing here runs until asked for.
 
 The CPU profiler is a thread that wakes every ``interval_s`` and reads the event-loop thread's Python stack with
 ``sys._current_frames()`` — no dependency, no tracing hook, so the profiled code runs at full speed between
-samples. What a sample costs is reported with the profile (the sampler thread's own CPU time against the wall
-time); the GIL it takes while walking a stack is time the loop does not run, about the same again. Identical
+samples. While a profile is taken the interpreter's switch interval is cut to a tenth of the sampling
+interval, so the sampler gets the GIL in the middle of a CPU burst rather than only when the loop waits for I/O
+(which would hide every burst shorter than the default 5 ms). What a sample costs is reported with the profile
+(the sampler thread's own CPU time against the wall time); the GIL it takes while walking a stack is time the
+loop does not run, about the same again. Identical
 stacks are counted once, so a profile's size is bounded by ``MAX_STACKS`` distinct stacks, not by its length.
 The result opens in https://www.speedscope.app (or ``speedscope prof.json``)::
 
@@ -144,11 +147,17 @@ async def cpu_profile(
     if not 0 < seconds <= MAX_SECONDS:
         raise ValueError(f"seconds={seconds!r} is not between 0 and {MAX_SECONDS:g}.")
     sampler = Sampler(threading.get_ident(), interval_s=interval_s)
+    # The sampler needs the GIL to read a stack. With the default 5 ms switch interval it would mostly get it when
+    # the loop thread gives it up by itself — in epoll, between callbacks — and CPU bursts shorter than 5 ms would
+    # never be seen. A shorter interval while profiling lets it in mid-burst; the old one is restored after.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, interval_s / 10))
     sampler.start()
     try:
         await asyncio.sleep(seconds)
     finally:
         await asyncio.to_thread(sampler.stop)
+        sys.setswitchinterval(switch)
     out = sampler.speedscope(name)
     out["agentflow"] = {
         "seconds": round(sampler.wall_s, 3),

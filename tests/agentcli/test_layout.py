@@ -20,6 +20,10 @@ PRIVATE_IMPORTS = {
     ("agentcli/bench/llm.py", "agentflow.llm.mock"),
     # the raw aiokafka baseline connects exactly as the Kafka bus does (security, bootstrap, client id)
     ("agentcli/bench/kafka.py", "agentflow.bus.kafka"),
+    # run --dry-run answers every LLM call with the mock server, typed (as mock-llm does)
+    ("agentcli/ops/dryrun.py", "agentflow.llm.mock"),
+    # cost-report --store opens the state backend that keeps the cost history, as the runner's [memory] does
+    ("agentcli/insight/cost_report.py", "agentflow.state"),
 }
 
 
