@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..config import AlertsConfig
     from ..runner import Runner
 
-__all__ = ["ALERTS", "Alert", "AlertMonitor"]
+__all__ = ["ALERTS", "PROCESS", "Alert", "AlertMonitor"]
 
 logger = logging.getLogger("agentflow.alerts")
 
@@ -50,6 +50,8 @@ ALERTS: Final = (
     "consumer_lag",
 )
 _LAG_MIN_TICKS: Final = 5
+#: The subject of the alerts about the whole process (a Prometheus label cannot be empty: it would vanish).
+PROCESS: Final = "process"
 _OPEN: Final = ("open", "forced_open")
 
 #: What to do when there is no more specific recommendation from the profile, by alert.
@@ -68,7 +70,7 @@ _ADVICE: Final = {
 
 
 class Alert(msgspec.Struct, kw_only=True):
-    """One alert on one subject (an agent, a breaker, a limiter, a consumer group, or the process: ``""``).
+    """One alert on one subject (an agent, a breaker, a limiter, a consumer group, or ``process``).
 
     ``value`` is the figure at the last check (None when the window had too little to go on), ``threshold``
     what fires it and ``clear_below`` what it must stay under to clear; ``since`` is when it last fired (Unix
@@ -194,7 +196,7 @@ class AlertMonitor:
             yield from self._window_figures(window)
         if cfg.rss_mb is not None:
             mb = self._rss() / 1_048_576
-            yield _Figure("rss", "", mb, cfg.rss_mb, "MB", f"resident memory {mb:,.0f} MB")
+            yield _Figure("rss", PROCESS, mb, cfg.rss_mb, "MB", f"resident memory {mb:,.0f} MB")
         if cfg.breaker_open:
             for name, b in sorted(self._runner.metrics.breakers().items()):
                 is_open = 1.0 if b.state in _OPEN else 0.0
@@ -236,7 +238,7 @@ class AlertMonitor:
         if cfg.event_loop_lag_s is not None:
             lag = window.loop_lag.quantile(0.99) if window.loop_lag.count >= _LAG_MIN_TICKS else None
             text = "" if lag is None else f"event-loop lag p99 {fmt_s(lag)} over the last {fmt_s(window.window_s)}"
-            yield _Figure("event_loop_lag", "", lag, cfg.event_loop_lag_s, "s", text)
+            yield _Figure("event_loop_lag", PROCESS, lag, cfg.event_loop_lag_s, "s", text)
         if cfg.rate_limit_wait_p95_s is not None:
             for p in window.providers:
                 wait = p.limiter_wait
@@ -248,7 +250,7 @@ class AlertMonitor:
         if cfg.dlq_per_min is not None and window.window_s > 0:
             per_min = window.dead_letters_written * 60.0 / window.window_s
             text = f"{window.dead_letters_written:,} dead letters in the last {fmt_s(window.window_s)}"
-            yield _Figure("dlq_growth", "", per_min, cfg.dlq_per_min, "per_min", text)
+            yield _Figure("dlq_growth", PROCESS, per_min, cfg.dlq_per_min, "per_min", text)
 
     def _update(self, fig: _Figure, now: float) -> Alert | None:
         key = (fig.alert, fig.subject)
@@ -285,10 +287,10 @@ class AlertMonitor:
                 recs.setdefault(rec.name, rec.text)
         for a in changed:
             if a.firing:
-                a.recommendation = recs.get(a.subject) or _ADVICE[a.alert].format(subject=a.subject or "the process")
+                a.recommendation = recs.get(a.subject) or _ADVICE[a.alert].format(subject=a.subject)
 
     def _log(self, a: Alert) -> None:
-        subject = f" for {a.subject!r}" if a.subject else ""
+        subject = f" for {a.subject!r}" if a.subject != PROCESS else ""
         key = f"[monitoring.alerts] {_KEYS[a.alert]}"
         if a.firing:
             figure = a.figure or _unit_text(a.value or 0.0, a.unit)

@@ -90,7 +90,7 @@ INTERNAL = {
         "WorkflowCost",
         "WorkflowTotals",
     },
-    "agentflow.insight.alerts": {"ALERTS", "AlertMonitor"},
+    "agentflow.insight.alerts": {"ALERTS", "PROCESS", "AlertMonitor"},
     "agentflow.insight.costs": {"COSTS_FORMAT", "KEY_PREFIX", "CostGroup", "RunFigures", "WorkflowCost"},
     "agentflow.insight.hub": {"Insight"},
     "agentflow.insight.looplag": {"LoopLag", "LoopLagStatistics"},

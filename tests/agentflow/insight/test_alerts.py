@@ -44,7 +44,7 @@ def test_hysteresis_fires_above_the_threshold_and_clears_only_after_staying_belo
     mon = monitor(runner)
     states = []
     for value in (0.9, 1.2, 0.9, 0.95, 0.7, 0.9, 0.7, 0.79, 1.01):
-        mon._update(_Figure("rss", "", value, 1.0, "MB", f"{value} MB"), now=time.time())
+        mon._update(_Figure("rss", "process", value, 1.0, "MB", f"{value} MB"), now=time.time())
         states.append(mon.alerts()[0].firing)
     # 0.9: under the threshold; 1.2 fires; 0.9 and 0.95 sit between 0.8 and 1.0 and keep it firing; 0.7 is one
     # check under 0.8, then 0.9 starts the count again; 0.7 and 0.79 are two in a row: cleared; 1.01 fires again.
@@ -147,10 +147,10 @@ async def test_each_alert_fires_from_its_own_figure(make_runner: RunnerFactory) 
     assert fired == {
         ("error_rate", "bad"),
         ("queue_wait_p95", "stuck"),
-        ("event_loop_lag", ""),
-        ("rss", ""),
+        ("event_loop_lag", "process"),
+        ("rss", "process"),
         ("breaker_open", "provider/model"),
-        ("dlq_growth", ""),
+        ("dlq_growth", "process"),
     }
 
 
