@@ -20,6 +20,10 @@ from agentflow.testing import MockLLM
 RULES = REPO_ROOT / "docs" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO_ROOT / "docs" / "grafana" / "agentflow.json"
 _METRIC = re.compile(r"\bagentflow_[a-z0-9_]+")
+FIRING_DESCRIPTION = (
+    "The worker's [monitoring.alerts] check fired; GET /alerts on the worker gives the figure, the threshold and a "
+    "recommendation."
+)
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -89,7 +93,7 @@ tests:
           - exp_labels: {{severity: warning, instance: w1, job: a, alert: event_loop_lag, subject: process}}
             exp_annotations:
               summary: "agentflow alert event_loop_lag is firing for 'process' on w1"
-              description: "The worker's [monitoring.alerts] check fired; GET /alerts on the worker gives the figure, the threshold and a recommendation."
+              description: "{FIRING_DESCRIPTION}"
 """
     )
     done = promtool("test", "rules", str(tests))
