@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from . import tracing as _tracing
 from ._waiting import WaitingEmits
 from .agents import AgentSpec, AgentWorker, BatchAgentWorker, Handler
 from .bus import create_bus
@@ -193,6 +194,8 @@ class Runner(Lifecycle):
                     configured,
                 )
         self._stack = contextlib.AsyncExitStack()
+        if cfg.tracing.enabled:
+            _tracing.configure(cfg.tracing, self)
         await self.bus.start()
         if self.llm is not None:
             await self.llm.start()
@@ -214,11 +217,16 @@ class Runner(Lifecycle):
             extra: dict[str, Any] = {}
             if spec.batch_size is not None:
                 kind, extra = BatchAgentWorker, {"batch_size": spec.batch_size}
+            handler = spec.handler
+            if _tracing.TRACER is not None:  # only then: a traced handler costs a span per call
+                wrap = _tracing.wrap_handler if spec.batch_size is None else _tracing.wrap_batch_handler
+                system = "kafka" if self.bus.backend == "kafka" else "agentflow"
+                handler = wrap(handler, spec.name, system, self._timed_out)
             self._agents.append(
                 kind(
                     **extra,
                     name=spec.name,
-                    handler=spec.handler,
+                    handler=handler,
                     sub=sub,
                     pool=self.pool,
                     metrics=self.metrics.agent(spec.name),
@@ -312,6 +320,7 @@ class Runner(Lifecycle):
         await self._replies.aclose()
         if self._owns_bus:
             await self.bus.aclose()
+        _tracing.release(self)
 
     async def _wait_in_flight(self, timeout_s: float) -> bool:
         deadline = time.perf_counter() + timeout_s
@@ -369,6 +378,8 @@ class Runner(Lifecycle):
         """Emit one event, waiting while the topic's buffer is full; return the event id."""
         if self._lifecycle is not _RUNNING:
             self._check_accepting()
+        if _tracing.TRACER is not None:
+            headers = _tracing.inject(headers)
         eid = new_event_id()
         batch = (
             Event(
@@ -396,6 +407,8 @@ class Runner(Lifecycle):
         """Emit one event, or raise BackpressureError at once if the topic's buffer is full."""
         if self._lifecycle is not _RUNNING:
             self._check_accepting()
+        if _tracing.TRACER is not None:
+            headers = _tracing.inject(headers)
         eid = new_event_id()
         event = Event(
             topic=topic, payload=payload, key=key, id=eid, headers=headers, created_at=time.time(), correlation_id=eid
@@ -415,6 +428,8 @@ class Runner(Lifecycle):
         """Emit a batch of events with one bus operation; return their ids (in order)."""
         if self._lifecycle is not _RUNNING:
             self._check_accepting()
+        if _tracing.TRACER is not None:
+            headers = _tracing.inject(headers)
         events = make_events(topic, list(payloads), key, headers, None, 0)
         if not self.bus.offer(topic, events):
             await self._waiting.publish(self.bus, topic, events)
@@ -449,6 +464,8 @@ class Runner(Lifecycle):
             raise LifecycleError(f"No agent subscribes to topic {topic!r}, so a request to it cannot be answered.")
         requests = self._requests
         requests.check_room(topic)
+        if _tracing.TRACER is not None:
+            headers = _tracing.inject(headers)
         loop = asyncio.get_running_loop()
         eid = new_event_id()
         fut = requests.open(loop, eid, topic, timeout_s)
@@ -522,6 +539,11 @@ class Runner(Lifecycle):
         guarded.__name__ = getattr(handler, "__name__", agent)
         return guarded
 
+    def _timed_out(self) -> bool:
+        """Whether the current task was cancelled by the watchdog (a timeout), for the event spans."""
+        task = asyncio.current_task()
+        return task is not None and self.pool.timed_out(task)
+
     def _llm_for(self, agent: str, event: Event | None) -> AgentLLM:
         if self.llm is None:
             raise LifecycleError(
@@ -560,6 +582,8 @@ class Runner(Lifecycle):
         if self._lifecycle is State.CLOSED:
             raise LifecycleError(self._state_sentence("emit"))
         depth = parent.depth + 1
+        if _tracing.TRACER is not None:  # the handler's span is current: the follow-up continues its trace
+            headers = _tracing.inject(headers)
         events = make_events(topic, payloads, key, headers, parent.correlation_id, depth)
         limit = self.config.runner.max_workflow_depth
         if depth > limit:

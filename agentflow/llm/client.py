@@ -22,7 +22,9 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from yarl import URL
 
+from .. import tracing as _tracing
 from ..config import LLMConfig
 from ..errors import (
     CircuitOpenError,
@@ -129,6 +131,10 @@ class ProviderClient(Lifecycle):
         query = f"?api-version={config.api_version}" if config.api_style == "azure" and config.api_version else ""
         self._urls = {e: f"{base}/{e}{query}" for e in ("chat/completions", "embeddings", "completions")}
         self._base = base
+        # For the LLM spans ([tracing]): the GenAI system and the server they reach.
+        self._system = "az.ai.openai" if config.api_style == "azure" else "openai"
+        url = URL(base)
+        self._server = (url.host or "", url.port or 0)
         # A User-Agent of our own also keeps aiohttp off its slower skip-auto-headers path.
         self._pool = ConnectionPool(name, config, {"Content-Type": "application/json", "User-Agent": USER_AGENT})
         self._failures = Failures(name, config)
@@ -229,7 +235,11 @@ class ProviderClient(Lifecycle):
             body["stream_options"] = {"include_usage": True}
         # Only the rate limiter charges estimates.
         est = 0 if self._limiter_factory is None else _estimate(messages, max_tokens)
-        resp: ChatResponse = await self._send("chat/completions", body, model, est, priority, timeout_s, stream=stream)
+        resp: ChatResponse
+        if _tracing.TRACER is None:
+            resp = await self._send("chat/completions", body, model, est, priority, timeout_s, stream=stream)
+        else:
+            resp = await self._traced("chat", "chat/completions", body, model, est, priority, timeout_s, stream, agent)
         self.costs.record(self.name, model, agent or "_none", workflow, resp.usage)  # _account(), inlined
         if tools is not None:
             self._report_tool_calls(resp, model)
@@ -281,9 +291,13 @@ class ProviderClient(Lifecycle):
         async def opener() -> StreamAssembler:
             if workflow is not None:
                 self._check_budget(workflow)
-            asm: StreamAssembler = await self._send(
-                "chat/completions", body, model, est, priority, timeout_s, stream=_OPEN
-            )
+            asm: StreamAssembler
+            if _tracing.TRACER is None:
+                asm = await self._send("chat/completions", body, model, est, priority, timeout_s, stream=_OPEN)
+            else:  # the span covers the wait for the first delta
+                asm = await self._traced(
+                    "chat", "chat/completions", body, model, est, priority, timeout_s, _OPEN, agent
+                )
             return asm
 
         def on_end(asm: StreamAssembler, response: ChatResponse | None, failure: LLMError | None) -> None:
@@ -356,7 +370,9 @@ class ProviderClient(Lifecycle):
             if self._batcher_factory is not None:
                 # One batcher serves many callers, so its requests use the provider's deadline and priority 0;
                 # each caller's own deadline still bounds its wait for the batch.
-                batcher = self._batcher(("embed", model, dimensions), self._embed_dispatch(model, dimensions, None))
+                batcher = self._batcher(
+                    ("embed", model, dimensions), self._embed_dispatch(model, dimensions, None, batched=True)
+                )
                 deadline = self._deadline(timeout_s)
                 if len(todo) == 1:  # the common case: no gather, so no task per call
                     results = [await batcher.submit(todo[0], tokens=estimate_tokens(todo[0]), deadline=deadline)]
@@ -395,7 +411,7 @@ class ProviderClient(Lifecycle):
         model = model or self.config.default_model
         self._check_budget(workflow)
         if self._batcher_factory is not None:
-            dispatch = self._complete_dispatch(model, max_tokens, temperature, None, 0)
+            dispatch = self._complete_dispatch(model, max_tokens, temperature, None, 0, batched=True)
             batcher = self._batcher(("complete", model, max_tokens, temperature), dispatch)
             deadline = self._deadline(timeout_s)
             results = await asyncio.gather(
@@ -425,14 +441,20 @@ class ProviderClient(Lifecycle):
         return b
 
     def _embed_dispatch(
-        self, model: str, dimensions: int | None, timeout_s: float | None, priority: int = 0
+        self, model: str, dimensions: int | None, timeout_s: float | None, priority: int = 0, *, batched: bool = False
     ) -> Callable[[list[str]], Awaitable[list[tuple[list[float], int]]]]:
         async def dispatch(texts: list[str]) -> list[tuple[list[float], int]]:
             body: dict[str, Any] = {"model": model, "input": texts}
             if dimensions is not None:
                 body["dimensions"] = dimensions
             est = sum(estimate_tokens(t) for t in texts)
-            resp: EmbeddingResponse = await self._send("embeddings", body, model, est, priority, timeout_s)
+            resp: EmbeddingResponse
+            if _tracing.TRACER is None:
+                resp = await self._send("embeddings", body, model, est, priority, timeout_s)
+            else:
+                resp = await self._traced(
+                    "embeddings", "embeddings", body, model, est, priority, timeout_s, 0, None, batched
+                )
             if len(resp.data) != len(texts):
                 raise LLMError(
                     f"Provider {self.name!r} returned {len(resp.data)} embeddings for {len(texts)} inputs; check "
@@ -446,7 +468,14 @@ class ProviderClient(Lifecycle):
         return dispatch
 
     def _complete_dispatch(
-        self, model: str, max_tokens: int | None, temperature: float | None, timeout_s: float | None, priority: int
+        self,
+        model: str,
+        max_tokens: int | None,
+        temperature: float | None,
+        timeout_s: float | None,
+        priority: int,
+        *,
+        batched: bool = False,
     ) -> Callable[[list[str]], Awaitable[list[tuple[str, int, int]]]]:
         async def dispatch(prompts: list[str]) -> list[tuple[str, int, int]]:
             body: dict[str, Any] = {"model": model, "prompt": prompts}
@@ -455,7 +484,13 @@ class ProviderClient(Lifecycle):
             if temperature is not None:
                 body["temperature"] = temperature
             est = sum(estimate_tokens(p) for p in prompts) + (max_tokens or 0) * len(prompts)
-            resp: CompletionResponse = await self._send("completions", body, model, est, priority, timeout_s)
+            resp: CompletionResponse
+            if _tracing.TRACER is None:
+                resp = await self._send("completions", body, model, est, priority, timeout_s)
+            else:
+                resp = await self._traced(
+                    "text_completion", "completions", body, model, est, priority, timeout_s, 0, None, batched
+                )
             texts = resp.texts
             if len(texts) != len(prompts):
                 raise LLMError(
@@ -509,6 +544,28 @@ class ProviderClient(Lifecycle):
             if len(self._routes) < MAX_ROUTES:  # models come from code, but a typo loop must not grow this
                 self._routes[model] = route
         return route
+
+    async def _traced(
+        self,
+        operation: str,
+        endpoint: str,
+        body: dict[str, Any],
+        model: str,
+        est_tokens: int,
+        priority: int,
+        timeout_s: float | None,
+        stream: int,
+        agent: str | None,
+        batched: bool = False,
+    ) -> Any:
+        """:meth:`_send` inside an LLM span (``[tracing]``): a batch serves many callers, so it starts its own trace."""
+        with _tracing.llm_span(
+            operation, self._system, self.name, model, body, agent=agent, server=self._server, detached=batched
+        ) as span:
+            result = await self._send(endpoint, body, model, est_tokens, priority, timeout_s, stream=stream)
+            if stream != _OPEN:
+                _tracing.llm_response(span, result)
+            return result
 
     async def _send(  # noqa: C901 - the measured per-call pipeline, one coroutine on purpose (see docstring)
         self,

@@ -119,6 +119,24 @@ INTERNAL = {
     },
     "agentflow.insight.snapshot": {"SNAPSHOT_FORMAT", "AgentSample", "CacheUse", "ProviderSample"},
     "agentflow.llm.ledger": {"CostLedger", "CostLine", "CostMinute", "RunCost"},  # reached through CostTracker.ledger
+    # the tracing facade: hooks the layers call, configured by the Runner from [tracing]
+    "agentflow.tracing": {
+        "TRACEPARENT",
+        "TRACER",
+        "carry",
+        "configure",
+        "event_span",
+        "extract",
+        "inject",
+        "llm_response",
+        "llm_span",
+        "release",
+        "state_flush",
+        "tool_call",
+        "workflow_step",
+        "wrap_batch_handler",
+        "wrap_handler",
+    },
     # started by the Runner from [monitoring]
     "agentflow.service": {"Service"},
     "agentflow.service.app": {"Service"},
