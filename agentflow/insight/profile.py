@@ -506,12 +506,18 @@ def _provider_recs(rows: list[ProfileRow], snap: ProfileSnapshot) -> Iterable[Re
         if r.limiter_wait_share < LIMITER_WAIT_SHARE:
             continue
         p = limits[r.name]
-        which = "rpm" if p.rpm is not None else "tpm"
-        now = p.rpm if p.rpm is not None else p.tpm
-        setting = f"[llm.{p.provider}.limits] {which}"
         figure = f"{_pct(r.limiter_wait_share)} of {r.calls:,} calls waited on the rate limiter"
         if r.limiter_wait_p95_ms is not None:
             figure += f" (p95 wait {fmt_s(r.limiter_wait_p95_ms / 1e3)})"
+        if p.rpm is None and p.tpm is None:
+            # A limiter under the provider's name that [llm.NAME.limits] did not set up (one the application
+            # registered on the runner's metrics): there is no configured figure to quote.
+            setting = f"[llm.{p.provider}.limits]"
+            yield _rec(r, setting, figure, f"raise the limits of the rate limiter `{r.name}` or add a provider")
+            continue
+        which = "rpm" if p.rpm is not None else "tpm"
+        now = p.rpm if p.rpm is not None else p.tpm
+        setting = f"[llm.{p.provider}.limits] {which}"
         yield _rec(r, setting, figure, f"raise `{setting}` ({now:,.0f} now) or add a provider")
 
 

@@ -148,6 +148,19 @@ def test_the_html_report_is_self_contained_and_renders_in_headless_chromium(benc
     assert "<code>[agents.research] concurrency</code>" in page
 
 
+def test_a_loadtest_report_with_a_saturated_agent_is_flagged(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "app.toml", None)
+    out = tmp_path / "lt.json"
+    invoke("loadtest", "--app", APP, "--app-dir", str(REPO_ROOT / "tests"), "--agent", "research",
+           "--config", str(config), "--rate", "500/s", "--duration", "1s", "--json", str(out))  # fmt: skip
+    report = msgspec.json.decode(invoke("profile-report", "--from", str(out), "--json"), type=ProfileReport)
+    assert "agentcli.loadtest/1" in report.source
+    research = row(report, "agent", "research")
+    assert research.calls == 500 and "BOTTLENECK" in [f.flag for f in research.flags]
+    assert [r.setting for r in report.recommendations] == ["[agents.research] concurrency"]
+    assert row(report, "agent", "audit").flags == [] and row(report, "agent", "notify").flags == []
+
+
 def test_a_report_without_a_profile_says_why(tmp_path: Path) -> None:
     report = tmp_path / "r.json"
     report.write_text(json.dumps({"format": "agentcli.benchmark/1", "scenario": "llm-chat", "profile_snapshot": None}))

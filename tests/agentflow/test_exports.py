@@ -295,7 +295,8 @@ def test_import_agentflow_stays_light() -> None:
     import subprocess
     import sys
 
-    heavy = ["typer", "rich", "aiohttp", "aiokafka", "redis", "mcp", "openai", "jsonschema"]
+    # OpenTelemetry comes with [tracing] enabled; the CPU sampler's thread and tracemalloc with a /debug request.
+    heavy = ["typer", "rich", "aiohttp", "aiokafka", "redis", "mcp", "openai", "jsonschema", "opentelemetry"]
     code = f"import sys, agentflow; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout

@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentflow import CircuitBreaker, Context, Event, Reject, Runner
+from agentflow import CircuitBreaker, Context, Event, RateLimiter, Reject, Runner
 from agentflow.insight.alerts import AlertMonitor, _Figure
+from agentflow.testing import MockLLM
 
 if TYPE_CHECKING:
     from conftest import RunnerFactory
@@ -152,6 +153,33 @@ async def test_each_alert_fires_from_its_own_figure(make_runner: RunnerFactory) 
         ("breaker_open", "provider/model"),
         ("dlq_growth", "process"),
     }
+
+
+async def test_rate_limit_wait_fires_while_calls_queue_on_a_providers_limiter(make_runner: RunnerFactory) -> None:
+    async with MockLLM() as server:
+        alerts = {**MANUAL, "min_events": 5, "rate_limit_wait_p95_s": 0.05}
+        runner = make_runner(
+            {"monitoring": {"alerts": alerts}, "llm": {"mock": {"base_url": server.url, "default_model": "m"}}}
+        )
+        # The provider's limiter, counting over 0.2 s instead of a minute: 10 calls at 2 per window queue for up
+        # to 0.8 s, as calls past a provider's rpm queue for the rest of its minute.
+        limiter = RateLimiter(rpm=2, period_s=0.2, name="mock/m", metrics=runner.metrics)
+
+        @runner.agent("ask", concurrency=10)
+        async def ask(event: Event, ctx: Context) -> None:
+            await limiter.acquire()
+            await ctx.llm.chat([{"role": "user", "content": "hi"}])
+
+        async with runner:
+            await asyncio.sleep(0)
+            await runner.emit_many("ask", list(range(10)))
+            await runner.drain(timeout_s=10.0)
+            fired = [a for a in monitor(runner).check() if a.firing]
+        await limiter.aclose()
+    [alert] = fired
+    assert (alert.alert, alert.subject) == ("rate_limit_wait", "mock/m")
+    assert alert.value is not None and alert.value > 0.2 and "rate-limiter wait p95" in alert.figure
+    assert "over 10 grants" in alert.figure
 
 
 async def test_consumer_lag_fires_while_events_wait(make_runner: RunnerFactory) -> None:

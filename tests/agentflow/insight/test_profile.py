@@ -167,6 +167,18 @@ def test_calls_waiting_on_the_rate_limiter_get_the_limit_recommendation() -> Non
     assert "38% of 100 calls waited on the rate limiter" in rec.text and "(500 now)" in rec.text
 
 
+def test_a_limiter_without_configured_limits_still_gets_the_limit_recommendation() -> None:
+    # A limiter the application registered under the provider's name: no rpm or tpm in [llm.NAME.limits].
+    p = ProviderSample(provider="openai", model="gpt-4o", outcomes={"success": 100}, duration=hist(*[0.4] * 100),
+                       limiter_wait=hist(*[0.0] * 50, *[0.8] * 50))  # fmt: skip
+    [rec] = build_profile(snap(agent("a"), providers=[p]), source="test").recommendations
+    assert rec.setting == "[llm.openai.limits]"
+    assert rec.text == (
+        "provider `openai/gpt-4o`: 50% of 100 calls waited on the rate limiter (p95 wait 996 ms) → raise the limits "
+        "of the rate limiter `openai/gpt-4o` or add a provider"
+    )
+
+
 def test_a_tool_with_a_large_share_of_run_time_gets_its_recommendation() -> None:
     search = ComponentFigures(
         "tool", "search.query", concurrency=4,
