@@ -25,7 +25,7 @@ Rows with fewer than :data:`MIN_CALLS` calls get no flag: too little to go on::
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, Literal, get_args
 
 import msgspec
@@ -377,6 +377,15 @@ def _busy_figure(r: ProfileRow) -> str:
     return f"{slots}, queue wait p95 {fmt_s(r.queue_wait_p95_ms / 1e3)} against service p95 {fmt_s(r.p95_ms / 1e3)}"
 
 
+def _unique_top(group: list[ProfileRow], figure: Callable[[ProfileRow], float]) -> ProfileRow | None:
+    """The row with the largest figure among at least two, None on a tie: two rows at 50% each are not "the
+    largest share", and flagging one of them would single it out by the order of the rows."""
+    if len(group) < 2:
+        return None
+    first, second = sorted(group, key=figure, reverse=True)[:2]
+    return first if figure(first) > figure(second) else None
+
+
 def _flag_bottleneck(rows: list[ProfileRow]) -> None:
     waiting = [r for r in rows if r.kind == "agent" and _waits_longer(r)]
     for r in rows:
@@ -400,8 +409,8 @@ def _flag_bottleneck(rows: list[ProfileRow]) -> None:
         if r.kind == "step" and r.calls >= MIN_CALLS:
             steps.setdefault(r.workflow, []).append(r)
     for workflow, group in steps.items():
-        top = max(group, key=lambda r: r.busy_s)
-        if len(group) > 1 and top.share_of_time is not None and top.share_of_time >= CRITICAL_SHARE:
+        top = _unique_top(group, lambda r: r.busy_s)
+        if top is not None and top.share_of_time is not None and top.share_of_time >= CRITICAL_SHARE:
             top.flags.append(
                 Flag(
                     flag="BOTTLENECK",
@@ -419,10 +428,8 @@ def _flag_costly(rows: list[ProfileRow]) -> None:
         if r.cost_usd > 0 and r.kind != "pool":
             by_kind.setdefault(r.kind, []).append(r)
     for group in by_kind.values():
-        if len(group) < 2:
-            continue
-        top = max(group, key=lambda r: r.cost_usd)
-        if top.share_of_cost is not None and top.share_of_cost >= COSTLY_SHARE:
+        top = _unique_top(group, lambda r: r.cost_usd)
+        if top is not None and top.share_of_cost is not None and top.share_of_cost >= COSTLY_SHARE:
             total = sum(r.cost_usd for r in group)
             top.flags.append(
                 Flag(

@@ -141,6 +141,21 @@ def test_costly_is_the_largest_share_of_cost() -> None:
     assert report.totals.most_expensive == "writer" and report.totals.cost_usd == pytest.approx(1.0)
 
 
+def test_a_tie_for_the_largest_share_flags_nobody() -> None:
+    line = {"provider": "p", "model": "m", "calls": 10, "prompt_tokens": 900, "completion_tokens": 90, "cost_usd": 0.1}
+    costs = [CostLine(agent="writer", **line), CostLine(agent="reader", **line)]  # type: ignore[arg-type]
+    report = build_profile(snap(agent("writer"), agent("reader"), costs=costs), source="test")
+    assert flags(report, "writer") == [] and flags(report, "reader") == []
+    steps = []
+    for name in ("charge", "ship"):
+        step = ComponentFigures("step", name, workflow="order")
+        for _ in range(MIN_CALLS):
+            step.observe(0.1)
+        steps.append(step.sample())
+    report = build_profile(snap(agent("a"), components=steps), source="test")
+    assert flags(report, "charge", "step") == [] and flags(report, "ship", "step") == []
+
+
 def test_zero_cache_hits_on_deterministic_calls_get_the_cache_recommendation() -> None:
     off = CacheUse(provider="openai", agent="classify", off=1200, cache_enabled=False, ttl_s=300.0)
     [rec] = build_profile(snap(agent("classify"), cache=[off]), source="test").recommendations
