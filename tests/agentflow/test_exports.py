@@ -112,6 +112,7 @@ INTERNAL = {
         "DEFAULT_INTERVAL_S",
         "MAX_SECONDS",
         "MAX_STACKS",
+        "SWITCH_INTERVAL_S",
         "Sampler",
         "cpu_profile",
         "heap_profile",

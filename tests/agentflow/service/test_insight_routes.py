@@ -156,6 +156,32 @@ async def test_a_cpu_profile_of_the_live_process_shows_where_the_time_goes(
     assert cost["samples"] > 100 and 0 <= cost["sampler_cpu_share"] < 1
 
 
+async def test_short_callbacks_of_a_busy_loop_are_seen_not_taken_for_idle(make_runner: RunnerFactory) -> None:
+    # Callbacks of 0.2 ms back to back: the loop never sleeps, but it gives up the GIL at every turn (its poll for
+    # I/O). A sampler that waited longer than a callback for the GIL would only ever get it there, and every
+    # sample would show the idle loop.
+    from agentflow.insight.sampler import cpu_profile
+
+    runner = make_runner()
+    stop = asyncio.Event()
+
+    @runner.agent("cpu")
+    async def cpu(event: Event, ctx: Context) -> None:
+        while not stop.is_set():
+            burn_cpu(0.2)
+            await asyncio.sleep(0)
+
+    async with runner:
+        await runner.emit("cpu", 1)
+        prof = await cpu_profile(1.0, interval_s=0.002)
+        stop.set()
+    frames = prof["shared"]["frames"]
+    [sampled] = prof["profiles"]
+    burning = sum(w for s, w in zip(sampled["samples"], sampled["weights"], strict=True)
+                  if any(frames[i]["name"] == "burn_cpu" for i in s))  # fmt: skip
+    assert burning > 0.5 * sampled["endValue"], f"{burning / sampled['endValue']:.0%} of the samples in burn_cpu"
+
+
 async def test_heap_tasks_and_loop(make_runner: RunnerFactory, http: aiohttp.ClientSession) -> None:
     runner = busy_runner(make_runner, profiling=True)
     was_tracing = tracemalloc.is_tracing()
