@@ -129,7 +129,7 @@ def cost_report(
     password_env: Annotated[
         str, typer.Option(help="--store redis: the environment variable holding the Redis password.")
     ] = "",
-    key_prefix: Annotated[str, typer.Option(help="--store redis: the [memory] key_prefix.")] = "agentflow:",
+    key_prefix: Annotated[str, typer.Option(help="--store redis: the \\[memory] key_prefix.")] = "agentflow:",
 ) -> None:
     """LLM cost by provider, model, agent and workflow over a time window: totals, per-run average, min and max,
     share by agent, and the most expensive agent."""

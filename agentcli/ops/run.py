@@ -81,7 +81,7 @@ def run(
         typer.Option(
             "--estimate-cost",
             help="With --dry-run: the estimated cost per event, per workflow (min/max over the sample) and per agent, "
-            "from the [llm.NAME.prices] tables.",
+            "from the \\[llm.NAME.prices] tables.",
             rich_help_panel="Dry run",
         ),
     ] = False,

@@ -65,6 +65,7 @@ def app_config(provider: Canary, broker: Canary) -> dict[str, Any]:
         "bus": {"backend": "kafka"},
         "kafka": {"bootstrap_servers": f"127.0.0.1:{broker.port}"},
         "monitoring": {"metrics_enabled": True, "port": 0, "ingest_enabled": True},
+        "tracing": {"enabled": True, "exporter": "otlp", "otlp_endpoint": f"http://127.0.0.1:{broker.port}/v1/traces"},
         "agents": {"research": {"concurrency": 4}},
         "llm": {
             "openai": {
