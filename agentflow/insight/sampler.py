@@ -19,6 +19,7 @@ The result opens in https://www.speedscope.app (or ``speedscope prof.json``)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 import time
@@ -48,6 +49,26 @@ MAX_STACKS: Final = 10_000
 #: Frames kept per stack, innermost first.
 MAX_DEPTH: Final = 128
 SPEEDSCOPE_SCHEMA: Final = "https://www.speedscope.app/file-format-schema.json"
+
+
+_PR_SET_TIMERSLACK: Final = 29
+
+
+def _precise_timers() -> None:
+    """Cut this thread's timer slack to 1 ns (Linux). The sampler waits for the GIL in a timed wait of
+    :data:`SWITCH_INTERVAL_S`, which the kernel may stretch by the thread's slack, 50 µs by default; the loop thread
+    polls for I/O every few hundred µs when busy with short callbacks, and a poll that falls inside the stretched
+    wait hands the GIL over there, so the sample shows the idle loop. Measured on a loop busy with 0.2 ms callbacks:
+    56% to 98% of the samples in them with the default slack, 97% to 98% with 1 ns. Elsewhere, or if prctl is
+    missing, nothing changes."""
+    if sys.platform != "linux":
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 class Sampler:
@@ -85,6 +106,7 @@ class Sampler:
         return idx
 
     def _run(self) -> None:
+        _precise_timers()
         t0, c0 = time.perf_counter(), time.thread_time()
         me = self.thread_id
         wait = self._stop.wait
@@ -146,10 +168,15 @@ class Sampler:
 
 
 async def cpu_profile(
-    seconds: float, *, interval_s: float = DEFAULT_INTERVAL_S, name: str = "agentflow"
+    seconds: float,
+    *,
+    interval_s: float = DEFAULT_INTERVAL_S,
+    name: str = "agentflow",
+    stop: asyncio.Event | None = None,
 ) -> dict[str, Any]:
-    """Sample the running event loop's thread for ``seconds``; the speedscope file, plus what the sampling cost
-    under ``"agentflow"`` (samples, the sampler's CPU seconds, their share of the wall time)."""
+    """Sample the running event loop's thread for ``seconds``, or until ``stop`` is set (``stopped_early``); the
+    speedscope file, plus what the sampling cost under ``"agentflow"`` (samples, the sampler's CPU seconds, their
+    share of the wall time)."""
     if not 0 < seconds <= MAX_SECONDS:
         raise ValueError(f"seconds={seconds!r} is not between 0 and {MAX_SECONDS:g}.")
     sampler = Sampler(threading.get_ident(), interval_s=interval_s)
@@ -160,8 +187,15 @@ async def cpu_profile(
     switch = sys.getswitchinterval()
     sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
     sampler.start()
+    stopped = False
     try:
-        await asyncio.sleep(seconds)
+        if stop is None:
+            await asyncio.sleep(seconds)
+        else:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await stop.wait()
+                    stopped = True
     finally:
         await asyncio.to_thread(sampler.stop)
         sys.setswitchinterval(switch)
@@ -173,6 +207,7 @@ async def cpu_profile(
         "stacks": len(sampler._stacks),
         "sampler_cpu_s": round(sampler.cpu_s, 4),
         "sampler_cpu_share": round(sampler.cpu_s / sampler.wall_s, 4) if sampler.wall_s else None,
+        "stopped_early": stopped,
     }
     return out
 

@@ -93,6 +93,8 @@ class Service:
         self.address = (self._host, int(port))
 
     async def aclose(self) -> None:
+        if self.debug is not None:
+            self.debug.close()  # a CPU profile being taken answers now instead of holding the shutdown
         if self._app_runner is not None:
             runner, self._app_runner = self._app_runner, None
             await runner.cleanup()

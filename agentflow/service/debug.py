@@ -34,8 +34,15 @@ class DebugRoutes(JsonRoutes):
         super().__init__(config, token, refused)
         self._runner = runner
         self._profiling = False
+        # Set when the server closes: a CPU profile being taken ends at once with what it has, so a shutdown is
+        # not held for the rest of its seconds.
+        self._closing = asyncio.Event()
         #: CPU profiles served, for statistics and tests.
         self.profiles = 0
+
+    def close(self) -> None:
+        """The server is closing: end a CPU profile being taken (its answer says ``stopped_early``)."""
+        self._closing.set()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/debug/profile", self.profile)
@@ -55,7 +62,9 @@ class DebugRoutes(JsonRoutes):
             return self._error(409, "A CPU profile is being taken already; wait for it to finish and ask again.")
         self._profiling = True
         try:
-            body = await cpu_profile(seconds, interval_s=interval_ms / 1e3, name=f"agentflow pid {os.getpid()}")
+            body = await cpu_profile(
+                seconds, interval_s=interval_ms / 1e3, name=f"agentflow pid {os.getpid()}", stop=self._closing
+            )
         finally:
             self._profiling = False
         self.profiles += 1

@@ -153,7 +153,7 @@ async def test_a_cpu_profile_of_the_live_process_shows_where_the_time_goes(
                   if any(frames[i]["name"] == "burn_cpu" for i in s))  # fmt: skip
     assert burning > 0.5 * sampled["endValue"]  # the loop thread spent most of its time there
     cost = prof["agentflow"]
-    assert cost["samples"] > 100 and 0 <= cost["sampler_cpu_share"] < 1
+    assert cost["samples"] > 20 and 0 <= cost["sampler_cpu_share"] < 1  # of 500 asked for: a loaded machine gets fewer
 
 
 async def test_short_callbacks_of_a_busy_loop_are_seen_not_taken_for_idle(make_runner: RunnerFactory) -> None:
@@ -180,6 +180,22 @@ async def test_short_callbacks_of_a_busy_loop_are_seen_not_taken_for_idle(make_r
     burning = sum(w for s, w in zip(sampled["samples"], sampled["weights"], strict=True)
                   if any(frames[i]["name"] == "burn_cpu" for i in s))  # fmt: skip
     assert burning > 0.5 * sampled["endValue"], f"{burning / sampled['endValue']:.0%} of the samples in burn_cpu"
+
+
+async def test_closing_the_runner_ends_a_cpu_profile_early_with_what_it_has(
+    make_runner: RunnerFactory, http: aiohttp.ClientSession
+) -> None:
+    runner = busy_runner(make_runner, profiling=True)
+    await runner.start()
+    profile = asyncio.ensure_future(get(http, url(runner, "/debug/profile?seconds=60")))
+    await asyncio.sleep(0.5)
+    t0 = asyncio.get_running_loop().time()
+    await runner.aclose()
+    closed_in = asyncio.get_running_loop().time() - t0
+    status, prof = await profile
+    assert closed_in < 5.0  # not the profile's 60 s: a shutdown is not held by someone profiling
+    assert status == 200 and prof["agentflow"]["stopped_early"] is True
+    assert 0.3 < prof["agentflow"]["seconds"] < 5.0 and prof["agentflow"]["samples"] > 0
 
 
 async def test_heap_tasks_and_loop(make_runner: RunnerFactory, http: aiohttp.ClientSession) -> None:
