@@ -53,9 +53,15 @@ def profile(
         raise fail(f"cannot write {output}: {exc.strerror}.") from None
     cost = data.get("agentflow") if isinstance(data, dict) else None
     if kind == "cpu" and isinstance(cost, dict):
+        share = 100 * (cost.get("sampler_cpu_share") or 0)
+        taking = (
+            f"taking them took {share:.1f}% of the event loop's time"
+            if cost.get("clock") == "cpu"
+            else f"the sampler thread used {share:.1f}% of a core"
+        )
         typer.echo(
-            f"CPU profile written to {output}: {cost['samples']:,} samples over {cost['seconds']} s; the sampler "
-            f"used {100 * (cost['sampler_cpu_share'] or 0):.1f}% of a core. Open it at https://www.speedscope.app",
+            f"CPU profile written to {output}: {cost['samples']:,} samples over {cost['seconds']} s; {taking}. "
+            "Open it at https://www.speedscope.app",
             err=True,
         )
     else:

@@ -1,16 +1,20 @@
 """Profiling a live process: a sampling CPU profiler (speedscope JSON), the top allocations (tracemalloc), and
 every asyncio task with its coroutine stack. Nothing here runs until asked for.
 
-The CPU profiler is a thread that wakes every ``interval_s`` and reads the event-loop thread's Python stack with
-``sys._current_frames()`` — no dependency, no tracing hook, so the profiled code runs at full speed between
-samples. While a profile is taken the interpreter's switch interval is cut to :data:`SWITCH_INTERVAL_S`, so the
-sampler gets the GIL in the middle of a callback rather than only when the loop gives it up to poll for I/O: an
-event loop polls after every turn, so with the default 5 ms every callback shorter than that — nearly all of
-them in an asyncio service — would be sampled as the idle loop. What a sample costs is reported with the profile
-(the sampler thread's own CPU time against the wall time); the GIL it takes while walking a stack is time the
-loop does not run, about the same again. Identical
-stacks are counted once, so a profile's size is bounded by ``MAX_STACKS`` distinct stacks, not by its length.
-The result opens in https://www.speedscope.app (or ``speedscope prof.json``)::
+The CPU profiler samples the event loop's Python stack — no dependency, no tracing hook, so the profiled code runs
+at full speed between samples. When the loop runs on the main thread (``agentcli run``, most services) it is
+:class:`SignalSampler`: the kernel sends ``SIGPROF`` each time the process has used ``interval_s`` of CPU time
+(``setitimer(ITIMER_PROF)``), and the handler, which Python runs on the main thread between two bytecodes, records
+the stack it interrupted. Samples fall where the CPU time goes, in the middle of a callback, however short the
+callbacks; an idle loop takes none. Elsewhere (a loop on another thread, or a platform without ``setitimer``) it
+is :class:`Sampler`, a thread that wakes every ``interval_s`` of wall time and reads the loop thread's stack
+with ``sys._current_frames()``: it needs the GIL for that, which the loop thread also gives up whenever it polls
+for I/O, so callbacks much shorter than the switch interval (cut to a tenth of ``interval_s`` while it runs)
+tend to be sampled as the idle loop.
+
+What sampling cost is reported with the profile: the time spent taking samples against the wall time. Identical
+stacks are counted once, so a profile's size is bounded by ``MAX_STACKS`` distinct stacks, not by its length. The
+result opens in https://www.speedscope.app (or ``speedscope prof.json``)::
 
     profile = await cpu_profile(seconds=10)      # from a coroutine on the loop to profile
     Path("prof.json").write_bytes(msgspec.json.encode(profile))
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 import threading
 import time
@@ -31,18 +36,15 @@ __all__ = [
     "DEFAULT_INTERVAL_S",
     "MAX_SECONDS",
     "MAX_STACKS",
-    "SWITCH_INTERVAL_S",
     "Sampler",
+    "SignalSampler",
+    "Stacks",
     "cpu_profile",
     "heap_profile",
     "task_dump",
 ]
 
 DEFAULT_INTERVAL_S: Final = 0.005
-#: The switch interval while a CPU profile is taken: how long the sampler waits for the GIL before the loop thread
-#: must hand it over; 1 µs is CPython's shortest. At 10 µs a loop busy with 0.2 ms callbacks still looked idle in
-#: a third of the samples, at 1 µs in a few percent. The cost is one forced GIL hand-over per sample.
-SWITCH_INTERVAL_S: Final = 0.000001
 MAX_SECONDS: Final = 300.0
 #: Distinct stacks kept; samples of further ones count under one "(other stacks)" frame.
 MAX_STACKS: Final = 10_000
@@ -51,102 +53,46 @@ MAX_DEPTH: Final = 128
 SPEEDSCOPE_SCHEMA: Final = "https://www.speedscope.app/file-format-schema.json"
 
 
-_PR_SET_TIMERSLACK: Final = 29
+class Stacks:
+    """Sampled stacks: frames interned, identical stacks counted once with their summed weight (seconds)."""
 
-
-def _precise_timers() -> None:
-    """Cut this thread's timer slack to 1 ns (Linux). The sampler waits for the GIL in a timed wait of
-    :data:`SWITCH_INTERVAL_S`, which the kernel may stretch by the thread's slack, 50 µs by default; the loop thread
-    polls for I/O every few hundred µs when busy with short callbacks, and a poll that falls inside the stretched
-    wait hands the GIL over there, so the sample shows the idle loop. Measured on a loop busy with 0.2 ms callbacks:
-    56% to 98% of the samples in them with the default slack, 97% to 98% with 1 ns. Elsewhere, or if prctl is
-    missing, nothing changes."""
-    if sys.platform != "linux":
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-class Sampler:
-    """Samples the Python stack of thread ``thread_id`` every ``interval_s`` on a thread of its own."""
-
-    def __init__(self, thread_id: int, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
-        self.thread_id = thread_id
-        self.interval_s = interval_s
+    def __init__(self) -> None:
         self.samples = 0
-        self.cpu_s = 0.0
-        self.wall_s = 0.0
         self._frames: dict[tuple[str, str, int], int] = {}
-        self._stacks: dict[tuple[int, ...], int] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stacks: dict[tuple[int, ...], float] = {}
 
-    def __repr__(self) -> str:
-        return f"<Sampler thread={self.thread_id} samples={self.samples} stacks={len(self._stacks)}>"
+    def __len__(self) -> int:
+        return len(self._stacks)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="agentflow-cpu-sampler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _frame(self, f: FrameType) -> int:
-        code = f.f_code
-        key = (code.co_qualname, code.co_filename, code.co_firstlineno)
+    def _frame(self, key: tuple[str, str, int]) -> int:
         idx = self._frames.get(key)
         if idx is None:
             idx = self._frames[key] = len(self._frames)
         return idx
 
-    def _run(self) -> None:
-        _precise_timers()
-        t0, c0 = time.perf_counter(), time.thread_time()
-        me = self.thread_id
-        wait = self._stop.wait
-        try:
-            while not wait(self.interval_s):
-                frame = sys._current_frames().get(me)
-                if frame is None:
-                    break  # the thread is gone
-                stack: list[int] = []
-                f: FrameType | None = frame
-                while f is not None and len(stack) < MAX_DEPTH:
-                    stack.append(self._frame(f))
-                    f = f.f_back
-                del frame, f
-                key = tuple(reversed(stack))
-                stacks = self._stacks
-                if key in stacks:
-                    stacks[key] += 1
-                elif len(stacks) < MAX_STACKS:
-                    stacks[key] = 1
-                else:
-                    other = (self._frame_named("(other stacks)"),)
-                    stacks[other] = stacks.get(other, 0) + 1
-                self.samples += 1
-        finally:
-            self.wall_s = time.perf_counter() - t0
-            self.cpu_s = time.thread_time() - c0
-
-    def _frame_named(self, name: str) -> int:
-        key = (name, "", 0)
-        idx = self._frames.get(key)
-        if idx is None:
-            idx = self._frames[key] = len(self._frames)
-        return idx
+    def add(self, frame: FrameType | None, weight_s: float) -> None:
+        """Count the stack that ends in ``frame`` (innermost) with ``weight_s`` seconds."""
+        stack: list[int] = []
+        f = frame
+        while f is not None and len(stack) < MAX_DEPTH:
+            code = f.f_code
+            stack.append(self._frame((code.co_qualname, code.co_filename, code.co_firstlineno)))
+            f = f.f_back
+        key = tuple(reversed(stack))
+        stacks = self._stacks
+        if key in stacks:
+            stacks[key] += weight_s
+        elif len(stacks) < MAX_STACKS:
+            stacks[key] = weight_s
+        else:
+            other = (self._frame(("(other stacks)", "", 0)),)
+            stacks[other] = stacks.get(other, 0.0) + weight_s
+        self.samples += 1
 
     def speedscope(self, name: str) -> dict[str, Any]:
         """The samples as a speedscope file: identical stacks once each, weighted by their sample time."""
         frames = [{"name": qual, "file": file, "line": line} for (qual, file, line) in self._frames]
-        samples = [list(stack) for stack in self._stacks]
-        weights = [n * self.interval_s for n in self._stacks.values()]
+        weights = list(self._stacks.values())
         return {
             "$schema": SPEEDSCOPE_SCHEMA,
             "name": name,
@@ -160,11 +106,106 @@ class Sampler:
                     "unit": "seconds",
                     "startValue": 0.0,
                     "endValue": sum(weights),
-                    "samples": samples,
+                    "samples": [list(stack) for stack in self._stacks],
                     "weights": weights,
                 }
             ],
         }
+
+
+class SignalSampler:
+    """Samples the main thread's stack on ``SIGPROF``, each time the process has used ``interval_s`` of CPU time;
+    a sample weighs the CPU time since the one before. Start and stop it on the main thread; the previous
+    ``SIGPROF`` handler is put back on stop."""
+
+    clock: Final = "cpu"
+
+    def __init__(self, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self.stacks = Stacks()
+        #: Seconds spent in the handler (loop time taken from the application), and the profile's wall time.
+        self.cost_s = 0.0
+        self.wall_s = 0.0
+        self._t0 = 0.0
+        self._cpu = 0.0
+        self._old: Any = None
+
+    def __repr__(self) -> str:
+        return f"<SignalSampler samples={self.stacks.samples} stacks={len(self.stacks)}>"
+
+    @staticmethod
+    def usable() -> bool:
+        """Whether this thread can run it: the main thread, on a platform with ``setitimer``."""
+        return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        t = time.perf_counter()
+        cpu = time.process_time()
+        self.stacks.add(frame, cpu - self._cpu)
+        self._cpu = cpu
+        self.cost_s += time.perf_counter() - t
+
+    def start(self) -> None:
+        self._t0, self._cpu = time.perf_counter(), time.process_time()
+        self._old = signal.signal(signal.SIGPROF, self._handler)
+        signal.siginterrupt(signal.SIGPROF, False)  # restart interrupted system calls (SA_RESTART)
+        signal.setitimer(signal.ITIMER_PROF, self.interval_s, self.interval_s)
+
+    def stop(self) -> None:
+        signal.setitimer(signal.ITIMER_PROF, 0.0, 0.0)
+        signal.signal(signal.SIGPROF, self._old if self._old is not None else signal.SIG_DFL)
+        self.wall_s = time.perf_counter() - self._t0
+
+
+class Sampler:
+    """Samples the Python stack of thread ``thread_id`` every ``interval_s`` of wall time, on a thread of its own
+    (the fallback of :class:`SignalSampler`; see the module docstring)."""
+
+    clock: Final = "wall"
+
+    def __init__(self, thread_id: int, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        self.thread_id = thread_id
+        self.interval_s = interval_s
+        self.stacks = Stacks()
+        #: The sampler thread's CPU seconds, and the profile's wall time.
+        self.cost_s = 0.0
+        self.wall_s = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._switch = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Sampler thread={self.thread_id} samples={self.stacks.samples} stacks={len(self.stacks)}>"
+
+    def start(self) -> None:
+        # Reading a stack needs the GIL; a shorter switch interval lets the sampler in during a callback more often
+        # than only when the loop thread polls for I/O. Not much shorter: the sampler polls the GIL at that
+        # interval while it waits, and at microseconds that wait becomes a spin that takes a core.
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch, self.interval_s / 10))
+        self._thread = threading.Thread(target=self._run, name="agentflow-cpu-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        sys.setswitchinterval(self._switch)
+
+    def _run(self) -> None:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        me = self.thread_id
+        wait = self._stop.wait
+        try:
+            while not wait(self.interval_s):
+                frame = sys._current_frames().get(me)
+                if frame is None:
+                    break  # the thread is gone
+                self.stacks.add(frame, self.interval_s)
+                del frame
+        finally:
+            self.wall_s = time.perf_counter() - t0
+            self.cost_s = time.thread_time() - c0
 
 
 async def cpu_profile(
@@ -175,17 +216,15 @@ async def cpu_profile(
     stop: asyncio.Event | None = None,
 ) -> dict[str, Any]:
     """Sample the running event loop's thread for ``seconds``, or until ``stop`` is set (``stopped_early``); the
-    speedscope file, plus what the sampling cost under ``"agentflow"`` (samples, the sampler's CPU seconds, their
-    share of the wall time)."""
+    speedscope file, plus under ``"agentflow"`` how it was taken (``clock``: ``cpu`` for :class:`SignalSampler`,
+    ``wall`` for :class:`Sampler`) and what sampling cost (seconds, and their share of the wall time)."""
     if not 0 < seconds <= MAX_SECONDS:
         raise ValueError(f"seconds={seconds!r} is not between 0 and {MAX_SECONDS:g}.")
-    sampler = Sampler(threading.get_ident(), interval_s=interval_s)
-    # The sampler needs the GIL to read a stack. With a switch interval longer than a callback it would only get it
-    # when the loop thread gives it up by itself — in its poll for I/O, after every turn — and a loop busy with
-    # short callbacks would look idle. A short interval while profiling lets it in mid-callback; the old one is
-    # restored after.
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
+    sampler: SignalSampler | Sampler
+    if SignalSampler.usable():
+        sampler = SignalSampler(interval_s=interval_s)
+    else:
+        sampler = Sampler(threading.get_ident(), interval_s=interval_s)
     sampler.start()
     stopped = False
     try:
@@ -197,16 +236,19 @@ async def cpu_profile(
                     await stop.wait()
                     stopped = True
     finally:
-        await asyncio.to_thread(sampler.stop)
-        sys.setswitchinterval(switch)
-    out = sampler.speedscope(name)
+        if isinstance(sampler, Sampler):
+            await asyncio.to_thread(sampler.stop)
+        else:
+            sampler.stop()
+    out = sampler.stacks.speedscope(name)
     out["agentflow"] = {
+        "clock": sampler.clock,
         "seconds": round(sampler.wall_s, 3),
         "interval_s": interval_s,
-        "samples": sampler.samples,
-        "stacks": len(sampler._stacks),
-        "sampler_cpu_s": round(sampler.cpu_s, 4),
-        "sampler_cpu_share": round(sampler.cpu_s / sampler.wall_s, 4) if sampler.wall_s else None,
+        "samples": sampler.stacks.samples,
+        "stacks": len(sampler.stacks),
+        "sampler_cpu_s": round(sampler.cost_s, 4),
+        "sampler_cpu_share": round(sampler.cost_s / sampler.wall_s, 4) if sampler.wall_s else None,
         "stopped_early": stopped,
     }
     return out

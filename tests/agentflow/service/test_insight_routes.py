@@ -4,6 +4,9 @@ the token rules (401 without the token, 403 or a refused start beyond loopback w
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -171,15 +174,48 @@ async def test_short_callbacks_of_a_busy_loop_are_seen_not_taken_for_idle(make_r
             burn_cpu(0.2)
             await asyncio.sleep(0)
 
+    before = signal.getsignal(signal.SIGPROF)
     async with runner:
         await runner.emit("cpu", 1)
         prof = await cpu_profile(1.0, interval_s=0.002)
         stop.set()
+    assert prof["agentflow"]["clock"] == "cpu"  # the loop runs on the main thread: SIGPROF samples
+    assert signal.getsignal(signal.SIGPROF) is before
     frames = prof["shared"]["frames"]
     [sampled] = prof["profiles"]
     burning = sum(w for s, w in zip(sampled["samples"], sampled["weights"], strict=True)
                   if any(frames[i]["name"] == "burn_cpu" for i in s))  # fmt: skip
     assert burning > 0.5 * sampled["endValue"], f"{burning / sampled['endValue']:.0%} of the samples in burn_cpu"
+
+
+def test_off_the_main_thread_a_sampler_thread_takes_the_profile() -> None:
+    from agentflow.insight.sampler import cpu_profile
+
+    switch = sys.getswitchinterval()
+
+    async def main() -> dict[str, Any]:
+        stop = asyncio.Event()
+
+        async def cpu() -> None:
+            while not stop.is_set():
+                burn_cpu(5)
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(cpu())
+        prof = await cpu_profile(0.5, interval_s=0.002)
+        stop.set()
+        await task
+        return prof
+
+    done: list[dict[str, Any]] = []
+    thread = threading.Thread(target=lambda: done.append(asyncio.run(main())))
+    thread.start()
+    thread.join(30)
+    [prof] = done
+    assert prof["agentflow"]["clock"] == "wall" and prof["agentflow"]["samples"] > 0
+    frames = prof["shared"]["frames"]
+    assert "burn_cpu" in {frames[i]["name"] for stack in prof["profiles"][0]["samples"] for i in stack}
+    assert sys.getswitchinterval() == switch  # put back
 
 
 async def test_closing_the_runner_ends_a_cpu_profile_early_with_what_it_has(
@@ -188,7 +224,8 @@ async def test_closing_the_runner_ends_a_cpu_profile_early_with_what_it_has(
     runner = busy_runner(make_runner, profiling=True)
     await runner.start()
     profile = asyncio.ensure_future(get(http, url(runner, "/debug/profile?seconds=60")))
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.3)
+    burn_cpu(200)  # CPU time for the profile to sample
     t0 = asyncio.get_running_loop().time()
     await runner.aclose()
     closed_in = asyncio.get_running_loop().time() - t0
