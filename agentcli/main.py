@@ -22,6 +22,9 @@ from agentflow import AgentflowError, ConfigError
 from . import runtime
 from .bench.cli import benchmark_app
 from .init import init
+from .insight.cost_report import cost_report
+from .insight.profile import profile
+from .insight.profile_report import profile_report
 from .loadtest.cli import loadtest_app
 from .ops.config import config_app
 from .ops.dlq import dlq_app
@@ -87,7 +90,7 @@ class AgentcliGroup(TyperGroup):
 app = typer.Typer(
     name="agentcli",
     cls=AgentcliGroup,
-    help="Drive agentflow: run workers, emit events, serve a mock LLM, benchmark and load-test.",
+    help="Drive agentflow: run workers, emit events, serve a mock LLM, benchmark, load-test, profile and cost reports.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -148,6 +151,9 @@ app.add_typer(dlq_app, name="dlq")
 app.command(name="mock-llm")(mock_llm)
 app.add_typer(config_app, name="config")
 app.command(name="init")(init)
+app.command(name="profile-report")(profile_report)
+app.command(name="cost-report")(cost_report)
+app.command(name="profile")(profile)
 
 
 def main() -> None:

@@ -18,8 +18,10 @@ subscribed to them::
 from .agents import BatchContext, Context
 from .agents.loop import AgentRun, ToolCallRecord
 from .bus import Bus, BusStatistics, MemoryBus, Subscription, SubscriptionStatistics, create_bus
+from .components import ComponentFigures, ComponentSample, HistSample
 from .config import (
     AgentConfig,
+    AlertsConfig,
     BusConfig,
     Config,
     DlqConfig,
@@ -39,6 +41,7 @@ from .config import (
     StateConfig,
     ToolBreakerConfig,
     ToolConfig,
+    TracingConfig,
     WorkflowConfig,
     WorkflowStepConfig,
     config_from_dict,
@@ -102,6 +105,16 @@ from .errors import (
 )
 from .events import DeadLetter, Event, EventCodec, RawEvent, new_event_id
 from .hdr import HistogramStatistics, LatencyHistogram
+from .insight import (
+    Alert,
+    CostHistory,
+    CostReport,
+    ProfileReport,
+    ProfileSnapshot,
+    build_cost_report,
+    build_profile,
+    take_snapshot,
+)
 from .llm.batching import BatcherStatistics, MicroBatcher
 from .llm.cache import CacheStatistics, TTLCache
 from .llm.cost import CostRow, CostTracker
@@ -161,6 +174,8 @@ __all__ = [
     "AgentSettings",
     "AgentStatistics",
     "AgentflowError",
+    "Alert",
+    "AlertsConfig",
     "BackpressureError",
     "BatchContext",
     "BatchError",
@@ -183,10 +198,14 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "CompletionResponse",
+    "ComponentFigures",
+    "ComponentSample",
     "Config",
     "ConfigError",
     "Context",
     "ConversationMemory",
+    "CostHistory",
+    "CostReport",
     "CostRow",
     "CostTracker",
     "DeadLetter",
@@ -205,6 +224,7 @@ __all__ = [
     "FunctionCall",
     "FunctionTool",
     "HandlerTimeoutError",
+    "HistSample",
     "HistogramStatistics",
     "JoinTimeoutError",
     "KafkaConfig",
@@ -241,6 +261,8 @@ __all__ = [
     "MonitoringConfig",
     "Producer",
     "ProducerStatistics",
+    "ProfileReport",
+    "ProfileSnapshot",
     "ProviderClient",
     "RateLimitError",
     "RateLimitQueueFullError",
@@ -293,6 +315,7 @@ __all__ = [
     "ToolSet",
     "ToolStatistics",
     "ToolTimeoutError",
+    "TracingConfig",
     "UnknownToolError",
     "Usage",
     "WorkerPool",
@@ -309,11 +332,14 @@ __all__ = [
     "WorkflowStepConfig",
     "Workflows",
     "__version__",
+    "build_cost_report",
+    "build_profile",
     "config_from_dict",
     "create_bus",
     "load_config",
     "new_event_id",
     "scrub_secrets",
+    "take_snapshot",
     "tool",
 ]
 

@@ -18,11 +18,14 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .components import ComponentSample
 
 __all__ = ["MAX_OBSERVED_S", "AgentMetrics", "GaugeSample", "Metrics", "Pow2Histogram"]
 
@@ -202,6 +205,9 @@ class Metrics(Collector):
         self._budgets: dict[str, BudgetMetrics] = {}
         self._batchers: dict[str, BatcherMetrics] = {}
         self._families: list[Callable[[], Iterable[Metric]]] = []
+        self._components: list[Callable[[], Iterable[ComponentSample]]] = []
+        #: How late the event loop ran a timer that asked to run on time: measured always (agentflow.insight).
+        self.loop_lag = Pow2Histogram()
         self.registry.register(self)
         try:
             ProcessCollector(registry=self.registry)
@@ -227,6 +233,24 @@ class Metrics(Collector):
 
     def batcher(self, name: str) -> BatcherMetrics:
         return self._batchers.setdefault(name, BatcherMetrics(name))
+
+    def agents(self) -> dict[str, AgentMetrics]:
+        """Every agent's counters, by name (the profile and the alerts read them)."""
+        return dict(self._agents)
+
+    def breakers(self) -> dict[str, BreakerMetrics]:
+        return dict(self._breakers)
+
+    def rate_limiters(self) -> dict[str, LimiterMetrics]:
+        return dict(self._limiters)
+
+    def add_components(self, source: Callable[[], Iterable[ComponentSample]]) -> None:
+        """Register a callable that describes tools, MCP servers, state stores or workflow steps for the profile
+        report (:class:`~agentflow.components.ComponentSample`); read when a profile or an alert needs it."""
+        self._components.append(source)
+
+    def components(self) -> list[ComponentSample]:
+        return [sample for source in self._components for sample in source()]
 
     def emitted(self, topic: str, n: int = 1) -> None:
         e = self._emitted
@@ -324,6 +348,12 @@ class Metrics(Collector):
             duration.add_metric([name], a.duration.cumulative_buckets(), a.duration.sum)
             wait.add_metric([name], a.queue_wait.cumulative_buckets(), a.queue_wait.sum)
         yield from (handled, failures, retries, dead, duration, wait)
+        lag = HistogramMetricFamily(
+            "agentflow_event_loop_lag_seconds",
+            "How late the event loop ran a periodic timer: time it could not run callbacks on time.",
+        )
+        lag.add_metric([], self.loop_lag.cumulative_buckets(), self.loop_lag.sum)
+        yield lag
         yield from self._resilience_families()
         families: dict[str, GaugeMetricFamily] = {}
         for source in self._gauges:

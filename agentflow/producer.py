@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from . import tracing as _tracing
 from .bus import Bus, Subscription, create_bus
 from .config import Config, load_config
 from .errors import ConfigError, DeliveryUncertainError, LifecycleError, RequestTimeoutError
@@ -83,6 +84,8 @@ class Producer(Lifecycle):
         )
 
     async def _open(self) -> None:
+        if self.config.tracing.enabled:  # emits carry the caller's trace context ([tracing])
+            _tracing.configure(self.config.tracing, self)
         await self.bus.start()
 
     async def _close(self) -> None:
@@ -94,6 +97,7 @@ class Producer(Lifecycle):
             await self._reply_sub.aclose()
         if self._owns_bus:
             await self.bus.aclose()
+        _tracing.release(self)
 
     def _check_open(self) -> None:
         self._check_running("emit")
@@ -114,6 +118,8 @@ class Producer(Lifecycle):
         been written nonetheless (see :meth:`resend`).
         """
         self._check_open()
+        if _tracing.TRACER is not None:
+            headers = _tracing.inject(headers)
         events = make_events(topic, list(payloads), key, headers, None, 0)
         await self.bus.publish(topic, events)
         self._emitted += len(events)
@@ -156,6 +162,8 @@ class Producer(Lifecycle):
         await self._ensure_replies()
         pending = self._pending
         pending.check_room(topic)
+        if _tracing.TRACER is not None:
+            headers = _tracing.inject(headers)
         eid = new_event_id()
         fut = pending.open(asyncio.get_running_loop(), eid, topic, timeout_s)
         try:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
+from . import tracing as _tracing
 from ._waiting import WaitingEmits
 from .agents import AgentSpec, AgentWorker, BatchAgentWorker, Handler
 from .bus import create_bus
@@ -35,6 +36,7 @@ from .errors import (
     Skip,
 )
 from .events import DeadLetter, Event, EventCodec, RawEvent, make_events, new_event_id
+from .insight.hub import Insight
 from .lifecycle import Lifecycle, State
 from .metrics import GaugeSample, Metrics
 from .pool import WorkerPool
@@ -136,6 +138,8 @@ class Runner(Lifecycle):
         self.metrics.add_families(self._tool_metrics.collect)
         self.metrics.add_families(lambda: state_families(self.state_store))
         self.pool.usage = self._pool_usage
+        #: Event-loop lag, alerts, the profile and cost reports (agentflow.insight; docs/observability.md).
+        self.insight = Insight(self)
 
     # ---- registration ----------------------------------------------------------------------------------
 
@@ -311,6 +315,22 @@ class Runner(Lifecycle):
         the same events, which the steps can deduplicate). ``await run.result(timeout_s=...)`` waits for it."""
         return await self.workflows.start(name, payload, key=key, run_id=run_id)
 
+    def with_config(self, config: Config) -> Runner:
+        """A new, un-started Runner with this one's agents, tools and workflows and another config (its own bus,
+        state, metrics and LLM clients): ``agentcli run --dry-run`` runs an app's agents against the mock LLM this
+        way::
+
+            dry = runner.with_config(msgspec.structs.replace(runner.config, llm=mock_providers))
+        """
+        if self._lifecycle is not State.CREATED:
+            raise LifecycleError("with_config copies an un-started Runner; call it before start().")
+        other = Runner(config)
+        other._specs = dict(self._specs)
+        for t in self.tools:  # before start only the runner's own tools are here; MCP tools come with [mcp.*]
+            other.tools.add(t, replace=True)
+        other.workflows.adopt(self.workflows)
+        return other
+
     @property
     def agent_topics(self) -> dict[str, str]:
         """Registered agents: name → topic."""
@@ -324,6 +344,8 @@ class Runner(Lifecycle):
             self._specs[spec.name] = spec
         self._warn_about_config()
         self._stack = contextlib.AsyncExitStack()
+        if cfg.tracing.enabled:
+            _tracing.configure(cfg.tracing, self)
         await self.bus.start()
         await self.state_store.start()
         if self.llm is not None:
@@ -349,6 +371,7 @@ class Runner(Lifecycle):
         self._watchdog = self._tg.create_task(self.pool.watchdog(), name="agentflow-watchdog")
         if self.workflows.has_timeouts:
             self._sweeper = self._tg.create_task(self.workflows.sweep(), name="agentflow-workflow-joins")
+        self.insight.start(self._tg)
         mon = cfg.monitoring
         if mon.metrics_enabled:
             from .service import Service
@@ -392,10 +415,15 @@ class Runner(Lifecycle):
         extra: dict[str, Any] = {}
         if spec.batch_size is not None:
             kind, extra = BatchAgentWorker, {"batch_size": spec.batch_size}
+        handler = spec.handler
+        if _tracing.TRACER is not None:  # only then: a traced handler costs a span per call
+            wrap = _tracing.wrap_handler if spec.batch_size is None else _tracing.wrap_batch_handler
+            system = "kafka" if self.bus.backend == "kafka" else "agentflow"
+            handler = wrap(handler, spec.name, system, self._timed_out)
         worker: AgentWorker = kind(
             **extra,
             name=spec.name,
-            handler=spec.handler,
+            handler=handler,
             sub=sub,
             pool=self.pool,
             metrics=self.metrics.agent(spec.name),
@@ -470,6 +498,7 @@ class Runner(Lifecycle):
             await a.close_subscription()
         if self._service is not None:
             await self._service.aclose()
+        await self.insight.aclose()
         if self.llm is not None:
             await self.llm.aclose()
         if self._mcp is not None:
@@ -485,6 +514,7 @@ class Runner(Lifecycle):
         await self._replies.aclose()
         if self._owns_bus:
             await self.bus.aclose()
+        _tracing.release(self)
 
     async def _wait_in_flight(self, timeout_s: float) -> bool:
         deadline = time.perf_counter() + timeout_s
@@ -542,6 +572,8 @@ class Runner(Lifecycle):
         """Emit one event, waiting while the topic's buffer is full; return the event id."""
         if self._lifecycle is not _RUNNING:
             self._check_accepting()
+        if _tracing.TRACER is not None:
+            headers = _tracing.inject(headers)
         eid = new_event_id()
         batch = (
             Event(
@@ -569,6 +601,8 @@ class Runner(Lifecycle):
         """Emit one event, or raise BackpressureError at once if the topic's buffer is full."""
         if self._lifecycle is not _RUNNING:
             self._check_accepting()
+        if _tracing.TRACER is not None:
+            headers = _tracing.inject(headers)
         eid = new_event_id()
         event = Event(
             topic=topic, payload=payload, key=key, id=eid, headers=headers, created_at=time.time(), correlation_id=eid
@@ -588,6 +622,8 @@ class Runner(Lifecycle):
         """Emit a batch of events with one bus operation; return their ids (in order)."""
         if self._lifecycle is not _RUNNING:
             self._check_accepting()
+        if _tracing.TRACER is not None:
+            headers = _tracing.inject(headers)
         events = make_events(topic, list(payloads), key, headers, None, 0)
         if not self.bus.offer(topic, events):
             await self._waiting.publish(self.bus, topic, events)
@@ -622,6 +658,8 @@ class Runner(Lifecycle):
             raise LifecycleError(f"No agent subscribes to topic {topic!r}, so a request to it cannot be answered.")
         requests = self._requests
         requests.check_room(topic)
+        if _tracing.TRACER is not None:
+            headers = _tracing.inject(headers)
         loop = asyncio.get_running_loop()
         eid = new_event_id()
         fut = requests.open(loop, eid, topic, timeout_s)
@@ -695,12 +733,23 @@ class Runner(Lifecycle):
         guarded.__name__ = getattr(handler, "__name__", agent)
         return guarded
 
+    def _timed_out(self) -> bool:
+        """Whether the current task was cancelled by the watchdog (a timeout), for the event spans."""
+        task = asyncio.current_task()
+        return task is not None and self.pool.timed_out(task)
+
     def _llm_for(self, agent: str, event: Event | None) -> AgentLLM:
         if self.llm is None:
             raise LifecycleError(
                 "ctx.llm needs an LLM provider: add an [llm.NAME] table with base_url to the config (docs/llm.md)."
             )
-        return self.llm.for_agent(agent, None if event is None else event.correlation_id)
+        if event is None:
+            return self.llm.for_agent(agent, None)
+        run = event.correlation_id
+        if event.depth == 0 and run is not None:
+            # A workflow's first event names it in the cost history (its topic), unless the workflow layer does.
+            self.llm.costs.ledger.name_run(run, event.topic)
+        return self.llm.for_agent(agent, run)
 
     def _mcp_hub(self) -> MCPHub:
         try:
@@ -776,6 +825,8 @@ class Runner(Lifecycle):
         if self._lifecycle is State.CLOSED:
             raise LifecycleError(self._state_sentence("emit"))
         depth = parent.depth + 1
+        if _tracing.TRACER is not None:  # the handler's span is current: the follow-up continues its trace
+            headers = _tracing.inject(headers)
         events = make_events(topic, payloads, key, headers, parent.correlation_id, depth, parent.id, start)
         limit = self.config.runner.max_workflow_depth
         if depth > limit:
@@ -907,6 +958,15 @@ class Runner(Lifecycle):
             )
             out.append(
                 (
+                    "agentflow_agent_concurrency",
+                    "Handlers this agent may run at once: its workers ([agents.NAME] concurrency).",
+                    ("agent",),
+                    (a.name,),
+                    float(a.concurrency),
+                )
+            )
+            out.append(
+                (
                     "agentflow_dead_letter_writes_failing",
                     "Dead letters whose write to the dead-letter queue failed and is being retried.",
                     ("agent",),
@@ -925,6 +985,16 @@ class Runner(Lifecycle):
                     float(sub.buffered),
                 )
             )
+            if sub.lag is not None:
+                out.append(
+                    (
+                        "agentflow_consumer_lag",
+                        "Events of the topic the consumer group has not finished (on Kafka: to the partitions' end).",
+                        ("topic", "group"),
+                        (sub.topic, sub.group),
+                        float(sub.lag),
+                    )
+                )
         out.append(("agentflow_dead_letters", "Entries in the dead-letter queue.", (), (), float(bus.dead_letters)))
         out.append(
             (

@@ -1,5 +1,5 @@
 """The programs some tests need beside the Python packages: Debian's ``chromium`` (renders the HTML reports),
-and ``redis-server`` (the Redis state backend).
+``redis-server`` (the Redis state backend) and ``promtool`` (package ``prometheus``: checks the alerting rules).
 
 The test command installs what the tests need: :func:`ensure` finds a program, and when it is missing and the
 machine can (root, with apt-get), installs its Debian package first — once per session — so ``pytest`` passes on a

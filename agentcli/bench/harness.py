@@ -28,7 +28,17 @@ from typing import Any
 
 from rich.progress import Progress
 
-from agentflow import Config, Context, DeadLetteredError, Event, LatencyHistogram, RequestTimeoutError, Runner
+from agentflow import (
+    Config,
+    Context,
+    DeadLetteredError,
+    Event,
+    LatencyHistogram,
+    ProfileSnapshot,
+    RequestTimeoutError,
+    Runner,
+    take_snapshot,
+)
 
 from ..apps import App
 from .measure import (
@@ -260,7 +270,9 @@ class AgentflowRun:
         start = sum(_counts(runner, agent))
         return lambda: sum(_counts(runner, agent)) - start
 
-    def _check(self, result: RunResult, before: tuple[int, int]) -> RunResult:
+    def _check(self, result: RunResult, before: tuple[int, int], snap: ProfileSnapshot) -> RunResult:
+        # The runner's profile over the measured phase, for agentcli profile-report --from.
+        result.profile = take_snapshot(self.runner).minus(snap)
         handled, dead = (a - b for a, b in zip(_counts(self.runner, self.target.agent), before, strict=True))
         ours = result.completed + result.errors
         if handled + dead != ours or ours != result.requested:
@@ -277,13 +289,14 @@ class AgentflowRun:
         tally = Tally()
         before = _counts(runner, target.agent)
         gc.collect()
+        snap = take_snapshot(runner)
         async with Ticker(self.progress, self.label, spec.limits, tally.finished):
             cpu0, t0 = cpu_seconds(), perf_counter()
             async with self.profiler:
                 hist = await closed_loop(request, spec.users, spec.limits, FAILURES, tally)
             duration, cpu = perf_counter() - t0, cpu_seconds() - cpu0
         result = RunResult(self.label, tally.issued, tally.completed, tally.errors, duration, cpu, hist)
-        return self._check(result, before)
+        return self._check(result, before, snap)
 
     async def _flood(self, limits: Limits, tally: Tally, *, stamp: bool, label: str) -> float:
         """Emit as fast as possible and drain; return the seconds from first emit to drained."""
@@ -304,6 +317,7 @@ class AgentflowRun:
         tally = Tally()
         before = _counts(runner, target.agent)
         gc.collect()
+        snap = take_snapshot(runner)
         cpu0 = cpu_seconds()
         async with self.profiler:
             duration = await self._flood(self.spec.limits, tally, stamp=False, label=self.label)
@@ -311,7 +325,7 @@ class AgentflowRun:
         handled, dead = (a - b for a, b in zip(_counts(runner, target.agent), before, strict=True))
         completed = rec.hist.count if rec is not None else handled
         hist = rec.hist if rec is not None else None
-        return self._check(RunResult(self.label, tally.issued, completed, dead, duration, cpu, hist), before)
+        return self._check(RunResult(self.label, tally.issued, completed, dead, duration, cpu, hist), before, snap)
 
     async def latency(self) -> RunResult:
         spec, target, runner = self.spec, self.target, self.runner
@@ -322,6 +336,7 @@ class AgentflowRun:
         tally = Tally()
         label = f"{self.label} at {rate:,.0f}/s"
         gc.collect()
+        snap = take_snapshot(runner)
         cpu0 = cpu_seconds()
         if rec is not None:
             rec.hist = LatencyHistogram()
@@ -354,7 +369,7 @@ class AgentflowRun:
             rate_per_s=rate,
             planned_s=planned_events(spec.limits, rate) / rate,
         )
-        return self._check(result, before)
+        return self._check(result, before, snap)
 
     def _request(self) -> Callable[[], Awaitable[Any]]:
         return functools.partial(self.runner.request, self.target.topic, self.spec.payload)

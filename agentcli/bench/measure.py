@@ -27,7 +27,7 @@ from typing import Any
 
 from rich.progress import Progress, TaskID
 
-from agentflow import LatencyHistogram
+from agentflow import LatencyHistogram, ProfileSnapshot
 
 from ..output import OPTIONS, ProgressLines, clock
 
@@ -139,6 +139,8 @@ class RunResult:
     #: latency mode: how long the paced run would take if every event were handled on schedule
     planned_s: float | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: agentflow side: the runner's profile snapshot over the measured phase (agentcli profile-report reads it)
+    profile: ProfileSnapshot | None = None
 
     @property
     def throughput_per_s(self) -> float:

@@ -113,7 +113,7 @@ def measurement(
         round_ratios=_round_ratios(outcome, spec), details=details,
         latency_measures=latency_measures(target, spec.mode), config=effective_config(outcome.config),
         options=options, repeat=spec.repeat, order=order_of(sides, spec.repeat), rank=rank, warnings=warnings,
-        notes=notes,
+        notes=notes, profile=ours.profile,
     )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from agentflow import Config, LatencyHistogram
+from agentflow import Config, LatencyHistogram, ProfileSnapshot
 
 from ..runtime import Interruption, machine, versions
 from ..thresholds import LATENCY, NUMBER, Figures, Threshold, Verdict, verdict, verdict_table
@@ -82,6 +82,8 @@ class Measurement:
     notes: list[str] = field(default_factory=list)
     #: something the figures do not show went wrong (overload: accepted events lost)
     failed: bool = False
+    #: the reported agentflow run's profile snapshot (noop and --app)
+    profile: ProfileSnapshot | None = None
 
 
 def by_throughput(run: Run) -> float:
@@ -193,7 +195,7 @@ def build_report(
         round_ratios=[RoundRatios(round=n, ratios=rr) for n, rr in enumerate(m.round_ratios, 1)],
         thresholds=verdicts, passed=not failed, interrupted=interrupted, warnings=m.warnings, notes=m.notes,
         details=m.details, options=m.options, config=m.config, versions=versions(), machine=machine(), command=command,
-        started_at=started_at,
+        started_at=started_at, profile_snapshot=m.profile,
     )  # fmt: skip
 
 

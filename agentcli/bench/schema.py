@@ -14,6 +14,8 @@ from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 
+from agentflow import ProfileSnapshot
+
 from ..runtime import Interruption, Machine, Versions
 from ..thresholds import Verdict
 
@@ -380,3 +382,10 @@ class Report(msgspec.Struct, kw_only=True):
     phases: Annotated[
         list[Report], _doc("the bare `agentcli benchmark`: the phases after the first, each a full report")
     ] = msgspec.field(default_factory=list)
+    profile_snapshot: Annotated[
+        ProfileSnapshot | None,
+        _doc(
+            "noop and --app: the runner's profile snapshot over the reported run's measured phase "
+            "(agentcli profile-report --from reads it)"
+        ),
+    ] = None

@@ -331,7 +331,7 @@ def _measure(plan: Plan, scenario_obj: Any, console: Console) -> LoadReport:
     return build(
         plan, outcome.collector, target=outcome.target, started_at=started_at, aborted=outcome.aborted,
         iterations_interrupted=outcome.iterations_interrupted, command=command_line(),
-        interrupted=interruption(stop, t0, plan.duration_s),
+        interrupted=interruption(stop, t0, plan.duration_s), profile=outcome.profile,
     )  # fmt: skip
 
 

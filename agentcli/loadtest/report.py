@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from agentflow import scrub_secrets
+from agentflow import ProfileSnapshot, scrub_secrets
 
 from ..runtime import Interruption, Machine, machine, versions
 from ..thresholds import Verdict, verdict
@@ -115,6 +115,8 @@ class LoadReport(msgspec.Struct, kw_only=True):
     machine: Machine | None = None
     #: set when Ctrl-C or SIGTERM stopped the run: the figures cover what ran until then
     interrupted: Interruption | None = None
+    #: an in-process runner's profile snapshot over the run (agentcli profile-report --from reads it)
+    profile_snapshot: ProfileSnapshot | None = None
 
 
 def _ms(figures: dict[str, float | None]) -> dict[str, dict[str, float]]:
@@ -163,6 +165,7 @@ def build(
     iterations_interrupted: int,
     command: list[str],
     interrupted: Interruption | None = None,
+    profile: ProfileSnapshot | None = None,
 ) -> LoadReport:
     total = collector.total()
     stages = [_stretch(f"stage {i + 1} ({s.describe()})", acc, plan) for i, (s, acc) in enumerate(
@@ -205,7 +208,7 @@ def build(
         stages=stages,
         windows=[_window(r, plan) for r in collector.windows], window_merges=collector.windows.merges,
         thresholds=verdicts, rss_mb=collector.rss_samples, spec=spec, command=masked_command(command),
-        versions=msgspec.to_builtins(versions()), machine=machine(), interrupted=interrupted,
+        versions=msgspec.to_builtins(versions()), machine=machine(), interrupted=interrupted, profile_snapshot=profile,
     )  # fmt: skip
 
 

@@ -7,12 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentflow import ProfileSnapshot
+
 from ..runtime import Stop
 from .collector import Collector
 from .model import Engine
 from .plan import Plan, make_target
 from .scenario import build_payload
-from .targets import LoadTarget
+from .targets import LoadTarget, RunnerTarget
 
 __all__ = ["LiveStatus", "Outcome", "run_local"]
 
@@ -39,6 +41,8 @@ class Outcome:
     #: iterations cancelled when graceful_stop ran out
     iterations_interrupted: int
     extra: dict[str, Any] = field(default_factory=dict)
+    #: an in-process runner's profile snapshot over the run
+    profile: ProfileSnapshot | None = None
 
 
 def engine_for(
@@ -97,4 +101,7 @@ async def run_local(
         finally:
             if stop is not None:
                 stop.remove(engine.stop)
-    return Outcome(collector, tgt.describe(), engine.aborted, engine.stats.interrupted)
+    outcome = Outcome(collector, tgt.describe(), engine.aborted, engine.stats.interrupted)
+    if isinstance(tgt, RunnerTarget):
+        outcome.profile = tgt.profile
+    return outcome

@@ -24,8 +24,10 @@ from agentflow import (
     DeliveryUncertainError,
     Event,
     Producer,
+    ProfileSnapshot,
     RequestTimeoutError,
     Runner,
+    take_snapshot,
 )
 
 __all__ = ["HttpTarget", "KafkaTarget", "LoadTarget", "Probe", "RunnerTarget", "noop_runner"]
@@ -97,15 +99,21 @@ class RunnerTarget(LoadTarget):
         self.name = name
         self.timeout_s = timeout_s
         self._entered = False
+        self._start: ProfileSnapshot | None = None
+        #: the runner's profile snapshot over the load test, taken as the target closes
+        self.profile: ProfileSnapshot | None = None
 
     async def __aenter__(self) -> RunnerTarget:
         await self.runner.__aenter__()
         self._entered = True
+        self._start = take_snapshot(self.runner)
         return self
 
     async def aclose(self) -> None:
         if self._entered:
             self._entered = False
+            if self._start is not None:
+                self.profile = take_snapshot(self.runner).minus(self._start)
             await self.runner.aclose()
 
     async def call(self, payload: Any, probe: Probe) -> Any:

@@ -69,8 +69,44 @@ def run(
     log_level: Annotated[str, typer.Option(help="Log level of agentflow's records on stderr.")] = "info",
     worker_index: Annotated[int, typer.Option(hidden=True)] = 0,
     parent_pid: Annotated[int, typer.Option(hidden=True)] = 0,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Run the agents on --events in this process against the mock LLM, on the memory bus, with no "
+            "HTTP server: nothing reaches a provider, a broker or the network.",
+            rich_help_panel="Dry run",
+        ),
+    ] = False,
+    estimate_cost: Annotated[
+        bool,
+        typer.Option(
+            "--estimate-cost",
+            help="With --dry-run: the estimated cost per event, per workflow (min/max over the sample) and per agent, "
+            "from the \\[llm.NAME.prices] tables.",
+            rich_help_panel="Dry run",
+        ),
+    ] = False,
+    events: Annotated[
+        Path | None,
+        typer.Option(help="With --dry-run: sample events, one JSON object per line.", rich_help_panel="Dry run"),
+    ] = None,
+    completion_tokens: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=100_000,
+            help="With --dry-run: completion tokens the mock answers per call (max_tokens caps it).",
+            rich_help_panel="Dry run",
+        ),
+    ] = 256,
+    json: Annotated[
+        bool, typer.Option("--json", help="With --dry-run: print the estimate as JSON.", rich_help_panel="Dry run")
+    ] = False,
 ) -> None:
-    """Run your agents: worker processes with health, readiness, metrics and HTTP ingest; SIGTERM drains."""
+    """Run your agents: worker processes with health, readiness, metrics and HTTP ingest; SIGTERM drains.
+
+    With --dry-run --estimate-cost --events sample.jsonl: run the sample against the mock LLM and estimate its cost."""
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         raise typer.BadParameter(f"{log_level!r} is not a log level; use debug, info, warning or error.")
@@ -81,6 +117,15 @@ def run(
     except typer.BadParameter as exc:
         exc.param_hint = exc.param_hint or "'MODULE:RUNNER'"
         raise
+    if dry_run or estimate_cost or events is not None:
+        if not dry_run:
+            raise typer.BadParameter("--estimate-cost and --events go with --dry-run.", param_hint="'--dry-run'")
+        from .dryrun import run_dry  # the mock server is loaded only for a dry run
+
+        raise typer.Exit(
+            run_dry(runner, app_ref, events, completion_tokens=completion_tokens, estimate_cost=estimate_cost,
+                    as_json=json)
+        )  # fmt: skip
     mon = runner.config.monitoring
     if workers > 1:
         if runner.bus.backend == "memory":

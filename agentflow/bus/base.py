@@ -85,7 +85,9 @@ class _Selection:
 
 
 class SubscriptionStatistics(msgspec.Struct, frozen=True):
-    """Live counts of one subscription: ``buffered`` (waiting in the bus) and ``unacked`` (taken)."""
+    """Live counts of one subscription: ``buffered`` (waiting in the bus) and ``unacked`` (taken); ``lag`` is the
+    events not yet finished — on Kafka the distance from the committed position to the end of each assigned
+    partition, as far as the last fetch knows it (None before the first fetch)."""
 
     topic: str
     group: str
@@ -95,6 +97,7 @@ class SubscriptionStatistics(msgspec.Struct, frozen=True):
     taken: int
     acked: int
     requeued: int
+    lag: int | None = None
 
 
 class BusStatistics(msgspec.Struct, frozen=True):

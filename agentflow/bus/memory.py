@@ -176,15 +176,17 @@ class MemorySubscription(WakeUps, Subscription):
         self._wake()
 
     def statistics(self) -> SubscriptionStatistics:
+        buffered = self._buffered()
         return SubscriptionStatistics(
             topic=self.topic,
             group=self.group,
             partitions=tuple(self._part_ids),
-            buffered=self._buffered(),
+            buffered=buffered,
             unacked=len(self._unacked),
             taken=self._taken,
             acked=self._taken - self._requeued - len(self._unacked),
             requeued=self._requeued,
+            lag=buffered + len(self._unacked),
         )
 
 

@@ -11,6 +11,7 @@ environment into a :class:`Config` and names the key, the file and the fix when 
 from .loader import ENV_PREFIX, config_from_dict, load_config
 from .schema import (
     AgentConfig,
+    AlertsConfig,
     BusConfig,
     Config,
     DlqConfig,
@@ -30,6 +31,7 @@ from .schema import (
     StateConfig,
     ToolBreakerConfig,
     ToolConfig,
+    TracingConfig,
     WorkflowConfig,
     WorkflowStepConfig,
 )
@@ -37,6 +39,7 @@ from .schema import (
 __all__ = [
     "ENV_PREFIX",
     "AgentConfig",
+    "AlertsConfig",
     "BusConfig",
     "Config",
     "DlqConfig",
@@ -58,6 +61,7 @@ __all__ = [
     "StateConfig",
     "WorkflowConfig",
     "WorkflowStepConfig",
+    "TracingConfig",
     "config_from_dict",
     "load_config",
 ]

@@ -12,6 +12,7 @@ import msgspec
 
 __all__ = [
     "AgentConfig",
+    "AlertsConfig",
     "BusConfig",
     "Config",
     "DlqConfig",
@@ -33,6 +34,7 @@ __all__ = [
     "StateConfig",
     "WorkflowConfig",
     "WorkflowStepConfig",
+    "TracingConfig",
 ]
 
 
@@ -65,6 +67,14 @@ DEFAULT_TOKEN_ENV = "AGENTFLOW_HTTP_TOKEN"
 DEFAULT_MAX_BODY_BYTES = 4 * 1_048_576  # 4 MiB
 DEFAULT_MAX_EVENTS_PER_REQUEST = 1000
 DEFAULT_RETRY_AFTER_S = 1
+DEFAULT_LOOP_LAG_INTERVAL_S = 0.05
+DEFAULT_ALERT_INTERVAL_S = 5.0
+DEFAULT_ALERT_WINDOW_S = 60.0
+DEFAULT_ALERT_CLEAR_RATIO = 0.8
+DEFAULT_ALERT_CLEAR_AFTER = 3
+DEFAULT_ALERT_MIN_EVENTS = 20
+DEFAULT_TRACING_SERVICE_NAME = "agentflow"
+DEFAULT_TRACING_OTLP_ENDPOINT = "http://127.0.0.1:4318/v1/traces"
 DEFAULT_KAFKA_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
 DEFAULT_KAFKA_CLIENT_ID = "agentflow"
 DEFAULT_KAFKA_SECURITY_PROTOCOL: Literal["PLAINTEXT"] = "PLAINTEXT"
@@ -133,6 +143,7 @@ DEFAULT_PURGE_INTERVAL_S = 60.0
 DEFAULT_STATE_OPERATION_TIMEOUT_S = 5.0
 DEFAULT_REDIS_MAX_CONNECTIONS = 16
 DEFAULT_CONVERSATION_MAX_MESSAGES = 200
+DEFAULT_LLM_BUDGET_WARN_SHARE = 0.8
 
 _PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 _NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -239,6 +250,49 @@ class DlqConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     max_entries: _PositiveInt = DEFAULT_DLQ_MAX_ENTRIES
 
 
+class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[monitoring.alerts]``: thresholds the runner checks itself every ``interval_s`` over the last ``window_s``.
+
+    An alert fires when its figure passes the threshold and clears once the figure stays below
+    ``clear_ratio`` times the threshold for ``clear_after`` checks in a row (hysteresis, so a figure hovering at
+    the threshold does not flap). Rates and percentiles need ``min_events`` events in the window. A threshold
+    left unset is not checked; with none set, nothing runs (docs/observability.md)::
+
+        AlertsConfig(handler_p95_s=2.0, error_rate=0.05, event_loop_lag_s=0.1)
+    """
+
+    interval_s: _PositiveFloat = DEFAULT_ALERT_INTERVAL_S
+    window_s: _PositiveFloat = DEFAULT_ALERT_WINDOW_S
+    clear_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = DEFAULT_ALERT_CLEAR_RATIO
+    clear_after: _PositiveInt = DEFAULT_ALERT_CLEAR_AFTER
+    min_events: _PositiveInt = DEFAULT_ALERT_MIN_EVENTS
+    handler_p95_s: _PositiveFloat | None = None
+    error_rate: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
+    queue_wait_p95_s: _PositiveFloat | None = None
+    event_loop_lag_s: _PositiveFloat | None = None
+    rss_mb: _PositiveFloat | None = None
+    breaker_open: bool = False
+    rate_limit_wait_p95_s: _PositiveFloat | None = None
+    dlq_per_min: _PositiveFloat | None = None
+    consumer_lag: _PositiveInt | None = None
+
+    def any(self) -> bool:
+        """True when at least one threshold is set."""
+        return self.breaker_open or any(
+            getattr(self, k) is not None
+            for k in (
+                "handler_p95_s",
+                "error_rate",
+                "queue_wait_p95_s",
+                "event_loop_lag_s",
+                "rss_mb",
+                "rate_limit_wait_p95_s",
+                "dlq_per_min",
+                "consumer_lag",
+            )
+        )
+
+
 class MonitoringConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[monitoring]``: the runner's HTTP server — metrics, health, and optionally HTTP ingest and the DLQ.
 
@@ -261,6 +315,10 @@ class MonitoringConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     retry_after_s: _PositiveInt = DEFAULT_RETRY_AFTER_S
     ingest_topics: list[str] = msgspec.field(default_factory=list)
     ingest_any_topic: bool = False
+    # /debug/profile, /debug/heap, /debug/tasks, /debug/loop: off unless asked for, token-protected beyond loopback
+    profiling: bool = False
+    loop_lag_interval_s: Annotated[float, msgspec.Meta(ge=0.001, le=10)] = DEFAULT_LOOP_LAG_INTERVAL_S
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
 
 
 class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -286,6 +344,7 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     model: str | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     cache_ttl_s: _PositiveFloat | None = None
+    slo_p95_s: _PositiveFloat | None = None
 
 
 _NO_OVERRIDES = AgentConfig()
@@ -442,6 +501,7 @@ class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     request_timeout_s: _PositiveFloat = DEFAULT_LLM_REQUEST_TIMEOUT_S
     max_response_bytes: _PositiveInt = DEFAULT_LLM_MAX_RESPONSE_BYTES
     token_budget_per_workflow: _PositiveInt | None = None
+    token_budget_warn_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = DEFAULT_LLM_BUDGET_WARN_SHARE
     retry: LLMRetryConfig = msgspec.field(default_factory=LLMRetryConfig)
     breaker: LLMBreakerConfig = msgspec.field(default_factory=LLMBreakerConfig)
     limits: LLMLimitsConfig = msgspec.field(default_factory=LLMLimitsConfig)
@@ -626,6 +686,23 @@ class WorkflowConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     steps: dict[str, WorkflowStepConfig] = msgspec.field(default_factory=dict)
 
 
+class TracingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[tracing]``: OpenTelemetry spans for events, LLM calls, tools, state flushes and workflow steps.
+
+    Needs ``pip install 'agentflow-runner[otel]'``. ``exporter = "global"`` uses the tracer provider the application
+    set up (``opentelemetry.trace.set_tracer_provider``); ``"console"`` prints spans; ``"otlp"`` sends them to
+    ``otlp_endpoint`` (needs ``opentelemetry-exporter-otlp-proto-http``). See docs/observability.md::
+
+        TracingConfig(enabled=True, exporter="otlp", sample_ratio=0.1)
+    """
+
+    enabled: bool = False
+    service_name: str = DEFAULT_TRACING_SERVICE_NAME
+    exporter: Literal["global", "console", "otlp"] = "global"
+    otlp_endpoint: str = DEFAULT_TRACING_OTLP_ENDPOINT
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration.
 
@@ -648,6 +725,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     mcp: dict[str, MCPConfig] = msgspec.field(default_factory=dict)
     memory: StateConfig = msgspec.field(default_factory=StateConfig)
     workflows: dict[str, WorkflowConfig] = msgspec.field(default_factory=dict)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
 
     def agent(self, name: str) -> AgentConfig:
         """Return the overrides for agent ``name``, or an AgentConfig that overrides nothing."""

@@ -24,7 +24,9 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from yarl import URL
 
+from .. import tracing as _tracing
 from .._deadlines import TimedTask
 from ..config import LLMConfig
 from ..errors import (
@@ -115,6 +117,7 @@ class ProviderClient(Lifecycle):
         self.metrics = llm_metrics or LLMMetrics(CostTracker())
         self.costs = self.metrics.costs
         self.costs.set_prices(name, config.prices)
+        self.costs.set_budget(name, config.token_budget_per_workflow, config.token_budget_warn_share)
         self._breakers = breakers
         self._limiter_factory = limiter_factory
         self._limiters: dict[str, LimiterLike | None] = {}
@@ -143,6 +146,10 @@ class ProviderClient(Lifecycle):
         query = f"?api-version={config.api_version}" if config.api_style == "azure" and config.api_version else ""
         self._urls = {e: f"{base}/{e}{query}" for e in ("chat/completions", "embeddings", "completions")}
         self._base = base
+        # For the LLM spans ([tracing]): the GenAI system and the server they reach.
+        self._system = "az.ai.openai" if config.api_style == "azure" else "openai"
+        url = URL(base)
+        self._server = (url.host or "", url.port or 0)
         # A User-Agent of our own also keeps aiohttp off its slower skip-auto-headers path.
         self._pool = ConnectionPool(name, config, {"Content-Type": "application/json", "User-Agent": USER_AGENT})
         self._failures = Failures(name, config)
@@ -233,21 +240,20 @@ class ProviderClient(Lifecycle):
         if workflow is not None and self.config.token_budget_per_workflow is not None:
             self._check_budget(workflow)
         key = None if self.cache is None or cache is False else self._cache_key(cache, temperature, ("chat", body))
-        if key is not None and self.cache is not None:
-            hit = self.cache.get(key)
-            if isinstance(hit, ChatResponse):
-                return msgspec.structs.replace(hit, cached=True)
-            if self.shared_cache is not None:
-                shared = await self._shared_get(key)
-                if shared is not None:
-                    self.cache.put(key, shared, cache_ttl_s)
-                    return msgspec.structs.replace(shared, cached=True)
+        if key is not None or temperature == 0:
+            cached = await self._lookup(key, temperature, agent, cache_ttl_s)
+            if cached is not None:
+                return cached
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         # Only the rate limiter charges estimates.
         est = 0 if self._limiter_factory is None else _estimate(messages, max_tokens)
-        resp: ChatResponse = await self._send("chat/completions", body, model, est, priority, timeout_s, stream=stream)
+        resp: ChatResponse
+        if _tracing.TRACER is None:
+            resp = await self._send("chat/completions", body, model, est, priority, timeout_s, stream=stream)
+        else:
+            resp = await self._traced("chat", "chat/completions", body, model, est, priority, timeout_s, stream, agent)
         self.costs.record(self.name, model, agent or "_none", workflow, resp.usage)  # _account(), inlined
         if tools is not None:
             self._report_tool_calls(resp, model)
@@ -256,6 +262,25 @@ class ProviderClient(Lifecycle):
             if self.shared_cache is not None:
                 await self._shared_put(key, resp, cache_ttl_s)
         return resp
+
+    async def _lookup(
+        self, key: bytes | None, temperature: float | None, agent: str | None, cache_ttl_s: float | None
+    ) -> ChatResponse | None:
+        """The cached answer for ``key``: this process's cache first, then the shared level (whose answer the
+        local cache keeps). Chat calls with temperature 0 are counted by how the cache answered: what the
+        profile report's cache recommendation reads."""
+        found: ChatResponse | None = None
+        if key is not None and self.cache is not None:
+            hit = self.cache.get(key)
+            if isinstance(hit, ChatResponse):
+                found = hit
+            elif self.shared_cache is not None:
+                found = await self._shared_get(key)
+                if found is not None:
+                    self.cache.put(key, found, cache_ttl_s)
+        if temperature == 0:
+            self.metrics.deterministic(self.name, agent, "off" if key is None else "miss" if found is None else "hit")
+        return None if found is None else msgspec.structs.replace(found, cached=True)
 
     def _shared_key(self, key: bytes) -> str:
         # Hashed: the request body can be large, and the key names the provider (models differ between them).
@@ -331,9 +356,13 @@ class ProviderClient(Lifecycle):
         async def opener() -> StreamAssembler:
             if workflow is not None:
                 self._check_budget(workflow)
-            asm: StreamAssembler = await self._send(
-                "chat/completions", body, model, est, priority, timeout_s, stream=_OPEN
-            )
+            asm: StreamAssembler
+            if _tracing.TRACER is None:
+                asm = await self._send("chat/completions", body, model, est, priority, timeout_s, stream=_OPEN)
+            else:  # the span covers the wait for the first delta
+                asm = await self._traced(
+                    "chat", "chat/completions", body, model, est, priority, timeout_s, _OPEN, agent
+                )
             return asm
 
         def on_end(asm: StreamAssembler, response: ChatResponse | None, failure: LLMError | None) -> None:
@@ -408,7 +437,9 @@ class ProviderClient(Lifecycle):
             if self._batcher_factory is not None:
                 # One batcher serves many callers, so its requests use the provider's deadline and priority 0;
                 # each caller's own deadline still bounds its wait for the batch.
-                batcher = self._batcher(("embed", model, dimensions), self._embed_dispatch(model, dimensions, None))
+                batcher = self._batcher(
+                    ("embed", model, dimensions), self._embed_dispatch(model, dimensions, None, batched=True)
+                )
                 deadline = self._deadline(timeout_s)
                 if len(todo) == 1:  # the common case: no gather, so no task per call
                     results = [await batcher.submit(todo[0], tokens=estimate_tokens(todo[0]), deadline=deadline)]
@@ -447,7 +478,7 @@ class ProviderClient(Lifecycle):
         model = model or self.config.default_model
         self._check_budget(workflow)
         if self._batcher_factory is not None:
-            dispatch = self._complete_dispatch(model, max_tokens, temperature, None, 0)
+            dispatch = self._complete_dispatch(model, max_tokens, temperature, None, 0, batched=True)
             batcher = self._batcher(("complete", model, max_tokens, temperature), dispatch)
             deadline = self._deadline(timeout_s)
             results = await asyncio.gather(
@@ -477,14 +508,20 @@ class ProviderClient(Lifecycle):
         return b
 
     def _embed_dispatch(
-        self, model: str, dimensions: int | None, timeout_s: float | None, priority: int = 0
+        self, model: str, dimensions: int | None, timeout_s: float | None, priority: int = 0, *, batched: bool = False
     ) -> Callable[[list[str]], Awaitable[list[tuple[list[float], int]]]]:
         async def dispatch(texts: list[str]) -> list[tuple[list[float], int]]:
             body: dict[str, Any] = {"model": model, "input": texts}
             if dimensions is not None:
                 body["dimensions"] = dimensions
             est = sum(estimate_tokens(t) for t in texts)
-            resp: EmbeddingResponse = await self._send("embeddings", body, model, est, priority, timeout_s)
+            resp: EmbeddingResponse
+            if _tracing.TRACER is None:
+                resp = await self._send("embeddings", body, model, est, priority, timeout_s)
+            else:
+                resp = await self._traced(
+                    "embeddings", "embeddings", body, model, est, priority, timeout_s, 0, None, batched
+                )
             if len(resp.data) != len(texts):
                 raise LLMError(
                     f"Provider {self.name!r} returned {len(resp.data)} embeddings for {len(texts)} inputs; check "
@@ -498,7 +535,14 @@ class ProviderClient(Lifecycle):
         return dispatch
 
     def _complete_dispatch(
-        self, model: str, max_tokens: int | None, temperature: float | None, timeout_s: float | None, priority: int
+        self,
+        model: str,
+        max_tokens: int | None,
+        temperature: float | None,
+        timeout_s: float | None,
+        priority: int,
+        *,
+        batched: bool = False,
     ) -> Callable[[list[str]], Awaitable[list[tuple[str, int, int]]]]:
         async def dispatch(prompts: list[str]) -> list[tuple[str, int, int]]:
             body: dict[str, Any] = {"model": model, "prompt": prompts}
@@ -507,7 +551,13 @@ class ProviderClient(Lifecycle):
             if temperature is not None:
                 body["temperature"] = temperature
             est = sum(estimate_tokens(p) for p in prompts) + (max_tokens or 0) * len(prompts)
-            resp: CompletionResponse = await self._send("completions", body, model, est, priority, timeout_s)
+            resp: CompletionResponse
+            if _tracing.TRACER is None:
+                resp = await self._send("completions", body, model, est, priority, timeout_s)
+            else:
+                resp = await self._traced(
+                    "text_completion", "completions", body, model, est, priority, timeout_s, 0, None, batched
+                )
             texts = resp.texts
             if len(texts) != len(prompts):
                 raise LLMError(
@@ -561,6 +611,28 @@ class ProviderClient(Lifecycle):
             if len(self._routes) < MAX_ROUTES:  # models come from code, but a typo loop must not grow this
                 self._routes[model] = route
         return route
+
+    async def _traced(
+        self,
+        operation: str,
+        endpoint: str,
+        body: dict[str, Any],
+        model: str,
+        est_tokens: int,
+        priority: int,
+        timeout_s: float | None,
+        stream: int,
+        agent: str | None,
+        batched: bool = False,
+    ) -> Any:
+        """:meth:`_send` inside an LLM span (``[tracing]``): a batch serves many callers, so it starts its own trace."""
+        with _tracing.llm_span(
+            operation, self._system, self.name, model, body, agent=agent, server=self._server, detached=batched
+        ) as span:
+            result = await self._send(endpoint, body, model, est_tokens, priority, timeout_s, stream=stream)
+            if stream != _OPEN:
+                _tracing.llm_response(span, result)
+            return result
 
     async def _send(  # noqa: C901 - the measured per-call pipeline, one coroutine on purpose (see docstring)
         self,

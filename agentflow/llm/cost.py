@@ -12,15 +12,20 @@ it, so the budget stops a runaway chain of agents rather than one call::
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import OrderedDict
 
 import msgspec
 
 from ..config import LLMPrice
 from ..errors import TokenBudgetExceededError
+from .ledger import CostLedger
 from .types import Usage
 
 __all__ = ["CostRow", "CostTracker"]
+
+logger = logging.getLogger(__name__)
 
 #: Workflows whose usage is remembered; the oldest are forgotten first, so memory stays bounded.
 DEFAULT_MAX_WORKFLOWS = 100_000
@@ -51,6 +56,12 @@ class CostTracker:
         self._steps: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self._max_workflows = max_workflows
         self.budget_refusals = 0
+        #: Workflows that passed the warning share of their token budget (each warned once).
+        self.budget_warnings = 0
+        # provider -> (budget, tokens at which a workflow is warned): set_budget
+        self._warn_at: dict[str, tuple[int, int]] = {}
+        #: Cost over time and per run (bounded), for cost reports.
+        self.ledger = CostLedger()
 
     def __repr__(self) -> str:
         total = self.total()
@@ -61,6 +72,14 @@ class CostTracker:
 
     def set_prices(self, provider: str, prices: dict[str, LLMPrice]) -> None:
         self._prices[provider] = dict(prices)
+
+    def set_budget(self, provider: str, budget: int | None, warn_share: float) -> None:
+        """Warn (log and ``budget_warnings``) when a workflow calling ``provider`` passes ``warn_share`` of
+        ``budget`` tokens, before :meth:`check_budget` stops it."""
+        if budget is None:
+            self._warn_at.pop(provider, None)
+        else:
+            self._warn_at[provider] = (budget, max(1, int(budget * warn_share)))
 
     def cost_usd(self, provider: str, model: str, usage: Usage) -> float:
         price = self._prices.get(provider, {}).get(model)
@@ -91,6 +110,7 @@ class CostTracker:
         row.prompt_tokens += prompt
         row.completion_tokens += completion
         row.cost_usd += cost
+        self.ledger.add(provider, model, agent, workflow, prompt, completion, cost, now=time.time())
         if workflow is not None:
             used = self._workflows.pop(workflow, 0) + prompt + completion
             self._workflows[workflow] = used
@@ -103,12 +123,26 @@ class CostTracker:
                     self._steps.popitem(last=False)
             step[0] += prompt + completion
             step[1] += cost
+            warn = self._warn_at.get(provider)
+            if warn is not None and used - prompt - completion < warn[1] <= used:
+                self._warn(workflow, used, warn[0])
         return cost
 
     def step_usage(self, workflow: str, agent: str) -> tuple[int, float]:
         """Tokens and US dollars ``agent`` used in ``workflow`` in this process (0 when unknown or forgotten)."""
         step = self._steps.get((workflow, agent))
         return (0, 0.0) if step is None else (int(step[0]), step[1])
+
+    def _warn(self, workflow: str, used: int, budget: int) -> None:
+        self.budget_warnings += 1
+        logger.warning(
+            "Workflow %r has used %d LLM tokens, %.0f%% of its budget of %d (token_budget_per_workflow); its LLM "
+            "calls stop at the budget. Look for a loop between agents, or raise the budget.",
+            workflow,
+            used,
+            100.0 * used / budget,
+            budget,
+        )
 
     def used(self, workflow: str) -> int:
         """Tokens the workflow has used so far (0 when unknown or forgotten)."""

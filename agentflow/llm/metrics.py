@@ -16,7 +16,7 @@ from ..metrics import Pow2Histogram
 from .cache import TTLCache
 from .cost import CostTracker
 
-__all__ = ["OUTCOMES", "LLMMetrics", "ModelMetrics", "SharedCacheStats"]
+__all__ = ["CACHE_USES", "OUTCOMES", "LLMMetrics", "ModelMetrics", "SharedCacheStats"]
 
 #: Values of the ``outcome`` label, one per member of the LLM error tree plus success.
 OUTCOMES = (
@@ -31,6 +31,8 @@ OUTCOMES = (
     "error",
 )
 MAX_MODELS = 100
+#: Values of the ``cache`` label of agentflow_llm_deterministic_calls_total.
+CACHE_USES = ("hit", "miss", "off")
 
 
 class ModelMetrics:
@@ -65,6 +67,8 @@ class LLMMetrics:
         self._models: dict[tuple[str, str], ModelMetrics] = {}
         self._caches: dict[str, TTLCache[object, object]] = {}
         self._shared: dict[str, tuple[str, SharedCacheStats]] = {}
+        #: Chat calls with temperature 0, by (provider, agent) and how the cache answered: hit, miss, off.
+        self._deterministic: dict[tuple[str, str], dict[str, int]] = {}
 
     def model(self, provider: str, model: str) -> ModelMetrics:
         key = (provider, model)
@@ -83,6 +87,24 @@ class LLMMetrics:
     def add_shared_cache(self, provider: str, level: str, stats: SharedCacheStats) -> None:
         """Count the second cache level of ``provider`` (``level`` names it: ``redis``)."""
         self._shared[provider] = (level, stats)
+
+    def deterministic(self, provider: str, agent: str | None, cache: str) -> None:
+        """Count one chat call with temperature 0; ``cache`` is ``hit``, ``miss`` or ``off`` (not looked up)."""
+        key = (provider, agent or "_none")
+        counts = self._deterministic.get(key)
+        if counts is None:
+            counts = self._deterministic[key] = dict.fromkeys(CACHE_USES, 0)
+        counts[cache] += 1
+
+    def deterministic_calls(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Chat calls with temperature 0 by (provider, agent): ``{"hit": n, "miss": n, "off": n}``."""
+        return {k: dict(v) for k, v in self._deterministic.items()}
+
+    def models(self) -> dict[tuple[str, str], ModelMetrics]:
+        return dict(self._models)
+
+    def caches(self) -> dict[str, TTLCache[object, object]]:
+        return dict(self._caches)
 
     def requests_total(self) -> int:
         return sum(sum(m.outcomes.values()) for m in self._models.values())
@@ -158,8 +180,23 @@ class LLMMetrics:
             lookups.add_metric([provider, level, "miss"], stats.misses)
             errors.add_metric([provider, level], stats.errors)
         yield from (lookups, entries, errors)
+        det = CounterMetricFamily(
+            "agentflow_llm_deterministic_calls",
+            "Chat calls with temperature 0, by how the response cache answered: hit, miss or off (not looked up).",
+            labels=["provider", "agent", "cache"],
+        )
+        for (provider, agent), counts in sorted(self._deterministic.items()):
+            for use, n in counts.items():
+                det.add_metric([provider, agent, use], n)
+        yield det
         refused = CounterMetricFamily(
             "agentflow_llm_budget_refusals", "LLM calls refused because the workflow's token budget was used up."
         )
         refused.add_metric([], self.costs.budget_refusals)
         yield refused
+        warned = CounterMetricFamily(
+            "agentflow_llm_budget_warnings",
+            "Workflows that passed token_budget_warn_share of their token budget (each counted once).",
+        )
+        warned.add_metric([], self.costs.budget_warnings)
+        yield warned

@@ -1,6 +1,7 @@
 """The runner's HTTP server: ``/metrics`` (Prometheus text), ``/healthz`` (alive), ``/readyz`` (ready for work),
-and with ``[monitoring] ingest_enabled`` the ingest (:mod:`.ingest`), dead-letter (:mod:`.dlq`) and workflow
-(:mod:`.workflows`) routes, behind the bearer-token rule of :mod:`.auth`.
+the profile, cost and alert reports (:mod:`.insight`), with ``[monitoring] ingest_enabled`` the ingest
+(:mod:`.ingest`), dead-letter (:mod:`.dlq`) and workflow (:mod:`.workflows`) routes, and with ``[monitoring]
+profiling`` the ``/debug`` routes (:mod:`.debug`), behind the bearer-token rule of :mod:`.auth`.
 
 Binds 127.0.0.1 unless configured otherwise (``[monitoring] host``). Started by the runner when
 ``monitoring.metrics_enabled`` is true; imported only then, so a runner without it never loads aiohttp.web.
@@ -14,8 +15,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .auth import BearerToken
+from .debug import DebugRoutes
 from .dlq import DeadLetterRoutes
 from .ingest import Ingest
+from .insight import InsightRoutes
 from .workflows import WorkflowRoutes
 
 if TYPE_CHECKING:
@@ -51,6 +54,12 @@ class Service:
             self.ingest = Ingest(runner, mon, token, self.refused)
             self.dead_letters = DeadLetterRoutes(runner, mon, token, self.refused)
             self.workflows = WorkflowRoutes(runner, mon, token, self.refused)
+        reports = BearerToken(mon, "The profile, cost and alert endpoints", "", refuse_start=False)
+        self.insight = InsightRoutes(runner, mon, reports, self.refused)
+        self.debug: DebugRoutes | None = None
+        if mon.profiling:
+            token = BearerToken(mon, "Profiling (/debug/*)", "monitoring.profiling")
+            self.debug = DebugRoutes(runner, mon, token, self.refused)
         self._draining = False
 
     @property
@@ -75,7 +84,7 @@ class Service:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        for routes in (self.ingest, self.dead_letters, self.workflows):
+        for routes in (self.ingest, self.dead_letters, self.workflows, self.insight, self.debug):
             if routes is not None:
                 routes.add_routes(app)
         self._app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -87,6 +96,8 @@ class Service:
         self.address = (self._host, int(port))
 
     async def aclose(self) -> None:
+        if self.debug is not None:
+            self.debug.close()  # a CPU profile being taken answers now instead of holding the shutdown
         if self._app_runner is not None:
             runner, self._app_runner = self._app_runner, None
             await runner.cleanup()

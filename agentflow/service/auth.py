@@ -46,13 +46,18 @@ class BearerToken:
     """The service's bearer token, read from the environment variable ``[monitoring] token_env``.
 
     ``what`` names the feature that needs it and ``switch`` the key that turns it off, for the error when the
-    server binds beyond loopback without a token.
+    server binds beyond loopback without a token. With ``refuse_start=False`` (routes that are on by default)
+    the server starts anyway and those routes answer 403 until a token is set (``locked``).
     """
 
-    def __init__(self, config: MonitoringConfig, what: str, switch: str) -> None:
+    def __init__(self, config: MonitoringConfig, what: str, switch: str, *, refuse_start: bool = True) -> None:
         token = os.environ.get(config.token_env, "")
         self._token = token.encode() if token else None
-        if self._token is None and not is_loopback(config.host):
+        self.what = what
+        self.token_env = config.token_env
+        #: Beyond loopback without a token: every request is refused (403).
+        self.locked = self._token is None and not is_loopback(config.host)
+        if self.locked and refuse_start:
             raise ConfigError(
                 f"{what} is enabled on {config.host}, beyond loopback, but the environment variable "
                 f"{config.token_env} (monitoring.token_env) holding its bearer token is not set. Set it to a "
@@ -61,6 +66,8 @@ class BearerToken:
             )
 
     def allows(self, request: web.Request) -> bool:
+        if self.locked:
+            return False
         if self._token is None:
             return True
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -91,9 +98,16 @@ class JsonRoutes:
         return self._reply(status, {"error": message}, headers)
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
-        """The 401 answer when the request lacks the token, else None."""
+        """The 401 answer when the request lacks the token (403 when no token is set beyond loopback), else None."""
         if self._token.allows(request):
             return None
+        if self._token.locked:
+            return self._error(
+                403,
+                f"{self._token.what} are served beyond loopback only with a bearer token: set the environment "
+                f"variable {self._token.token_env} (monitoring.token_env) on the worker and send Authorization: "
+                "Bearer <token>.",
+            )
         return self._error(401, "A valid bearer token is required: send Authorization: Bearer <token>.")
 
     async def _body(self, request: web.Request) -> bytes:

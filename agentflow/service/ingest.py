@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from .. import tracing as _tracing
 from ..errors import BackpressureError, BusError, DeliveryUncertainError, EventTooLargeError, LifecycleError
 from ..events import Event, new_event_id
 from .auth import BadRequest, BearerToken, JsonRoutes
@@ -206,6 +207,7 @@ class Ingest(JsonRoutes):
         topic = items[0].topic
         now = time.time()
         events: list[Event] = []
+        traced = _tracing.TRACER is not None
         for i, item in enumerate(items):
             eid = new_event_id()
             ev = Event(
@@ -213,7 +215,7 @@ class Ingest(JsonRoutes):
                 payload=item.payload,
                 key=item.key,
                 id=eid,
-                headers=item.headers,
+                headers=_tracing.carry(item.headers, request.headers) if traced else item.headers,
                 created_at=now,
                 correlation_id=eid,
             )

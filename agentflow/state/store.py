@@ -38,6 +38,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .. import tracing as _tracing
 from ..config import StateConfig
 from ..errors import LifecycleError, StateConflictError, StateError, StateUnavailableError
 from ..lifecycle import Lifecycle, State
@@ -454,6 +455,7 @@ class StateStore(Lifecycle):
     async def _flush(self, batch: Batch) -> None:
         pack = self.codec.pack
         error: StateError | None = None
+        t0 = time.perf_counter()
         try:
             writes = [
                 Write(key=key, value=None if s.raw is None else pack(s.raw), expires_at=s.expires_at, once_id=s.once_id)
@@ -483,6 +485,8 @@ class StateStore(Lifecycle):
         finally:
             self._epoch += 1
             self._buffer.finish(batch, error)
+            if _tracing.TRACER is not None:  # a span per flush ([tracing])
+                _tracing.state_flush(self._backend.name, batch.count, t0, error)
 
     def _remember(self, batch: Batch, results: list[WriteResult]) -> None:
         """Cache what a flush committed (in order, so the last write of a key is what stays)."""

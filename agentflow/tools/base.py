@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from .. import tracing as _tracing
 from .._deadlines import Deadlines, TimedTask, expire_task
 from ..config import RetryConfig, ToolConfig
 from ..config.schema import DEFAULT_MAX_RESULT_BYTES, DEFAULT_TOOL_TIMEOUT_S
@@ -306,6 +307,10 @@ class Tool(abc.ABC):
         stats = self._stats
         stats.outcomes[outcome] += 1
         stats.duration.observe(took)
+        if _tracing.TRACER is not None:  # a span per call, MCP tools naming their server ([tracing])
+            pool = getattr(self, "pool", None)
+            server = getattr(pool, "name", None) if pool is not None else None
+            _tracing.tool_call(self.name, call_id, outcome, t0, attempts, server=server, error=err)
         content, truncated = self.clip(self.render(value) if err is None else str(err))
         return ToolResult(
             name=self.name,

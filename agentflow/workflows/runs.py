@@ -119,6 +119,10 @@ class Workflows:
         self._defined[name] = wf
         return wf
 
+    def adopt(self, other: Workflows) -> None:
+        """Define here the workflows ``other`` defined in code (``Runner.with_config``)."""
+        self._defined.update(other._defined)
+
     def build(self, registered: dict[str, AgentSpec]) -> list[AgentSpec]:
         """Check every workflow (code and ``[workflows.*]``) and return one agent per step; called at start."""
         defined = dict(self._defined)

@@ -27,7 +27,7 @@ REPORT_KEYS = {
     "format", "scenario", "mode", "bus", "completed", "errors", "duration_s", "throughput_per_s", "latency_ms",
     "latency_measures", "rss_peak_mb", "cpu_s", "repeat", "order", "runs", "ratios", "round_ratios", "thresholds",
     "passed", "warnings", "notes", "details", "options", "config", "versions", "machine", "command", "started_at",
-    "phases", "interrupted",
+    "phases", "interrupted", "profile_snapshot",
 }  # fmt: skip
 LATENCY_KEYS = {"p50", "p90", "p95", "p99", "p999", "max", "mean", "count"}
 
@@ -67,6 +67,7 @@ def assert_consistent(data: dict[str, Any], requested: int) -> None:
 def test_closed_mode_writes_the_full_report(tmp_path: Path) -> None:
     data = report(tmp_path, "--scenario", "noop", "--requests", "2000")
     assert set(data) == REPORT_KEYS
+    assert data["profile_snapshot"]["agents"][0]["handled"] == 2000  # the measured phase, for profile-report
     assert (data["format"], data["scenario"], data["mode"], data["bus"]) == (
         "agentcli.benchmark/1",
         "noop",

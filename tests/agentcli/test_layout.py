@@ -24,6 +24,10 @@ PRIVATE_IMPORTS = {
     ("agentcli/bench/kafka.py", "agentflow.bus.kafka"),
     # config show/check name the environment overrides by the loader's own prefix
     ("agentcli/ops/config.py", "agentflow.config"),
+    # run --dry-run answers every LLM call with the mock server, typed (as mock-llm does)
+    ("agentcli/ops/dryrun.py", "agentflow.llm.mock"),
+    # cost-report --store opens the state backend that keeps the cost history, as the runner's [memory] does
+    ("agentcli/insight/cost_report.py", "agentflow.state"),
 }
 
 

@@ -12,6 +12,7 @@ from conftest import REPO_ROOT
 
 from agentflow.config import (
     AgentConfig,
+    AlertsConfig,
     BusConfig,
     Config,
     DlqConfig,
@@ -25,6 +26,7 @@ from agentflow.config import (
     StateConfig,
     ToolBreakerConfig,
     ToolConfig,
+    TracingConfig,
     WorkflowConfig,
     WorkflowStepConfig,
     config_from_dict,
@@ -42,6 +44,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "monitoring": MonitoringConfig,
     "kafka": KafkaConfig,
     "memory": StateConfig,
+    "tracing": TracingConfig,
 }
 
 
@@ -112,6 +115,7 @@ def test_docs_mention_every_key() -> None:
     docs = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     structs: dict[str, type[msgspec.Struct]] = {
         **SECTIONS,
+        "monitoring.alerts": AlertsConfig,
         "agents.NAME": AgentConfig,
         "llm.NAME": LLMConfig,
         "tools.NAME": ToolConfig,
@@ -286,7 +290,7 @@ def test_unknown_section_suggests_closest(write_toml: WriteToml) -> None:
     error = config_error(path)
     assert str(error) == (
         f"{path}: unknown key 'runnr'; did you mean 'runner'? Valid keys at the top level: agents, bus, dlq, "
-        "kafka, llm, mcp, memory, monitoring, retry, runner, tools, workflows. Rename or remove the key."
+        "kafka, llm, mcp, memory, monitoring, retry, runner, tools, tracing, workflows. Rename or remove the key."
     )
     assert (error.source, error.key) == (str(path), "runnr")
 

@@ -65,11 +65,83 @@ INTERNAL = {
     # the base every resource's lifecycle follows; users see State as RunnerState and each resource's .state
     "agentflow.lifecycle": {"Lifecycle", "State", "shielded"},
     "agentflow.pool": {"Slot"},  # a worker's timing state, owned by the pool
+    # the parts of the profile and cost reports, reached through ProfileReport, ProfileSnapshot and CostReport;
+    # the runner's insight (runner.insight) and what it runs
+    "agentflow.components": {"KINDS"},
+    "agentflow.insight": {
+        "ALERTS",
+        "AgentSample",
+        "AlertMonitor",
+        "CacheUse",
+        "CostGroup",
+        "Flag",
+        "Insight",
+        "LoopLag",
+        "LoopLagStatistics",
+        "ProfileRow",
+        "ProviderSample",
+        "Recommendation",
+        "RunFigures",
+        "Totals",
+        "WorkflowCost",
+        "WorkflowTotals",
+    },
+    "agentflow.insight.alerts": {"ALERTS", "PROCESS", "AlertMonitor"},
+    "agentflow.insight.costs": {"COSTS_FORMAT", "KEY_PREFIX", "CostGroup", "RunFigures", "WorkflowCost"},
+    "agentflow.insight.hub": {"Insight"},
+    "agentflow.insight.looplag": {"LoopLag", "LoopLagStatistics"},
+    "agentflow.insight.profile": {
+        "BUSY_UTILISATION",
+        "COSTLY_SHARE",
+        "CRITICAL_SHARE",
+        "MIN_CALLS",
+        "PROFILE_FORMAT",
+        "SLOW_FACTOR",
+        "SLOW_MIN_P95_S",
+        "Flag",
+        "ProfileRow",
+        "Recommendation",
+        "Totals",
+        "WorkflowTotals",
+    },
+    "agentflow.insight.sampler": {
+        "DEFAULT_INTERVAL_S",
+        "MAX_SECONDS",
+        "MAX_STACKS",
+        "Sampler",
+        "SignalSampler",
+        "Stacks",
+        "cpu_profile",
+        "heap_profile",
+        "task_dump",
+    },
+    "agentflow.insight.snapshot": {"SNAPSHOT_FORMAT", "AgentSample", "CacheUse", "ProviderSample"},
+    "agentflow.llm.ledger": {"CostLedger", "CostLine", "CostMinute", "RunCost"},  # reached through CostTracker.ledger
+    # the tracing facade: hooks the layers call, configured by the Runner from [tracing]
+    "agentflow.tracing": {
+        "TRACEPARENT",
+        "TRACER",
+        "carry",
+        "configure",
+        "event_span",
+        "extract",
+        "inject",
+        "llm_response",
+        "llm_span",
+        "release",
+        "state_flush",
+        "tool_call",
+        "workflow_step",
+        "wrap_batch_handler",
+        "wrap_handler",
+    },
     # started by the Runner from [monitoring]
     "agentflow.service": {"Service"},
     "agentflow.service.app": {"Service"},
     "agentflow.service.auth": {"BadRequest", "BearerToken", "JsonRoutes", "is_loopback"},
     "agentflow.service.dlq": {"DeadLetterRoutes", "ReplayRequest"},
+    "agentflow.service.debug": {"DebugRoutes"},
+    "agentflow.service.insight": {"InsightRoutes", "query_number"},
     "agentflow.service.workflows": {"WorkflowRoutes"},
     # a workflow's compiled graph, its records in the state store and its step handlers: the runner's wiring
     "agentflow.workflows.graph": {"Graph", "Step", "StepOptions", "from_config", "step_agent", "step_topic"},
@@ -92,7 +164,7 @@ INTERNAL = {
     "agentflow.service.ingest": {"Ingest", "IngestEvent"},
     # the LLM client's parts, wired by the LLMHub from [llm.NAME]
     "agentflow.llm.failures": {"MAX_ERROR_DETAIL_CHARS", "SCRUB_WINDOW_CHARS", "Failures", "outcome", "retry_after_s"},
-    "agentflow.llm.metrics": {"OUTCOMES", "LLMMetrics", "ModelMetrics", "SharedCacheStats"},
+    "agentflow.llm.metrics": {"CACHE_USES", "OUTCOMES", "LLMMetrics", "ModelMetrics", "SharedCacheStats"},
     "agentflow.llm.protocols": {
         "NO_BREAKER",
         "BatcherFactory",
@@ -215,7 +287,8 @@ def test_import_agentflow_stays_light() -> None:
     import subprocess
     import sys
 
-    heavy = ["typer", "rich", "aiohttp", "aiokafka", "redis", "mcp", "openai", "jsonschema"]
+    # OpenTelemetry comes with [tracing] enabled; the CPU sampler's thread and tracemalloc with a /debug request.
+    heavy = ["typer", "rich", "aiohttp", "aiokafka", "redis", "mcp", "openai", "jsonschema", "opentelemetry"]
     code = f"import sys, agentflow; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout

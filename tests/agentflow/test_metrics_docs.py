@@ -101,6 +101,8 @@ async def _rendered(llm: MockLLM, stats: Path) -> AsyncIterator[Rendered]:
                     "tools": ["echo"],
                 }
             },
+            # one alert checked, so agentflow_alert_firing is rendered too
+            "monitoring": {"alerts": {"rss_mb": 1_000_000}},
         }
     )
     runner = Runner(config)
@@ -156,6 +158,8 @@ async def _rendered(llm: MockLLM, stats: Path) -> AsyncIterator[Rendered]:
         await runner.emit("tools", 1)
         await runner.emit("nobody-reads-this", 1)  # dropped by the memory bus as unrouted
         await runner.drain(timeout_s=5.0)
+        assert runner.insight.alerts is not None
+        runner.insight.alerts.check()
         yield Rendered(runner.metrics.render().decode(), runner.statistics())
 
 

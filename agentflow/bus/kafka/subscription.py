@@ -531,4 +531,25 @@ class KafkaSubscription(RecordReader, WakeUps, Subscription):
             taken=self._taken,
             acked=self._acked,
             requeued=self._requeued,
+            lag=self._lag(),
         )
+
+    def _lag(self) -> int | None:
+        """Records between the position to commit and the end of each partition, as the last fetch saw it."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        total, known = 0, False
+        for tp, dq in list(self._buf.items()):
+            try:
+                end = consumer.highwater(tp)
+            except (AssertionError, KeyError, AttributeError):  # revoked a moment ago
+                continue
+            if end is None:  # not fetched yet: unknown, not zero
+                continue
+            pos = self._tracker.position(tp)
+            if pos is None:
+                pos = dq[0][1] if dq else end
+            total += max(0, end - pos)
+            known = True
+        return total if known else None

@@ -382,3 +382,18 @@ async def test_a_broker_without_the_idempotent_producer_gives_a_clear_error_at_o
         async with asyncio.timeout(5):  # not retried for connect_timeout_s: retrying cannot help
             await bus.start()
     await bus.aclose()
+
+
+async def test_lag_is_what_is_not_finished_up_to_the_end_of_the_partitions(make_bus: MakeBus) -> None:
+    bus = await make_bus(partitions=2)
+    sub = await bus.subscribe("t", "g")
+    assert sub.statistics().lag is None  # nothing fetched: unknown, not zero
+    await bus.publish("t", [ev("t", i, f"k{i}") for i in range(30)])
+    items = await take(sub, 30, ack=False)
+    assert sub.statistics().lag == 30
+    for it in items:
+        sub.ack(it)
+    assert sub.statistics().lag == 0
+    await bus.publish("t", [ev("t", i, f"k{i}") for i in range(5)])
+    await take(sub, 5, ack=False)
+    assert sub.statistics().lag == 5
