@@ -19,7 +19,7 @@ from state_env import PASSWORD_ENV, StateEnv
 
 from agentflow.errors import ConfigError, LifecycleError, StateUnavailableError
 from agentflow.state import MemoryBackend, StateConfig, StateHandle, StateStore, Write, create_backend
-from agentflow.state.base import APPLIED, CONFLICT, DUPLICATE
+from agentflow.state.base import APPLIED, CONFLICT, DUPLICATE, Record
 from agentflow.state.sqlite import SQLiteBackend
 
 ROOT = REPO_ROOT
@@ -147,6 +147,39 @@ async def test_sqlite_keeps_its_file_in_wal_mode(tmp_path: Path) -> None:
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert conn.execute("SELECT value FROM agentflow_state WHERE key = 'k'").fetchone()[0] == b"\x00v"
+
+
+async def test_sqlite_operations_asked_together_share_a_hop_and_keep_their_own_outcomes(tmp_path: Path) -> None:
+    async with SQLiteBackend(str(tmp_path / "state.db")) as b:
+        [first] = await b.commit([Write(key="k", value=b"\x00a")])
+        hops = b.hops
+        got = await asyncio.gather(
+            b.get("k"),
+            b.commit([Write(key="k", value=b"\x00b", expected_version=first.version)]),
+            b.commit([Write(key="k", value=b"\x00c", expected_version=first.version)]),  # the one before won
+            b.get("k"),
+            b.get([1]),  # type: ignore[arg-type]  # sqlite3 cannot bind a list: this operation alone fails
+            *(b.get(f"missing-{i}") for i in range(10)),
+            return_exceptions=True,
+        )
+        assert b.hops - hops == 2  # the first operation alone, then everything asked meanwhile in one hop
+        read, applied, conflict, after, failed, *missing = got
+        assert isinstance(read, Record) and read.value == b"\x00a"
+        assert isinstance(applied, list) and applied[0].status == APPLIED
+        assert isinstance(conflict, list) and conflict[0].status == CONFLICT
+        assert isinstance(after, Record) and after.value == b"\x00b"  # in the order they were asked
+        assert isinstance(failed, StateUnavailableError)
+        assert missing == [None] * 10
+
+        # An operation whose caller is cancelled while it waits for its hop is not run.
+        reading = asyncio.create_task(b.get("k"))
+        writing = asyncio.create_task(b.commit([Write(key="never", value=b"\x00x")]))
+        await asyncio.sleep(0)
+        writing.cancel()
+        await reading
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        assert await b.get("never") is None
 
 
 async def test_sqlite_refuses_an_in_memory_database() -> None:
