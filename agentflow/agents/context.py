@@ -180,10 +180,8 @@ class Context(msgspec.Struct, gc=False):
         return await self._worker.emit_follow_up(self.event, topic, items, key, headers, start)
 
 
-class _Keyless(StateHandle[Any]):
+class _Keyless(StateHandle[Any], gc=False):
     """``ctx.state`` of an event without a key: ``of(namespace, key)`` works, the event's own key does not."""
-
-    __slots__ = ()
 
     def _refuse(self) -> StateError:
         return StateError(
