@@ -24,6 +24,8 @@ PRIVATE_IMPORTS = {
     ("agentcli/bench/kafka.py", "agentflow.bus.kafka"),
     # config show/check name the environment overrides by the loader's own prefix
     ("agentcli/ops/config.py", "agentflow.config"),
+    # the memory state benchmark's bare loop: the memory backend's own get/commit, without the store
+    ("agentcli/bench/state.py", "agentflow.state"),
 }
 
 
