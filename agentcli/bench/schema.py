@@ -312,6 +312,13 @@ class WorkflowDetails(msgspec.Struct, frozen=True, kw_only=True, tag="workflow",
         float | None, _doc("median over runs of (wall time - critical path) / critical_path_steps, microseconds")
     ]
     overhead_per_step_us_p95: Annotated[float | None, _doc("its 95th percentile")]
+    framework_alone_us_per_step: Annotated[
+        float | None,
+        _doc(
+            "the same workflow with steps that return at once, one run at a time: wall time of a run / steps, "
+            "microseconds (median of rounds); the framework's own cost per step"
+        ),
+    ] = None
 
 
 Details = (

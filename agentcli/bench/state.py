@@ -15,9 +15,10 @@ Four phases per side, each on keys of its own:
   latency runs from the event's intended time to its acknowledgement (agentflow: ``runner.request``, whose reply
   follows the commit) or, bare, to the write's commit.
 
-Per-operation latency is timed around each call (agentflow: inside the handler). The memory backend's bare loop
-is a dict of msgpack bytes. With ``--backend redis`` a ``redis-server`` is started unless ``--config`` sets
-``[memory] backend = "redis"`` (its ``url`` and ``password_env`` are used then).
+Per-operation latency is timed around each call (agentflow: inside the handler). On the memory backend the bare
+loop uses the backend's own ``get`` and ``commit`` (versioned records, msgpack values) without the store. With
+``--backend redis`` a ``redis-server`` is started unless ``--config`` sets ``[memory] backend = "redis"`` (its
+``url`` and ``password_env`` are used then).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentflow import Config, Context, Event, LatencyHistogram, Runner, config_from_dict
+from agentflow.state import MemoryBackend, Write
 
 from .measure import Limits, Tally, cpu_seconds, paced_requests
 from .report import Measurement, by_throughput, effective_config, latency_ms, median_run, order_of, round_sides
@@ -136,23 +138,32 @@ class _Bare:
 
 
 class _BareMemory(_Bare):
-    def __init__(self) -> None:
-        data: dict[str, bytes] = {}
+    """The memory backend's own API (``get``, ``commit``) without the store: no handle, codec, cache or units.
+    (A plain dict would measure Python's dict, which no store of versioned values can match.)"""
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self._backend = backend
 
         async def get(key: str) -> Any:
-            raw = data.get(key)
-            return None if raw is None else _DEC.decode(raw)
+            rec = await backend.get(key)
+            return None if rec is None else _DEC.decode(rec.value)
 
         async def set_(key: str, value: Any) -> None:
-            data[key] = _ENC.encode(value)
+            await backend.commit([Write(key=key, value=_ENC.encode(value))])
 
         async def incr(key: str) -> int:
-            raw = data.get(key)
-            n = (0 if raw is None else _DEC.decode(raw)) + 1
-            data[key] = _ENC.encode(n)
-            return int(n)
+            while True:  # a version check, as the store's update makes
+                rec = await backend.get(key)
+                n = (0 if rec is None else _DEC.decode(rec.value)) + 1
+                version = 0 if rec is None else rec.version
+                [result] = await backend.commit([Write(key=key, value=_ENC.encode(n), expected_version=version)])
+                if result.status == "applied":
+                    return int(n)
 
         self.get, self.set, self.incr = get, set_, incr
+
+    async def close(self) -> None:
+        await self._backend.aclose()
 
 
 class _BareSQLite(_Bare):
@@ -305,7 +316,9 @@ async def _bare_side(spec: StateSpec, store: _Store, round_: int) -> list[Run]:
     elif b == "redis":
         bare = _BareRedis(store.url, store.password(), _config(spec, store, "bare").memory.max_connections)
     else:
-        bare = _BareMemory()
+        backend = MemoryBackend()
+        await backend.start()
+        bare = _BareMemory(backend)
     n, users, size = spec.ops, spec.users, spec.value_bytes
     try:
         for i in range(n):

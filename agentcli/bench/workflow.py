@@ -7,7 +7,9 @@ loop. Each run's *critical path* is the sum of the LLM call durations along its 
 slowest researcher's, the join's and the writer's, as each step measured its own call. What the run takes beyond
 that is the framework's: events between steps, state writes, the join, the result. Reported: runs per second,
 wall-time percentiles, wall time / critical path (1 means the parallel steps overlapped perfectly and nothing
-else took time) and that overhead divided by the steps on the critical path.
+else took time) and that overhead divided by the steps on the critical path. The time beyond the critical path
+includes waiting for the event loop while it serves other runs and their HTTP calls; after each round the same
+workflow runs with steps that return at once, one run at a time, which gives the framework's own time per step.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ STEPS = 6
 CRITICAL_STEPS = 4
 RESEARCHERS = ("web", "papers", "news")
 WORKFLOW = "bench"
+#: The framework-alone phase (steps that return at once): at most this many runs, or seconds, after as many to
+#: warm up.
+FRAMEWORK_RUNS = 1000
+FRAMEWORK_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +118,14 @@ def _config(spec: WorkflowSpec, base: Config, llm_url: str, bootstrap: str | Non
     return config_from_dict(data, source="agentcli benchmark")
 
 
-def _runner(config: Config, timings: _Timings) -> Runner:
+def _runner(config: Config, timings: _Timings, *, instant: bool = False) -> Runner:
+    """The workflow; ``instant``: each step returns at once instead of calling the LLM (the framework alone)."""
     runner = Runner(config)
 
     def step(name: str) -> Any:
         async def handler(event: Event, ctx: Context) -> str:
+            if instant:
+                return name
             t0 = perf_counter()
             reply = await ctx.llm.chat([{"role": "user", "content": f"{name}: {str(event.payload)[:64]}"}])
             timings.record((event.headers or {}).get("agentflow-run", ""), name, perf_counter() - t0)
@@ -184,6 +193,26 @@ async def _round(spec: WorkflowSpec, config: Config, round_: int) -> _Round:
     return _Round(run, ratios, overheads, critical_ms, walls_ms)
 
 
+async def _framework_alone(config: Config) -> float:
+    """Microseconds per step of the same workflow whose steps return at once, one run at a time: what the
+    framework costs a step (events, status writes, the join, the result) without an LLM call or other runs
+    competing for the event loop. :data:`FRAMEWORK_RUNS` runs (or :data:`FRAMEWORK_S` seconds, whichever ends
+    first) after as many to warm up."""
+    runner = _runner(config, _Timings(), instant=True)
+    async with runner:
+        per_step = 0.0
+        for _ in ("warm-up", "measured"):
+            gc.collect()
+            t0 = perf_counter()
+            n = 0
+            while n < FRAMEWORK_RUNS and perf_counter() - t0 < FRAMEWORK_S:
+                run = await runner.start_workflow(WORKFLOW, {"topic": f"question {n}"})
+                await run.result(timeout_s=60)
+                n += 1
+            per_step = (perf_counter() - t0) / n / STEPS * 1e6
+        return per_step
+
+
 async def _wait_llm(url: str, proc: subprocess.Popen[bytes], log: IO[bytes]) -> None:
     async with aiohttp.ClientSession() as http:
         for _ in range(400):
@@ -210,12 +239,14 @@ async def run_workflow_benchmark(spec: WorkflowSpec, base: Config, options: dict
         broker = await asyncio.to_thread(TansuBroker().start)
         bootstrap = broker.bootstrap
     rounds: list[_Round] = []
+    alone: list[float] = []
     try:
         with _mock_llm(LLM_LATENCY_MS) as (url, proc, log):
             await _wait_llm(url, proc, log)
             config = _config(spec, base, url, bootstrap if spec.kafka else None, broker is not None)
             for n in range(1, spec.repeat + 1):
                 rounds.append(await _round(spec, config, n))
+                alone.append(await _framework_alone(config))
     finally:
         if broker is not None:
             await asyncio.to_thread(broker.close)
@@ -228,6 +259,7 @@ async def run_workflow_benchmark(spec: WorkflowSpec, base: Config, options: dict
         wall_over_critical_p50=_percentile(top.ratios, 0.5), wall_over_critical_p95=_percentile(top.ratios, 0.95),
         overhead_per_step_us_p50=_percentile(top.overheads_us, 0.5),
         overhead_per_step_us_p95=_percentile(top.overheads_us, 0.95),
+        framework_alone_us_per_step=_percentile(alone, 0.5),
     )  # fmt: skip
     round_ratios = [{"wall_vs_critical_path": p} for r in rounds if (p := _percentile(r.ratios, 0.5)) is not None]
     bus = "kafka" if spec.kafka else "memory"
@@ -268,3 +300,9 @@ def render_workflow(console: Console, report: Report) -> None:
         f"p95 {'n/a' if d.overhead_per_step_us_p95 is None else f'{d.overhead_per_step_us_p95:,.0f} µs'}.",
         highlight=False,
     )
+    if d.framework_alone_us_per_step is not None:
+        console.print(
+            f"framework alone (the same workflow, steps that return at once, one run at a time): "
+            f"{d.framework_alone_us_per_step:,.0f} µs per step.",
+            highlight=False,
+        )

@@ -69,6 +69,7 @@ class Context(msgspec.Struct, gc=False):
     _worker: ContextOwner
     _unit: Unit | None = None
     _emits: int = 0
+    _state: StateHandle[Any] | None = None  # ctx.state, made on first use
 
     def __repr__(self) -> str:
         return f"<Context agent={self._worker.name!r} event={self.event.id} attempt={self.event.attempt}>"
@@ -121,11 +122,16 @@ class Context(msgspec.Struct, gc=False):
         count = await ctx.state.update(lambda n: n + 1, default=0)
         profile = await ctx.state.of("profiles", user_id).typed(Profile).get()
         """
-        key = self.event.key
-        store = self._worker.state_store
-        if key is None:
-            return _Keyless(store, self._worker.name, self.event.id, self._state_unit())
-        return StateHandle(store, self._worker.name, key, self._state_unit())
+        handle = self._state
+        if handle is None:
+            key = self.event.key
+            store = self._worker.state_store
+            if key is None:
+                handle = _Keyless(store, self._worker.name, self.event.id, self._state_unit())
+            else:
+                handle = StateHandle(store, self._worker.name, key, self._state_unit())
+            self._state = handle
+        return handle
 
     @property
     def workflow_state(self) -> StateHandle[Any]:
@@ -174,10 +180,8 @@ class Context(msgspec.Struct, gc=False):
         return await self._worker.emit_follow_up(self.event, topic, items, key, headers, start)
 
 
-class _Keyless(StateHandle[Any]):
+class _Keyless(StateHandle[Any], gc=False):
     """``ctx.state`` of an event without a key: ``of(namespace, key)`` works, the event's own key does not."""
-
-    __slots__ = ()
 
     def _refuse(self) -> StateError:
         return StateError(

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Generic, TypeVar, overload
 
+import msgspec
+
 from .store import MISSING, StateStore
 from .unit import Unit
 
@@ -27,7 +29,7 @@ T = TypeVar("T")
 S = TypeVar("S")
 
 
-class StateHandle(Generic[T]):
+class StateHandle(msgspec.Struct, Generic[T], gc=False):
     """The state of ``key`` in ``namespace``. Values are anything msgspec encodes; ``typed(MyStruct)`` gives
     a handle that decodes to ``MyStruct`` (and refuses values of another shape with StateDecodeError)::
 
@@ -42,17 +44,18 @@ class StateHandle(Generic[T]):
     Made by the runner for handlers; in tests, ``StateHandle(store, "agent", "key", store.unit("agent:evt-1"))``.
     """
 
-    __slots__ = ("_decoder", "_full", "_store", "_type", "_unit", "key", "namespace")
+    # A Struct without garbage-collector tracking (it is in no reference cycle): a handler makes several per
+    # event, and tracked objects make the collector run more often.
+    _store: StateStore
+    namespace: str
+    key: str
+    _unit: Unit | None = None
+    _type: Any = None
+    _full: str = ""
+    _decoder: msgspec.msgpack.Decoder[Any] | None = None
 
-    def __init__(
-        self,
-        store: StateStore,
-        namespace: str,
-        key: str,
-        unit: Unit | None = None,
-        *,
-        value_type: Any = None,
-    ) -> None:
+    def __post_init__(self) -> None:
+        namespace, key = self.namespace, self.key
         if ":" in namespace or not namespace:
             raise ValueError(
                 f"A state namespace must be non-empty and free of ':', got {namespace!r}; the store joins "
@@ -60,13 +63,9 @@ class StateHandle(Generic[T]):
             )
         if not isinstance(key, str):
             raise TypeError(f"A state key must be a string, got {key!r}; use str(key) or ctx.state.of(...).")
-        self._store = store
-        self.namespace = namespace
-        self.key = key
         self._full = namespace + ":" + key
-        self._unit = unit
-        self._type = value_type
-        self._decoder = None if value_type is None else store.decoder_for(value_type)
+        if self._type is not None:
+            self._decoder = self._store.decoder_for(self._type)
 
     def __repr__(self) -> str:
         typed = "" if self._type is None else f" type={getattr(self._type, '__name__', self._type)}"
@@ -124,7 +123,7 @@ class StateHandle(Generic[T]):
 
     def typed(self, tp: type[S]) -> StateHandle[S]:
         """This key, decoded as ``tp`` (a msgspec Struct, or any type msgspec can decode into)."""
-        return StateHandle(self._store, self.namespace, self.key, self._unit, value_type=tp)
+        return StateHandle(self._store, self.namespace, self.key, self._unit, tp)
 
     def of(self, namespace: str, key: str) -> StateHandle[Any]:
         """Another key's state (in any namespace), written as part of the same event."""

@@ -10,6 +10,10 @@ TTL under ``<prefix>c:<key>`` (:meth:`RedisBackend.get_blob`), the LLM response 
 every worker. A commit is one Lua script, which Redis runs
 atomically: the once-id checks, version checks, writes and the counter happen together or not at all.
 
+Reads asked while a read is under way go together, in one pipeline of ``HMGET`` (each read still its own
+command, answered on its own): a round trip and redis-py's per-call bookkeeping cost more than the read itself.
+A read waits for no other to start; a task of the backend sends them.
+
 Needs Redis 7.0 or later (script flags). Every key a script touches is passed in ``KEYS``, but one commit
 touches many unrelated keys, so Redis Cluster (which needs them in one hash slot) is not supported; use one
 server, or a primary with replicas.
@@ -22,6 +26,8 @@ redelivered write is recognised as a duplicate.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -159,6 +165,12 @@ class RedisBackend(StateBackend):
         self._value_prefix = f"{key_prefix}s:"
         self._once_prefix = f"{key_prefix}o:"
         self._blob_prefix = f"{key_prefix}c:"
+        # Reads waiting for the reader task (full key, the caller's future), and what wakes it.
+        self._reads: list[tuple[str, asyncio.Future[list[Any]]]] = []
+        self._read_wakeup: asyncio.Future[None] | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.read_batches = 0  # pipelines (or single reads) the reader task sent
 
     def _describe(self) -> str:
         return f"redis url={redacted_url(self.url)!r}"
@@ -167,11 +179,20 @@ class RedisBackend(StateBackend):
         try:
             return await fn()
         except (RedisError, OSError) as exc:
-            raise StateUnavailableError(
-                f"Redis at {redacted_url(self.url)} failed to {what} ({type(exc).__name__}: {exc}); the writes "
-                "concerned were not acknowledged. Check that the server is up, reachable and accepting writes, and "
-                "that the password in the variable password_env names is right."
-            ) from exc
+            raise self._failure(what, exc) from exc
+
+    def _failure(self, what: str, exc: BaseException) -> StateUnavailableError:
+        if isinstance(exc, asyncio.CancelledError):
+            return StateUnavailableError(
+                f"The Redis state backend at {redacted_url(self.url)} closed before this read was answered."
+            )
+        error = StateUnavailableError(
+            f"Redis at {redacted_url(self.url)} failed to {what} ({type(exc).__name__}: {exc}); the writes "
+            "concerned were not acknowledged. Check that the server is up, reachable and accepting writes, and "
+            "that the password in the variable password_env names is right."
+        )
+        error.__cause__ = exc
+        return error
 
     async def _open(self) -> None:
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -187,25 +208,81 @@ class RedisBackend(StateBackend):
         self._client = client
         self._commit_script = client.register_script(_COMMIT_LUA)
         await self._call("answer a PING at start", client.ping)
+        self._stack = contextlib.AsyncExitStack()
+        tg = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self._reader = tg.create_task(self._read_loop(), name="agentflow-state-redis-reads")
 
     async def _close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+        reads, self._reads = self._reads, []
+        for _, fut in reads:
+            if not fut.done():
+                fut.set_exception(StateUnavailableError("The Redis state backend closed before this read was sent."))
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
             await client.connection_pool.disconnect()
 
     async def _get(self, key: str) -> Record | None:
-        client = self._client
-        assert client is not None
-        full = self._value_prefix + key
-        reply: list[Any] = await self._call("read a key", lambda: client.hmget(full, "v", "n", "e"))
-        value, version, at = reply
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._reads.append((self._value_prefix + key, fut))
+        wake = self._read_wakeup
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+        value, version, at = await fut
         if value is None or version is None:
             return None
         expires_at = None if at is None else int(at) / 1000
         if expires_at is not None and expires_at <= time.time():
             return None  # due, and Redis has not removed it yet
         return Record(value if isinstance(value, bytes) else str(value).encode(), int(version), expires_at)
+
+    async def _read_loop(self) -> None:
+        """The reader task: sends what is queued — one read alone, several in one pipeline — and answers each."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._reads:
+                wake = self._read_wakeup = loop.create_future()
+                try:
+                    await wake
+                finally:
+                    self._read_wakeup = None
+                continue
+            batch = [r for r in self._reads if not r[1].done()]  # a caller cancelled while queued: not read
+            self._reads = []
+            if batch:
+                await self._read_batch(batch)
+
+    async def _read_batch(self, batch: list[tuple[str, asyncio.Future[list[Any]]]]) -> None:
+        client = self._client
+        assert client is not None
+        self.read_batches += 1
+        try:
+            if len(batch) == 1:
+                replies: list[Any] = [await client.hmget(batch[0][0], "v", "n", "e")]
+            else:
+                async with client.pipeline(transaction=False) as pipe:
+                    for full, _ in batch:
+                        pipe.hmget(full, "v", "n", "e")
+                    replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # noqa: BLE001 - every reader of the batch gets the error (cancelled: closing)
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(self._failure("read a key", exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, fut), reply in zip(batch, replies, strict=True):
+            if fut.done():
+                continue
+            if isinstance(reply, Exception):  # this read alone failed (a key of another type): its caller's error
+                fut.set_exception(self._failure("read a key", reply))
+            else:
+                fut.set_result(reply)
 
     async def _commit(self, writes: Sequence[Write]) -> list[WriteResult]:
         now = time.time()

@@ -4,7 +4,9 @@ The standard library's ``sqlite3`` runs on one dedicated thread per backend (a o
 connection), and each operation is one function on that thread: a whole commit — the once-id checks, version
 checks, upserts and the version counter — is a single hop from the event loop, not one per statement. (This is
 why agentflow does not use aiosqlite: it hops once per ``execute``, which would make a flush of N writes cost
-N hops, and it adds a dependency for what a 1-worker executor does.)
+N hops, and it adds a dependency for what a 1-worker executor does.) Operations asked for while a hop is under
+way go together in the next hop, in the order they were asked, each still its own statement or transaction: a
+thread hand-off costs more than a read of one row, so concurrent reads and commits share one.
 
 Durability: a commit returns once SQLite has written it to the WAL file. With ``synchronous = "normal"`` (the
 default) that survives the process being killed (the data is in the operating system's page cache), but not
@@ -19,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ..errors import StateUnavailableError
 from .base import APPLIED, CONFLICT, DUPLICATE, Record, StateBackend, Write, WriteResult
@@ -85,21 +87,71 @@ class SQLiteBackend(StateBackend):
         self.busy_timeout_s = busy_timeout_s
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        # Operations waiting for the next hop to the database thread, and whether a hop is under way.
+        self._queue: list[tuple[Callable[..., Any], tuple[object, ...], asyncio.Future[Any]]] = []
+        self._hopping = False
+        self.hops = 0  # hops to the database thread so far (each carries every operation queued)
 
     def _describe(self) -> str:
         return f"sqlite path={self.path!r}"
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` on the database thread: in the next hop, or in a hop of its own when none is under
+        way."""
         assert self._executor is not None
-        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, args, fut))
+        if not self._hopping:
+            self._hop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await fut
         except sqlite3.Error as exc:
             raise StateUnavailableError(
                 f"The SQLite state database {self.path} failed ({type(exc).__name__}: {exc}). Check that the "
                 "file and its directory are writable, the disk is not full, and no other process holds the "
                 "write lock for longer than operation_timeout_s."
             ) from exc
+
+    def _hop(self) -> None:
+        calls = [c for c in self._queue if not c[2].done()]  # a caller cancelled while queued: not run
+        self._queue = []
+        if not calls or self._executor is None:
+            self._hopping = False
+            for _, _, fut in calls:
+                fut.cancel()
+            return
+        self._hopping = True
+        self.hops += 1
+        try:
+            done = asyncio.get_running_loop().run_in_executor(
+                self._executor, _run_all, [(fn, args) for fn, args, _ in calls]
+            )
+        except BaseException as exc:  # the executor refused the job: its callers get the error
+            self._hopping = False
+            for _, _, fut in calls:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        done.add_done_callback(lambda d: self._landed(calls, d))
+
+    def _landed(self, calls: list[tuple[Any, Any, asyncio.Future[Any]]], done: asyncio.Future[list[Any]]) -> None:
+        """A hop came back: answer its callers in order, and start the next hop if operations queued meanwhile."""
+        outcomes = None if done.cancelled() else done.result()  # _run_all itself raises nothing
+        for i, (_, _, fut) in enumerate(calls):
+            if fut.done():
+                continue
+            if outcomes is None:
+                fut.cancel()
+                continue
+            ok, value = outcomes[i]
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        if self._queue:
+            self._hop()
+        else:
+            self._hopping = False
 
     async def _open(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-state-sqlite")
@@ -115,13 +167,20 @@ class SQLiteBackend(StateBackend):
         conn.executescript(_SCHEMA)
 
     async def _close(self) -> None:
-        executor, self._executor = self._executor, None
+        executor = self._executor
         if executor is None:
             return
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
-        executor.shutdown(wait=False)
+        try:
+            if self._conn is not None:
+                await self._call(self._close_sync)  # behind any operation still waiting for its hop
+        finally:
+            self._executor = None
+            executor.shutdown(wait=False)
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     async def _get(self, key: str) -> Record | None:
         return await self._call(self._get_sync, key)
@@ -237,3 +296,15 @@ class SQLiteBackend(StateBackend):
                 conn.execute("ROLLBACK")
             raise
         return n
+
+
+def _run_all(calls: list[tuple[Callable[..., Any], tuple[object, ...]]]) -> list[tuple[bool, Any]]:
+    """On the database thread: each call in order, its result or its exception (one failing does not stop the
+    others: each is its own statement or transaction)."""
+    out: list[tuple[bool, Any]] = []
+    for fn, args in calls:
+        try:
+            out.append((True, fn(*args)))
+        except BaseException as exc:  # noqa: BLE001 - handed to its caller on the event loop
+            out.append((False, exc))
+    return out

@@ -28,6 +28,8 @@ PRIVATE_IMPORTS = {
     ("agentcli/ops/dryrun.py", "agentflow.llm.mock"),
     # cost-report --store opens the state backend that keeps the cost history, as the runner's [memory] does
     ("agentcli/insight/cost_report.py", "agentflow.state"),
+    # the memory state benchmark's bare loop: the memory backend's own get/commit, without the store
+    ("agentcli/bench/state.py", "agentflow.state"),
 }
 
 

@@ -142,6 +142,14 @@ def test_the_loadtest_report_validates_against_its_schema(reports: Path) -> None
     assert msgspec.json.decode(path.read_bytes(), type=LoadReport).machine is not None
 
 
+def test_the_workflow_report_gives_the_frameworks_own_time_per_step(reports: Path) -> None:
+    for name in ("workflow", "workflow-kafka"):
+        details = json.loads((reports / f"{name}.json").read_text())["details"]
+        # steps that return at once, one run at a time, beside the time beyond the LLM calls' critical path
+        assert details["framework_alone_us_per_step"] > 0, name
+        assert details["overhead_per_step_us_p50"] is not None, name
+
+
 def test_a_report_that_breaks_the_schema_is_refused(reports: Path) -> None:
     validator = _validator("benchmark-report.schema.json")
     data = json.loads((reports / "llm-chat.json").read_text())

@@ -19,7 +19,8 @@ from state_env import PASSWORD_ENV, StateEnv
 
 from agentflow.errors import ConfigError, LifecycleError, StateUnavailableError
 from agentflow.state import MemoryBackend, StateConfig, StateHandle, StateStore, Write, create_backend
-from agentflow.state.base import APPLIED, CONFLICT, DUPLICATE
+from agentflow.state.base import APPLIED, CONFLICT, DUPLICATE, Record
+from agentflow.state.redis import RedisBackend
 from agentflow.state.sqlite import SQLiteBackend
 
 ROOT = REPO_ROOT
@@ -149,6 +150,39 @@ async def test_sqlite_keeps_its_file_in_wal_mode(tmp_path: Path) -> None:
             assert conn.execute("SELECT value FROM agentflow_state WHERE key = 'k'").fetchone()[0] == b"\x00v"
 
 
+async def test_sqlite_operations_asked_together_share_a_hop_and_keep_their_own_outcomes(tmp_path: Path) -> None:
+    async with SQLiteBackend(str(tmp_path / "state.db")) as b:
+        [first] = await b.commit([Write(key="k", value=b"\x00a")])
+        hops = b.hops
+        got = await asyncio.gather(
+            b.get("k"),
+            b.commit([Write(key="k", value=b"\x00b", expected_version=first.version)]),
+            b.commit([Write(key="k", value=b"\x00c", expected_version=first.version)]),  # the one before won
+            b.get("k"),
+            b.get([1]),  # type: ignore[arg-type]  # sqlite3 cannot bind a list: this operation alone fails
+            *(b.get(f"missing-{i}") for i in range(10)),
+            return_exceptions=True,
+        )
+        assert b.hops - hops == 2  # the first operation alone, then everything asked meanwhile in one hop
+        read, applied, conflict, after, failed, *missing = got
+        assert isinstance(read, Record) and read.value == b"\x00a"
+        assert isinstance(applied, list) and applied[0].status == APPLIED
+        assert isinstance(conflict, list) and conflict[0].status == CONFLICT
+        assert isinstance(after, Record) and after.value == b"\x00b"  # in the order they were asked
+        assert isinstance(failed, StateUnavailableError)
+        assert missing == [None] * 10
+
+        # An operation whose caller is cancelled while it waits for its hop is not run.
+        reading = asyncio.create_task(b.get("k"))
+        writing = asyncio.create_task(b.commit([Write(key="never", value=b"\x00x")]))
+        await asyncio.sleep(0)
+        writing.cancel()
+        await reading
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        assert await b.get("never") is None
+
+
 async def test_sqlite_refuses_an_in_memory_database() -> None:
     with pytest.raises(ValueError, match='backend = "memory"'):
         SQLiteBackend(":memory:")
@@ -202,6 +236,40 @@ async def test_redis_reads_its_password_from_the_variable_password_env_names(red
     async with create_backend(config, env={PASSWORD_ENV: redis_server.password}) as b:
         assert redis_server.password not in repr(b)
         assert repr(b).startswith(f"<RedisBackend redis url='{redis_server.url}'")
+
+
+async def test_redis_reads_asked_together_share_a_pipeline_and_keep_their_own_outcomes(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    state = StateEnv("redis", tmp_path, redis_server)
+    try:
+        b = await state.backend()
+        assert isinstance(b, RedisBackend)
+        await b.commit([Write(key=f"k{i}", value=f"\x00{i}".encode()) for i in range(5)])
+        await b._client.set(b.key_prefix + "s:plain", "not a hash")  # type: ignore[union-attr]
+        batches = b.read_batches
+        got = await asyncio.gather(
+            *(b.get(f"k{i}") for i in range(5)), b.get("plain"), b.get("missing"), return_exceptions=True
+        )
+        assert b.read_batches - batches == 1  # asked in one turn of the event loop: one pipeline
+        *found, wrong_type, missing = got
+        assert [r.value if isinstance(r, Record) else r for r in found] == [f"\x00{i}".encode() for i in range(5)]
+        assert isinstance(wrong_type, StateUnavailableError) and "WRONGTYPE" in str(wrong_type)
+        assert missing is None
+
+        # A read whose caller is cancelled while it waits is dropped; the reads beside it are answered.
+        first = asyncio.create_task(b.get("k0"))
+        dropped = asyncio.create_task(b.get("k1"))
+        kept = asyncio.create_task(b.get("k2"))
+        await asyncio.sleep(0)
+        dropped.cancel()
+        batches = b.read_batches
+        assert (await first) is not None and (await kept) is not None
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        assert b.read_batches - batches == 1
+    finally:
+        await state.aclose()
 
 
 def test_redis_refuses_a_password_in_the_url() -> None:
