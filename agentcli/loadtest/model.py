@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -60,6 +61,11 @@ RECOVER_S = 0.5
 OnWindow = Callable[[WindowRecord, dict[str, Any]], bool]
 PayloadFn = Callable[[int], Any]
 CheckFn = Callable[[Any], Any]
+
+
+def _wait(seconds: float) -> None:
+    """Block the thread (the open model's last approach to an arrival, when nothing else can happen)."""
+    time.sleep(seconds)
 
 
 class EngineStatistics:
@@ -112,6 +118,15 @@ class Engine:
         self.stopped_early = False
         self.finished = asyncio.Event()
         self._seq = 0
+        # The open model's schedule: the next arrival's index and due time (seconds into the run), and whether
+        # the generator keeps to it (see _track_lag).
+        self._n = 0
+        self._next_t: float | None = None
+        #: past this many VUs, a derived cap starts new ones only for arrivals the generator reaches on time
+        self._free = AUTO_VUS_MIN if self.auto_vus else self.max_vus
+        self._late_since: float | None = None
+        self._on_time_since = 0.0
+        self._saturated = False
         self._idle: deque[asyncio.Future[float | None]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -222,58 +237,84 @@ class Engine:
         task.add_done_callback(self._tasks.discard)
 
     async def _open(self) -> None:
-        clock, t0, profile = self.clock, self.t0, self.profile
-        sleep, idle, stats = asyncio.sleep, self._idle, self.stats
-        # Past this many VUs, a derived cap starts new ones only for arrivals the generator reaches on time.
-        free = AUTO_VUS_MIN if self.auto_vus else self.max_vus
-        late_since: float | None = None  # the generator has been late since then
-        on_time_since = 0.0  # ... on time since then
-        saturated = False
-        n = 0
-        next_t = profile.arrival_time(0)
-        while next_t is not None and not self._stopping:
+        clock, t0, sleep = self.clock, self.t0, asyncio.sleep
+        self._next_t = self.profile.arrival_time(0)
+        while self._next_t is not None and not self._stopping:
             now = clock() - t0
-            if now < next_t:
-                ahead = next_t - now
-                await sleep(ahead - SPIN_S if ahead > SPIN_S else 0)
-                continue
-            win = self.window
-            if now - next_t <= GENERATOR_LAG_LIMIT_S:
-                if late_since is not None:
-                    late_since, on_time_since = None, now
-                saturated = saturated and now - on_time_since < RECOVER_S
-            elif late_since is None:
-                late_since = now
-            elif now - late_since >= LATE_GRACE_S:
-                saturated = True
-            while next_t is not None and next_t <= now:
-                win.scheduled += 1
-                stats.scheduled += 1
-                if idle:
-                    idle.pop().set_result(t0 + next_t)
-                elif self.vus < free or (not saturated and self.vus < self.max_vus):
-                    self.vus += 1
-                    self._spawn(self._open_vu(t0 + next_t))
-                else:
-                    win.dropped += 1
-                    stats.dropped += 1
-                n += 1
-                next_t = profile.arrival_time(n)
-            busy = self.vus - len(idle)
-            if busy > win.vus_max:
-                win.vus_max = busy
-            await sleep(0)
+            ahead = self._next_t - now
+            if ahead <= 0:
+                self._release(now)
+                # Let the VUs just handed an arrival start before the clock is read again.
+                await sleep(0)
+            elif ahead > SPIN_S:
+                # The loop's timers fire up to a millisecond off, so they only bring the generator close.
+                await sleep(ahead - SPIN_S)
+            elif self.busy:
+                # Answers are due: pass through the loop so they are read while the arrival comes closer.
+                await sleep(0)
+            else:
+                # Nothing in flight, so nothing for the loop to do: block until the arrival is due, which is
+                # exact to tens of microseconds and idle, where passing through the loop would spin a core.
+                _wait(ahead)
+
+    def _release(self, now: float, *, claim: bool = False) -> float | None:
+        """Hand every arrival due by ``now`` (seconds into the run) to an idle or a new VU, or count it dropped.
+
+        With ``claim`` the caller is a VU that has just finished an iteration: the first due arrival is returned
+        for it to run at once (its intended start time), which saves a hand-off through the loop per arrival when
+        the generator is busy. None: nothing is due (or the schedule is over).
+        """
+        next_t = self._next_t
+        if next_t is None or next_t > now or self._stopping:
+            return None
+        t0, stats, idle, win = self.t0, self.stats, self._idle, self.window
+        self._track_lag(now, now - next_t)
+        claimed: float | None = None
+        n, arrival_time = self._n, self.profile.arrival_time
+        while next_t is not None and next_t <= now:
+            win.scheduled += 1
+            stats.scheduled += 1
+            if claim and claimed is None:
+                claimed = t0 + next_t
+            elif idle:
+                idle.pop().set_result(t0 + next_t)
+            elif self.vus < self._free or (not self._saturated and self.vus < self.max_vus):
+                self.vus += 1
+                self._spawn(self._open_vu(t0 + next_t))
+            else:
+                win.dropped += 1
+                stats.dropped += 1
+            n += 1
+            next_t = arrival_time(n)
+        self._n, self._next_t = n, next_t
+        busy = self.vus - len(idle)
+        if busy > win.vus_max:
+            win.vus_max = busy
+        return claimed
+
+    def _track_lag(self, now: float, late: float) -> None:
+        """Whether the generator is saturated: late past the limit for the grace period, until on time again."""
+        if late <= GENERATOR_LAG_LIMIT_S:
+            if self._late_since is not None:
+                self._late_since, self._on_time_since = None, now
+            self._saturated = self._saturated and now - self._on_time_since < RECOVER_S
+        elif self._late_since is None:
+            self._late_since = now
+        elif now - self._late_since >= LATE_GRACE_S:
+            self._saturated = True
 
     async def _open_vu(self, intended: float | None) -> None:
         loop = asyncio.get_running_loop()
-        idle = self._idle
+        idle, clock, t0 = self._idle, self.clock, self.t0
         while intended is not None:
             await self._iteration(intended, lag=True)
             if self._stopping:
                 break
-            fut: asyncio.Future[float | None] = loop.create_future()
-            idle.append(fut)
-            intended = await fut
+            intended = self._release(clock() - t0, claim=True)
+            if intended is None:
+                fut: asyncio.Future[float | None] = loop.create_future()
+                idle.append(fut)
+                intended = await fut
         self.vus -= 1
 
     async def _closed(self) -> None:
