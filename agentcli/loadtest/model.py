@@ -2,17 +2,18 @@
 
 Open model: arrival ``n`` is due at ``t0 + profile.arrival_time(n)``, an absolute timeline computed from the
 stages, so a late pass never shifts later arrivals. Each due arrival goes to an idle virtual user (a long-lived
-coroutine; new ones are started up to ``max_vus``); when all ``max_vus`` are busy the arrival is counted as
-dropped instead of waiting, so a slow system cannot slow the generator down. A new VU starts only when none is
-idle, so the VUs in flight follow Little's law (arrival rate × time in flight) by themselves. Left to agentcli
-(``max_vus`` None), the cap is that, up to ``AUTO_VUS_LIMIT``, as long as the generator keeps to its schedule:
-once the generator itself has reached arrivals more than ``GENERATOR_LAG_LIMIT_S`` late for ``LATE_GRACE_S`` on
-end, it is saturated, and until it has been on time for ``RECOVER_S`` on end an arrival finds no new VU (past
-``AUTO_VUS_MIN``) and is dropped, because more iterations in flight would only slow the generator further — the
-trap a fixed large cap sets. A stalled target, which leaves the generator idle and on time, still gets a VU per
-arrival and its stall is measured. Latency is measured from the
-intended time, so any delay — the system's or the generator's own — is in it; the generator's own part is
-reported separately as start lag (intended → the iteration actually starting).
+coroutine; new ones are started up to ``max_vus``), or to the VU that finishes while it is due; when all
+``max_vus`` are busy the arrival is counted as dropped instead of waiting, so a slow system cannot slow the
+generator down. A new VU starts only when none is idle, so the VUs in flight follow Little's law (arrival rate ×
+time in flight) by themselves. Left to agentcli (``max_vus`` None), the cap is that, up to ``AUTO_VUS_LIMIT``, as
+long as the generator keeps to its schedule: once the generator itself has reached arrivals more than
+``GENERATOR_LAG_LIMIT_S`` late for ``LATE_GRACE_S`` on end, it is saturated, and until it has been on time for
+``RECOVER_S`` on end an arrival finds no new VU (past ``AUTO_VUS_MIN``) and is dropped, because more iterations in
+flight would only slow the generator further — the trap a fixed large cap sets. A stalled target, which leaves the
+generator idle and on time, still gets a VU per arrival and its stall is measured. Latency is measured from the
+intended time, so any delay — the system's or the generator's own — is in it; the generator's own part is reported
+separately as start lag (intended → the iteration actually starting). Between arrivals the generator is idle: it
+waits on the loop's timers, and for the last ``ALARM_S`` on :class:`_Alarm`.
 
 Closed model: ``profile.target_at(t)`` virtual users each loop request → result → think time. Their latency is
 a round trip from the moment each iteration starts (what a closed system can measure).
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 #: Further ahead than this, the generator waits for the next arrival on the loop's timers (millisecond
 #: resolution); closer, on :class:`_Alarm`, which is exact to tens of microseconds.
-SPIN_S = 0.001
+ALARM_S = 0.001
 #: How often the closed model adjusts the number of VUs to the stage target.
 VU_STEP_S = 0.05
 #: Open model, --max-vus left to agentcli: VUs start freely up to AUTO_VUS_MIN, then only while the generator is
@@ -295,9 +296,9 @@ class Engine:
                     self._release(now)
                     # Let the VUs just handed an arrival start before the clock is read again.
                     await sleep(0)
-                elif ahead > SPIN_S:
+                elif ahead > ALARM_S:
                     # The loop's timers fire up to a millisecond off, so they only bring the generator close.
-                    await sleep(ahead - SPIN_S)
+                    await sleep(ahead - ALARM_S)
                 else:
                     # VUs finishing meanwhile take the arrivals that fall due (see _release), so at a high rate
                     # this often wakes to find its arrival gone and simply waits for the next.
