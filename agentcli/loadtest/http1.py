@@ -235,14 +235,16 @@ class Http1Client:
         return result
 
     async def _acquire(self) -> _Connection:
-        idle = self._idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
-            self._forget(conn)
-        if self._open >= self.connections:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        idle, loop = self._idle, asyncio.get_running_loop()
+        while True:
+            while idle:
+                conn = idle.pop()
+                if not conn.closed:
+                    return conn
+                self._forget(conn)
+            if self._open < self.connections:
+                break
+            fut: asyncio.Future[None] = loop.create_future()
             self._waiting.append(fut)
             try:
                 await fut
@@ -250,12 +252,9 @@ class Http1Client:
                 if fut.done() and not fut.cancelled():
                     self._wake()  # pass the turn on
                 raise
-            return await self._acquire()
         self._open += 1
         try:
-            _transport, conn = await asyncio.get_running_loop().create_connection(
-                lambda: _Connection(self.max_body), self.host, self.port
-            )
+            _transport, conn = await loop.create_connection(lambda: _Connection(self.max_body), self.host, self.port)
         except BaseException:
             self._open -= 1
             self._wake()
