@@ -2,17 +2,18 @@
 
 Open model: arrival ``n`` is due at ``t0 + profile.arrival_time(n)``, an absolute timeline computed from the
 stages, so a late pass never shifts later arrivals. Each due arrival goes to an idle virtual user (a long-lived
-coroutine; new ones are started up to ``max_vus``); when all ``max_vus`` are busy the arrival is counted as
-dropped instead of waiting, so a slow system cannot slow the generator down. A new VU starts only when none is
-idle, so the VUs in flight follow Little's law (arrival rate × time in flight) by themselves. Left to agentcli
-(``max_vus`` None), the cap is that, up to ``AUTO_VUS_LIMIT``, as long as the generator keeps to its schedule:
-once the generator itself has reached arrivals more than ``GENERATOR_LAG_LIMIT_S`` late for ``LATE_GRACE_S`` on
-end, it is saturated, and until it has been on time for ``RECOVER_S`` on end an arrival finds no new VU (past
-``AUTO_VUS_MIN``) and is dropped, because more iterations in flight would only slow the generator further — the
-trap a fixed large cap sets. A stalled target, which leaves the generator idle and on time, still gets a VU per
-arrival and its stall is measured. Latency is measured from the
-intended time, so any delay — the system's or the generator's own — is in it; the generator's own part is
-reported separately as start lag (intended → the iteration actually starting).
+coroutine; new ones are started up to ``max_vus``), or to the VU that finishes while it is due; when all
+``max_vus`` are busy the arrival is counted as dropped instead of waiting, so a slow system cannot slow the
+generator down. A new VU starts only when none is idle, so the VUs in flight follow Little's law (arrival rate ×
+time in flight) by themselves. Left to agentcli (``max_vus`` None), the cap is that, up to ``AUTO_VUS_LIMIT``, as
+long as the generator keeps to its schedule: once the generator itself has reached arrivals more than
+``GENERATOR_LAG_LIMIT_S`` late for ``LATE_GRACE_S`` on end, it is saturated, and until it has been on time for
+``RECOVER_S`` on end an arrival finds no new VU (past ``AUTO_VUS_MIN``) and is dropped, because more iterations in
+flight would only slow the generator further — the trap a fixed large cap sets. A stalled target, which leaves the
+generator idle and on time, still gets a VU per arrival and its stall is measured. Latency is measured from the
+intended time, so any delay — the system's or the generator's own — is in it; the generator's own part is reported
+separately as start lag (intended → the iteration actually starting). Between arrivals the generator is idle: it
+waits on the loop's timers, and for the last ``ALARM_S`` on :class:`_Alarm`.
 
 Closed model: ``profile.target_at(t)`` virtual users each loop request → result → think time. Their latency is
 a round trip from the moment each iteration starts (what a closed system can measure).
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -39,11 +41,9 @@ __all__ = ["AUTO_VUS_LIMIT", "GENERATOR_LAG_LIMIT_S", "Engine", "EngineStatistic
 
 log = logging.getLogger(__name__)
 
-#: The generator sleeps until this long before the next arrival, then yields to the loop until it is due: the
-#: loop's timers have millisecond resolution and fire up to a millisecond late, which would be start lag of the
-#: generator's own making. Measured on uvloop: 1 ms keeps p99 lag at 10k arrivals/s near 0.02 ms while an idle
-#: gap costs at most 1 ms of spinning per arrival (about 25% of a core at 500/s instead of all of it at 2 ms).
-SPIN_S = 0.001
+#: Further ahead than this, the generator waits for the next arrival on the loop's timers (millisecond
+#: resolution); closer, on :class:`_Alarm`, which is exact to tens of microseconds.
+ALARM_S = 0.001
 #: How often the closed model adjusts the number of VUs to the stage target.
 VU_STEP_S = 0.05
 #: Open model, --max-vus left to agentcli: VUs start freely up to AUTO_VUS_MIN, then only while the generator is
@@ -60,6 +60,60 @@ RECOVER_S = 0.5
 OnWindow = Callable[[WindowRecord, dict[str, Any]], bool]
 PayloadFn = Callable[[int], Any]
 CheckFn = Callable[[Any], Any]
+
+
+class _Alarm:
+    """Wakes the event loop at a precise time from a thread of its own.
+
+    The loop's timers have millisecond resolution and fire up to a millisecond off, which would be start lag of
+    the generator's own making; passing through the loop until an arrival is due instead keeps a core busy. A
+    thread blocked on a condition with a timeout wakes within tens of microseconds and costs nothing meanwhile.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float]) -> None:
+        self._loop = loop
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._when: float | None = None
+        self._fut: asyncio.Future[None] | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="agentcli-loadtest-alarm", daemon=True)
+        self._thread.start()
+
+    def at(self, when: float) -> asyncio.Future[None]:
+        """A future done at ``when`` (on the engine's clock); it replaces the one asked for before."""
+        fut = self._loop.create_future()
+        with self._cond:
+            self._when, self._fut = when, fut
+            self._cond.notify()
+        return fut
+
+    def _run(self) -> None:
+        cond = self._cond
+        with cond:
+            while not self._closed:
+                when = self._when
+                if when is None:
+                    cond.wait()
+                    continue
+                delay = when - self._clock()
+                if delay > 0:
+                    cond.wait(delay)  # woken early by a new time, or the timeout: look again
+                    continue
+                fut, self._when, self._fut = self._fut, None, None
+                if fut is not None:
+                    self._loop.call_soon_threadsafe(_wake, fut)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class EngineStatistics:
@@ -112,6 +166,15 @@ class Engine:
         self.stopped_early = False
         self.finished = asyncio.Event()
         self._seq = 0
+        # The open model's schedule: the next arrival's index and due time (seconds into the run), and whether
+        # the generator keeps to it (see _track_lag).
+        self._n = 0
+        self._next_t: float | None = None
+        #: past this many VUs, a derived cap starts new ones only for arrivals the generator reaches on time
+        self._free = AUTO_VUS_MIN if self.auto_vus else self.max_vus
+        self._late_since: float | None = None
+        self._on_time_since = 0.0
+        self._saturated = False
         self._idle: deque[asyncio.Future[float | None]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -222,58 +285,85 @@ class Engine:
         task.add_done_callback(self._tasks.discard)
 
     async def _open(self) -> None:
-        clock, t0, profile = self.clock, self.t0, self.profile
-        sleep, idle, stats = asyncio.sleep, self._idle, self.stats
-        # Past this many VUs, a derived cap starts new ones only for arrivals the generator reaches on time.
-        free = AUTO_VUS_MIN if self.auto_vus else self.max_vus
-        late_since: float | None = None  # the generator has been late since then
-        on_time_since = 0.0  # ... on time since then
-        saturated = False
-        n = 0
-        next_t = profile.arrival_time(0)
-        while next_t is not None and not self._stopping:
-            now = clock() - t0
-            if now < next_t:
-                ahead = next_t - now
-                await sleep(ahead - SPIN_S if ahead > SPIN_S else 0)
-                continue
-            win = self.window
-            if now - next_t <= GENERATOR_LAG_LIMIT_S:
-                if late_since is not None:
-                    late_since, on_time_since = None, now
-                saturated = saturated and now - on_time_since < RECOVER_S
-            elif late_since is None:
-                late_since = now
-            elif now - late_since >= LATE_GRACE_S:
-                saturated = True
-            while next_t is not None and next_t <= now:
-                win.scheduled += 1
-                stats.scheduled += 1
-                if idle:
-                    idle.pop().set_result(t0 + next_t)
-                elif self.vus < free or (not saturated and self.vus < self.max_vus):
-                    self.vus += 1
-                    self._spawn(self._open_vu(t0 + next_t))
+        clock, t0, sleep = self.clock, self.t0, asyncio.sleep
+        alarm = _Alarm(asyncio.get_running_loop(), clock)
+        self._next_t = self.profile.arrival_time(0)
+        try:
+            while self._next_t is not None and not self._stopping:
+                now = clock() - t0
+                ahead = self._next_t - now
+                if ahead <= 0:
+                    self._release(now)
+                    # Let the VUs just handed an arrival start before the clock is read again.
+                    await sleep(0)
+                elif ahead > ALARM_S:
+                    # The loop's timers fire up to a millisecond off, so they only bring the generator close.
+                    await sleep(ahead - ALARM_S)
                 else:
-                    win.dropped += 1
-                    stats.dropped += 1
-                n += 1
-                next_t = profile.arrival_time(n)
-            busy = self.vus - len(idle)
-            if busy > win.vus_max:
-                win.vus_max = busy
-            await sleep(0)
+                    # VUs finishing meanwhile take the arrivals that fall due (see _release), so at a high rate
+                    # this often wakes to find its arrival gone and simply waits for the next.
+                    await alarm.at(t0 + self._next_t)
+        finally:
+            alarm.close()
+
+    def _release(self, now: float, *, claim: bool = False) -> float | None:
+        """Hand every arrival due by ``now`` (seconds into the run) to an idle or a new VU, or count it dropped.
+
+        With ``claim`` the caller is a VU that has just finished an iteration: the first due arrival is returned
+        for it to run at once (its intended start time), which saves a hand-off through the loop per arrival when
+        the generator is busy. None: nothing is due (or the schedule is over).
+        """
+        next_t = self._next_t
+        if next_t is None or next_t > now or self._stopping:
+            return None
+        t0, stats, idle, win = self.t0, self.stats, self._idle, self.window
+        self._track_lag(now, now - next_t)
+        claimed: float | None = None
+        n, arrival_time = self._n, self.profile.arrival_time
+        while next_t is not None and next_t <= now:
+            win.scheduled += 1
+            stats.scheduled += 1
+            if claim and claimed is None:
+                claimed = t0 + next_t
+            elif idle:
+                idle.pop().set_result(t0 + next_t)
+            elif self.vus < self._free or (not self._saturated and self.vus < self.max_vus):
+                self.vus += 1
+                self._spawn(self._open_vu(t0 + next_t))
+            else:
+                win.dropped += 1
+                stats.dropped += 1
+            n += 1
+            next_t = arrival_time(n)
+        self._n, self._next_t = n, next_t
+        busy = self.vus - len(idle)
+        if busy > win.vus_max:
+            win.vus_max = busy
+        return claimed
+
+    def _track_lag(self, now: float, late: float) -> None:
+        """Whether the generator is saturated: late past the limit for the grace period, until on time again."""
+        if late <= GENERATOR_LAG_LIMIT_S:
+            if self._late_since is not None:
+                self._late_since, self._on_time_since = None, now
+            self._saturated = self._saturated and now - self._on_time_since < RECOVER_S
+        elif self._late_since is None:
+            self._late_since = now
+        elif now - self._late_since >= LATE_GRACE_S:
+            self._saturated = True
 
     async def _open_vu(self, intended: float | None) -> None:
         loop = asyncio.get_running_loop()
-        idle = self._idle
+        idle, clock, t0 = self._idle, self.clock, self.t0
         while intended is not None:
             await self._iteration(intended, lag=True)
             if self._stopping:
                 break
-            fut: asyncio.Future[float | None] = loop.create_future()
-            idle.append(fut)
-            intended = await fut
+            intended = self._release(clock() - t0, claim=True)
+            if intended is None:
+                fut: asyncio.Future[float | None] = loop.create_future()
+                idle.append(fut)
+                intended = await fut
         self.vus -= 1
 
     async def _closed(self) -> None:

@@ -142,7 +142,7 @@ def main() -> None:
                                 server, ["--rate", f"{r}/s", "--duration", f"{s}s"], tmp / f"o{r}.json"
                             ),
                         )  # fmt: skip
-                        for r in (1000, 4000, 8000)
+                        for r in (1000, 5000, 8000)
                     ],
                 ]
             if args.only in (None, "stall"):

@@ -107,6 +107,7 @@ class KafkaBus(Bus):
         self.client_opts = self._connector.client_opts
         self._producer: Any = None
         self._admin: Any = None
+        self._keyless_turn = 0  # keyless writes take the partitions in turn, one partition per write
         self._known: OrderedDict[str, None] = OrderedDict()
         self.max_known_topics = MAX_KNOWN_TOPICS
         self._listed_at = -math.inf
@@ -288,13 +289,18 @@ class KafkaBus(Bus):
         ``delivery_timeout_s``. ``items`` are the events the records encode, named by the error when some of
         them may have been written without a confirmation."""
         send = self._producer.send
+        keyless = self._keyless_partition(name)
         futs: list[asyncio.Future[Any]] = []
         self._waiting += 1
         try:
             async with asyncio.timeout(self.kafka.delivery_timeout_s):
                 for value, key in records:
-                    futs.append(await send(name, value, key=key, headers=headers))
-                await asyncio.gather(*futs)
+                    part = keyless if key is None else None
+                    futs.append(await send(name, value, key=key, partition=part, headers=headers))
+                # In order rather than gathered: a batch confirms its records together, so once the first of a
+                # batch is awaited the rest are done and cost no callback each.
+                for fut in futs:
+                    await fut
         except TimeoutError:
             raise self._not_confirmed(name, records, futs, items, None) from None
         except KafkaError as exc:
@@ -302,6 +308,21 @@ class KafkaBus(Bus):
         finally:
             self._waiting -= 1
         self._published += len(records)
+
+    def _keyless_partition(self, name: str) -> int | None:
+        """The partition for this write's keyless records: the topic's partitions with a leader, in turn.
+
+        One partition per write (Kafka's sticky partitioner does the same) makes one batch of a write's keyless
+        records instead of one per partition, and spares the client choosing a partition per record; across
+        writes they still spread over the partitions. None (the client chooses) while the topic's partitions
+        are not known yet.
+        """
+        cluster = self._producer.client.cluster
+        parts = cluster.available_partitions_for_topic(name) or cluster.partitions_for_topic(name)
+        if not parts:
+            return None
+        self._keyless_turn += 1
+        return sorted(parts)[self._keyless_turn % len(parts)]  # type: ignore[no-any-return]
 
     def _not_confirmed(
         self,

@@ -397,3 +397,21 @@ async def test_lag_is_what_is_not_finished_up_to_the_end_of_the_partitions(make_
     await bus.publish("t", [ev("t", i, f"k{i}") for i in range(5)])
     await take(sub, 5, ack=False)
     assert sub.statistics().lag == 5
+
+
+async def test_a_writes_keyless_events_share_one_partition_and_writes_take_the_partitions_in_turn(
+    make_bus: MakeBus,
+) -> None:
+    bus = await make_bus(partitions=4)
+    sub = await bus.subscribe("t", "g")
+    await bus.publish("t", [ev("t", "first", "k")])  # the producer learns the topic's partitions
+    await take(sub, 1)
+    for w in range(4):
+        await bus.publish("t", [ev("t", (w, i)) for i in range(10)])
+    items = await take(sub, 40, ack=False)
+    part = {tuple(it.payload): sub._unacked[id(it)][1].partition for it in items if isinstance(it, Event)}
+    by_write = [{part[(w, i)] for i in range(10)} for w in range(4)]
+    assert all(len(parts) == 1 for parts in by_write), by_write  # one batch per write, in emit order
+    assert {p for parts in by_write for p in parts} == {0, 1, 2, 3}  # spread over the partitions across writes
+    for w in range(4):  # a partition keeps the write's order
+        assert [it.payload[1] for it in items if isinstance(it, Event) and it.payload[0] == w] == list(range(10))
