@@ -496,6 +496,8 @@ def _component_recs(
             share = f", {_pct(r.share_of_time)} of workflow {r.workflow!r}'s step time"
         figure = f"p95 {fmt_s(r.p95_ms / 1e3)}{share}"
         conc = keys.get("concurrency")
+        if conc and r.kind == "step" and not _saturated(r):
+            conc = None  # a step with most of its workflow's time but free slots: more of them would not help
         cache = keys.get("cache")
         actions = [f"raise its concurrency (`{conc}`)"] if conc else []
         if cache:
