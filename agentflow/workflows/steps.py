@@ -115,9 +115,7 @@ def step_handler(workflows: Workflows, graph: Graph, node: Node, figures: Compon
         finally:
             figures.in_flight -= 1
             if outcome:
-                figures.observe(time.perf_counter() - t0, outcome)
-                now = usage(run_id, agent)
-                figures.add_usage(now[0] - spent[0], now[1] - spent[1], now[2] - spent[2])
+                _observe(figures, time.perf_counter() - t0, outcome, spent, usage(run_id, agent))
 
     async def _run(event: Event, ctx: Context, run_id: str) -> Any:
         headers = event.headers or {}
@@ -151,6 +149,16 @@ def step_handler(workflows: Workflows, graph: Graph, node: Node, figures: Compon
 
     run_step.__name__ = getattr(user, "__name__", name)
     return run_step
+
+
+_Spent = tuple[int, int, float]  # prompt tokens, completion tokens, US dollars
+
+
+def _observe(figures: ComponentFigures, duration_s: float, outcome: str, spent: _Spent, now: _Spent) -> None:
+    """Count one attempt of a step: its duration and outcome, and what its LLM calls spent (``now - spent``)."""
+    figures.observe(duration_s, outcome)
+    if now[0] >= spent[0] and now[1] >= spent[1]:  # else the tracker forgot the run meanwhile (after 100,000 more)
+        figures.add_usage(now[0] - spent[0], now[1] - spent[1], now[2] - spent[2])
 
 
 async def add_part(
