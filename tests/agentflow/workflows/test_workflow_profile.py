@@ -1,10 +1,11 @@
 """Workflow steps in the profile report: one row per step with its runs, duration, tokens and cost, the workflow's
 totals naming its slowest and most expensive step, and the step with most of the workflow's time flagged — from
-``runner.insight`` and from ``GET /v1/profile``."""
+``runner.insight`` and from ``GET /v1/profile``; and the cost report's runs named after their workflow."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -81,6 +82,7 @@ async def test_each_step_is_a_row_and_the_workflow_totals_name_the_slowest_and_m
         report = runner.insight.profile()
         assert runner.llm is not None
         costs = runner.llm.costs.rows()
+        spending = runner.insight.costs(time.time() - 600, time.time() + 1)
         assert runner.http_address is not None
         host, port = runner.http_address
         async with aiohttp.ClientSession() as http, http.get(f"http://{host}:{port}/v1/profile") as resp:
@@ -108,6 +110,11 @@ async def test_each_step_is_a_row_and_the_workflow_totals_name_the_slowest_and_m
     others = {s: [f.flag for f in rows[s].flags] for s in STEPS if s != "write"}
     assert others == {"plan": [], "search.web": [], "search.papers": [], "merge": ["COSTLY"]}
     assert [r for r in report.recommendations if r.kind == "step"] == []  # one run at a time: its slots are free
+    # the cost report names the runs after their workflow, not the topic of its first step
+    assert spending is not None
+    [by_wf] = spending.by_workflow
+    assert (by_wf.workflow, by_wf.runs.runs) == ("research", RUNS)
+    assert by_wf.most_expensive_agent == "research.merge"
     # the route serves the same rows
     assert {n: (r.calls, r.cost_usd) for n, r in step_rows(served).items()} == {
         n: (r.calls, r.cost_usd) for n, r in rows.items()
