@@ -144,13 +144,14 @@ class ComponentSample(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ComponentFigures:
-    """Counts of a component that keeps none of its own: ``observe`` once per call (a list index and a few adds).
+    """Counts of a component that keeps none of its own: ``observe`` once per call (a list index and a few adds),
+    ``add_usage`` for the LLM tokens and cost a call spent, ``retries`` and ``in_flight`` counted by the owner.
 
     ``outcome`` is ``ok``/``success``, ``timeout`` or anything else (an error).
     """
 
-    __slots__ = ("calls", "concurrency", "duration", "errors", "in_flight", "kind", "name", "settings", "timeouts",
-                 "workflow")  # fmt: skip
+    __slots__ = ("calls", "completion_tokens", "concurrency", "cost_usd", "duration", "errors", "in_flight", "kind",
+                 "name", "prompt_tokens", "retries", "settings", "timeouts", "workflow")  # fmt: skip
 
     def __init__(
         self,
@@ -170,6 +171,10 @@ class ComponentFigures:
         self.errors = 0
         self.timeouts = 0
         self.in_flight = 0
+        self.retries = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost_usd = 0.0
         self.duration = Pow2Histogram()
 
     def __repr__(self) -> str:
@@ -183,6 +188,12 @@ class ComponentFigures:
             if outcome in _TIMEOUTS:
                 self.timeouts += 1
 
+    def add_usage(self, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+        """Count LLM usage of a call (a workflow step's, say)."""
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost_usd += cost_usd
+
     def sample(self) -> ComponentSample:
         return ComponentSample(
             kind=self.kind,
@@ -191,8 +202,12 @@ class ComponentFigures:
             calls=self.calls,
             errors=self.errors,
             timeouts=self.timeouts,
+            retries=self.retries,
             duration=HistSample.of(self.duration),
             concurrency=self.concurrency,
             in_flight=self.in_flight,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cost_usd=self.cost_usd,
             settings=dict(self.settings),
         )

@@ -50,6 +50,7 @@ from .tools import DEFAULT_MAX_PARALLEL_TOOLS, FunctionTool, ToolBox, ToolRegist
 from .tools import tool as make_tool
 from .tools.metrics import AgentToolMetrics, ToolMetrics
 from .workflows import Workflow, WorkflowRun, Workflows
+from .workflows.records import WORKFLOW_HEADER
 
 if TYPE_CHECKING:
     from .llm.hub import AgentLLM, LLMHub
@@ -747,8 +748,11 @@ class Runner(Lifecycle):
             return self.llm.for_agent(agent, None)
         run = event.correlation_id
         if event.depth == 0 and run is not None:
-            # A workflow's first event names it in the cost history (its topic), unless the workflow layer does.
-            self.llm.costs.ledger.name_run(run, event.topic)
+            # A run's first event names it in the cost history: the workflow of runner.start_workflow (from its
+            # header, so every worker names it alike), else the topic the chain of events started on.
+            headers = event.headers
+            workflow = headers.get(WORKFLOW_HEADER) if headers else None
+            self.llm.costs.ledger.name_run(run, workflow or event.topic)
         return self.llm.for_agent(agent, run)
 
     def _mcp_hub(self) -> MCPHub:

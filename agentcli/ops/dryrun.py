@@ -2,11 +2,11 @@
 of events against the mock LLM in this process, and estimate what they would cost.
 
 The app's agents run on a copy of its runner (:meth:`agentflow.Runner.with_config`) whose config sends every
-``[llm.NAME]`` provider to an in-process mock server, with the provider's own price table; the bus is the memory
-bus and the HTTP server stays off, so nothing reaches a real provider, broker or network address. Prompt tokens
-are what the mock counts (about four characters a token), completion tokens at most ``--completion-tokens`` per
-call, fewer when a call asks for ``max_tokens``. Each sample event starts its own workflow (its correlation id),
-so its cost includes every follow-up it caused.
+``[llm.NAME]`` provider to an in-process mock server, with the provider's own price table; the bus and the state
+backend are the memory ones and the HTTP server stays off, so nothing reaches a real provider, broker, state store
+or network address. Prompt tokens are what the mock counts (about four characters a token), completion tokens at
+most ``--completion-tokens`` per call, fewer when a call asks for ``max_tokens``. Each sample event starts its own
+workflow (its correlation id), so its cost includes every follow-up it caused.
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ def read_events(path: Path) -> list[SampleEvent]:
 
 
 def dry_config(config: Config, mock_url: str) -> Config:
-    """``config`` with every LLM provider sent to the mock (prices kept, limits and keys dropped), the memory bus,
-    and no HTTP server, alerts or tracing."""
+    """``config`` with every LLM provider sent to the mock (prices kept, limits and keys dropped), the memory bus
+    and state backend, and no HTTP server, alerts or tracing."""
     replace = msgspec.structs.replace
     llm = {
         name: replace(
@@ -135,6 +135,7 @@ def dry_config(config: Config, mock_url: str) -> Config:
     return replace(
         config,
         bus=replace(config.bus, backend="memory"),
+        memory=replace(config.memory, backend="memory"),  # neither state nor estimated cost reaches the real store
         monitoring=replace(
             config.monitoring, metrics_enabled=False, ingest_enabled=False, profiling=False, alerts=AlertsConfig()
         ),

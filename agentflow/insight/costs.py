@@ -19,6 +19,7 @@ and reads them back. A write that fails is kept and tried again with the next::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, Literal, get_args
@@ -251,6 +252,7 @@ class CostHistory:
         self.retention_s = retention_s
         self.flushes = 0
         self.failures = 0
+        self._stop = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<CostHistory backend={self.backend.name} flushes={self.flushes} failures={self.failures}>"
@@ -265,7 +267,7 @@ class CostHistory:
             lines, parts = minutes.get(minute, []), runs.get(minute, [])
             try:
                 await self._merge(minute, lines, parts)
-            except StateError as exc:
+            except Exception as exc:  # noqa: BLE001 - a StateError, or a record it cannot read: never ends the task
                 self.failures += 1
                 logger.warning("Could not write cost history for minute %d: %s; it is tried again later.", minute, exc)
                 ledger.give_back({minute: lines} if lines else {}, {minute: parts} if parts else {})
@@ -309,8 +311,20 @@ class CostHistory:
         return minutes, merge_runs(runs)
 
     async def run(self, ledger: CostLedger, interval_s: float = DEFAULT_FLUSH_INTERVAL_S) -> None:
-        """Flush every ``interval_s`` until cancelled; the owner flushes once more on close."""
+        """Flush every ``interval_s`` until :meth:`stop`, then once more and return. Stopping never cuts a
+        flush short: a cancelled write could have reached the backend or not, so its changes could be neither
+        given back nor dropped safely."""
         ledger.track_changes()
+        stop = self._stop
         while True:
-            await asyncio.sleep(interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await stop.wait()
+            last = stop.is_set()  # read before the flush: a stop during it still gets one more
             await self.flush(ledger)
+            if last:
+                return
+
+    def stop(self) -> None:
+        """End :meth:`run` after its last flush."""
+        self._stop.set()

@@ -481,12 +481,12 @@ def _bottleneck_recs(
 
 
 def _component_recs(
-    rows: list[ProfileRow], settings: dict[tuple[str, str], dict[str, str]]
+    rows: list[ProfileRow], settings: dict[tuple[str, str, str | None], dict[str, str]]
 ) -> Iterable[Recommendation]:
     for r in rows:
         if r.kind not in ("tool", "mcp", "state", "step") or r.calls < MIN_CALLS:
             continue
-        keys = settings.get((r.kind, r.name), {})
+        keys = settings.get((r.kind, r.name, r.workflow), {})  # two workflows may each have a step "plan"
         flagged = any(f.flag in ("BOTTLENECK", "SLOW") for f in r.flags)
         big = r.share_of_time is not None and r.share_of_time >= TOOL_TIME_SHARE and r.kind != "step"
         if not (flagged or big) or r.p95_ms is None:
@@ -496,6 +496,8 @@ def _component_recs(
             share = f", {_pct(r.share_of_time)} of workflow {r.workflow!r}'s step time"
         figure = f"p95 {fmt_s(r.p95_ms / 1e3)}{share}"
         conc = keys.get("concurrency")
+        if conc and r.kind == "step" and not _saturated(r):
+            conc = None  # a step with most of its workflow's time but free slots: more of them would not help
         cache = keys.get("cache")
         actions = [f"raise its concurrency (`{conc}`)"] if conc else []
         if cache:
@@ -636,7 +638,7 @@ def build_profile(snap: ProfileSnapshot, *, source: str) -> ProfileReport:
     _flag_slow(rows, {a.name: a.slo_p95_s for a in snap.agents if a.slo_p95_s is not None})
     _flag_bottleneck(rows)
     _flag_costly(rows)
-    settings = {(c.kind, c.name): c.settings for c in snap.components}
+    settings = {(c.kind, c.name, c.workflow): c.settings for c in snap.components}
     recs = [
         *_bottleneck_recs(rows, pool, snap),
         *_timeout_recs(rows, {a.name: a for a in snap.agents}),

@@ -52,7 +52,8 @@ class CostTracker:
         self._prices: dict[str, dict[str, LLMPrice]] = {}
         self._rows: dict[tuple[str, str, str], CostRow] = {}
         self._workflows: OrderedDict[str, int] = OrderedDict()
-        # (workflow, agent) -> [tokens, cost]: what one step of a workflow run used (docs/workflows.md, status)
+        # (workflow, agent) -> [prompt tokens, completion tokens, cost]: what one step of a workflow run used
+        # (docs/workflows.md, status; the profile's step rows)
         self._steps: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self._max_workflows = max_workflows
         self.budget_refusals = 0
@@ -118,20 +119,22 @@ class CostTracker:
                 self._workflows.popitem(last=False)
             step = self._steps.get((workflow, agent))
             if step is None:
-                step = self._steps[workflow, agent] = [0.0, 0.0]
+                step = self._steps[workflow, agent] = [0.0, 0.0, 0.0]
                 if len(self._steps) > self._max_workflows:
                     self._steps.popitem(last=False)
-            step[0] += prompt + completion
-            step[1] += cost
+            step[0] += prompt
+            step[1] += completion
+            step[2] += cost
             warn = self._warn_at.get(provider)
             if warn is not None and used - prompt - completion < warn[1] <= used:
                 self._warn(workflow, used, warn[0])
         return cost
 
-    def step_usage(self, workflow: str, agent: str) -> tuple[int, float]:
-        """Tokens and US dollars ``agent`` used in ``workflow`` in this process (0 when unknown or forgotten)."""
+    def step_usage(self, workflow: str, agent: str) -> tuple[int, int, float]:
+        """Prompt tokens, completion tokens and US dollars ``agent`` used in ``workflow`` in this process (0 when
+        unknown or forgotten)."""
         step = self._steps.get((workflow, agent))
-        return (0, 0.0) if step is None else (int(step[0]), step[1])
+        return (0, 0, 0.0) if step is None else (int(step[0]), int(step[1]), step[2])
 
     def _warn(self, workflow: str, used: int, budget: int) -> None:
         self.budget_warnings += 1

@@ -20,11 +20,12 @@ import msgspec
 
 from ..agents.context import Context
 from ..agents.spec import AgentSpec
+from ..components import ComponentFigures, ComponentSample
 from ..errors import WorkflowError, WorkflowFailedError, WorkflowGraphError
 from ..events import DeadLetter, Event, new_event_id
 from ..state.handle import StateHandle
 from ..state.store import MISSING, StateStore
-from .graph import Graph, Node, Workflow, from_config, import_handler, is_agent_ref
+from .graph import Graph, Node, Workflow, from_config, import_handler, is_agent_ref, step_agent
 from .records import (
     DEADLINE_HEADER,
     FAILED_NS,
@@ -101,6 +102,9 @@ class Workflows:
         # run id -> (what its result() callers wait on, the workflow): bounded by the runs being awaited
         self._waiters: dict[str, tuple[asyncio.Future[Any], Graph]] = {}
         self._sinks: dict[str, dict[str, Any]] = {}
+        # (workflow, step) -> what each step's runs took and spent: the profile report's step rows
+        self._figures: dict[tuple[str, str], ComponentFigures] = {}
+        runner.metrics.add_components(self.components)
 
     def __repr__(self) -> str:
         return f"<Workflows {sorted(self._defined) or sorted(self.graphs)} waiting={len(self._waiters)}>"
@@ -144,12 +148,16 @@ class Workflows:
                         "already registered; rename the step or the agent."
                     )
                 self._by_topic[graph.topic(step)] = (graph, step)
+                figures = ComponentFigures(
+                    "step", step, workflow=name, settings={"concurrency": f"[agents.{agent}] concurrency"}
+                )
+                self._figures[name, step] = figures
                 o = node.options
                 specs.append(
                     AgentSpec(
                         name=agent,
                         topic=graph.topic(step),
-                        handler=step_handler(self, graph, node),
+                        handler=step_handler(self, graph, node, figures),
                         concurrency=o.concurrency,
                         retry=o.retry,
                         provider=o.provider,
@@ -234,9 +242,24 @@ class Workflows:
             await runner._publish(topic, (event,))
         return WorkflowRun(self, run_id, name)
 
-    def usage(self, run_id: str, agent: str) -> tuple[int, float]:
+    def usage(self, run_id: str, agent: str) -> tuple[int, int, float]:
+        """Prompt tokens, completion tokens and cost of ``agent`` (a step) in run ``run_id`` so far, here."""
         llm = self._runner.llm
-        return (0, 0.0) if llm is None else llm.costs.step_usage(run_id, agent)
+        return (0, 0, 0.0) if llm is None else llm.costs.step_usage(run_id, agent)
+
+    def timed_out(self) -> bool:
+        """Whether the current step was cancelled by the watchdog (its timeout), not by a shutdown."""
+        return self._runner._timed_out()
+
+    def components(self) -> list[ComponentSample]:
+        """The profile's step rows (``runner.metrics.add_components``): one per step of every workflow, with its
+        agent's concurrency once the runner started."""
+        workers = {a.name: a.concurrency for a in self._runner._agents}
+        out = []
+        for (workflow, step), figures in self._figures.items():
+            figures.concurrency = workers.get(step_agent(workflow, step))
+            out.append(figures.sample())
+        return out
 
     def sink_done(self, run_id: str, step: str, result: Any) -> None:
         """A last step of ``run_id`` returned here: answer whoever waits for the run in this process."""

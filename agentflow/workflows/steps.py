@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .. import tracing as _tracing
 from ..agents.context import Context
-from ..errors import Reject, WorkflowDeadlineError
+from ..components import ComponentFigures
+from ..errors import Reject, Skip, WorkflowDeadlineError
 from ..events import Event
 from ..state.handle import StateHandle
 from .graph import Graph, Node
@@ -65,23 +67,26 @@ def check_deadline(graph: Graph, step: str, run_id: str, headers: dict[str, str]
         )
 
 
-def step_handler(workflows: Workflows, graph: Graph, node: Node) -> StepHandler:
-    """The handler of ``node``'s agent."""
+def step_handler(workflows: Workflows, graph: Graph, node: Node, figures: ComponentFigures) -> StepHandler:
+    """The handler of ``node``'s agent; each attempt that runs the step counts into ``figures`` (duration,
+    outcome, tokens and cost: the profile report's step row) and, while tracing is on, is a span."""
     user = node.handler
     name = node.name
+    workflow = graph.name
     agent = graph.agent(name)
     children = [(graph.topic(c), graph.nodes[c].join) for c in node.children]
     sink = not node.children
     join = node.join
     replace = msgspec.structs.replace
+    usage = workflows.usage
 
     async def run_step(event: Event, ctx: Context) -> Any:
         headers = event.headers or {}
         run_id = headers.get(RUN_HEADER)
         if run_id is None:
             raise Reject(
-                f"Event {event.id} on {event.topic!r} belongs to no run of workflow {graph.name!r} (it has no "
-                f"{RUN_HEADER} header); start runs with runner.start_workflow({graph.name!r}, payload)."
+                f"Event {event.id} on {event.topic!r} belongs to no run of workflow {workflow!r} (it has no "
+                f"{RUN_HEADER} header); start runs with runner.start_workflow({workflow!r}, payload)."
             )
         check_deadline(graph, name, run_id, headers)
         payload = event.payload
@@ -90,22 +95,50 @@ def step_handler(workflows: Workflows, graph: Graph, node: Node) -> StepHandler:
             if parts is None:
                 return None  # the join waits for more parts (or another event completed it)
             payload = parts
+        t0 = time.perf_counter()
+        spent = usage(run_id, agent)  # a retry's earlier attempts spent this already
+        figures.in_flight += 1
+        if event.attempt > 1:
+            figures.retries += 1
+        outcome = "ok"
+        try:
+            return await _run(event if payload is event.payload else replace(event, payload=payload), ctx, run_id)
+        except (Skip, Reject) as exc:
+            outcome = "ok" if isinstance(exc, Skip) else "rejected"  # a Skip is the step's own answer
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        except BaseException:
+            outcome = "timeout" if workflows.timed_out() else ""  # "": a shutdown, the event comes back
+            raise
+        finally:
+            figures.in_flight -= 1
+            if outcome:
+                _observe(figures, time.perf_counter() - t0, outcome, spent, usage(run_id, agent))
+
+    async def _run(event: Event, ctx: Context, run_id: str) -> Any:
+        headers = event.headers or {}
         status = ctx.state.of(STEP_NS, f"{run_id}/{name}")
         started = time.time()
         await status.set(StepRecord(state="running", started_at=started, attempts=event.attempt))
-        result = await user(event if payload is event.payload else replace(event, payload=payload), ctx)
+        if _tracing.TRACER is None:
+            result = await user(event, ctx)
+        else:
+            with _tracing.workflow_step(workflow, name, run_id):
+                result = await user(event, ctx)
         if children:
             out = {k: v for k, v in headers.items() if k != PART_HEADER}
             part = {**out, PART_HEADER: name}
             for topic, to_join in children:
                 await ctx.emit(topic, result, key=event.key, headers=part if to_join else out)
-        tokens, cost = workflows.usage(run_id, agent)
+        prompt, completion, cost = usage(run_id, agent)
         done = StepRecord(
             state="done",
             started_at=started,
             finished_at=time.time(),
             attempts=event.attempt,
-            tokens=tokens,
+            tokens=prompt + completion,
             cost_usd=cost,
             result=result if sink else None,
         )
@@ -116,6 +149,16 @@ def step_handler(workflows: Workflows, graph: Graph, node: Node) -> StepHandler:
 
     run_step.__name__ = getattr(user, "__name__", name)
     return run_step
+
+
+_Spent = tuple[int, int, float]  # prompt tokens, completion tokens, US dollars
+
+
+def _observe(figures: ComponentFigures, duration_s: float, outcome: str, spent: _Spent, now: _Spent) -> None:
+    """Count one attempt of a step: its duration and outcome, and what its LLM calls spent (``now - spent``)."""
+    figures.observe(duration_s, outcome)
+    if now[0] >= spent[0] and now[1] >= spent[1]:  # else the tracker forgot the run meanwhile (after 100,000 more)
+        figures.add_usage(now[0] - spent[0], now[1] - spent[1], now[2] - spent[2])
 
 
 async def add_part(

@@ -60,10 +60,12 @@ async def canaries() -> AsyncIterator[tuple[Canary, Canary]]:
 
 
 def app_config(provider: Canary, broker: Canary) -> dict[str, Any]:
-    """What a production config looks like: a real provider, Kafka, the HTTP server on."""
+    """What a production config looks like: a real provider, Kafka, state (and cost history) in Redis, the HTTP
+    server on."""
     return {
         "bus": {"backend": "kafka"},
         "kafka": {"bootstrap_servers": f"127.0.0.1:{broker.port}"},
+        "memory": {"backend": "redis", "url": f"redis://127.0.0.1:{broker.port}/0"},
         "monitoring": {"metrics_enabled": True, "port": 0, "ingest_enabled": True},
         "tracing": {"enabled": True, "exporter": "otlp", "otlp_endpoint": f"http://127.0.0.1:{broker.port}/v1/traces"},
         "agents": {"research": {"concurrency": 4}},

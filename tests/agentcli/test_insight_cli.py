@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import REPO_ROOT
+from state_env import PASSWORD_ENV, StateEnv
 from system_packages import ensure
 from typer.testing import CliRunner
 from worker_processes import WorkerProcess, post_events
@@ -222,37 +223,47 @@ async def test_a_running_worker_profiled_over_http(tmp_path: Path, mock_llm: str
         await worker.wait()
 
 
-async def test_cost_report_from_the_history_in_a_sqlite_file(tmp_path: Path) -> None:
+async def test_cost_report_reads_the_history_a_worker_with_durable_memory_wrote(
+    durable_state: StateEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from agentflow import Runner, config_from_dict
-    from agentflow.state import StateConfig, create_backend
     from agentflow.testing import MockLLM
 
-    db = tmp_path / "state.db"
+    for name, value in durable_state.env.items():
+        monkeypatch.setenv(name, value)
     async with MockLLM() as server:
         prices = {"m": {"input_usd_per_mtok": 3.0, "output_usd_per_mtok": 6.0}}
-        config = {"llm": {"mock": {"base_url": server.url, "default_model": "m", "prices": prices}}}
+        config = {
+            "llm": {"mock": {"base_url": server.url, "default_model": "m", "prices": prices}},
+            "memory": msgspec.to_builtins(durable_state.config()),  # the runner keeps its cost history there
+        }
         runner = Runner(config_from_dict(config))
 
         @runner.agent("q")
         async def ask(event: Any, ctx: Any) -> None:
             await ctx.llm.chat([{"role": "user", "content": "x" * (4 * event.payload)}], temperature=0.5)
 
-        backend = create_backend(StateConfig(backend="sqlite", path=str(db)))
-        async with backend:
-            runner.insight.persist_costs(backend)
-            async with runner:
-                await runner.emit_many("q", [1, 10, 100])
-                await runner.drain(timeout_s=10)
-                assert runner.llm is not None
-                rows = runner.llm.costs.rows()
-    code, out, err = await run_cli("cost-report", "--store", f"sqlite:{db}", "--window", "1h", "--json")
+        async with runner:
+            await runner.emit_many("q", [1, 10, 100])
+            await runner.drain(timeout_s=10)
+            assert runner.llm is not None
+            rows = runner.llm.costs.rows()
+    if durable_state.kind == "sqlite":
+        store = [f"sqlite:{durable_state.path}"]
+    else:
+        assert durable_state.redis is not None
+        store = [durable_state.redis.url, "--password-env", PASSWORD_ENV, "--key-prefix", durable_state.prefix]
+    code, out, err = await run_cli("cost-report", "--store", *store, "--window", "1h", "--json")
     assert code == 0, err
     rep = json.loads(out)
     assert rep["total"]["cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows))
     assert rep["total"]["calls"] == sum(r.calls for r in rows) == 3
     assert rep["runs"]["runs"] == 3 and rep["runs"]["min_usd"] < rep["runs"]["max_usd"]
     assert rep["by_workflow"][0]["workflow"] == "q" and rep["most_expensive_agent"] == "ask"
-    code, out, _ = await run_cli("cost-report", "--store", f"sqlite:{db}")
+    code, out, _ = await run_cli("cost-report", "--store", *store)
     assert code == 0 and "Most expensive agent: ask" in out and "By workflow (cost per run)" in out
+
+
+async def test_cost_report_refuses_a_store_it_cannot_read() -> None:
     code, _, err = await run_cli("cost-report", "--store", "mysql://x")
     assert code == 2 and "sqlite:PATH" in err and "mysql://x" in err

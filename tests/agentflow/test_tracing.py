@@ -192,6 +192,50 @@ async def test_tool_calls_state_flushes_and_workflow_steps_are_spans(
     assert flush.attributes["agentflow.state.writes"] == 1
 
 
+async def test_each_workflow_step_is_a_span_under_its_events_span(spans: InMemorySpanExporter, llm: MockLLM) -> None:
+    config = {**TRACED, "llm": {"mock": {"base_url": llm.url, "default_model": "m"}}}
+    runner = Runner(config_from_dict(config))
+
+    async def step(event: Event, ctx: Context) -> str:
+        return (await ctx.llm.chat([{"role": "user", "content": "hi"}], temperature=0.5)).text
+
+    wf = runner.workflow("research")
+    wf.step("plan", step)
+    wf.parallel("search", {"web": step, "papers": step}, after="plan")
+    wf.join("merge", step, after="search")
+    wf.step("write", step, after="merge")
+    runs = 3
+    async with runner:
+        run_ids = []
+        for i in range(runs):
+            run = await runner.start_workflow("research", i)
+            await run.result(timeout_s=5.0)
+            run_ids.append(run.run_id)
+    finished = spans.get_finished_spans()
+    by_id = {s.context.span_id: s for s in finished}
+    steps = [s for s in finished if s.name.startswith("step research/")]
+    names = ["plan", "search.web", "search.papers", "merge", "write"]
+    assert sorted(s.name for s in steps) == sorted(f"step research/{n}" for n in names for _ in range(runs))
+    traces: dict[str, set[int]] = {}
+    for span in steps:
+        attrs = dict(span.attributes or {})
+        name = attrs["agentflow.workflow.step"]
+        assert attrs["agentflow.workflow"] == "research" and span.name == f"step research/{name}"
+        run_id = attrs["agentflow.workflow.run_id"]
+        assert isinstance(run_id, str)
+        traces.setdefault(run_id, set()).add(span.context.trace_id)
+        parent = by_id[parent_of(span) or 0]  # the span of the event the step's agent handled
+        assert parent.name == f"process wf.research.{name}" and parent.context.trace_id == span.context.trace_id
+        assert dict(parent.attributes or {})["agentflow.agent"] == f"research.{name}"
+        [chat] = [c for c in finished if parent_of(c) == span.context.span_id]  # the step's LLM call under it
+        assert chat.name == "chat m"
+    assert sorted(traces) == sorted(run_ids)
+    assert all(len(ids) == 1 for ids in traces.values())  # each run is one trace
+    assert len(set().union(*traces.values())) == runs
+    # a join's part that does not complete it runs no step: one merge span per run, two events each
+    assert len(by_name(spans, "process wf.research.merge")) == 2 * runs
+
+
 async def test_http_ingest_continues_the_callers_trace(spans: InMemorySpanExporter) -> None:
     runner = Runner(config_from_dict({**TRACED, "monitoring": {"metrics_enabled": True, "port": 0,
                                                                "ingest_enabled": True}}))  # fmt: skip

@@ -1,13 +1,16 @@
-"""Cost reports equal the sum of the cost rows; cost history in a state backend survives a restart and merges
-several workers; token-budget warnings come once per workflow, before the budget stops it."""
+"""Cost reports equal the sum of the cost rows; cost history in a state backend (the runner's own when ``[memory]``
+is durable) survives a restart and merges several workers; token-budget warnings come once per workflow, before
+the budget stops it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from state_env import StateEnv
@@ -22,7 +25,7 @@ from agentflow import (
     build_cost_report,
     config_from_dict,
 )
-from agentflow.llm.cost import CostTracker
+from agentflow.llm.cost import CostRow, CostTracker
 from agentflow.llm.ledger import CostLedger
 from agentflow.llm.types import Usage
 from agentflow.state import MemoryBackend, Write, WriteResult
@@ -49,9 +52,9 @@ def llm(server: MockLLM, **over: Any) -> dict[str, Any]:
     }
 
 
-def spending_runner(server: MockLLM) -> Runner:
+def spending_runner(server: MockLLM, **config: Any) -> Runner:
     """``plan`` makes two calls and hands over to ``write``, which makes one: each workflow is three calls."""
-    runner = Runner(config_from_dict({"llm": llm(server)}))
+    runner = Runner(config_from_dict({"llm": llm(server), **config}))
 
     @runner.agent("orders")
     async def plan(event: Event, ctx: Context) -> None:
@@ -114,6 +117,77 @@ async def test_cost_history_survives_a_restart_and_merges_workers(server: MockLL
     assert report.total.cost_usd == pytest.approx(sum(t.cost_usd for t in totals))
     assert report.runs is not None and report.runs.runs == 4
     assert report.by_workflow[0].workflow == "orders"
+
+
+async def test_a_runner_with_durable_memory_keeps_its_cost_history_across_restarts(
+    server: MockLLM, durable_state: StateEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in durable_state.env.items():
+        monkeypatch.setenv(name, value)
+    memory = msgspec.to_builtins(durable_state.config())
+    rows: list[CostRow] = []
+    for _ in range(2):  # a worker, restarted: nothing but [memory] tells it to keep its costs
+        runner = spending_runner(server, memory=memory)
+        async with runner:
+            assert runner.insight.history is not None
+            assert runner.insight.history.backend is runner.state_store.backend
+            await runner.emit_many("orders", [0, 1])
+            await runner.drain(timeout_s=10.0)
+            assert runner.llm is not None
+            rows += runner.llm.costs.rows()
+        # its last flush ran on close, before its state store closed
+    runner = spending_runner(server, memory=memory)  # a third start reads what both wrote
+    async with runner:
+        now = time.time()
+        minutes, runs = await CostHistory(runner.state_store.backend).read(now - 600, now + 60)
+    report = build_cost_report(minutes, runs, since=now - 600, until=now + 60, source=durable_state.kind)
+    assert report.total.calls == sum(r.calls for r in rows) == 12
+    assert report.total.cost_usd == pytest.approx(sum(r.cost_usd for r in rows))
+    assert report.total.prompt_tokens == sum(r.prompt_tokens for r in rows)
+    assert report.runs is not None and report.runs.runs == 4
+
+
+async def test_a_runner_with_memory_state_keeps_no_cost_history(server: MockLLM) -> None:
+    runner = spending_runner(server)
+    async with runner:
+        await runner.emit_many("orders", [0])
+        await runner.drain(timeout_s=10.0)
+        assert runner.insight.history is None  # nothing would outlive the process
+        assert runner.llm is not None and runner.llm.costs.ledger.take_changes() == ({}, {})
+
+
+class SlowBackend(MemoryBackend):
+    """A memory backend whose commits wait until the test lets them through, as a slow database would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def _commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        self.entered.set()
+        await self.go.wait()
+        return await super()._commit(writes)
+
+
+async def test_stopping_the_history_lets_a_flush_under_way_finish_and_writes_the_rest() -> None:
+    backend = SlowBackend()
+    async with backend:
+        history = CostHistory(backend)
+        ledger = CostLedger()
+        ledger.track_changes()
+        now = time.time()
+        task = asyncio.create_task(history.run(ledger, interval_s=0.01))
+        ledger.add("p", "m", "a", "r1", 10, 5, 0.25, now=now)
+        await asyncio.wait_for(backend.entered.wait(), 5.0)  # the periodic flush is writing now
+        ledger.add("p", "m", "a", "r2", 10, 5, 0.5, now=now)  # after it took the changes: for the last one
+        history.stop()
+        backend.go.set()
+        await asyncio.wait_for(task, 5.0)
+        minutes, runs = await history.read(now - 1, now + 1)
+    report = build_cost_report(minutes, runs, since=now - 1, until=now + 1, source="t")
+    assert report.total.calls == 2 and report.total.cost_usd == pytest.approx(0.75)
+    assert history.failures == 0
 
 
 async def test_two_ledgers_writing_one_minute_are_merged(state: StateEnv) -> None:

@@ -229,6 +229,35 @@ def test_every_component_kind_is_a_row_and_a_steps_share_of_its_workflow_flags_i
     assert (wf.workflow, wf.steps, wf.slowest_step) == ("order", 3, "charge")
 
 
+def test_steps_of_the_same_name_in_two_workflows_each_get_their_own_setting() -> None:
+    comps: list[ComponentSample] = []
+    for workflow in ("order", "refund"):
+        for name, d in (("check", 0.01), ("pay", 0.5)):
+            step = ComponentFigures("step", name, workflow=workflow, concurrency=2,
+                                    settings={"concurrency": f"[agents.{workflow}.{name}] concurrency"})  # fmt: skip
+            for _ in range(2 * MIN_CALLS):
+                step.observe(d)
+            comps.append(step.sample())
+    # pay: 10 s busy in a 5 s window, both of its slots full
+    report = build_profile(snap(agent("a"), components=comps, window_s=5.0), source="test")
+    recs = sorted((r.setting, r.text) for r in report.recommendations if r.kind == "step")
+    assert [s for s, _ in recs] == ["[agents.order.pay] concurrency", "[agents.refund.pay] concurrency"]
+    assert "of workflow 'order''s step time" in recs[0][1] and "of workflow 'refund''s step time" in recs[1][1]
+
+
+def test_a_step_with_most_of_its_workflows_time_but_free_slots_gets_no_concurrency_advice() -> None:
+    comps = []
+    for name, d in (("check", 0.01), ("pay", 0.5)):
+        step = ComponentFigures("step", name, workflow="order", concurrency=64,
+                                settings={"concurrency": f"[agents.order.{name}] concurrency"})  # fmt: skip
+        for _ in range(MIN_CALLS):
+            step.observe(d)
+        comps.append(step.sample())
+    report = build_profile(snap(agent("a"), components=comps), source="test")
+    assert "BOTTLENECK" in flags(report, "pay", "step")  # the figure stays: most of the workflow's time
+    assert [r for r in report.recommendations if r.kind == "step"] == []  # 64 slots, 1% busy: more would not help
+
+
 def test_timeouts_get_the_timeout_recommendation() -> None:
     a = agent("slowpoke", n=40, timeouts=10, failed_attempts=10)
     [rec] = build_profile(snap(a), source="test").recommendations
