@@ -48,7 +48,7 @@ from .state.store import StateStore
 from .statistics import AgentStatistics, RunnerStatistics, ShutdownReport
 from .tools import DEFAULT_MAX_PARALLEL_TOOLS, FunctionTool, ToolBox, ToolRegistry, ToolSet
 from .tools import tool as make_tool
-from .tools.metrics import AgentToolMetrics, ToolMetrics
+from .tools.metrics import AgentToolMetrics, ToolMetrics, tool_components
 from .workflows import Workflow, WorkflowRun, Workflows
 from .workflows.records import WORKFLOW_HEADER
 
@@ -137,6 +137,9 @@ class Runner(Lifecycle):
             lambda: self.bus.statistics().unrouted_by_topic,
         )
         self.metrics.add_families(self._tool_metrics.collect)
+        # Tools, MCP tools and the state store as rows of the profile report (agentflow.insight).
+        self.metrics.add_components(lambda: tool_components(self.tools))
+        self.metrics.add_components(lambda: self.state_store.components())
         self.metrics.add_families(lambda: state_families(self.state_store))
         self.pool.usage = self._pool_usage
         #: Event-loop lag, alerts, the profile and cost reports (agentflow.insight; docs/observability.md).

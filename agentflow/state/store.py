@@ -40,9 +40,11 @@ from typing import Any, Final
 import msgspec
 
 from .. import tracing as _tracing
+from ..components import ComponentSample, HistSample
 from ..config import StateConfig
 from ..errors import LifecycleError, StateConflictError, StateError, StateUnavailableError
 from ..lifecycle import Lifecycle, State
+from ..metrics import Pow2Histogram
 from .base import APPLIED, DUPLICATE, BackendStatistics, StateBackend, Write, WriteResult
 from .buffer import Batch, Seg, WriteBuffer
 from .cache import StateCache
@@ -134,6 +136,8 @@ class StateStore(Lifecycle):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._flushes = self._flushed = self._flush_failures = self._failed_writes = 0
+        #: How long each flush's commit took (the profile report's state row).
+        self.flush_durations = Pow2Histogram()
         self._updates = self._conflicts = self._duplicates = 0
 
     def __repr__(self) -> str:
@@ -491,6 +495,7 @@ class StateStore(Lifecycle):
         finally:
             self._epoch += 1
             self._buffer.finish(batch, error)
+            self.flush_durations.observe(time.perf_counter() - t0)
             if _tracing.TRACER is not None:  # a span per flush ([tracing])
                 _tracing.state_flush(self._backend.name, batch.count, t0, error)
 
@@ -508,6 +513,27 @@ class StateStore(Lifecycle):
                     self._cache.pop(key)
 
     # -- statistics --------------------------------------------------------------------------------------------
+
+    def components(self) -> list[ComponentSample]:
+        """The store as a row of the profile report: its flushes (one commit of many events' writes each), their
+        durations and failures."""
+        settings = {"cache": "[memory] state_cache_size"}
+        if self.config.backend != "memory":
+            settings["timeout"] = "[memory] operation_timeout_s"
+        return [
+            ComponentSample(
+                kind="state",
+                name=f"{self._backend.name} store",
+                calls=self._flushes + self._flush_failures,
+                errors=self._flush_failures,
+                duration=HistSample.of(self.flush_durations),
+                concurrency=1,
+                in_flight=len(self._buffer.inflight),
+                cache_hits=self._cache.hits,
+                cache_lookups=self._cache.hits + self._cache.misses,
+                settings=settings,
+            )
+        ]
 
     def statistics(self) -> StoreStatistics:
         b = self._buffer

@@ -15,11 +15,12 @@ from typing import Any, Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from ..components import ComponentSample, HistSample
 from .base import OUTCOMES
 from .registry import ToolRegistry
 from .toolbox import ToolSet
 
-__all__ = ["LOOP_ACTIONS", "RUN_OUTCOMES", "AgentToolMetrics", "ToolMetrics"]
+__all__ = ["LOOP_ACTIONS", "RUN_OUTCOMES", "AgentToolMetrics", "ToolMetrics", "tool_components"]
 
 #: Bucket bounds of the small counts (tool calls at once, model turns per run): exact up to 4, then coarser.
 COUNT_BOUNDS: Final = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -176,3 +177,26 @@ def _mcp_families(pools: Mapping[str, Any]) -> Iterator[Metric]:
         reconnects.add_metric([name], st.reconnects)
         failovers.add_metric([name], st.failovers)
     yield from (sessions, replicas, reconnects, failovers)
+
+
+def tool_components(registry: ToolRegistry) -> list[ComponentSample]:
+    """Every registered tool as a row of the profile report: kind ``tool`` for the runner's functions, ``mcp``
+    for the tools of ``[mcp.NAME]`` servers (named ``NAME.tool``), with the ``[tools.NAME]`` keys that change them."""
+    rows: list[ComponentSample] = []
+    for t in registry:
+        st = t.statistics()
+        table = f'[tools."{t.name}"]' if "." in t.name else f"[tools.{t.name}]"
+        rows.append(
+            ComponentSample(
+                kind="mcp" if getattr(t, "remote_name", None) is not None else "tool",
+                name=t.name,
+                calls=st.calls,
+                errors=st.calls - st.outcomes.get("ok", 0),
+                timeouts=st.outcomes.get("timeout", 0),
+                duration=HistSample.of(t.duration),
+                concurrency=t.concurrency,
+                in_flight=st.in_flight,
+                settings={"concurrency": f"{table} concurrency", "timeout": f"{table} timeout_s"},
+            )
+        )
+    return rows
