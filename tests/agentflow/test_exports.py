@@ -216,7 +216,13 @@ INTERNAL = {
     "agentflow.tools.config": {"breaker_config", "resolve_env_keys"},  # what the tool layer makes of the config
     "agentflow.tools.loops": {"DEFAULT_LOOP_THRESHOLD", "call_parts", "call_signature", "turn_signature"},
     "agentflow.tools.base": {"OUTCOMES", "Outcome"},
-    "agentflow.tools.metrics": {"LOOP_ACTIONS", "RUN_OUTCOMES", "AgentToolMetrics", "ToolMetrics"},  # the runner's
+    "agentflow.tools.metrics": {
+        "LOOP_ACTIONS",
+        "RUN_OUTCOMES",
+        "AgentToolMetrics",
+        "ToolMetrics",
+        "tool_components",
+    },  # the runner's
     "agentflow.tools.toolbox": {"DEFAULT_MAX_PARALLEL_TOOLS", "unknown_tool_result", "wire_name"},
     # optional dependency (mcp): importing agentflow must not import it; the Runner starts MCPHub from [mcp.*]
     "agentflow.tools.mcp": {"MCPHub", "MCPPool", "MCPPoolStatistics", "MCPTool", "ReplicaStatistics"},
