@@ -86,7 +86,7 @@ class _Store:
 
     def __enter__(self) -> _Store:
         if self.spec.backend == "sqlite":
-            self.where = f"SQLite files in {self._dir.name} (WAL, synchronous=normal)"
+            self.where = "SQLite files in a temporary directory (WAL, synchronous=normal)"
         elif self.spec.backend == "redis":
             if self.base.backend == "redis":
                 self.url, self.where = self.base.url, f"Redis at {self.base.url} (from --config)"
