@@ -227,7 +227,9 @@ async def test_sigterm_to_one_of_two_workers_with_long_handlers_reruns_nothing_o
     a = await start_worker(tmp_path, config, out, sleep_ms=5000)
     b = await start_worker(tmp_path, config, out, sleep_ms=5000)
     try:
-        sent = await emit_all(data, 200)
+        # Keyless events of one write share a partition (the sticky partitioner): writes of 10 spread the 200
+        # events over every partition, so both workers have handlers running.
+        sent = await emit_all(data, 200, batch=10)
         await asyncio.sleep(1.5)  # both workers are inside their first handlers
         a.signal(signal.SIGTERM)  # a drains what it runs, gives back what it had not started, and leaves
         assert await a.wait() == 0, a.stderr()
