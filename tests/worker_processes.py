@@ -27,7 +27,7 @@ APP = "tests/workerapp.py:runner"
 
 READY = re.compile(r"\(pid (\d+)\) ready on http://([^:\s]+):(\d+)")
 
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0
 
 
 class WorkerProcess:
