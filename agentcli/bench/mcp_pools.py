@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from typing import Any, TextIO, cast
 
 from rich.console import Console
-from rich.table import Table
 
 from agentflow import Config, Runner, ToolBox, config_from_dict
 
 from .measure import Limits
-from .report import Measurement, by_throughput, effective_config, median_run, order_of, round_sides
+from .report import Measurement, by_throughput, effective_config, median_runs_table, order_of, round_sides
 from .schema import MCPDetails, Report, Run
 from .tools import closed_run
 
@@ -231,15 +230,8 @@ async def run_mcp_benchmark(spec: MCPBenchSpec, options: dict[str, Any]) -> Meas
 def render_mcp(console: Console, report: Report) -> None:
     d = report.details
     assert isinstance(d, MCPDetails)
-    table = Table(title=f"MCP tool calls (mcp {d.sdk_version}), {d.concurrent_users} concurrent users")
-    for col in ("run", "calls", "errors", "calls/s", "p50 ms", "p99 ms"):
-        table.add_column(col, justify="left" if col == "run" else "right")
-    for side in dict.fromkeys(r.side for r in report.runs):
-        r = median_run(report.runs, side, by_throughput)
-        assert r is not None
-        lat = r.latency_ms
-        table.add_row(
-            r.label, f"{r.completed:,}", f"{r.errors:,}", f"{r.throughput_per_s:,.0f}",
-            "n/a" if lat is None else f"{lat.p50:.3f}", "n/a" if lat is None else f"{lat.p99:.3f}",
-        )  # fmt: skip
-    console.print(table)
+    console.print(
+        median_runs_table(
+            report, f"MCP tool calls (mcp {d.sdk_version}), {d.concurrent_users} concurrent users", "calls"
+        )
+    )

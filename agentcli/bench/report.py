@@ -120,6 +120,22 @@ def median_run(runs: Sequence[Run], side: str, rank: Callable[[Run], float]) -> 
     return ranked[(len(ranked) - 1) // 2] if ranked else None
 
 
+def median_runs_table(report: Report, title: str, unit: str) -> Table:
+    """One row per side: its median run by throughput, with ``unit`` counted (``calls``, ``runs``) and per second."""
+    table = Table(title=title)
+    for col in ("run", unit, "errors", f"{unit}/s", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for side in dict.fromkeys(r.side for r in report.runs):
+        r = median_run(report.runs, side, by_throughput)
+        assert r is not None
+        lat = r.latency_ms
+        table.add_row(
+            r.label, f"{r.completed:,}", f"{r.errors:,}", f"{r.throughput_per_s:,.0f}",
+            "n/a" if lat is None else f"{lat.p50:.3f}", "n/a" if lat is None else f"{lat.p99:.3f}",
+        )  # fmt: skip
+    return table
+
+
 def latency_ms(hist: LatencyHistogram | None) -> LatencyMs | None:
     if hist is None or not hist.count:
         return None

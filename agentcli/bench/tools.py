@@ -28,7 +28,6 @@ from typing import Any
 import aiohttp
 import msgspec
 from rich.console import Console
-from rich.table import Table
 
 from agentflow import (
     ChatResponse,
@@ -47,7 +46,15 @@ from agentflow import (
 from agentflow.llm.mock import MockLLMServer  # public as agentflow.MockLLMServer, but lazily: untyped there
 
 from .measure import Limits, Tally, closed_loop, cpu_seconds
-from .report import Measurement, by_throughput, effective_config, latency_ms, median_run, order_of, round_sides
+from .report import (
+    Measurement,
+    by_throughput,
+    effective_config,
+    latency_ms,
+    median_runs_table,
+    order_of,
+    round_sides,
+)
 from .schema import Report, Run, ToolsDetails
 
 __all__ = ["WIDTHS", "ToolsBenchSpec", "closed_run", "planned_tools_ratios", "render_tools", "run_tools_benchmark"]
@@ -261,18 +268,9 @@ async def run_tools_benchmark(spec: ToolsBenchSpec, options: dict[str, Any]) -> 
 def render_tools(console: Console, report: Report) -> None:
     d = report.details
     assert isinstance(d, ToolsDetails)
-    table = Table(title=f"agent runs against the {d.server}, {d.concurrent_users} concurrent users")
-    for col in ("run", "runs", "errors", "runs/s", "p50 ms", "p99 ms"):
-        table.add_column(col, justify="left" if col == "run" else "right")
-    for side in dict.fromkeys(r.side for r in report.runs):
-        r = median_run(report.runs, side, by_throughput)
-        assert r is not None
-        lat = r.latency_ms
-        table.add_row(
-            r.label, f"{r.completed:,}", f"{r.errors:,}", f"{r.throughput_per_s:,.0f}",
-            "n/a" if lat is None else f"{lat.p50:.3f}", "n/a" if lat is None else f"{lat.p99:.3f}",
-        )  # fmt: skip
-    console.print(table)
+    console.print(
+        median_runs_table(report, f"agent runs against the {d.server}, {d.concurrent_users} concurrent users", "runs")
+    )
     console.print(
         f"ctx.tools.call on a no-op tool: {d.tools_call_us:.2f} µs, a direct await: {d.direct_call_us:.2f} µs, "
         f"added: {d.call_overhead_us:.2f} µs per call",
