@@ -24,7 +24,7 @@ from . import tracing as _tracing
 from ._waiting import WaitingEmits
 from .agents import AgentSpec, AgentWorker, BatchAgentWorker, Handler
 from .bus import create_bus
-from .bus.base import Bus
+from .bus.base import Bus, Subscription
 from .config import AgentConfig, Config, RetryConfig, RetryOverride, load_config
 from .config.schema import DEFAULT_MAX_RESULT_BYTES, DEFAULT_TOOL_TIMEOUT_S
 from .dlq import DeadLetters
@@ -364,8 +364,19 @@ class Runner(Lifecycle):
             )
         # max_concurrent_events is shared equally; an agent never runs more workers than it may hold events.
         max_inflight = max(1, cfg.runner.max_concurrent_events // max(1, len(self._specs)))
-        for spec in self._specs.values():
-            self._agents.append(await self._make_worker(spec, max_inflight))
+        # Every agent joins its group at once: on Kafka a join waits for the group's other members to rejoin (a
+        # rebalance, seconds), and one agent after the other would make a worker's start the sum of them.
+        specs = list(self._specs.values())
+        joins = [asyncio.ensure_future(self.bus.subscribe(spec.topic, spec.name)) for spec in specs]
+        try:
+            subs: list[Subscription] = await asyncio.gather(*joins)
+        except BaseException:
+            for join in joins:  # the first failure is the error; the other joins stop (the bus closes theirs)
+                join.cancel()
+            await asyncio.gather(*joins, return_exceptions=True)
+            raise
+        for spec, sub in zip(specs, subs, strict=True):
+            self._agents.append(self._make_worker(spec, max_inflight, sub))
         if self._agents:
             shortest = min(a.timeout_s for a in self._agents)
             self.pool.resolution_s = min(0.25, max(0.002, shortest / 20))
@@ -399,8 +410,8 @@ class Runner(Lifecycle):
                     configured,
                 )
 
-    async def _make_worker(self, spec: AgentSpec, max_inflight: int) -> AgentWorker:
-        """The worker of one agent, ``[agents.NAME]`` over ``@runner.agent(...)``, subscribed to its topic."""
+    def _make_worker(self, spec: AgentSpec, max_inflight: int, sub: Subscription) -> AgentWorker:
+        """The worker of one agent, ``[agents.NAME]`` over ``@runner.agent(...)``, reading ``sub``."""
         cfg = self.config
         over = cfg.agent(spec.name)
         retry = cfg.retry
@@ -412,7 +423,6 @@ class Runner(Lifecycle):
             retry = over.retry.apply(retry)
         concurrency = min(over.concurrency or spec.concurrency or cfg.runner.worker_pool_size, max_inflight)
         self._select_tools(spec, over)
-        sub = await self.bus.subscribe(spec.topic, spec.name)
         # Another worker may write the keys of partitions this one loses: its cache forgets them.
         sub.set_rebalance_listener(self.state_store.invalidate)
         kind: Any = AgentWorker

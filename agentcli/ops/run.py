@@ -18,6 +18,7 @@ The memory bus lives inside one process, so N > 1 is refused for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -32,7 +33,7 @@ import typer
 import uvloop
 from rich.console import Console
 
-from agentflow import ConfigError, Runner
+from agentflow import BusUnavailableError, ConfigError, Runner
 
 from ..apps import load_runner
 from ..logs import log_records
@@ -171,15 +172,20 @@ async def _serve(runner: Runner, app_ref: str, index: int, parent_pid: int) -> i
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, int(sig))
+    # Watching from the start: a worker orphaned while it is still joining its groups must not hang there.
+    watcher = asyncio.ensure_future(_watch_parent(parent_pid, stop)) if parent_pid else None
     try:
         try:
-            await runner.start()
+            started = await _start_unless_stopped(runner, stop)
         except ConfigError as exc:
             error_line(str(exc))
             return 2
-        except OSError as exc:
+        except (OSError, BusUnavailableError) as exc:
             error_line(f"the worker could not start: {exc}")
             return 1
+        if not started:
+            err.print(f"agentcli run: worker {index} stopped before it was ready.", highlight=False)
+            return 0
         address = runner.http_address
         assert address is not None
         agents = ", ".join(f"{name} <- {topic}" for name, topic in sorted(runner.agent_topics.items()))
@@ -188,17 +194,31 @@ async def _serve(runner: Runner, app_ref: str, index: int, parent_pid: int) -> i
             f"— {app_ref}, bus {runner.bus.backend}, agents: {agents}",
             flush=True,
         )
-        watcher = asyncio.ensure_future(_watch_parent(parent_pid, stop)) if parent_pid else None
-        try:
-            await stop.wait()
-        finally:
-            if watcher is not None:
-                watcher.cancel()
+        await stop.wait()
         return await _drain(runner, index, err)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await runner.aclose()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _start_unless_stopped(runner: Runner, stop: asyncio.Event) -> bool:
+    """``runner.start()``, abandoned when ``stop`` is set first (a signal, or the supervisor gone): False then."""
+    starting = asyncio.ensure_future(runner.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if starting.done():
+        starting.result()  # its error, if it failed
+        return True
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    return False
 
 
 async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:

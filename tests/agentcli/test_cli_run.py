@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,53 @@ async def test_ingest_beyond_loopback_with_token(tmp_path: Path, http: aiohttp.C
         await worker.kill()
     assert sum(handled_lines(out).values()) == 1
     assert "t0ken-for-test" not in worker.stderr()
+
+
+# ---- a worker stuck in its start (here an MCP server that never answers) ---------------------------------------
+
+_SILENT_MCP = "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); time.sleep(120)"
+
+
+def hanging_start_config(tmp_path: Path) -> tuple[Path, Path]:
+    """A config whose runner.start() waits up to 120 s for an MCP server that starts and never answers."""
+    started = tmp_path / "mcp-started"
+    config = write_config(
+        tmp_path,
+        f'[mcp.silent]\ntransport = "stdio"\ncommand = {str(sys.executable)!r}\n'
+        f'args = ["-c", {_SILENT_MCP!r}, {str(started)!r}]\nconnect_timeout_s = 120\n',
+    )
+    return config, started
+
+
+async def until_exists(path: Path, timeout_s: float = 60) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not path.exists():
+            await asyncio.sleep(0.05)
+
+
+async def test_sigterm_while_the_worker_is_still_starting_stops_it_at_once(tmp_path: Path) -> None:
+    config, started = hanging_start_config(tmp_path)
+    env = {"WORKERAPP_OUT": str(tmp_path / "x")}
+    worker = await WorkerProcess.start(tmp_path, APP, "--config", str(config), "--port", "0", env=env)
+    try:
+        await until_exists(started)
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait(timeout_s=20) == 0  # not after the 120 s connect timeout
+    finally:
+        await worker.kill()
+    assert "stopped before it was ready" in worker.stderr()
+
+
+async def test_a_worker_orphaned_while_still_starting_exits(tmp_path: Path) -> None:
+    # --parent-pid names the supervisor; a worker whose parent is not that process has lost its supervisor.
+    config, started = hanging_start_config(tmp_path)
+    env = {"WORKERAPP_OUT": str(tmp_path / "x")}
+    worker = await WorkerProcess.start(
+        tmp_path, APP, "--config", str(config), "--port", "0", "--parent-pid", "1", env=env
+    )
+    try:
+        assert await worker.wait(timeout_s=20) == 0
+    finally:
+        await worker.kill()
+    err = " ".join(worker.stderr().split())
+    assert "supervisor (pid 1) is gone" in err and "stopped before it was ready" in err

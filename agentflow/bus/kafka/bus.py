@@ -438,8 +438,9 @@ class KafkaBus(Bus):
         try:
             await sub._start()
         except BaseException:
-            if sub in peers:
-                peers.remove(sub)
+            # A join that failed or was cancelled leaves no consumer behind in the group (aclose is a no-op on a
+            # subscription that already closed itself).
+            await asyncio.shield(sub.aclose())
             raise
         await self.settle(before)
         return sub

@@ -35,6 +35,7 @@ from .records import RecordReader
 from .retry import RetryTiers
 
 if TYPE_CHECKING:
+    from ...config import KafkaConfig
     from .link import BusLink
 
 __all__ = ["KafkaSubscription"]
@@ -44,6 +45,17 @@ logger = logging.getLogger("agentflow.bus.kafka")  # one logger name for the who
 # A fetch loop that failed starts again after 0.1 s, doubling up to 30 s while it keeps failing.
 _RESTART_FIRST_S = 0.1
 _RESTART_MAX_S = 30.0
+
+
+#: How often a worker joining a consumer group says it is still waiting for its partitions.
+JOIN_PROGRESS_S = 10.0
+
+
+def join_timeout_s(k: KafkaConfig) -> float:
+    """How long a new member waits for its partitions: a join waits for the other members to rejoin, each within
+    the rebalance timeout (aiokafka's default: the session timeout), so a few of those are plenty; past it the
+    member gives up with an error (a supervised worker is restarted) instead of hanging in its start."""
+    return 4 * k.session_timeout_ms / 1000
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -150,16 +162,37 @@ class KafkaSubscription(RecordReader, WakeUps, Subscription):
             loop.create_task(self._fetch_supervised(), name=f"agentflow-kafka-fetch-{self.topic}-{self.group}"),
             self._commits,
         ]
-        timeout = k.max_poll_interval_ms / 1000 + k.session_timeout_ms / 1000
-        try:
-            async with asyncio.timeout(timeout):
-                await self._assigned_evt.wait()
-        except TimeoutError:
+        if not await self._wait_assigned(join_timeout_s(k)):
             await self.aclose()
             raise BusUnavailableError(
                 f"Joining consumer group {self.group!r} on topic {self._kname!r} got no partitions within "
-                f"{timeout:g} s; check that the brokers are reachable and the group coordinator is healthy."
-            ) from None
+                f"{join_timeout_s(k):g} s (4 x kafka.session_timeout_ms); check that the brokers are reachable and "
+                f"the group coordinator is healthy."
+            )
+
+    async def _wait_assigned(self, timeout_s: float) -> bool:
+        """Wait for the first assignment, saying every ``JOIN_PROGRESS_S`` that it is still coming; False after
+        ``timeout_s``. A join waits for every other member of the group to rejoin (a rebalance), seconds each."""
+        t0 = time.monotonic()
+        while True:
+            left = timeout_s - (time.monotonic() - t0)
+            if left <= 0:
+                return False
+            try:
+                async with asyncio.timeout(min(JOIN_PROGRESS_S, left)):
+                    await self._assigned_evt.wait()
+                return True
+            except TimeoutError:
+                waited = time.monotonic() - t0
+                if waited < timeout_s:
+                    logger.warning(
+                        "Still joining consumer group %r on topic %r after %.0f s (the group is rebalancing; "
+                        "giving up after %g s).",
+                        self.group,
+                        self._kname,
+                        waited,
+                        timeout_s,
+                    )
 
     async def aclose(self) -> None:
         if self._closed:
