@@ -51,10 +51,9 @@ class CostTracker:
     def __init__(self, *, max_workflows: int = DEFAULT_MAX_WORKFLOWS) -> None:
         self._prices: dict[str, dict[str, LLMPrice]] = {}
         self._rows: dict[tuple[str, str, str], CostRow] = {}
+        # Tokens per workflow for the budgets, kept only while a provider has a budget: remembered for the most
+        # recently active max_workflows (the run ledger, which serves used() otherwise, keeps fewer runs).
         self._workflows: OrderedDict[str, int] = OrderedDict()
-        # (workflow, agent) -> [prompt tokens, completion tokens, cost]: what one step of a workflow run used
-        # (docs/workflows.md, status; the profile's step rows)
-        self._steps: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self._max_workflows = max_workflows
         self.budget_refusals = 0
         #: Workflows that passed the warning share of their token budget (each warned once).
@@ -111,20 +110,13 @@ class CostTracker:
         row.prompt_tokens += prompt
         row.completion_tokens += completion
         row.cost_usd += cost
+        # The ledger's run record is the one account of a run: its steps' usage and (without budgets) its tokens.
         self.ledger.add(provider, model, agent, workflow, prompt, completion, cost, now=time.time())
-        if workflow is not None:
+        if workflow is not None and self._warn_at:
             used = self._workflows.pop(workflow, 0) + prompt + completion
             self._workflows[workflow] = used
             if len(self._workflows) > self._max_workflows:
                 self._workflows.popitem(last=False)
-            step = self._steps.get((workflow, agent))
-            if step is None:
-                step = self._steps[workflow, agent] = [0.0, 0.0, 0.0]
-                if len(self._steps) > self._max_workflows:
-                    self._steps.popitem(last=False)
-            step[0] += prompt
-            step[1] += completion
-            step[2] += cost
             warn = self._warn_at.get(provider)
             if warn is not None and used - prompt - completion < warn[1] <= used:
                 self._warn(workflow, used, warn[0])
@@ -133,8 +125,7 @@ class CostTracker:
     def step_usage(self, workflow: str, agent: str) -> tuple[int, int, float]:
         """Prompt tokens, completion tokens and US dollars ``agent`` used in ``workflow`` in this process (0 when
         unknown or forgotten)."""
-        step = self._steps.get((workflow, agent))
-        return (0, 0, 0.0) if step is None else (int(step[0]), int(step[1]), step[2])
+        return self.ledger.step(workflow, agent)
 
     def _warn(self, workflow: str, used: int, budget: int) -> None:
         self.budget_warnings += 1
@@ -149,7 +140,9 @@ class CostTracker:
 
     def used(self, workflow: str) -> int:
         """Tokens the workflow has used so far (0 when unknown or forgotten)."""
-        return self._workflows.get(workflow, 0)
+        if self._warn_at:
+            return self._workflows.get(workflow, 0)
+        return self.ledger.tokens(workflow)
 
     def check_budget(self, workflow: str | None, budget: int | None) -> None:
         """Raise TokenBudgetExceededError when ``workflow`` has used ``budget`` tokens or more.

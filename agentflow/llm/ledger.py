@@ -97,6 +97,59 @@ def _add_agent(agents: dict[str, float], agent: str, cost: float) -> None:
     agents[agent] = agents.get(agent, 0.0) + cost
 
 
+class _Run:
+    """A run as this process keeps it: :class:`RunCost`'s fields, with each agent's tokens too (a workflow step's
+    usage, and the tokens a run has used for its budget, come from here)."""
+
+    __slots__ = (
+        "agents",
+        "calls",
+        "completion_tokens",
+        "cost_usd",
+        "last_at",
+        "prompt_tokens",
+        "started_at",
+        "tool_calls",
+        "workflow",
+    )
+
+    def __init__(self, workflow: str | None, now: float) -> None:
+        self.workflow = workflow
+        self.started_at = now
+        self.last_at = now
+        self.calls = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost_usd = 0.0
+        self.tool_calls = 0
+        # agent -> [prompt tokens, completion tokens, US dollars]; at most MAX_AGENTS_PER_RUN, then "_other"
+        self.agents: dict[str, list[float]] = {}
+
+    def count(self, agent: str, p: int, c: int, cost: float, now: float) -> None:
+        self.calls += 1
+        self.prompt_tokens += p
+        self.completion_tokens += c
+        self.cost_usd += cost
+        self.last_at = now
+        step = self.agents.get(agent)
+        if step is None:
+            if len(self.agents) >= MAX_AGENTS_PER_RUN:
+                agent = "_other"
+                step = self.agents.get(agent)
+            if step is None:
+                step = self.agents[agent] = [0, 0, 0.0]
+        step[0] += p
+        step[1] += c
+        step[2] += cost
+
+    def public(self, run: str) -> RunCost:
+        return RunCost(
+            run=run, workflow=self.workflow, started_at=self.started_at, last_at=self.last_at, calls=self.calls,
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens, cost_usd=self.cost_usd,
+            tool_calls=self.tool_calls, agents={a: step[2] for a, step in self.agents.items()},
+        )  # fmt: skip
+
+
 class _Changes:
     """What happened since the last write to the state backend: minute rows and run parts, by minute."""
 
@@ -114,7 +167,7 @@ class CostLedger:
         self.max_minutes = max_minutes
         self.max_runs = max_runs
         self._minutes: OrderedDict[int, dict[_Key, CostLine]] = OrderedDict()
-        self._runs: OrderedDict[str, RunCost] = OrderedDict()
+        self._runs: OrderedDict[str, _Run] = OrderedDict()
         self._changes: _Changes | None = None
 
     def __repr__(self) -> str:
@@ -133,8 +186,8 @@ class CostLedger:
         cost: float,
         *,
         now: float,
-    ) -> None:
-        """Count one call made at ``now`` (Unix time)."""
+    ) -> _Run | None:
+        """Count one call made at ``now`` (Unix time); return the run's record (None without a run)."""
         minute = int(now // 60)
         rows = self._minutes.get(minute)
         if rows is None:
@@ -147,12 +200,15 @@ class CostLedger:
                 crows = changes.minutes[minute] = {}
             _add_line(crows, provider, model, agent, prompt, completion, cost)
         if run is None:
-            return
-        rec = self._run(run, now)
-        _count(rec, agent, prompt, completion, cost, now)
+            return None
+        rec = self._runs.get(run)
+        if rec is None or not rec.started_at:
+            rec = self._run(run, now)
+        rec.count(agent, prompt, completion, cost, now)
         if changes is not None:
             part = self._part(changes, minute, run, rec.workflow, now)
             _count(part, agent, prompt, completion, cost, now)
+        return rec
 
     def name_run(self, run: str, workflow: str, *, replace: bool = False) -> None:
         """Name the workflow ``run`` belongs to. The first name stays unless ``replace`` (the workflow layer's
@@ -179,10 +235,10 @@ class CostLedger:
             self._minutes.popitem(last=False)
         return rows
 
-    def _run(self, run: str, now: float | None) -> RunCost:
+    def _run(self, run: str, now: float | None) -> _Run:
         rec = self._runs.get(run)
         if rec is None:
-            rec = self._runs[run] = RunCost(run=run, started_at=now or 0.0, last_at=now or 0.0)
+            rec = self._runs[run] = _Run(None, now or 0.0)
             if len(self._runs) > self.max_runs:
                 self._runs.popitem(last=False)
         elif now is not None and not rec.started_at:
@@ -217,10 +273,19 @@ class CostLedger:
     def runs(self, since: float, until: float) -> list[RunCost]:
         """Runs that spent inside ``[since, until]``."""
         return [
-            msgspec.structs.replace(r, agents=dict(r.agents))
-            for r in self._runs.values()
-            if r.calls and r.last_at >= since and r.started_at <= until
+            r.public(run) for run, r in self._runs.items() if r.calls and r.last_at >= since and r.started_at <= until
         ]
+
+    def tokens(self, run: str) -> int:
+        """Tokens ``run`` has used in this process (0 when unknown or forgotten)."""
+        rec = self._runs.get(run)
+        return 0 if rec is None else rec.prompt_tokens + rec.completion_tokens
+
+    def step(self, run: str, agent: str) -> tuple[int, int, float]:
+        """Prompt tokens, completion tokens and US dollars ``agent`` used in ``run`` (0 when unknown or forgotten)."""
+        rec = self._runs.get(run)
+        step = None if rec is None else rec.agents.get(agent)
+        return (0, 0, 0.0) if step is None else (int(step[0]), int(step[1]), step[2])
 
     # ---- persistence -------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from conftest import REPO_ROOT
 from typer.testing import CliRunner
-from worker_processes import APP, WorkerProcess, handled_lines, post_events
+from worker_processes import APP, WorkerProcess, handled_lines, post_events, until
 
 from agentcli.main import app
 
@@ -186,18 +186,12 @@ def hanging_start_config(tmp_path: Path) -> tuple[Path, Path]:
     return config, started
 
 
-async def until_exists(path: Path, timeout_s: float = 60) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not path.exists():
-            await asyncio.sleep(0.05)
-
-
 async def test_sigterm_while_the_worker_is_still_starting_stops_it_at_once(tmp_path: Path) -> None:
     config, started = hanging_start_config(tmp_path)
     env = {"WORKERAPP_OUT": str(tmp_path / "x")}
     worker = await WorkerProcess.start(tmp_path, APP, "--config", str(config), "--port", "0", env=env)
     try:
-        await until_exists(started)
+        await until(started.exists, 60, "the MCP server to start")
         worker.signal(signal.SIGTERM)
         assert await worker.wait(timeout_s=20) == 0  # not after the 120 s connect timeout
     finally:

@@ -19,6 +19,7 @@ from agentflow import (
     Context,
     CostHistory,
     Event,
+    LLMPrice,
     Runner,
     StateUnavailableError,
     TokenBudgetExceededError,
@@ -248,6 +249,28 @@ def test_tool_calls_mark_a_run_and_the_ledger_is_bounded() -> None:
     assert [r.run for r in runs] == ["r2", "r3", "r4"]
     report = build_cost_report(ledger.minutes(0, 1e9), runs, since=0, until=1e9, source="t")
     assert report.tool_runs is not None and report.tool_runs.runs == 1
+
+
+def test_a_runs_record_gives_its_tokens_and_each_steps_usage() -> None:
+    # One record per run serves the cost report, the workflow steps' usage and (without budgets) the tokens used.
+    tracker = CostTracker()
+    tracker.set_prices("p", {"m": LLMPrice(input_usd_per_mtok=1_000_000, output_usd_per_mtok=2_000_000)})
+    tracker.record("p", "m", "plan", "wf", Usage(prompt_tokens=3, completion_tokens=1))
+    tracker.record("p", "m", "write", "wf", Usage(prompt_tokens=5, completion_tokens=2))
+    tracker.record("p", "m", "plan", "wf", Usage(prompt_tokens=1, completion_tokens=1))
+    tracker.record("p", "m", "plan", None, Usage(prompt_tokens=100, completion_tokens=100))
+    assert tracker.used("wf") == 13 and tracker.used("other") == 0
+    assert tracker.step_usage("wf", "plan") == (4, 2, pytest.approx(8.0))
+    assert tracker.step_usage("wf", "write") == (5, 2, pytest.approx(9.0))
+    assert tracker.step_usage("wf", "nobody") == (0, 0, 0.0)
+    [run] = tracker.ledger.runs(0, time.time() + 1)
+    assert run.calls == 3 and run.agents == {"plan": pytest.approx(8.0), "write": pytest.approx(9.0)}
+    # With a budget, tokens are counted per workflow for it, across providers, as before.
+    budgeted = CostTracker()
+    budgeted.set_budget("p", 1000, 0.8)
+    budgeted.record("p", "m", "plan", "wf", Usage(prompt_tokens=3, completion_tokens=1))
+    budgeted.record("q", "m", "plan", "wf", Usage(prompt_tokens=2, completion_tokens=0))
+    assert budgeted.used("wf") == 6
 
 
 def test_a_workflow_passing_the_warning_share_is_warned_once_before_the_budget_stops_it(
