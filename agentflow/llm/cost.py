@@ -16,11 +16,9 @@ import logging
 import time
 from collections import OrderedDict
 
-import msgspec
-
 from ..config import LLMPrice
 from ..errors import TokenBudgetExceededError
-from .ledger import CostLedger
+from .ledger import CostLedger, CostLine
 from .types import Usage
 
 __all__ = ["CostRow", "CostTracker"]
@@ -33,16 +31,9 @@ DEFAULT_MAX_WORKFLOWS = 100_000
 MAX_ROWS = 1000
 
 
-class CostRow(msgspec.Struct, kw_only=True):
-    """Usage of one (provider, model, agent): calls, tokens and US dollars."""
-
-    provider: str
-    model: str
-    agent: str
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
+#: Usage of one (provider, model, agent) since the start: calls, tokens and US dollars; the ledger's struct for
+#: a minute's row (``CostRow`` is its name in the totals).
+CostRow = CostLine
 
 
 class CostTracker:
