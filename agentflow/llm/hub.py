@@ -308,10 +308,7 @@ class AgentLLM:
         the history and keeps the run's messages. Other keyword arguments (``temperature``, ``tool_choice``,
         ``parallel_tool_calls``, ``max_tokens`` ...) go to every model call.
         """
-        # The loop is layer L4, above both llm/ and tools/; it is imported when a run starts, so the LLM layer
-        # itself never depends on the tool layer.
-        from ..agents.loop import run_agent
-
+        run_agent = _agent_loop()
         client = self._hub.client(provider)
         used_model = model or client.config.default_model
         costs = self._hub.costs
@@ -334,3 +331,17 @@ class AgentLLM:
     def used_tokens(self) -> int:
         """Tokens this workflow has used so far, across providers."""
         return 0 if self._workflow is None else self._hub.costs.used(self._workflow)
+
+
+_RUN_AGENT: Callable[..., Awaitable[AgentRun]] | None = None
+
+
+def _agent_loop() -> Callable[..., Awaitable[AgentRun]]:
+    """``agents.loop.run_agent``. The loop is layer L4, above both llm/ and tools/: it is imported when the first run
+    starts, so the LLM layer itself never depends on the tool layer (and later runs skip the import statement)."""
+    global _RUN_AGENT
+    if _RUN_AGENT is None:
+        from ..agents import loop
+
+        _RUN_AGENT = loop.run_agent
+    return _RUN_AGENT

@@ -202,8 +202,10 @@ class CostLedger:
         if run is None:
             return None
         rec = self._runs.get(run)
-        if rec is None or not rec.started_at:
+        if rec is None:
             rec = self._run(run, now)
+        elif not rec.started_at:  # named (name_run) before its first call
+            rec.started_at = now
         rec.count(agent, prompt, completion, cost, now)
         if changes is not None:
             part = self._part(changes, minute, run, rec.workflow, now)

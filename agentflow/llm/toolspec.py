@@ -16,6 +16,7 @@ from ..errors import LLMBadRequestError
 __all__ = ["tool_fields"]
 
 _CHOICES = ("none", "auto", "required")
+_NO_PARAMS: Any = object()
 
 
 def tool_fields(
@@ -29,7 +30,10 @@ def tool_fields(
     ``tool_choice`` is ``"none"``, ``"auto"``, ``"required"``, ``{"type": "function", "function": {"name":
     ...}}``, or the name of one of ``tools`` (turned into the latter).
     """
-    if tools is None or isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Sequence):
+    # type() checks first: a list of dicts (the common case) skips the slower ABC checks.
+    if type(tools) is not list and (
+        tools is None or isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Sequence)
+    ):
         if tools is None and tool_choice is None and parallel_tool_calls is None:
             return {}
         if tools is None:
@@ -62,15 +66,18 @@ def _tool_names(tools: Sequence[Mapping[str, Any]], provider: str) -> list[str]:
     """The names of ``tools``, each checked to be a function tool; unique."""
     names: list[str] = []
     for i, tool in enumerate(tools):
-        if not isinstance(tool, Mapping):
+        if type(tool) is not dict and not isinstance(tool, Mapping):
             raise _bad(provider, f"tools[{i}] is a {type(tool).__name__}; each tool must be a dict like OpenAI's.")
         if tool.get("type") != "function":
             raise _bad(provider, f'tools[{i}] has type {tool.get("type")!r}; only "function" tools can be called.')
         fn = tool.get("function")
-        name = fn.get("name") if isinstance(fn, Mapping) else None
+        if type(fn) is not dict and not isinstance(fn, Mapping):
+            fn = None
+        name = None if fn is None else fn.get("name")
         if not isinstance(name, str) or not name:
             raise _bad(provider, f'tools[{i}] needs "function": {{"name": ...}} with a non-empty name.')
-        if isinstance(fn, Mapping) and "parameters" in fn and not isinstance(fn["parameters"], Mapping):
+        params = fn.get("parameters", _NO_PARAMS) if fn is not None else _NO_PARAMS
+        if params is not _NO_PARAMS and type(params) is not dict and not isinstance(params, Mapping):
             raise _bad(provider, f"The parameters of tool {name!r} must be a JSON Schema object (a dict).")
         names.append(name)
     if len(set(names)) != len(names):
