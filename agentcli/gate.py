@@ -23,15 +23,23 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
 __all__ = [
     "MIN_SAMPLES",
+    "AlphaOption",
+    "BaselineArg",
+    "CandidateArg",
+    "MinDeltaOption",
+    "ToleranceOption",
+    "run_gate",
     "Comparison",
     "Figure",
     "Gate",
@@ -258,3 +266,40 @@ def render(console: Console, c: Comparison, gate: Gate, replicates: str) -> None
             "for the test; it does not fail the gate."
         )
     console.print("[red]regression beyond tolerance[/]" if c.regressed else "[green]no regression beyond tolerance[/]")
+
+
+# ---- the command line: `agentcli benchmark compare` and `agentcli loadtest compare` share these -------------------
+
+BaselineArg = Annotated[Path, typer.Argument(help="The earlier run's --json report.")]
+CandidateArg = Annotated[Path, typer.Argument(help="The new run's --json report.")]
+ToleranceOption = Annotated[
+    str, typer.Option(metavar="PERCENT", help="How much worse a figure may get before it can count: 10% or 0.1.")
+]
+MinDeltaOption = Annotated[
+    str, typer.Option(metavar="DURATION", help="How much slower a latency may get before it can count.")
+]
+AlphaOption = Annotated[float, typer.Option(help="Significance level of the one-sided tests.")]
+
+_R = TypeVar("_R")
+
+
+def run_gate(
+    baseline: Path,
+    candidate: Path,
+    options: tuple[str, str, float],
+    read: Callable[[Path], _R],
+    compare: Callable[[_R, _R, Gate], Comparison],
+    replicates: str,
+) -> None:
+    """The body of both compare commands: read the two reports (a bad one is a usage error), compare them with the
+    gate of ``options`` (tolerance, min delta, alpha), print the table and exit 1 when a figure regressed."""
+    from .output import console as make_console
+
+    gate = gate_options(*options)
+    try:
+        a, b = read(baseline), read(candidate)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    result = compare(a, b, gate)
+    render(make_console(), result, gate, replicates)
+    raise typer.Exit(code=1 if result.regressed else 0)

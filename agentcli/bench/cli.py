@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ..gate import AlphaOption, BaselineArg, CandidateArg, MinDeltaOption, ToleranceOption, run_gate
 from ..logs import log_records
 from ..output import OPTIONS
 from ..parse import ParseError, option, parse_duration
@@ -234,29 +235,15 @@ def benchmark(
 
 @benchmark_app.command("compare")
 def compare(
-    baseline: Annotated[Path, typer.Argument(help="The earlier run's --json report.")],
-    candidate: Annotated[Path, typer.Argument(help="The new run's --json report.")],
-    tolerance: Annotated[
-        str, typer.Option(metavar="PERCENT", help="How much worse a figure may get before it can count: 10% or 0.1.")
-    ] = "10%",
-    min_delta: Annotated[
-        str, typer.Option(metavar="DURATION", help="How much slower a latency may get before it can count.")
-    ] = "1ms",
-    alpha: Annotated[float, typer.Option(help="Significance level of the one-sided tests.")] = 0.01,
+    baseline: BaselineArg,
+    candidate: CandidateArg,
+    tolerance: ToleranceOption = "10%",
+    min_delta: MinDeltaOption = "1ms",
+    alpha: AlphaOption = 0.01,
 ) -> None:
     """Regression gate between two reports: a figure regresses when significantly worse (Mann-Whitney U on the
     rounds; run both with --repeat 5 or more) by more than --tolerance and, for latency, --min-delta; exit 1 when
     one does."""
-    from ..gate import gate_options
-    from ..gate import render as render_comparison
-    from ..output import console as make_console
     from .compare import compare_reports, read_report
 
-    gate = gate_options(tolerance, min_delta, alpha)
-    try:
-        a, b = read_report(baseline), read_report(candidate)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    result = compare_reports(a, b, gate)
-    render_comparison(make_console(), result, gate, "rounds")
-    raise typer.Exit(code=1 if result.regressed else 0)
+    run_gate(baseline, candidate, (tolerance, min_delta, alpha), read_report, compare_reports, "rounds")

@@ -18,8 +18,7 @@ from rich.table import Table
 
 from agentflow import scrub_secrets
 
-from ..gate import gate_options
-from ..gate import render as render_comparison
+from ..gate import AlphaOption, BaselineArg, CandidateArg, MinDeltaOption, ToleranceOption, run_gate
 from ..logs import log_records
 from ..output import OPTIONS
 from ..output import console as make_console
@@ -369,23 +368,12 @@ def render(console: Console, rep: LoadReport) -> None:
 
 @loadtest_app.command("compare")
 def compare(
-    baseline: Annotated[Path, typer.Argument(help="The earlier run's --json report.")],
-    candidate: Annotated[Path, typer.Argument(help="The new run's --json report.")],
-    tolerance: Annotated[
-        str, typer.Option(metavar="PERCENT", help="How much worse a figure may get before it can count: 10% or 0.1.")
-    ] = "10%",
-    min_delta: Annotated[
-        str, typer.Option(metavar="DURATION", help="How much slower a latency may get before it can count.")
-    ] = "1ms",
-    alpha: Annotated[float, typer.Option(help="Significance level of the one-sided tests.")] = 0.01,
+    baseline: BaselineArg,
+    candidate: CandidateArg,
+    tolerance: ToleranceOption = "10%",
+    min_delta: MinDeltaOption = "1ms",
+    alpha: AlphaOption = 0.01,
 ) -> None:
     """Regression gate between two runs: a figure regresses when significantly worse (Mann-Whitney U on the
     windows) by more than --tolerance and, for latency, --min-delta; exit 1 when one does."""
-    gate = gate_options(tolerance, min_delta, alpha)
-    try:
-        a, b = read_report(baseline), read_report(candidate)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    result = compare_reports(a, b, gate)
-    render_comparison(make_console(), result, gate, "windows")
-    raise typer.Exit(code=1 if result.regressed else 0)
+    run_gate(baseline, candidate, (tolerance, min_delta, alpha), read_report, compare_reports, "windows")
