@@ -570,6 +570,7 @@ class MockLLMServer(Lifecycle):
             return self._reject("too_many_items" if "At most" in parsed else "invalid", 400, parsed)
         items, counts = parsed
         out = self.reply_tokens if req.max_tokens is None else max(1, min(req.max_tokens, self.reply_tokens))
+        finish = "length" if out < self.reply_tokens else "stop"  # max_tokens cut the answers short
         prompt = sum(counts)
         self._stats.prompt_tokens += prompt
         self._stats.completion_tokens += out * len(items)
@@ -583,7 +584,7 @@ class MockLLMServer(Lifecycle):
         if req.stream:
             self._stats.streams += 1
             include = bool((req.stream_options or {}).get("include_usage"))
-            answer = _Stream(completion_chunks(cid, req.model, texts, usage, include))
+            answer = _Stream(completion_chunks(cid, req.model, texts, usage, include, finish))
             return await self._serve(request, "completions", len(items), answer.tokens, answer)
         body = {
             "id": cid,
@@ -591,7 +592,7 @@ class MockLLMServer(Lifecycle):
             "created": int(time.time()),
             "model": req.model,
             "choices": [
-                {"index": i, "text": t, "logprobs": None, "finish_reason": "stop"} for i, t in enumerate(texts)
+                {"index": i, "text": t, "logprobs": None, "finish_reason": finish} for i, t in enumerate(texts)
             ],
             "usage": usage,
         }

@@ -86,10 +86,13 @@ class Reply:
 
     __slots__ = ("calls", "finish_reason", "pieces")
 
-    def __init__(self, pieces: list[str], calls: list[tuple[str, str, str]] | None = None) -> None:
+    def __init__(
+        self, pieces: list[str], calls: list[tuple[str, str, str]] | None = None, *, cut: bool = False
+    ) -> None:
         self.pieces = pieces
         self.calls = calls or []
-        self.finish_reason = "tool_calls" if self.calls else "stop"
+        # "length": max_tokens cut the answer short, as OpenAI reports it
+        self.finish_reason = "tool_calls" if self.calls else "length" if cut else "stop"
 
     @property
     def text(self) -> str | None:
@@ -128,7 +131,7 @@ def chat_reply(req: ChatRequest, reply_tokens: int) -> Reply:
         return Reply(_WORDS.findall(_tool_results(req)))
     out = reply_tokens if req.max_tokens is None else max(1, min(req.max_tokens, reply_tokens))
     head = f"echo:{text_of(last.content)[:64]}"
-    return Reply([f"{head} tok0", *(f" tok{i}" for i in range(1, out))])
+    return Reply([f"{head} tok0", *(f" tok{i}" for i in range(1, out))], cut=out < reply_tokens)
 
 
 def _looped(loops: list[tuple[str, str]], messages: list[Any]) -> list[tuple[str, str]]:
@@ -209,9 +212,9 @@ def chat_chunks(
 
 
 def completion_chunks(
-    cid: str, model: str, texts: list[str], usage: dict[str, int] | None, include_usage: bool
+    cid: str, model: str, texts: list[str], usage: dict[str, int] | None, include_usage: bool, finish: str = "stop"
 ) -> list[tuple[bool, bytes]]:
-    """The SSE events of a streamed ``/completions`` answer, one choice per prompt."""
+    """The SSE events of a streamed ``/completions`` answer, one choice per prompt, each ending with ``finish``."""
     head = {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model}
 
     def chunk(index: int, text: str, finish: str | None = None) -> bytes:
@@ -223,7 +226,7 @@ def completion_chunks(
     for k in range(max(len(p) for p in pieces)):
         step = b"".join(chunk(i, p[k]) for i, p in enumerate(pieces) if k < len(p))
         steps.append((k > 0, step))
-    tail = b"".join(chunk(i, "", "stop") for i in range(len(texts)))
+    tail = b"".join(chunk(i, "", finish) for i in range(len(texts)))
     if include_usage and usage is not None:
         tail += _event({**head, "choices": [], "usage": usage})
     steps.append((False, tail + b"data: [DONE]\n\n"))

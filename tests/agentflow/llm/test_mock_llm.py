@@ -65,6 +65,26 @@ async def test_completions_take_a_list_of_prompts(http: aiohttp.ClientSession) -
     assert [c["text"] for c in body["choices"]] == ["echo:p1", "echo:p2"]
 
 
+async def test_an_answer_cut_by_max_tokens_finishes_with_length(http: aiohttp.ClientSession) -> None:
+    async with MockLLMServer(reply_tokens=8) as server:
+        finishes = []
+        for extra in ({"max_tokens": 3}, {"max_tokens": 8}, {}):
+            async with http.post(server.url + "/chat/completions", json={**CHAT, **extra}) as resp:
+                finishes.append((await resp.json())["choices"][0]["finish_reason"])
+        streamed = {**CHAT, "max_tokens": 2, "stream": True}
+        async with http.post(server.url + "/chat/completions", json=streamed) as resp:
+            text = await resp.text()
+        prompts = {"model": "c", "prompt": ["p1", "p2"], "max_tokens": 2}
+        async with http.post(server.url + "/completions", json=prompts) as resp:
+            completions = [c["finish_reason"] for c in (await resp.json())["choices"]]
+        async with http.post(server.url + "/completions", json={**prompts, "stream": True}) as resp:
+            streamed_completions = await resp.text()
+    assert finishes == ["length", "stop", "stop"]
+    assert '"finish_reason":"length"' in text and '"finish_reason":"stop"' not in text
+    assert completions == ["length", "length"]
+    assert streamed_completions.count('"finish_reason":"length"') == 2
+
+
 async def test_latency_model_base_per_token_and_per_item() -> None:
     fixed = MockLLMServer(latency=LatencyModel(base_ms=10, per_token_ms=2, per_item_ms=1))
     assert fixed._delay_s(tokens=5, items=3) == pytest.approx(0.023)
