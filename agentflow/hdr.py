@@ -112,6 +112,16 @@ class LatencyHistogram:
         bucket = (units | self._mask).bit_length() - self._sub_mag
         return (bucket << self._half_mag) + (units >> bucket)
 
+    def _span(self) -> tuple[int, int]:
+        """The slice of counters that can be non-zero: from the minimum's bucket to the maximum's, inclusive.
+
+        Recorded values sit between min and max, so scans (merge, encoding, percentiles) read only this stretch,
+        a fraction of the layout for latencies of one order of magnitude or two.
+        """
+        if not self._count:
+            return 0, 0
+        return self._index(self._to_units(self._min)), self._index(self._to_units(self._max)) + 1
+
     def _bounds(self, index: int) -> tuple[int, int]:
         """The lowest value (in units) and the width of the bucket at ``index``."""
         bucket = max((index >> self._half_mag) - 1, 0)
@@ -207,9 +217,8 @@ class LatencyHistogram:
                 raise ValueError(f"A percentile must be between 0 and 100, not {q!r}.")
         if not self._count:
             return dict.fromkeys(qs, 0.0)
-        lo = self._index(self._to_units(self._min))
-        hi = self._index(self._to_units(self._max))
-        cumulative = list(accumulate(self._counts[lo : hi + 1]))
+        lo, hi = self._span()
+        cumulative = list(accumulate(self._counts[lo:hi]))
         result = {}
         for q in qs:
             rank = max(1, math.ceil(q * self._count / 100.0))
@@ -234,7 +243,8 @@ class LatencyHistogram:
     def buckets(self) -> Iterator[tuple[float, float, int]]:
         """``(low_s, high_s, count)`` for each non-empty bucket, in increasing order."""
         counts = self._counts
-        for index in compress(range(len(counts)), counts):
+        lo, hi = self._span()
+        for index in compress(range(lo, hi), counts[lo:hi]):
             low, width = self._bounds(index)
             yield low * self._lowest_s, (low + width - 1) * self._lowest_s, counts[index]
 
@@ -260,7 +270,8 @@ class LatencyHistogram:
                 f"{self._layout} and {other._layout}; create both with the same arguments."
             )
         theirs, ours = other._counts, self._counts
-        for index in compress(range(len(theirs)), theirs):
+        lo, hi = other._span()
+        for index in compress(range(lo, hi), theirs[lo:hi]):
             ours[index] += theirs[index]
         self._count += other._count
         self._saturated += other._saturated
@@ -281,7 +292,8 @@ class LatencyHistogram:
     def to_bytes(self) -> bytes:
         """A compact msgpack encoding holding only the non-empty buckets; see ``from_bytes``."""
         counts = self._counts
-        indices = list(compress(range(len(counts)), counts))
+        lo, hi = self._span()
+        indices = list(compress(range(lo, hi), counts[lo:hi]))
         deltas = [b - a for a, b in zip([0, *indices], indices, strict=False)]
         wire = _Wire(
             _FORMAT_VERSION, self._lowest_s, self._highest_s, self._sf, self._count, self._saturated,

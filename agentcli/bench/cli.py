@@ -131,6 +131,16 @@ def benchmark(
             help="Latency mode: offered rate as a fraction of saturation.", show_default="0.5", rich_help_panel=_LOAD
         ),
     ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="--bus kafka, latency mode: offer this many events/s to every side instead of a fraction of each "
+            "side's own saturation (no saturation run); the report adds p50_ratio.",
+            show_default="--load-fraction of saturation",
+            rich_help_panel=_LOAD,
+        ),
+    ] = None,
     compare_raw: Annotated[
         bool,
         typer.Option(
@@ -220,7 +230,7 @@ def benchmark(
         scenario=scenario, app_ref=app_ref, agent=agent, app_dir=app_dir, payload=payload, config=config, mode=mode,
         users=concurrent_users, requests=requests,
         seconds=option(parse_duration, duration, "--duration") if duration is not None else None,
-        batch_size=batch_size, agent_batch_size=agent_batch_size, load_fraction=load_fraction,
+        batch_size=batch_size, agent_batch_size=agent_batch_size, load_fraction=load_fraction, rate=rate,
         compare_raw=compare_raw, repeat=rounds, profile=profile, output=output, json_path=json_path,
         html_path=html_path, llm_url=llm_url, dimensions=dimensions, bus=bus, bootstrap=bootstrap,
         thresholds=thresholds, started_at=now_iso(), backend=backend,

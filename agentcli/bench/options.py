@@ -89,6 +89,8 @@ class Options:
     thresholds: list[Threshold]
     started_at: str
     backend: StateBackendChoice | None = None
+    #: --bus kafka, latency mode: the offered rate of every side (events/s)
+    rate: float | None = None
 
     def given(self) -> dict[str, bool]:
         """Which of the options that only some scenarios take were given."""
@@ -101,6 +103,7 @@ class Options:
             "--batch-size": self.batch_size > 1,
             "--agent-batch-size": self.agent_batch_size is not None,
             "--load-fraction": self.load_fraction is not None,
+            "--rate": self.rate is not None,
             "--compare-raw": self.compare_raw,
             "--profile": self.profile is not None,
             "--output": self.output is not None,
@@ -179,11 +182,15 @@ def check_kafka(o: Options) -> None:
         raise usage(
             "--bus kafka measures --mode throughput or --mode latency (latency also reports saturation).", "--mode"
         )
-    takes = {"--mode", "--batch-size", "--load-fraction", "--compare-raw", "--bootstrap"}
+    takes = {"--mode", "--batch-size", "--load-fraction", "--rate", "--compare-raw", "--bootstrap"}
     _only(o, takes, "--bus kafka", ", ".join(sorted(takes)) + ", --requests, --repeat, --config")
     if o.seconds is not None:
         raise usage("--bus kafka runs a number of events: give --requests.", "--duration")
     _check_load_fraction(o)
+    if o.rate is not None and o.mode is not Mode.latency:
+        raise usage("--rate is the offered rate of --mode latency.", "--rate")
+    if o.rate is not None and o.load_fraction is not None:
+        raise usage("give --rate (events/s) or --load-fraction (of saturation), not both.", "--rate")
 
 
 def _check_load_fraction(o: Options) -> None:
@@ -197,6 +204,9 @@ def _check_load_fraction(o: Options) -> None:
 
 def check_noop(o: Options) -> None:
     _requests_or_duration(o)
+    if o.rate is not None:
+        raise usage("--rate paces both sides of --bus kafka --mode latency; the memory bus takes --load-fraction.",
+                    "--rate")  # fmt: skip
     for flag in ("--llm-url", "--dimensions"):
         if o.given()[flag]:
             raise usage(f"{flag} applies to --scenario llm-chat or llm-embed.", flag)

@@ -280,11 +280,12 @@ def _kafka(s: Session) -> Report:
     from .kafka import KafkaSpec, run_kafka_benchmark
 
     o = s.options
-    check_ratios(o.thresholds, {"raw"} if o.compare_raw else set(), " (add --compare-raw for raw_ratio)")
+    planned = {"p50" if o.rate is not None else "raw"} if o.compare_raw else set()
+    check_ratios(o.thresholds, planned, " (add --compare-raw for raw_ratio, and --rate for p50_ratio)")
     spec = KafkaSpec(
         events=o.requests or 100_000, batch=o.batch_size if o.batch_size > 1 else 500, emitters=4, partitions=4,
         latency=o.mode is Mode.latency, load_fraction=o.load_fraction or 0.5, compare_raw=o.compare_raw,
-        repeat=o.repeat or 1,
+        repeat=o.repeat or 1, rate=o.rate,
     )  # fmt: skip
     base = config_or_exit(o.config)
     s.console.print(f"agentcli benchmark --bus kafka: {o.mode.value} mode, {spec.events:,} events", highlight=False)

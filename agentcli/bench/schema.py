@@ -157,6 +157,9 @@ class KafkaDetails(msgspec.Struct, frozen=True, kw_only=True, tag="kafka", tag_f
     batch_size: int
     events: Annotated[int, _doc("events of each throughput run")]
     load_fraction: Annotated[float | None, _doc("latency mode: offered rate / saturation")]
+    rate_per_s: Annotated[
+        float | None, _doc("latency mode with --rate: the offered rate of every side (no saturation run)")
+    ] = None
 
 
 class BlockedFigures(msgspec.Struct, frozen=True, kw_only=True):

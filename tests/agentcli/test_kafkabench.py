@@ -58,3 +58,31 @@ def test_cli_refuses_bootstrap_without_kafka_and_closed_mode_on_kafka() -> None:
     assert result.exit_code == 2 and "--bus kafka" in result.output
     result = CliRunner().invoke(app, ["benchmark", "--bus", "kafka", "--mode", "closed"])
     assert result.exit_code == 2 and "--mode throughput" in result.output
+
+
+async def test_rate_paces_every_side_at_the_same_rate_and_compares_their_medians(kafka_broker: TansuBroker) -> None:
+    spec = KafkaSpec(
+        events=3000, batch=200, emitters=2, partitions=2, latency=True, load_fraction=0.5, compare_raw=True,
+        repeat=1, rate=400.0,
+    )  # fmt: skip
+    m = await run_kafka_benchmark(
+        config_from_dict({"kafka": TANSU}), spec, bootstrap=kafka_broker.bootstrap, options={}
+    )
+    assert m.details.rate_per_s == 400.0 and m.details.load_fraction is None  # type: ignore[union-attr]
+    assert {r.side for r in m.runs} == {"raw", "agentflow"}
+    for r in m.runs:  # no saturation run: the paced run alone, every event counted once
+        assert r.saturation_per_s is None and r.rate_per_s == 400.0
+        assert r.latency_ms is not None and r.latency_ms.count == r.completed == 2000, r.label
+    ours, raw = (next(r for r in m.runs if r.side == side) for side in ("agentflow", "raw"))
+    assert m.round_ratios == [{"p50": ours.latency_ms.p50 / raw.latency_ms.p50}]  # type: ignore[union-attr]
+
+
+def test_cli_refuses_rate_outside_kafka_latency_mode() -> None:
+    result = CliRunner().invoke(app, ["benchmark", "--bus", "kafka", "--mode", "throughput", "--rate", "100"])
+    assert result.exit_code == 2 and "--mode latency" in result.output
+    result = CliRunner().invoke(
+        app, ["benchmark", "--bus", "kafka", "--mode", "latency", "--rate", "100", "--load-fraction", "0.5"]
+    )
+    assert result.exit_code == 2 and "not both" in result.output
+    result = CliRunner().invoke(app, ["benchmark", "--mode", "latency", "--rate", "100"])
+    assert result.exit_code == 2 and "--load-fraction" in result.output
