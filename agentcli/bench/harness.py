@@ -75,6 +75,9 @@ __all__ = [
 
 NOOP_TOPIC = "agentcli.noop"
 NOOP_AGENT = "noop"
+#: A throughput flood of more than twice this many events also reports the latency of the events handled once its
+#: last TAIL_EVENTS were being emitted: whether waiting grows with the length of a flood.
+TAIL_EVENTS = 100_000
 #: The short throughput run that measures saturation before a latency run.
 SATURATION_LIMITS = Limits(duration_s=1.0)
 #: Fewest concurrent requests an app's latency run uses (see AgentflowRun._senders).
@@ -102,10 +105,12 @@ class BenchSpec:
 class Recorder:
     """Where the noop agent records latency; the run swaps ``hist`` between phases."""
 
-    __slots__ = ("hist",)
+    __slots__ = ("before", "hist")
 
     def __init__(self) -> None:
         self.hist = LatencyHistogram()
+        #: events recorded in the run's earlier histograms (progress counts them too)
+        self.before = 0
 
 
 class Target(abc.ABC):
@@ -265,7 +270,7 @@ class AgentflowRun:
     def _poll(self) -> Callable[[], int]:
         rec = self.target.recorder
         if rec is not None:
-            return lambda: rec.hist.count
+            return lambda: rec.before + rec.hist.count
         runner, agent = self.runner, self.target.agent
         start = sum(_counts(runner, agent))
         return lambda: sum(_counts(runner, agent)) - start
@@ -298,34 +303,52 @@ class AgentflowRun:
         result = RunResult(self.label, tally.issued, tally.completed, tally.errors, duration, cpu, hist)
         return self._check(result, before, snap)
 
-    async def _flood(self, limits: Limits, tally: Tally, *, stamp: bool, label: str) -> float:
+    async def _flood(
+        self, limits: Limits, tally: Tally, *, stamp: bool, label: str, at: tuple[int, Callable[[], None]] | None = None
+    ) -> float:
         """Emit as fast as possible and drain; return the seconds from first emit to drained."""
         runner, topic, spec = self.runner, self.target.topic, self.spec
         emit_one = functools.partial(runner.emit, topic)
         emit_batch = functools.partial(runner.emit_many, topic)
         async with Ticker(self.progress, label, limits, self._poll()):
             t0 = perf_counter()
-            await flood(emit_one, emit_batch, spec.batch_size, spec.payload, limits, tally, stamp=stamp)
+            await flood(emit_one, emit_batch, spec.batch_size, spec.payload, limits, tally, stamp=stamp, at=at)
             await runner.drain()
             return perf_counter() - t0
 
     async def throughput(self) -> RunResult:
         target, runner = self.target, self.runner
         rec = target.recorder
+        head = LatencyHistogram()
         if rec is not None:
-            rec.hist = LatencyHistogram()
+            rec.hist, rec.before = head, 0
+        count = self.spec.limits.count
+        at = None
+        if rec is not None and count is not None and count > 2 * TAIL_EVENTS:
+
+            def tail_begins() -> None:  # the handler records into a new histogram from here on: no per-event cost
+                rec.before, rec.hist = head.count, LatencyHistogram()
+
+            at = (count - TAIL_EVENTS, tail_begins)
         tally = Tally()
         before = _counts(runner, target.agent)
         gc.collect()
         snap = take_snapshot(runner)
         cpu0 = cpu_seconds()
         async with self.profiler:
-            duration = await self._flood(self.spec.limits, tally, stamp=False, label=self.label)
+            duration = await self._flood(self.spec.limits, tally, stamp=False, label=self.label, at=at)
         cpu = cpu_seconds() - cpu0
         handled, dead = (a - b for a, b in zip(_counts(runner, target.agent), before, strict=True))
-        completed = rec.hist.count if rec is not None else handled
-        hist = rec.hist if rec is not None else None
-        return self._check(RunResult(self.label, tally.issued, completed, dead, duration, cpu, hist), before, snap)
+        hist = tail = None
+        if rec is not None:
+            if rec.hist is head:
+                hist = head
+            else:
+                tail, hist = rec.hist, head.copy()
+                hist.merge(tail)
+        completed = hist.count if hist is not None else handled
+        result = RunResult(self.label, tally.issued, completed, dead, duration, cpu, hist, tail=tail)
+        return self._check(result, before, snap)
 
     async def latency(self) -> RunResult:
         spec, target, runner = self.spec, self.target, self.runner
@@ -339,7 +362,7 @@ class AgentflowRun:
         snap = take_snapshot(runner)
         cpu0 = cpu_seconds()
         if rec is not None:
-            rec.hist = LatencyHistogram()
+            rec.hist, rec.before = LatencyHistogram(), 0
             emit_one = functools.partial(runner.emit, target.topic)
             emit_batch = functools.partial(runner.emit_many, target.topic)
             async with Ticker(self.progress, label, spec.limits, self._poll(), REFRESH_LATENCY_S):
@@ -386,7 +409,7 @@ class AgentflowRun:
         if (rec := self.target.recorder) is not None:
             # The flood records into a histogram of its own: the one before it belongs to the previous round's
             # result, and the paced phase starts another.
-            rec.hist = LatencyHistogram()
+            rec.hist, rec.before = LatencyHistogram(), 0
             elapsed = await self._flood(SATURATION_LIMITS, tally, stamp=True, label=label)
             return tally.issued / elapsed
         async with Ticker(self.progress, label, SATURATION_LIMITS, tally.finished):

@@ -141,6 +141,9 @@ class RunResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
     #: agentflow side: the runner's profile snapshot over the measured phase (agentcli profile-report reads it)
     profile: ProfileSnapshot | None = None
+    #: noop throughput floods of more than 2 x TAIL_EVENTS: the events handled once the last TAIL_EVENTS were
+    #: being emitted (the end of a long flood)
+    tail: LatencyHistogram | None = None
 
     @property
     def throughput_per_s(self) -> float:
@@ -308,25 +311,34 @@ async def flood(
     tally: Tally,
     *,
     stamp: bool = False,
+    at: tuple[int, Callable[[], None]] | None = None,
 ) -> None:
     """Emit as fast as backpressure allows, one by one or ``batch_size`` at a time through ``emit_batch``.
 
-    With ``stamp`` each payload is ``perf_counter()`` at emit, the shape the latency handlers expect.
+    With ``stamp`` each payload is ``perf_counter()`` at emit, the shape the latency handlers expect. With
+    ``at = (n, mark)``, ``mark()`` is called once when ``n`` events have been issued (between strides: within
+    256 events, or one batch, of ``n``).
     """
     count = limits.count
     deadline = perf_counter() + (limits.duration_s or 0.0)
     stop = STOP
+
+    def chunk(stride: int) -> int:
+        """How many events to emit next (0: the run is over); calls the mark once it is due."""
+        nonlocal at
+        if at is not None and tally.issued >= at[0]:
+            at[1]()
+            at = None
+        if count is None:
+            return 0 if perf_counter() >= deadline else stride
+        k = min(stride, count - tally.issued)
+        if at is not None:
+            k = min(k, max(1, at[0] - tally.issued))
+        return max(k, 0)
+
     if emit_batch is None or batch_size <= 1:
         # In strides, looking at the clock and the stop flag between them, not at every event.
-        while not stop.set:
-            if count is not None:
-                k = min(_CLOCK_STRIDE, count - tally.issued)
-                if k <= 0:
-                    return
-            elif perf_counter() >= deadline:
-                return
-            else:
-                k = _CLOCK_STRIDE
+        while not stop.set and (k := chunk(_CLOCK_STRIDE)):
             if stamp:
                 for _ in range(k):
                     await emit_one(perf_counter())
@@ -335,15 +347,7 @@ async def flood(
                     await emit_one(payload)
             tally.issued += k
         return
-    while not stop.set:
-        if count is not None:
-            k = min(batch_size, count - tally.issued)
-            if k <= 0:
-                return
-        else:
-            if perf_counter() >= deadline:
-                return
-            k = batch_size
+    while not stop.set and (k := chunk(batch_size)):
         await emit_batch([perf_counter()] * k if stamp else [payload] * k)
         tally.issued += k
 

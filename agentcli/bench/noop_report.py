@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .harness import SIDES, BenchSpec, NoopTarget, Outcome, Target
+from .harness import SIDES, TAIL_EVENTS, BenchSpec, NoopTarget, Outcome, Target
 from .measure import Mode, RunResult
 from .report import (
     Measurement,
@@ -47,7 +47,7 @@ def to_run(result: RunResult, side: str, round_: int) -> Run:
         side=side, label=result.label, round=round_, completed=result.completed, errors=result.errors,
         duration_s=result.duration_s, throughput_per_s=result.throughput_per_s, latency_ms=latency_ms(result.hist),
         cpu_s=result.cpu_s, saturation_per_s=result.saturation_per_s, rate_per_s=result.rate_per_s,
-        hdr=hdr_bytes(result.hist),
+        hdr=hdr_bytes(result.hist), tail_latency_ms=latency_ms(result.tail) if result.tail is not None else None,
     )  # fmt: skip
 
 
@@ -159,6 +159,9 @@ def render(console: Console, report: Report) -> None:
         a = getattr(top.latency_ms, key) if top.latency_ms else None
         b = getattr(raw.latency_ms, key) if raw and raw.latency_ms else None
         row(f"latency {key} (ms)", _ms(a) if a is not None else "n/a", _ms(b) if b is not None else "", ratio(a, b))
+    tail = top.tail_latency_ms
+    if tail is not None:
+        row(f"end of the flood: p99 (ms), last {TAIL_EVENTS:,}", _ms(tail.p99))
     row("CPU time (s)", num(top.cpu_s or 0), num(raw.cpu_s or 0) if raw else "",
         bare_cells=(num(bare.cpu_s or 0), "") if bare else ("", ""))  # fmt: skip
     row("peak RSS (MB, process)", f"{report.rss_peak_mb:,.1f}")

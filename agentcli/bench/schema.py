@@ -85,6 +85,13 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     cpu_s: Annotated[float | None, _doc("user + system CPU of this process during the measured phase")]
     saturation_per_s: Annotated[float | None, _doc("latency mode: the rate measured at saturation first")] = None
     rate_per_s: Annotated[float | None, _doc("latency mode: the rate then offered")] = None
+    tail_latency_ms: Annotated[
+        LatencyMs | None,
+        _doc(
+            "noop throughput floods of more than 200,000 events (agentflow side): the latency of the events handled "
+            "once the flood's last 100,000 were being emitted, to compare the end of a long flood with a short one"
+        ),
+    ] = None
     items_per_s: Annotated[
         float | None, _doc("llm-embed: inputs embedded per second; stream: tokens received per second")
     ] = None

@@ -110,6 +110,21 @@ def test_throughput_mode(tmp_path: Path) -> None:
     assert "created_at" in data["latency_measures"]
 
 
+def test_a_long_flood_reports_the_latency_at_its_end_and_a_short_one_does_not(tmp_path: Path) -> None:
+    long = report(tmp_path, "--mode", "throughput", "--requests", "250000")
+    assert_consistent(long, 250000)
+    [run] = long["runs"]
+    tail = run["tail_latency_ms"]
+    # the events handled once the last 100,000 were being emitted: those, and at most those still in the bus or held
+    # by the agent when they began
+    runner = long["config"]["runner"]
+    in_transit = runner["event_buffer_size"] + runner["max_concurrent_events"]
+    assert 100_000 <= tail["count"] <= 100_000 + in_transit and tail["p99"] <= run["latency_ms"]["max"]
+    assert long["latency_ms"]["count"] == 250000  # the whole run's histogram still holds every event
+    short = report(tmp_path, "--mode", "throughput", "--requests", "2000")
+    assert short["runs"][0]["tail_latency_ms"] is None
+
+
 def test_throughput_mode_in_batches_against_the_raw_item_pipeline(tmp_path: Path) -> None:
     data = report(tmp_path, "--mode", "throughput", "--batch-size", "256", "--requests", "2000", "--compare-raw")
     assert_consistent(data, 2000)
