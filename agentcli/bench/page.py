@@ -233,6 +233,15 @@ def _bench_section(e: Entry, r: Report) -> list[str]:
             f"{_n(run.cpu_s, 2)} |"
         )
     lines.append("")
+    tails = [run for run in _median_runs(r) if run.tail_latency_ms is not None]
+    if tails:
+        t = tails[0].tail_latency_ms
+        assert t is not None
+        lines += [
+            f"End of the flood (the events handled once its last 100,000 were being emitted): p50 {_ms(t.p50)} ms, "
+            f"**p99 {_ms(t.p99)} ms**, max {_ms(t.max)} ms.",
+            "",
+        ]
     lines += _details(r)
     if r.ratios:
         lines.append("Ratios (median of rounds): " + ", ".join(f"`{k}` {v:.2f}x" for k, v in r.ratios.items()) + ".")
