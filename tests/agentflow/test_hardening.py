@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import pytest
 from conftest import RunnerFactory
@@ -34,6 +35,39 @@ async def test_an_event_with_a_non_finite_created_at_on_a_shared_bus_is_handled_
         assert runner.state is RunnerState.RUNNING
         waits = runner.metrics.agent("work").queue_wait
         assert waits.count == 2 and math.isfinite(waits.sum)
+    await bus.aclose()
+
+
+async def test_the_hot_path_files_each_queue_wait_where_pow2histogram_observe_does(
+    make_runner: RunnerFactory,
+) -> None:
+    # AgentWorker._work writes observe out for speed: the values it files must land where observe files them.
+    bus = MemoryBus()
+    runner = make_runner(bus=bus)
+
+    @runner.agent("t", concurrency=1)
+    async def work(event: Event, ctx: object) -> None:
+        return None
+
+    now = time.time()
+    created = [math.nan, math.inf, -math.inf, now + 3600.0, -1e300, 0.0, now - 0.25]
+    async with runner:
+        waits = runner.metrics.agent("work").queue_wait
+        for i, c in enumerate(created):
+            before = list(waits.counts)
+            await bus.publish("t", [Event(topic="t", payload=i, id=f"e{i}", created_at=c)])
+            await runner.drain(timeout_s=5)
+            filed = [b for b, (x, y) in enumerate(zip(before, waits.counts, strict=True)) if y != x]
+            reference = Pow2Histogram()
+            reference.observe(time.time() - c)  # the wait, a moment later: the same bucket but for the last two
+            expected = [b for b, n in enumerate(reference.counts) if n]
+            if i < 5:  # non-finite, negative or beyond MAX_OBSERVED_S: clamped to 0 or the maximum, exactly
+                assert filed == expected, (c, filed, expected)
+            else:
+                assert len(filed) == 1 and abs(filed[0] - expected[0]) <= 1, (c, filed, expected)
+        assert waits.count == len(created) and math.isfinite(waits.sum)
+        runs = runner.metrics.agent("work").duration
+        assert runs.count == len(created) and math.isfinite(runs.sum) and runs.sum >= 0
     await bus.aclose()
 
 
