@@ -12,7 +12,7 @@ import itertools
 import time
 from collections.abc import Sequence
 
-from ..lifecycle import State
+from ..lifecycle import RUNNING
 from .base import APPLIED, CONFLICT, DUPLICATE, Record, StateBackend, Write, WriteResult
 
 __all__ = ["MemoryBackend"]
@@ -47,7 +47,7 @@ class MemoryBackend(StateBackend):
 
     def get_nowait(self, key: str) -> Record | None:
         """:meth:`get` without a coroutine: the record of ``key``, or None when absent or expired."""
-        if self._lifecycle is not State.RUNNING:
+        if self._lifecycle is not RUNNING:
             self._check()
         self._gets += 1
         rec = self._data.get(key)
@@ -56,7 +56,7 @@ class MemoryBackend(StateBackend):
 
     def commit_nowait(self, writes: Sequence[Write]) -> list[WriteResult]:
         """:meth:`commit` without a coroutine; the same rules, applied at once."""
-        if self._lifecycle is not State.RUNNING:
+        if self._lifecycle is not RUNNING:
             self._check()
         results = self._apply(writes)
         self._count(results)

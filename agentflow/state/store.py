@@ -43,7 +43,7 @@ from .. import tracing as _tracing
 from ..components import ComponentSample, HistSample
 from ..config import StateConfig
 from ..errors import LifecycleError, StateConflictError, StateError, StateUnavailableError
-from ..lifecycle import Lifecycle, State
+from ..lifecycle import RUNNING, Lifecycle, State
 from ..metrics import Pow2Histogram
 from .base import APPLIED, DUPLICATE, BackendStatistics, StateBackend, Write, WriteResult
 from .buffer import Batch, Seg, WriteBuffer
@@ -186,7 +186,7 @@ class StateStore(Lifecycle):
                 await self._backend.aclose()
 
     def _check(self) -> None:
-        if self._lifecycle is not State.RUNNING:
+        if self._lifecycle is not RUNNING:
             self._check_running("read or write state")
 
     def unit(self, scope: str | None = None) -> Unit:
@@ -220,7 +220,7 @@ class StateStore(Lifecycle):
         ``fresh`` skips the cache (this process's own buffered writes are still seen): for keys other processes
         write, when a read must not be up to ``state_cache_ttl_s`` old.
         """
-        if self._lifecycle is not State.RUNNING:
+        if self._lifecycle is not RUNNING:
             self._check()
         direct = self._direct
         if direct is not None:
@@ -268,7 +268,7 @@ class StateStore(Lifecycle):
         self, key: str, value: Any, *, ttl_s: float | None = None, unit: Unit | None = None, once: bool = False
     ) -> None:
         """Write ``value`` under ``key`` (behind; durable when ``unit.committed()`` returns)."""
-        if self._lifecycle is not State.RUNNING:
+        if self._lifecycle is not RUNNING:
             self._check()
         raw = self.codec.encode(key, value)
         expires_at = None if ttl_s is None and self._default_ttl_s is None else self._expiry(ttl_s)
@@ -279,7 +279,7 @@ class StateStore(Lifecycle):
 
     async def delete(self, key: str, *, unit: Unit | None = None, once: bool = False) -> None:
         """Delete ``key`` (behind, like ``set``)."""
-        if self._lifecycle is not State.RUNNING:
+        if self._lifecycle is not RUNNING:
             self._check()
         if self._direct is not None:
             self._write_direct(self._direct, key, None, None, unit, once)
@@ -317,7 +317,7 @@ class StateStore(Lifecycle):
 
     async def _make_room(self) -> None:
         await self._buffer.wait_room()
-        if self._lifecycle is not State.RUNNING:
+        if self._lifecycle is not RUNNING:
             self._check()
 
     async def update(
@@ -341,7 +341,7 @@ class StateStore(Lifecycle):
         the backend holds, so only another write of the key by this store while ``fn`` runs is a conflict.
         With ``once=True``, an event whose update was already applied gets the stored value back.
         """
-        if self._lifecycle is not State.RUNNING:
+        if self._lifecycle is not RUNNING:
             self._check()
         once_id = None if not once else _once_id(key, unit)
         self._updates += 1
@@ -464,7 +464,7 @@ class StateStore(Lifecycle):
                     await self._sleep_until(min(now + due, next_purge))
                 else:
                     await self._flush(self._buffer.take(now))
-            elif self._lifecycle is not State.RUNNING:
+            elif self._lifecycle is not RUNNING:
                 return
             elif now >= next_purge:
                 await self._purge()
