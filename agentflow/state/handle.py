@@ -79,8 +79,9 @@ class StateHandle(msgspec.Struct, Generic[T], gc=False):
     def unit(self) -> Unit | None:
         return self._unit
 
-    # The operations return the store's coroutine instead of awaiting it in one of their own: on the memory
-    # backend a second coroutine per call would cost a fifth of the operation.
+    # The operations return the store's coroutine instead of awaiting it in one of their own (and pass their
+    # arguments by position): on the memory backend a second coroutine per call would cost a fifth of the
+    # operation.
 
     @overload
     def get(self) -> Coroutine[Any, Any, T | None]: ...
@@ -91,7 +92,7 @@ class StateHandle(msgspec.Struct, Generic[T], gc=False):
     def get(self, default: Any = None) -> Coroutine[Any, Any, Any]:
         """The current value, or ``default`` when the key has none (never set, deleted or expired)."""
         full = self._full or self._resolve()
-        return self._store.get(full, self._decoder, default=default)
+        return self._store.get(full, self._decoder, default)
 
     def set(self, value: T, ttl_s: float | None = None, *, once: bool = False) -> Coroutine[Any, Any, None]:
         """Store ``value``, expiring after ``ttl_s`` (default: ``[memory] default_ttl_s``, unset: never).
@@ -99,7 +100,7 @@ class StateHandle(msgspec.Struct, Generic[T], gc=False):
         ``once=True``: if this event already made this write (a redelivery after a crash, or a retry), it is
         skipped, so the event's change is applied once.
         """
-        return self._store.set(self._full or self._resolve(), value, ttl_s=ttl_s, unit=self._unit, once=once)
+        return self._store.set(self._full or self._resolve(), value, ttl_s, self._unit, once)
 
     def update(
         self,
@@ -115,14 +116,12 @@ class StateHandle(msgspec.Struct, Generic[T], gc=False):
         With ``once=True`` a redelivered event's update is not applied again: the stored value is returned.
         """
         full = self._full or self._resolve()
-        result: Coroutine[Any, Any, T] = self._store.update(
-            full, fn, decoder=self._decoder, default=default, ttl_s=ttl_s, unit=self._unit, once=once
-        )
+        result: Coroutine[Any, Any, T] = self._store.update(full, fn, self._decoder, default, ttl_s, self._unit, once)
         return result
 
     def delete(self) -> Coroutine[Any, Any, None]:
         """Remove the value (behind, like ``set``)."""
-        return self._store.delete(self._full or self._resolve(), unit=self._unit)
+        return self._store.delete(self._full or self._resolve(), self._unit)
 
     def typed(self, tp: type[S]) -> StateHandle[S]:
         """This key, decoded as ``tp`` (a msgspec Struct, or any type msgspec can decode into)."""

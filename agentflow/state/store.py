@@ -211,9 +211,9 @@ class StateStore(Lifecycle):
         self,
         key: str,
         decoder: msgspec.msgpack.Decoder[Any] | None = None,
+        default: Any = MISSING,
         *,
         fresh: bool = False,
-        default: Any = MISSING,
     ) -> Any:
         """The value of ``key`` decoded (untyped, or with ``decoder``), or ``default`` (:data:`MISSING`).
 
@@ -265,7 +265,7 @@ class StateStore(Lifecycle):
     # -- writes ------------------------------------------------------------------------------------------------
 
     async def set(
-        self, key: str, value: Any, *, ttl_s: float | None = None, unit: Unit | None = None, once: bool = False
+        self, key: str, value: Any, ttl_s: float | None = None, unit: Unit | None = None, once: bool = False
     ) -> None:
         """Write ``value`` under ``key`` (behind; durable when ``unit.committed()`` returns)."""
         if self._lifecycle is not RUNNING:
@@ -277,7 +277,7 @@ class StateStore(Lifecycle):
         else:
             await self._write(key, raw, expires_at, unit, once)
 
-    async def delete(self, key: str, *, unit: Unit | None = None, once: bool = False) -> None:
+    async def delete(self, key: str, unit: Unit | None = None, once: bool = False) -> None:
         """Delete ``key`` (behind, like ``set``)."""
         if self._lifecycle is not RUNNING:
             self._check()
@@ -324,7 +324,6 @@ class StateStore(Lifecycle):
         self,
         key: str,
         fn: Callable[[Any], Any],
-        *,
         decoder: msgspec.msgpack.Decoder[Any] | None = None,
         default: Any = None,
         ttl_s: float | None = None,
