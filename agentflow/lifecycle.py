@@ -20,11 +20,11 @@ import enum
 import logging
 from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Final, Self
 
 from .errors import LifecycleError
 
-__all__ = ["Lifecycle", "State", "shielded"]
+__all__ = ["RUNNING", "Lifecycle", "State", "shielded"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ async def shielded(cleanup: Coroutine[Any, Any, None]) -> None:
             logger.error("A cleanup interrupted by a cancellation failed: %r", task.exception())
         raise asyncio.CancelledError
     task.result()
+
+
+#: ``State.RUNNING`` as a module constant: hot paths check it on every call, and reading an enum member through
+#: its class costs about 0.1 µs on Python 3.11 (a fifth of a memory-backend state read).
+RUNNING: Final = State.RUNNING
 
 
 class Lifecycle:

@@ -10,7 +10,8 @@ Four phases per side, each on keys of its own:
   committed (write-behind, group commit); the bare loop commits each write before the next (SQLite: one
   transaction each; Redis: ``SET``).
 * ``update``: read-modify-write of one counter per user, as many times; agentflow's ``update`` (a version check,
-  committed at once) against the bare loop's transaction (SQLite ``BEGIN IMMEDIATE``; Redis ``WATCH``/``MULTI``).
+  committed at once) against the bare loop's transaction (SQLite ``BEGIN IMMEDIATE``; Redis ``WATCH``/``MULTI``), both
+  sides calling the same increment function (the ``fn`` that ``update`` takes).
 * ``acked_write``: one write per event at :data:`ACKED_RATE_PER_S` for ``--duration`` (open loop); the
   latency runs from the event's intended time to its acknowledgement (agentflow: ``runner.request``, whose reply
   follows the commit) or, bare, to the write's commit.
@@ -154,7 +155,7 @@ class _BareMemory(_Bare):
         async def incr(key: str) -> int:
             while True:  # a version check, as the store's update makes
                 rec = await backend.get(key)
-                n = (0 if rec is None else _DEC.decode(rec.value)) + 1
+                n = _incr(0 if rec is None else _DEC.decode(rec.value))  # the function agentflow's update calls
                 version = 0 if rec is None else rec.version
                 [result] = await backend.commit([Write(key=key, value=_ENC.encode(n), expected_version=version)])
                 if result.status == "applied":
@@ -198,7 +199,7 @@ class _BareSQLite(_Bare):
             db.execute("BEGIN IMMEDIATE")
             try:
                 row = db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
-                n = (0 if row is None else _DEC.decode(row[0])) + 1
+                n = _incr(0 if row is None else _DEC.decode(row[0]))
                 db.execute("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", (key, _ENC.encode(n)))
                 db.execute("COMMIT")
             except BaseException:
@@ -253,7 +254,7 @@ class _BareRedis(_Bare):
                     try:
                         await pipe.watch(full)
                         raw = await pipe.get(full)
-                        n = (0 if raw is None else _DEC.decode(_bytes(raw))) + 1
+                        n = _incr(0 if raw is None else _DEC.decode(_bytes(raw)))
                         pipe.multi()  # type: ignore[no-untyped-call]
                         pipe.set(full, _ENC.encode(n))
                         await pipe.execute()

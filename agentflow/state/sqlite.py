@@ -12,11 +12,20 @@ Durability: a commit returns once SQLite has written it to the WAL file. With ``
 default) that survives the process being killed (the data is in the operating system's page cache), but not
 a power cut; ``"full"`` also fsyncs each commit. Several processes on one machine may share the file: commits
 take the write lock with ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout_s`` for it.
+
+Checkpoints (copying the WAL back into the database file, with its fsyncs) run on a second connection on a
+thread of their own, every ``checkpoint_interval_s`` after commits, in SQLite's ``PASSIVE`` mode, which never
+blocks a writer. Left to SQLite, a checkpoint runs inside whichever commit crosses 1,000 WAL pages, and that
+commit — with every write queued behind it — waits milliseconds for it: the tail of the acknowledged-write
+latency. The writer's own automatic checkpoint stays as a backstop at :data:`BACKSTOP_CHECKPOINT_PAGES`, so the
+WAL stays bounded even if the background checkpoints cannot keep up or fail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -26,9 +35,17 @@ from typing import Any, Literal, TypeVar
 from ..errors import StateUnavailableError
 from .base import APPLIED, CONFLICT, DUPLICATE, Record, StateBackend, Write, WriteResult
 
-__all__ = ["SQLiteBackend"]
+__all__ = ["BACKSTOP_CHECKPOINT_PAGES", "SQLiteBackend"]
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: WAL pages after which the writer checkpoints inside a commit after all (SQLite's default is 1,000): reached
+#: only when the background checkpoints fall behind; about 40 MB of WAL with 4 KiB pages.
+BACKSTOP_CHECKPOINT_PAGES = 10_000
+#: On a reset, a WAL file larger than this is truncated to it (SQLite leaves it at its largest otherwise).
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 _DUPLICATE = WriteResult(DUPLICATE)
 _PURGE_BATCH = 10_000  # rows per purge statement, so a purge never holds the write lock for long
@@ -75,6 +92,7 @@ class SQLiteBackend(StateBackend):
         synchronous: Literal["normal", "full"] = "normal",
         busy_timeout_s: float = 5.0,
         once_ttl_s: float = 7 * 24 * 3600.0,
+        checkpoint_interval_s: float = 1.0,
     ) -> None:
         super().__init__(once_ttl_s=once_ttl_s)
         if path == ":memory:" or not path:
@@ -82,11 +100,21 @@ class SQLiteBackend(StateBackend):
                 'The SQLite state backend needs a file path (WAL mode needs a file); use backend = "memory" for '
                 "state that lives only in this process."
             )
+        if checkpoint_interval_s <= 0:
+            raise ValueError(f"checkpoint_interval_s must be greater than 0, got {checkpoint_interval_s}.")
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout_s = busy_timeout_s
+        self.checkpoint_interval_s = checkpoint_interval_s
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        # The checkpointer: its own connection, on its own thread, run by a task of the backend.
+        self._ckpt_executor: ThreadPoolExecutor | None = None
+        self._ckpt_conn: sqlite3.Connection | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._ckpt_task: asyncio.Task[None] | None = None
+        self.checkpoints = 0  # background checkpoints run
+        self.checkpoint_failures = 0
         # Operations waiting for the next hop to the database thread, and whether a hop is under way.
         self._queue: list[tuple[Callable[..., Any], tuple[object, ...], asyncio.Future[Any]]] = []
         self._hopping = False
@@ -156,6 +184,7 @@ class SQLiteBackend(StateBackend):
     async def _open(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-state-sqlite")
         await self._call(self._open_sync)
+        await self._open_checkpointer()
 
     def _open_sync(self) -> None:
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
@@ -164,18 +193,84 @@ class SQLiteBackend(StateBackend):
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"the database refused WAL mode (journal_mode is {mode})")
         conn.execute(f"PRAGMA synchronous={'FULL' if self.synchronous == 'full' else 'NORMAL'}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
         conn.executescript(_SCHEMA)
 
-    async def _close(self) -> None:
-        executor = self._executor
-        if executor is None:
-            return
+    def _open_checkpointer_sync(self) -> None:
+        self._ckpt_conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+
+    async def _on_checkpointer(self, fn: Callable[[], T]) -> T:
+        assert self._ckpt_executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._ckpt_executor, fn)
+
+    async def _open_checkpointer(self) -> None:
+        self._ckpt_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-state-checkpoint")
         try:
-            if self._conn is not None:
-                await self._call(self._close_sync)  # behind any operation still waiting for its hop
+            await self._on_checkpointer(self._open_checkpointer_sync)
+        except sqlite3.Error as exc:
+            raise StateUnavailableError(
+                f"The SQLite state database {self.path} refused a second connection for checkpoints "
+                f"({type(exc).__name__}: {exc}); check that the file and its directory are readable."
+            ) from exc
+        self._stack = contextlib.AsyncExitStack()
+        tg = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self._ckpt_task = tg.create_task(self._checkpoint_loop(), name="agentflow-state-sqlite-checkpoint")
+
+    async def _checkpoint_loop(self) -> None:
+        """Every ``checkpoint_interval_s``, a PASSIVE checkpoint if anything was committed since the last one."""
+        done = self._commits
+        while True:
+            await asyncio.sleep(self.checkpoint_interval_s)
+            if self._commits == done:
+                continue
+            done = self._commits
+            try:
+                await self._on_checkpointer(self._checkpoint_sync)
+            except sqlite3.Error as exc:  # the writer's backstop checkpoints meanwhile; try again next time
+                self.checkpoint_failures += 1
+                logger.warning("checkpointing the SQLite state database %s failed: %s", self.path, exc)
+            else:
+                self.checkpoints += 1
+
+    def _checkpoint_sync(self) -> None:
+        assert self._ckpt_conn is not None
+        self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _close_checkpointer_sync(self) -> None:
+        conn, self._ckpt_conn = self._ckpt_conn, None
+        if conn is not None:
+            conn.close()
+
+    async def _close(self) -> None:
+        try:
+            await self._stop_checkpointer()
         finally:
-            self._executor = None
-            executor.shutdown(wait=False)
+            executor = self._executor
+            if executor is not None:
+                try:
+                    if self._conn is not None:
+                        await self._call(self._close_sync)  # behind any operation still waiting for its hop
+                finally:
+                    self._executor = None
+                    executor.shutdown(wait=False)
+
+    async def _stop_checkpointer(self) -> None:
+        task, self._ckpt_task = self._ckpt_task, None
+        if task is not None:
+            task.cancel()
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            executor, self._ckpt_executor = self._ckpt_executor, None
+            if executor is not None:
+                try:
+                    if self._ckpt_conn is not None:  # after a checkpoint still running on its thread
+                        await asyncio.get_running_loop().run_in_executor(executor, self._close_checkpointer_sync)
+                finally:
+                    executor.shutdown(wait=False)
 
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None

@@ -99,8 +99,11 @@ class Workflows:
         self._defined: dict[str, Workflow] = {}
         self.graphs: dict[str, Graph] = {}
         self._by_topic: dict[str, tuple[Graph, str]] = {}
-        # run id -> (what its result() callers wait on, the workflow): bounded by the runs being awaited
-        self._waiters: dict[str, tuple[asyncio.Future[Any], Graph]] = {}
+        # run id -> (a future per result() call waiting for it, the workflow): bounded by the runs being awaited.
+        # One future per call, not one shared: a call that times out cancels only its own, and a step that
+        # finishes the run wakes each caller directly (a shared future behind asyncio.shield would cost every
+        # run one more pass of the event loop, which under load is milliseconds).
+        self._waiters: dict[str, tuple[list[asyncio.Future[Any]], Graph]] = {}
         self._sinks: dict[str, dict[str, Any]] = {}
         # (workflow, step) -> what each step's runs took and spent: the profile report's step rows
         self._figures: dict[tuple[str, str], ComponentFigures] = {}
@@ -264,23 +267,26 @@ class Workflows:
     def sink_done(self, run_id: str, step: str, result: Any) -> None:
         """A last step of ``run_id`` returned here: answer whoever waits for the run in this process."""
         waiting = self._waiters.get(run_id)
-        if waiting is None or waiting[0].done():
+        if waiting is None:
             return
-        fut, graph = waiting
+        graph = waiting[1]
         if len(graph.sinks) == 1:
-            fut.set_result(result)
+            _settle(waiting[0], result, None)
             return
         got = self._sinks.setdefault(run_id, {})
         got[step] = result
         if len(got) == len(graph.sinks):
-            fut.set_result({s: got[s] for s in graph.sinks})
+            _settle(waiting[0], {s: got[s] for s in graph.sinks}, None)
 
     async def result(self, run_id: str, workflow: str, timeout_s: float | None) -> Any:
         graph = self._graph(workflow)
+        loop = asyncio.get_running_loop()
         waiting = self._waiters.get(run_id)
         if waiting is None:
-            waiting = self._waiters[run_id] = (asyncio.get_running_loop().create_future(), graph)
-        fut = waiting[0]
+            waiting = self._waiters[run_id] = ([], graph)
+        futures = waiting[0]
+        fut: asyncio.Future[Any] = loop.create_future()
+        futures.append(fut)
         local = self._runner.bus.backend == "memory"  # every step runs in this process: it answers itself
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         delay = _POLL_FIRST_S
@@ -288,12 +294,10 @@ class Workflows:
             while not fut.done():
                 outcome = await self._outcome(run_id, graph)
                 if outcome is not None:
-                    if fut.done():
-                        break
                     if isinstance(outcome, WorkflowFailedError):
-                        fut.set_exception(outcome)
+                        _settle(futures, None, outcome)
                     else:
-                        fut.set_result(outcome[0])
+                        _settle(futures, outcome[0], None)
                     break
                 wait = None if local else delay
                 if deadline is not None:
@@ -306,12 +310,18 @@ class Workflows:
                     wait = left if wait is None else min(wait, left)
                 try:
                     async with asyncio.timeout(wait):
-                        await asyncio.shield(fut)
+                        await fut
                 except TimeoutError:
+                    if fut.cancelled():  # the wait ran out (not the run's answer): wait on a fresh future
+                        futures.remove(fut)
+                        fut = loop.create_future()
+                        futures.append(fut)
                     delay = min(delay * 2, _POLL_MAX_S)
             return fut.result()
         finally:
-            if self._waiters.get(run_id) is waiting:
+            if fut in futures:
+                futures.remove(fut)
+            if not futures and self._waiters.get(run_id) is waiting:
                 del self._waiters[run_id]
                 self._sinks.pop(run_id, None)
 
@@ -387,8 +397,8 @@ class Workflows:
             logger.exception("Could not mark run %s of workflow %r failed", run_id, graph.name)
             return
         waiting = self._waiters.get(run_id)
-        if waiting is not None and not waiting[0].done():
-            waiting[0].set_exception(_failed_error(run_id, graph.name, failure))
+        if waiting is not None:
+            _settle(waiting[0], None, _failed_error(run_id, graph.name, failure))
 
     async def replaying(self, events: list[Event]) -> None:
         """Dead letters of runs' events are replayed: their runs are running again (the failure is forgotten,
@@ -500,6 +510,16 @@ class Workflows:
             topic=topic, agent=graph.agent(node.name), reason="join_timeout", error_type="JoinTimeoutError",
             error=str(error), attempts=0, failed_at=now, event=event,
         )  # fmt: skip
+
+
+def _settle(futures: list[asyncio.Future[Any]], result: Any, error: WorkflowFailedError | None) -> None:
+    """Answer every result() call waiting for a run: with its result, or with the error that failed it."""
+    for fut in futures:
+        if not fut.done():
+            if error is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(error)
 
 
 def _failed_error(run_id: str, workflow: str, failure: Failure) -> WorkflowFailedError:

@@ -75,6 +75,7 @@ def step_handler(workflows: Workflows, graph: Graph, node: Node, figures: Compon
     workflow = graph.name
     agent = graph.agent(name)
     children = [(graph.topic(c), graph.nodes[c].join) for c in node.children]
+    to_join = any(j for _, j in children)
     sink = not node.children
     join = node.join
     replace = msgspec.structs.replace
@@ -128,10 +129,12 @@ def step_handler(workflows: Workflows, graph: Graph, node: Node, figures: Compon
             with _tracing.workflow_step(workflow, name, run_id):
                 result = await user(event, ctx)
         if children:
-            out = {k: v for k, v in headers.items() if k != PART_HEADER}
-            part = {**out, PART_HEADER: name}
-            for topic, to_join in children:
-                await ctx.emit(topic, result, key=event.key, headers=part if to_join else out)
+            # Each emit copies the headers it is given (make_events), so these are built once per step and only
+            # when needed: without the part header this event came with, and with this step's for a join.
+            out = headers if PART_HEADER not in headers else {k: v for k, v in headers.items() if k != PART_HEADER}
+            part = {**out, PART_HEADER: name} if to_join else out
+            for topic, joins in children:
+                await ctx.emit(topic, result, key=event.key, headers=part if joins else out)
         prompt, completion, cost = usage(run_id, agent)
         done = StepRecord(
             state="done",

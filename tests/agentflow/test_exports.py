@@ -63,7 +63,7 @@ INTERNAL = {
     },  # defaults, bounds
     "agentflow.metrics": {"MAX_OBSERVED_S", "AgentMetrics", "GaugeSample", "Pow2Histogram"},  # Metrics' internals
     # the base every resource's lifecycle follows; users see State as RunnerState and each resource's .state
-    "agentflow.lifecycle": {"Lifecycle", "State", "shielded"},
+    "agentflow.lifecycle": {"Lifecycle", "RUNNING", "State", "shielded"},
     "agentflow.pool": {"Slot"},  # a worker's timing state, owned by the pool
     # the parts of the profile and cost reports, reached through ProfileReport, ProfileSnapshot and CostReport;
     # the runner's insight (runner.insight) and what it runs
@@ -204,7 +204,7 @@ INTERNAL = {
     "agentflow.state.metrics": {"state_families"},  # rendered through runner.metrics
     # optional dependency (redis): importing agentflow must not import it; create_backend builds the backend
     "agentflow.state.redis": {"RedisBackend"},
-    "agentflow.state.sqlite": {"SQLiteBackend"},
+    "agentflow.state.sqlite": {"BACKSTOP_CHECKPOINT_PAGES", "SQLiteBackend"},
     # helpers of the tool layer: the loop detector's signatures, the wire names, the defaults and outcome enum
     "agentflow.tools": {
         "DEFAULT_MAX_PARALLEL_TOOLS",

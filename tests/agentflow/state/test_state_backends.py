@@ -21,7 +21,7 @@ from agentflow.errors import ConfigError, LifecycleError, StateUnavailableError
 from agentflow.state import MemoryBackend, StateConfig, StateHandle, StateStore, Write, create_backend
 from agentflow.state.base import APPLIED, CONFLICT, DUPLICATE, Record
 from agentflow.state.redis import RedisBackend
-from agentflow.state.sqlite import SQLiteBackend
+from agentflow.state.sqlite import BACKSTOP_CHECKPOINT_PAGES, SQLiteBackend
 
 ROOT = REPO_ROOT
 
@@ -148,6 +148,32 @@ async def test_sqlite_keeps_its_file_in_wal_mode(tmp_path: Path) -> None:
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert conn.execute("SELECT value FROM agentflow_state WHERE key = 'k'").fetchone()[0] == b"\x00v"
+
+
+async def test_sqlite_checkpoints_in_the_background_not_inside_commits(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    async with SQLiteBackend(str(path), checkpoint_interval_s=0.05) as b:
+        await b.commit([Write(key="k", value=b"\x00v")])
+        # The writer checkpoints itself only as a backstop, far past SQLite's 1,000 pages.
+        assert await b._call(lambda: b._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == (  # type: ignore[union-attr]
+            BACKSTOP_CHECKPOINT_PAGES
+        )
+        for _ in range(1000):  # a few intervals; the bound only keeps a broken checkpointer from hanging the test
+            if b.checkpoints:
+                break
+            await asyncio.sleep(0.01)
+        assert b.checkpoints >= 1 and b.checkpoint_failures == 0
+        # Checkpointed: the database file alone, without its WAL, holds the commit.
+        copy = tmp_path / "copy.db"
+        copy.write_bytes(path.read_bytes())
+        with sqlite3.connect(copy) as conn:
+            assert conn.execute("SELECT value FROM agentflow_state WHERE key = 'k'").fetchone()[0] == b"\x00v"
+        # Nothing committed since: no more checkpoints.
+        done = b.checkpoints
+        await asyncio.sleep(0.2)
+        assert b.checkpoints == done
+    with pytest.raises(ValueError, match="checkpoint_interval_s"):
+        SQLiteBackend(str(path), checkpoint_interval_s=0)
 
 
 async def test_sqlite_operations_asked_together_share_a_hop_and_keep_their_own_outcomes(tmp_path: Path) -> None:

@@ -64,6 +64,31 @@ def research(runner: Runner, **join: Any) -> None:
     wf.step("write", write, after="merge")
 
 
+async def test_callers_waiting_for_one_run_time_out_or_are_cancelled_alone(make_runner: RunnerFactory) -> None:
+    runner = make_runner()
+    release = asyncio.Event()
+
+    async def slow(event: Event, ctx: Context) -> str:
+        await release.wait()
+        return "done"
+
+    runner.workflow("w").step("only", slow)
+    async with runner:
+        run = await runner.start_workflow("w", 1)
+        patient = [asyncio.create_task(run.result(timeout_s=TIMEOUT_S)) for _ in range(2)]
+        cancelled = asyncio.create_task(run.result(timeout_s=TIMEOUT_S))
+        with pytest.raises(TimeoutError, match="did not finish within"):
+            await run.result(timeout_s=0.05)  # runs out while the others keep waiting
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert not any(t.done() for t in patient)
+        release.set()
+        assert await asyncio.gather(*patient) == ["done", "done"]
+        assert await run.result(timeout_s=TIMEOUT_S) == "done"  # a caller after the end reads it from the store
+        assert "waiting=0" in repr(runner.workflows)
+
+
 async def test_a_run_goes_through_sequence_parallel_steps_and_a_join(make_runner: RunnerFactory) -> None:
     runner = make_runner()
     research(runner)
