@@ -61,6 +61,7 @@ __all__ = ["Runner"]
 
 logger = logging.getLogger(__name__)
 _RUNNING = State.RUNNING
+_CLOSED = State.CLOSED  # module constants: reading State.X through the enum class costs on every call
 _id_of = operator.attrgetter("id")
 
 H = TypeVar("H", bound=Handler)
@@ -839,7 +840,7 @@ class Runner(Lifecycle):
         headers: dict[str, str] | None,
         start: int = 0,
     ) -> list[str]:
-        if self._lifecycle is State.CLOSED:
+        if self._lifecycle is _CLOSED:
             raise LifecycleError(self._state_sentence("emit"))
         depth = parent.depth + 1
         if _tracing.TRACER is not None:  # the handler's span is current: the follow-up continues its trace
