@@ -72,7 +72,8 @@ class WorkerPool:
         self.timeouts = 0
         #: Set by the owner: returns (held, done, failed) — work items held, handler runs finished and failed.
         self.usage: Callable[[], tuple[int, int, int]] = lambda: (self.busy, 0, 0)
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        #: Acquirers waiting for a slot, oldest first (never replaced: the worker's hot path reads it).
+        self.waiters: deque[asyncio.Future[None]] = deque()
         self._slots: list[Slot] = []
 
     def __repr__(self) -> str:
@@ -84,7 +85,7 @@ class WorkerPool:
         return WorkerPoolStatistics(
             size=self.size,
             busy=self.busy,
-            waiting=sum(1 for f in self._waiters if not f.done()),
+            waiting=sum(1 for f in self.waiters if not f.done()),
             queued=max(0, held - self.busy),
             max_queued=self.max_queued,
             done=done,
@@ -93,7 +94,7 @@ class WorkerPool:
         )
 
     def try_acquire(self) -> bool:
-        if self.busy < self.size and not self._waiters:
+        if self.busy < self.size and not self.waiters:
             self.busy += 1
             return True
         return False
@@ -102,7 +103,7 @@ class WorkerPool:
         if self.try_acquire():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        self.waiters.append(fut)
         try:
             await fut
         except asyncio.CancelledError:
@@ -111,7 +112,7 @@ class WorkerPool:
             raise
 
     def release(self) -> None:
-        waiters = self._waiters
+        waiters = self.waiters
         while waiters:
             fut = waiters.popleft()
             if not fut.done():

@@ -219,7 +219,9 @@ class AgentWorker(FailurePath):
         handler = self._handler
         claim = self._claim
         pool = self._pool
-        try_acquire, release = pool.try_acquire, pool.release
+        # pool.try_acquire() and pool.release() are written out below for the common case, nobody waiting for a
+        # slot (two calls fewer per event); with waiters the pool's own methods run.
+        release, waiters = pool.release, pool.waiters
         m = self._m
         # Pow2Histogram.observe is written out below for these two (two calls fewer per event);
         # test_hot_path.py checks the hot path files every value, NaN and out-of-range ones too, where observe does.
@@ -254,7 +256,9 @@ class AgentWorker(FailurePath):
             if key is not None and not claim(key, ev, item):
                 continue
             slot.current = ev
-            if not try_acquire():
+            if pool.busy < pool.size and not waiters:  # pool.try_acquire(), written out
+                pool.busy += 1
+            else:
                 await self._acquire(slot, key)
             t0 = perf()  # _begin
             w = t0 + self._wall_offset - ev.created_at  # waits.observe(w), written out
@@ -279,7 +283,10 @@ class AgentWorker(FailurePath):
             slot.deadline = 0.0  # _attempt_done
             if slot.timed_out:
                 self._swallowed_timeout(slot)
-            release()
+            if waiters:
+                release()  # hands the slot to the oldest waiter
+            else:
+                pool.busy -= 1  # pool.release() with nobody waiting, written out
             took = perf() - t0  # runs.observe(took), written out: perf_counter differences are finite and >= 0
             run_counts[int(took * 1_000_000).bit_length()] += 1
             runs.sum += took
