@@ -213,6 +213,23 @@ def _finish(span: Any, exc: BaseException | None, outcome: str) -> None:
         span.set_status(_otel.Status(_otel.StatusCode.ERROR, str(exc)[:256]))
 
 
+@contextlib.contextmanager
+def _current(span: Any, finish: Callable[[BaseException | None], None]) -> Iterator[Any]:
+    """``span`` is the current span while the block runs; then ``finish(exc)`` (``None`` when the block succeeded)
+    and the span ends."""
+    token = _otel.context.attach(_otel.trace.set_span_in_context(span))
+    exc: BaseException | None = None
+    try:
+        yield span
+    except BaseException as e:
+        exc = e
+        raise
+    finally:
+        _otel.context.detach(token)
+        finish(exc)
+        span.end()
+
+
 def _event_attributes(agent: str, ev: Event, system: str) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "messaging.system": system,
@@ -240,17 +257,8 @@ def event_span(agent: str, ev: Event, system: str, timed_out: Callable[[], bool]
         kind=_otel.SpanKind.CONSUMER,
         attributes=_event_attributes(agent, ev, system),
     )
-    token = _otel.context.attach(_otel.trace.set_span_in_context(span))
-    exc: BaseException | None = None
-    try:
+    with _current(span, lambda exc: _finish(span, exc, _outcome(exc, exc is not None and timed_out()))):
         yield span
-    except BaseException as e:
-        exc = e
-        raise
-    finally:
-        _otel.context.detach(token)
-        _finish(span, exc, _outcome(exc, exc is not None and timed_out()))
-        span.end()
 
 
 def wrap_handler(handler: Any, agent: str, system: str, timed_out: Callable[[], bool]) -> Any:
@@ -281,17 +289,8 @@ def wrap_batch_handler(handler: Any, agent: str, system: str, timed_out: Callabl
             f"process {first.topic}", context=_otel.context.Context(), kind=_otel.SpanKind.CONSUMER,
             attributes=attrs, links=links,
         )  # fmt: skip
-        token = _otel.context.attach(_otel.trace.set_span_in_context(span))
-        exc: BaseException | None = None
-        try:
+        with _current(span, lambda exc: _finish(span, exc, _outcome(exc, exc is not None and timed_out()))):
             return await handler(events, ctx)
-        except BaseException as e:
-            exc = e
-            raise
-        finally:
-            _otel.context.detach(token)
-            _finish(span, exc, _outcome(exc, exc is not None and timed_out()))
-            span.end()
 
     return traced
 
@@ -330,18 +329,8 @@ def llm_span(
         kind=_otel.SpanKind.CLIENT,
         attributes=attrs,
     )
-    token = _otel.context.attach(_otel.trace.set_span_in_context(span))
-    exc: BaseException | None = None
-    try:
+    with _current(span, lambda exc: None if exc is None else _finish(span, exc, _outcome(exc, False))):
         yield span
-    except BaseException as e:
-        exc = e
-        raise
-    finally:
-        _otel.context.detach(token)
-        if exc is not None:
-            _finish(span, exc, _outcome(exc, False))
-        span.end()
 
 
 def llm_response(span: Any, response: Any) -> None:
