@@ -161,7 +161,6 @@ class Producer(Lifecycle):
         self._check_open()
         await self._ensure_replies()
         pending = self._pending
-        pending.check_room(topic)
         if _tracing.TRACER is not None:
             headers = _tracing.inject(headers)
         eid = new_event_id()

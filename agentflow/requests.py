@@ -116,23 +116,21 @@ class PendingRequests:
     def __repr__(self) -> str:
         return f"<PendingRequests pending={len(self._futures)}/{self.limit}>"
 
-    def check_room(self, topic: str) -> None:
-        """Raise BackpressureError (and count it) when ``limit`` requests already wait."""
-        if len(self._futures) >= self.limit:
-            self._refused[LIMIT] = self._refused.get(LIMIT, 0) + 1
-            raise BackpressureError(
-                f"{len(self._futures)} requests already wait for their results, the limit of "
-                f"runner.max_pending_requests; the request to {topic!r} was refused and nothing was published. "
-                "Retry later, slow down, or raise runner.max_pending_requests."
-            )
-
     def open(
         self, loop: asyncio.AbstractEventLoop, eid: str, topic: str, timeout_s: float | None
     ) -> asyncio.Future[Any]:
-        """Register request ``eid`` (call :meth:`check_room` first); its future, which times out after
-        ``timeout_s`` (None: the default)."""
+        """Register request ``eid``: its future, which times out after ``timeout_s`` (None: the default). Raises
+        BackpressureError (and counts it) when ``limit`` requests already wait, before anything is published."""
+        futures = self._futures
+        if len(futures) >= self.limit:
+            self._refused[LIMIT] = self._refused.get(LIMIT, 0) + 1
+            raise BackpressureError(
+                f"{len(futures)} requests already wait for their results, the limit of "
+                f"runner.max_pending_requests; the request to {topic!r} was refused and nothing was published. "
+                "Retry later, slow down, or raise runner.max_pending_requests."
+            )
         fut: asyncio.Future[Any] = loop.create_future()
-        self._futures[eid] = fut
+        futures[eid] = fut
         self._deadlines.add(loop, eid, topic, self._default_s if timeout_s is None else timeout_s)
         return fut
 

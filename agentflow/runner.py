@@ -672,7 +672,6 @@ class Runner(Lifecycle):
         if self.bus.subscriber_count(topic) == 0:
             raise LifecycleError(f"No agent subscribes to topic {topic!r}, so a request to it cannot be answered.")
         requests = self._requests
-        requests.check_room(topic)
         if _tracing.TRACER is not None:
             headers = _tracing.inject(headers)
         loop = asyncio.get_running_loop()

@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 #: Workflows whose usage is remembered; the oldest are forgotten first, so memory stays bounded.
 DEFAULT_MAX_WORKFLOWS = 100_000
-#: Distinct (provider, model, agent) rows kept; further ones are summed under model "_other".
-MAX_ROWS = 1000
 
 
 #: Usage of one (provider, model, agent) since the start: calls, tokens and US dollars; the ledger's struct for
@@ -41,7 +39,6 @@ class CostTracker:
 
     def __init__(self, *, max_workflows: int = DEFAULT_MAX_WORKFLOWS) -> None:
         self._prices: dict[str, dict[str, LLMPrice]] = {}
-        self._rows: dict[tuple[str, str, str], CostRow] = {}
         # Tokens per workflow for the budgets, kept only while a provider has a budget: remembered for the most
         # recently active max_workflows (the run ledger, which serves used() otherwise, keeps fewer runs).
         self._workflows: OrderedDict[str, int] = OrderedDict()
@@ -51,8 +48,9 @@ class CostTracker:
         self.budget_warnings = 0
         # provider -> (budget, tokens at which a workflow is warned): set_budget
         self._warn_at: dict[str, tuple[int, int]] = {}
-        #: Cost over time and per run (bounded), for cost reports.
+        #: Cost over time and per run (bounded), for cost reports; its ``totals`` are this tracker's rows.
         self.ledger = CostLedger()
+        self._rows = self.ledger.totals
 
     def __repr__(self) -> str:
         total = self.total()
@@ -89,19 +87,6 @@ class CostTracker:
         cost = (
             0.0 if price is None else (prompt * price.input_usd_per_mtok + completion * price.output_usd_per_mtok) / 1e6
         )
-        key = (provider, model, agent)
-        row = self._rows.get(key)
-        if row is None:
-            if len(self._rows) >= MAX_ROWS:
-                key = (provider, "_other", agent)
-                row = self._rows.get(key)
-            if row is None:
-                row = self._rows[key] = CostRow(provider=provider, model=key[1], agent=agent)
-        row.calls += 1
-        row.prompt_tokens += prompt
-        row.completion_tokens += completion
-        row.cost_usd += cost
-        # The ledger's run record is the one account of a run: its steps' usage and (without budgets) its tokens.
         self.ledger.add(provider, model, agent, workflow, prompt, completion, cost, now=time.time())
         if workflow is not None and self._warn_at:
             used = self._workflows.pop(workflow, 0) + prompt + completion

@@ -207,7 +207,7 @@ class LLMHub(Lifecycle):
                 self.llm_metrics.add_shared_cache(name, shared.name, client.shared_stats)
 
 
-class AgentLLM:
+class AgentLLM(msgspec.Struct, gc=False):
     """``ctx.llm``: the hub's calls, attributed to one agent and workflow (the event's correlation id).
 
     ``provider`` picks an ``[llm.NAME]`` (default: the agent's ``provider``, else the first configured); ``model``
@@ -216,15 +216,11 @@ class AgentLLM:
     :class:`~agentflow.errors.TokenBudgetExceededError` once the workflow used up ``token_budget_per_workflow``.
     """
 
-    __slots__ = ("_agent", "_hub", "_settings", "_workflow")
-
-    def __init__(
-        self, hub: LLMHub, agent: str | None, workflow: str | None, settings: AgentSettings | None = None
-    ) -> None:
-        self._hub = hub
-        self._agent = agent
-        self._workflow = workflow
-        self._settings = settings
+    # A struct, made with each ctx.llm: cheaper to make than a class with __init__; nothing in it refers back.
+    _hub: LLMHub
+    _agent: str | None
+    _workflow: str | None
+    _settings: AgentSettings | None = None
 
     def __repr__(self) -> str:
         return f"<AgentLLM agent={self._agent!r} workflow={self._workflow!r} providers={self._hub.providers}>"

@@ -97,56 +97,62 @@ def _add_agent(agents: dict[str, float], agent: str, cost: float) -> None:
     agents[agent] = agents.get(agent, 0.0) + cost
 
 
-class _Run:
+class _Run(msgspec.Struct, gc=False):
     """A run as this process keeps it: :class:`RunCost`'s fields, with each agent's tokens too (a workflow step's
-    usage, and the tokens a run has used for its budget, come from here)."""
+    usage, and the tokens a run has used for its budget, come from here).
 
-    __slots__ = (
-        "agents",
-        "calls",
-        "completion_tokens",
-        "cost_usd",
-        "last_at",
-        "prompt_tokens",
-        "started_at",
-        "tool_calls",
-        "workflow",
-    )
+    The ledger keeps thousands of these for a long time, so they hold no container the garbage collector would
+    have to visit again and again: the struct is untracked, and its first agent's usage is in fields of its own
+    (most runs have one agent). Further agents go in ``others``: agent -> [prompt tokens, completion tokens, US
+    dollars], at most MAX_AGENTS_PER_RUN agents in all, then "_other"."""
 
-    def __init__(self, workflow: str | None, now: float) -> None:
-        self.workflow = workflow
-        self.started_at = now
-        self.last_at = now
-        self.calls = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.cost_usd = 0.0
-        self.tool_calls = 0
-        # agent -> [prompt tokens, completion tokens, US dollars]; at most MAX_AGENTS_PER_RUN, then "_other"
-        self.agents: dict[str, list[float]] = {}
+    workflow: str | None
+    started_at: float
+    last_at: float
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    tool_calls: int = 0
+    agent: str | None = None
+    agent_prompt: int = 0
+    agent_completion: int = 0
+    agent_cost: float = 0.0
+    others: dict[str, list[float]] | None = None
 
-    def count(self, agent: str, p: int, c: int, cost: float, now: float) -> None:
-        self.calls += 1
-        self.prompt_tokens += p
-        self.completion_tokens += c
-        self.cost_usd += cost
-        self.last_at = now
-        step = self.agents.get(agent)
+    def count_other(self, agent: str, prompt: int, completion: int, cost: float) -> None:
+        """Count a call of an agent that is not the run's first (or the first call of a run named first)."""
+        if self.agent is None:
+            self.agent, self.agent_prompt, self.agent_completion, self.agent_cost = agent, prompt, completion, cost
+            return
+        others = self.others
+        if others is None:
+            others = self.others = {}
+        step = others.get(agent)
         if step is None:
-            if len(self.agents) >= MAX_AGENTS_PER_RUN:
+            if len(others) + 1 >= MAX_AGENTS_PER_RUN:
                 agent = "_other"
-                step = self.agents.get(agent)
+                step = others.get(agent)
             if step is None:
-                step = self.agents[agent] = [0, 0, 0.0]
-        step[0] += p
-        step[1] += c
+                step = others[agent] = [0, 0, 0.0]
+        step[0] += prompt
+        step[1] += completion
         step[2] += cost
 
+    def usage_of(self, agent: str) -> tuple[int, int, float]:
+        if agent == self.agent:
+            return self.agent_prompt, self.agent_completion, self.agent_cost
+        step = None if self.others is None else self.others.get(agent)
+        return (0, 0, 0.0) if step is None else (int(step[0]), int(step[1]), step[2])
+
     def public(self, run: str) -> RunCost:
+        agents = {} if self.agent is None else {self.agent: self.agent_cost}
+        for agent, step in (self.others or {}).items():
+            agents[agent] = step[2]
         return RunCost(
             run=run, workflow=self.workflow, started_at=self.started_at, last_at=self.last_at, calls=self.calls,
             prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens, cost_usd=self.cost_usd,
-            tool_calls=self.tool_calls, agents={a: step[2] for a, step in self.agents.items()},
+            tool_calls=self.tool_calls, agents=agents,
         )  # fmt: skip
 
 
@@ -166,12 +172,21 @@ class CostLedger:
     def __init__(self, *, max_minutes: int = DEFAULT_MAX_MINUTES, max_runs: int = DEFAULT_MAX_RUNS) -> None:
         self.max_minutes = max_minutes
         self.max_runs = max_runs
+        #: Usage since the start by (provider, model, agent), at most MAX_ROWS_PER_MINUTE rows (then "_other"):
+        #: the :class:`~agentflow.llm.cost.CostTracker`'s totals. A minute's rows are the difference between the
+        #: totals when it ended and when it began, so a call is counted once, here.
+        self.totals: dict[_Key, CostLine] = {}
+        # The minutes that ended, oldest first; the open minute and the totals when it began.
         self._minutes: OrderedDict[int, dict[_Key, CostLine]] = OrderedDict()
+        self._minute = -1
+        self._base: dict[_Key, CostLine] = {}
         self._runs: OrderedDict[str, _Run] = OrderedDict()
+        # The names of runs named before their first call, until it (at most max_runs, the oldest forgotten).
+        self._names: OrderedDict[str, str] = OrderedDict()
         self._changes: _Changes | None = None
 
     def __repr__(self) -> str:
-        return f"<CostLedger minutes={len(self._minutes)} runs={len(self._runs)}>"
+        return f"<CostLedger minutes={len(self._minutes) + bool(self.totals)} runs={len(self._runs)}>"
 
     # ---- recording ---------------------------------------------------------------------------------------
 
@@ -186,65 +201,110 @@ class CostLedger:
         cost: float,
         *,
         now: float,
-    ) -> _Run | None:
-        """Count one call made at ``now`` (Unix time); return the run's record (None without a run)."""
+    ) -> None:
+        """Count one call made at ``now`` (Unix time). A clock that steps back counts it in the open minute.
+
+        Every LLM call passes here, so the common cases are inlined: a known row, a run's first call."""
         minute = int(now // 60)
-        rows = self._minutes.get(minute)
-        if rows is None:
-            rows = self._new_minute(minute)
-        _add_line(rows, provider, model, agent, prompt, completion, cost)
-        changes = self._changes
-        if changes is not None:
-            crows = changes.minutes.get(minute)
-            if crows is None:
-                crows = changes.minutes[minute] = {}
-            _add_line(crows, provider, model, agent, prompt, completion, cost)
-        if run is None:
-            return None
-        rec = self._runs.get(run)
-        if rec is None:
-            rec = self._run(run, now)
-        elif not rec.started_at:  # named (name_run) before its first call
-            rec.started_at = now
-        rec.count(agent, prompt, completion, cost, now)
-        if changes is not None:
-            part = self._part(changes, minute, run, rec.workflow, now)
-            _count(part, agent, prompt, completion, cost, now)
-        return rec
+        if minute > self._minute:
+            self._roll(minute)
+        line = self.totals.get((provider, model, agent))
+        if line is None:
+            line = _line(self.totals, provider, model, agent)
+        line.calls += 1
+        line.prompt_tokens += prompt
+        line.completion_tokens += completion
+        line.cost_usd += cost
+        if run is not None:
+            runs = self._runs
+            rec = runs.get(run)
+            if rec is None:
+                workflow = self._names.pop(run, None) if self._names else None
+                runs[run] = _Run(workflow, now, now, 1, prompt, completion, cost, 0, agent, prompt, completion, cost)
+                if len(runs) > self.max_runs:
+                    runs.popitem(last=False)
+            else:
+                rec.calls += 1
+                rec.prompt_tokens += prompt
+                rec.completion_tokens += completion
+                rec.cost_usd += cost
+                rec.last_at = now
+                if agent == rec.agent:
+                    rec.agent_prompt += prompt
+                    rec.agent_completion += completion
+                    rec.agent_cost += cost
+                else:
+                    rec.count_other(agent, prompt, completion, cost)
+        if self._changes is not None:
+            self._change(self._changes, minute, provider, model, agent, run, prompt, completion, cost, now)
 
     def name_run(self, run: str, workflow: str, *, replace: bool = False) -> None:
         """Name the workflow ``run`` belongs to. The first name stays unless ``replace`` (the workflow layer's
         name replaces the topic of the run's first event)."""
-        rec = self._run(run, None)
-        if rec.workflow is None or replace:
-            rec.workflow = workflow
+        rec = self._runs.get(run)
+        if rec is not None:
+            if rec.workflow is None or replace:
+                rec.workflow = workflow
+            return
+        names = self._names  # a run named before its first call: its record takes the name then
+        if replace or run not in names:
+            names[run] = workflow
+            if len(names) > self.max_runs:
+                names.popitem(last=False)
 
     def tool_called(self, run: str | None, n: int = 1, *, now: float) -> None:
         """Count ``n`` tool calls in ``run`` (the tool layer calls this; runs that use tools are reported apart)."""
         if run is None:
             return
-        rec = self._run(run, now)
+        rec = self._runs.get(run)
+        if rec is None:
+            rec = self._new_run(run, self._names.pop(run, None) if self._names else None, now)
         rec.tool_calls += n
         if self._changes is not None:
             self._part(self._changes, int(now // 60), run, rec.workflow, now).tool_calls += n
 
-    def _new_minute(self, minute: int) -> dict[_Key, CostLine]:
-        rows: dict[_Key, CostLine] = {}
-        self._minutes[minute] = rows
-        if minute < next(reversed(self._minutes)):  # a clock step back: keep the order by minute
-            self._minutes = OrderedDict(sorted(self._minutes.items()))
-        while len(self._minutes) > self.max_minutes:
-            self._minutes.popitem(last=False)
-        return rows
+    def _change(
+        self,
+        changes: _Changes,
+        minute: int,
+        provider: str,
+        model: str,
+        agent: str,
+        run: str | None,
+        prompt: int,
+        completion: int,
+        cost: float,
+        now: float,
+    ) -> None:
+        """Keep a call for the state backend (persistence is on): its minute's row and its run's part."""
+        crows = changes.minutes.get(minute)
+        if crows is None:
+            crows = changes.minutes[minute] = {}
+        line = crows.get((provider, model, agent)) or _line(crows, provider, model, agent)
+        line.calls += 1
+        line.prompt_tokens += prompt
+        line.completion_tokens += completion
+        line.cost_usd += cost
+        if run is not None:
+            rec = self._runs.get(run)
+            part = self._part(changes, minute, run, None if rec is None else rec.workflow, now)
+            _count(part, agent, prompt, completion, cost, now)
 
-    def _run(self, run: str, now: float | None) -> _Run:
-        rec = self._runs.get(run)
-        if rec is None:
-            rec = self._runs[run] = _Run(None, now or 0.0)
-            if len(self._runs) > self.max_runs:
-                self._runs.popitem(last=False)
-        elif now is not None and not rec.started_at:
-            rec.started_at = now
+    def _roll(self, minute: int) -> None:
+        """Close the open minute (its rows: the totals now less the totals when it began) and open ``minute``."""
+        if self._minute >= 0:
+            rows = _since(self.totals, self._base)
+            if rows:
+                self._minutes[self._minute] = rows
+                while len(self._minutes) >= self.max_minutes:  # the open minute is one of max_minutes
+                    self._minutes.popitem(last=False)
+        self._minute = minute
+        self._base = {k: _copy(line) for k, line in self.totals.items()}
+
+    def _new_run(self, run: str, workflow: str | None, now: float) -> _Run:
+        rec = self._runs[run] = _Run(workflow, now, now)
+        if len(self._runs) > self.max_runs:
+            self._runs.popitem(last=False)
         return rec
 
     @staticmethod
@@ -266,11 +326,16 @@ class CostLedger:
     def minutes(self, since: float, until: float) -> list[CostMinute]:
         """The minutes that overlap ``[since, until]`` (Unix times), oldest first."""
         lo, hi = int(since // 60), int(until // 60)
-        return [
+        out = [
             CostMinute(minute=m, rows=[_copy(r) for r in rows.values()])
             for m, rows in self._minutes.items()
             if lo <= m <= hi
         ]
+        if lo <= self._minute <= hi:
+            rows = _since(self.totals, self._base)
+            if rows:
+                out.append(CostMinute(minute=self._minute, rows=list(rows.values())))
+        return out
 
     def runs(self, since: float, until: float) -> list[RunCost]:
         """Runs that spent inside ``[since, until]``."""
@@ -286,8 +351,7 @@ class CostLedger:
     def step(self, run: str, agent: str) -> tuple[int, int, float]:
         """Prompt tokens, completion tokens and US dollars ``agent`` used in ``run`` (0 when unknown or forgotten)."""
         rec = self._runs.get(run)
-        step = None if rec is None else rec.agents.get(agent)
-        return (0, 0, 0.0) if step is None else (int(step[0]), int(step[1]), step[2])
+        return (0, 0, 0.0) if rec is None else rec.usage_of(agent)
 
     # ---- persistence -------------------------------------------------------------------------------------
 
@@ -328,19 +392,31 @@ class CostLedger:
                 cparts[part.run] = part
 
 
-def _add_line(rows: dict[_Key, CostLine], provider: str, model: str, agent: str, p: int, c: int, cost: float) -> None:
+def _line(rows: dict[_Key, CostLine], provider: str, model: str, agent: str) -> CostLine:
+    """A new row of ``rows`` for (provider, model, agent); past MAX_ROWS_PER_MINUTE, the "_other" model's."""
     key = (provider, model, agent)
+    if len(rows) >= MAX_ROWS_PER_MINUTE:
+        key = (provider, "_other", agent)
     line = rows.get(key)
     if line is None:
-        if len(rows) >= MAX_ROWS_PER_MINUTE:
-            key = (provider, "_other", agent)
-            line = rows.get(key)
-        if line is None:
-            line = rows[key] = CostLine(provider=provider, model=key[1], agent=agent)
-    line.calls += 1
-    line.prompt_tokens += p
-    line.completion_tokens += c
-    line.cost_usd += cost
+        line = rows[key] = CostLine(provider=provider, model=key[1], agent=agent)
+    return line
+
+
+def _since(totals: dict[_Key, CostLine], base: dict[_Key, CostLine]) -> dict[_Key, CostLine]:
+    """The rows of ``totals`` less ``base`` (the totals earlier), without the rows that did not change."""
+    out: dict[_Key, CostLine] = {}
+    for key, line in totals.items():
+        was = base.get(key)
+        if was is None:
+            out[key] = _copy(line)
+        elif line.calls != was.calls:
+            out[key] = CostLine(
+                provider=line.provider, model=line.model, agent=line.agent, calls=line.calls - was.calls,
+                prompt_tokens=line.prompt_tokens - was.prompt_tokens,
+                completion_tokens=line.completion_tokens - was.completion_tokens, cost_usd=line.cost_usd - was.cost_usd,
+            )  # fmt: skip
+    return out
 
 
 def _count(rec: RunCost, agent: str, p: int, c: int, cost: float, now: float) -> None:

@@ -458,9 +458,11 @@ class MockLLMServer(Lifecycle):
         s = self._stats
         prompt = 0
         for m in req.messages:
-            prompt += tokens(text_of(m.content))
-            for c in m.tool_calls or ():
-                prompt += tokens(c.function.name + c.function.arguments)
+            content = m.content
+            prompt += tokens(content if type(content) is str else text_of(content))
+            if m.tool_calls:
+                for c in m.tool_calls:
+                    prompt += tokens(c.function.name + c.function.arguments)
         reply = chat_reply(req, self.reply_tokens)
         out = reply.completion_tokens * n
         usage = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}

@@ -24,6 +24,7 @@ text one token per chunk, or each tool call as its id and name followed by its a
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -131,7 +132,13 @@ def chat_reply(req: ChatRequest, reply_tokens: int) -> Reply:
         return Reply(_WORDS.findall(_tool_results(req)))
     out = reply_tokens if req.max_tokens is None else max(1, min(req.max_tokens, reply_tokens))
     head = f"echo:{text_of(last.content)[:64]}"
-    return Reply([f"{head} tok0", *(f" tok{i}" for i in range(1, out))], cut=out < reply_tokens)
+    return Reply([f"{head} tok0", *_tokens_after_first(out)], cut=out < reply_tokens)
+
+
+@functools.lru_cache(maxsize=64)
+def _tokens_after_first(out: int) -> tuple[str, ...]:
+    """`` tok1`` … `` tok<out-1>``: the same for every answer of ``out`` tokens, so made once."""
+    return tuple(f" tok{i}" for i in range(1, out))
 
 
 def _looped(loops: list[tuple[str, str]], messages: list[Any]) -> list[tuple[str, str]]:

@@ -330,3 +330,41 @@ async def test_deterministic_calls_count_cache_hits(server: MockLLM, caplog: pyt
         await runner.request("q", {})
         assert runner.llm is not None
         assert runner.llm.llm_metrics.deterministic_calls() == {("mock", "ask"): {"hit": 1, "miss": 1, "off": 0}}
+
+
+def test_a_minutes_rows_are_the_calls_made_in_it_and_the_open_minute_is_reported_too() -> None:
+    # Each call is counted once, in the totals; a minute's rows are what the totals grew by in it.
+    ledger = CostLedger()
+    ledger.add("p", "m", "a", None, 10, 5, 0.5, now=60.0)
+    ledger.add("p", "m", "b", None, 1, 1, 0.25, now=61.0)
+    ledger.add("p", "m", "a", None, 20, 5, 1.0, now=125.0)  # minute 2 closes minute 1
+    ledger.add("p", "m", "a", None, 7, 0, 0.0, now=119.0)  # a clock step back: counted in the open minute
+    got = {m.minute: {(r.agent, r.calls, r.prompt_tokens, r.cost_usd) for r in m.rows} for m in ledger.minutes(0, 1e9)}
+    assert got == {1: {("a", 1, 10, 0.5), ("b", 1, 1, 0.25)}, 2: {("a", 2, 27, 1.0)}}
+    assert [m.minute for m in ledger.minutes(120, 130)] == [2]
+    assert {(r.agent, r.calls) for r in ledger.totals.values()} == {("a", 3), ("b", 1)}
+
+
+def test_a_run_named_before_its_first_call_keeps_the_name_and_each_agents_usage() -> None:
+    ledger = CostLedger(max_runs=10)
+    ledger.name_run("r1", "orders")
+    ledger.name_run("r1", "other")  # the first name stays
+    ledger.add("p", "m", "plan", "r1", 3, 1, 0.5, now=10.0)
+    ledger.add("p", "m", "write", "r1", 5, 2, 0.25, now=11.0)
+    ledger.add("p", "m", "plan", "r1", 1, 1, 0.5, now=12.0)
+    ledger.name_run("r1", "checkout", replace=True)
+    [run] = ledger.runs(0, 100)
+    assert (run.run, run.workflow, run.calls, run.started_at, run.last_at) == ("r1", "checkout", 3, 10.0, 12.0)
+    assert run.agents == {"plan": 1.0, "write": 0.25}
+    assert ledger.step("r1", "plan") == (4, 2, 1.0) and ledger.step("r1", "write") == (5, 2, 0.25)
+    assert ledger.tokens("r1") == 13
+
+
+def test_one_agent_runs_leave_nothing_for_the_garbage_collector_to_visit() -> None:
+    # The ledger keeps thousands of runs for a long time: a one-agent run's record must not be a tracked container.
+    import gc
+
+    ledger = CostLedger()
+    ledger.add("p", "m", "a", "r1", 3, 1, 0.5, now=10.0)
+    rec = ledger._runs["r1"]
+    assert not gc.is_tracked(rec) and rec.others is None
