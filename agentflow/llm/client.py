@@ -388,9 +388,11 @@ class ProviderClient(Lifecycle):
 
     def _report_tool_calls(self, resp: ChatResponse, model: str) -> None:
         """Log tool calls whose arguments the model sent malformed (named, not quoted: they may hold data)."""
-        for choice in resp.choices:
-            for call in choice.message.tool_calls or ():
-                tc = ToolCall.decode(call.id, call.function.name, call.function.arguments)
+        for i, choice in enumerate(resp.choices):
+            calls = resp.tool_calls if i == 0 else [
+                ToolCall.decode(c.id, c.function.name, c.function.arguments) for c in choice.message.tool_calls or ()
+            ]  # fmt: skip
+            for tc in calls:
                 if tc.error is not None:
                     logger.warning(
                         "LLM provider %r (model %r) asked for tool %r with arguments that are not a JSON object "

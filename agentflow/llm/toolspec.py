@@ -13,10 +13,22 @@ from typing import Any
 
 from ..errors import LLMBadRequestError
 
-__all__ = ["tool_fields"]
+__all__ = ["CheckedTools", "tool_fields"]
 
 _CHOICES = ("none", "auto", "required")
 _NO_PARAMS: Any = object()
+
+
+class CheckedTools(list[dict[str, Any]]):
+    """A ``tools`` list checked once, when it was made (:class:`~agentflow.tools.ToolBox` hands these out):
+    :func:`tool_fields` takes its ``names`` instead of checking every entry on every call of an agent loop.
+    Treat it as read-only; a list changed after it was made would be sent as it is."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, tools: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(tools)  # type: ignore[arg-type]
+        self.names = _tool_names(self, "tools")
 
 
 def tool_fields(
@@ -30,20 +42,23 @@ def tool_fields(
     ``tool_choice`` is ``"none"``, ``"auto"``, ``"required"``, ``{"type": "function", "function": {"name":
     ...}}``, or the name of one of ``tools`` (turned into the latter).
     """
-    # type() checks first: a list of dicts (the common case) skips the slower ABC checks.
-    if type(tools) is not list and (
-        tools is None or isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Sequence)
-    ):
-        if tools is None and tool_choice is None and parallel_tool_calls is None:
-            return {}
-        if tools is None:
-            raise _bad(provider, "tool_choice and parallel_tool_calls need tools; pass tools=[...] as well.")
-        raise _bad(
-            provider,
-            'tools must be a list of {"type": "function", "function": {"name": ..., "parameters": {...}}}, '
-            f"not a {type(tools).__name__}.",
-        )
-    names = _tool_names(tools, provider)
+    if type(tools) is CheckedTools:  # a ToolBox's list (the agent loop's, every turn): checked when made
+        names = tools.names
+    else:
+        # type() checks first: a list of dicts (the common case) skips the slower ABC checks.
+        if type(tools) is not list and (
+            tools is None or isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Sequence)
+        ):
+            if tools is None and tool_choice is None and parallel_tool_calls is None:
+                return {}
+            if tools is None:
+                raise _bad(provider, "tool_choice and parallel_tool_calls need tools; pass tools=[...] as well.")
+            raise _bad(
+                provider,
+                'tools must be a list of {"type": "function", "function": {"name": ..., "parameters": {...}}}, '
+                f"not a {type(tools).__name__}.",
+            )
+        names = _tool_names(tools, provider)
     if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
         raise _bad(provider, "parallel_tool_calls must be True or False.")
     if not names:  # an agent without tools: send none of the fields (OpenAI refuses "tools": [])

@@ -11,6 +11,7 @@ call's ``tool_call_id``. :attr:`ChatResponse.tool_calls` gives the calls with th
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import msgspec
@@ -140,7 +141,7 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
         return ChatMessage(role="tool", tool_call_id=self.id, content=content)
 
 
-class ChatResponse(msgspec.Struct, kw_only=True):
+class ChatResponse(msgspec.Struct, kw_only=True, dict=True):  # dict: room for the decoded tool calls
     """A chat completion. ``text`` is the first choice's content; ``cached`` is True when it came from the
     cache, and ``ttft_s`` is the time to the first token of a streamed answer (None when not streamed).
 
@@ -168,8 +169,9 @@ class ChatResponse(msgspec.Struct, kw_only=True):
     def finish_reason(self) -> str | None:
         return self.choices[0].finish_reason if self.choices else None
 
-    @property
+    @functools.cached_property
     def tool_calls(self) -> list[ToolCall]:
+        # Decoded once per response: the client checks them as they arrive, the agent loop runs them.
         calls = self.choices[0].message.tool_calls if self.choices else None
         if not calls:
             return []

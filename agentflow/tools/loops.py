@@ -63,7 +63,7 @@ def call_parts(call: Any) -> tuple[str, str, Any]:
     if isinstance(call, tuple):
         name, arguments = call
         return "", name, arguments
-    if isinstance(call, Mapping):
+    if type(call) is dict or (not hasattr(call, "arguments") and isinstance(call, Mapping)):  # ABC check last
         fn = call.get("function")
         body = fn if isinstance(fn, Mapping) else call
         return str(call.get("id") or ""), str(body.get("name", "")), body.get("arguments")

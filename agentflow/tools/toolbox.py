@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import ConfigError, ToolError, ToolTimeoutError, UnknownToolError
+from ..llm.toolspec import CheckedTools
 from .base import Tool, ToolResult
 from .loops import call_parts
 from .registry import ToolRegistry
@@ -63,7 +64,7 @@ class ToolSet:
         self._version = -1
         self._by_name: dict[str, Tool] = {}
         self._tools: list[Tool] = []
-        self._schemas: list[dict[str, Any]] = []
+        self._schemas: list[dict[str, Any]] = CheckedTools()
         self.unknown_calls = 0
 
     def _sync(self) -> None:
@@ -86,7 +87,7 @@ class ToolSet:
             schemas.append(t.schema(wire))
         self._by_name = by_name
         self._tools = tools
-        self._schemas = schemas
+        self._schemas = CheckedTools(schemas)  # checked once here, not on each model call
         self._version = registry.version
 
     def get(self, name: str) -> Tool | None:
