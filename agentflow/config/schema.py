@@ -142,6 +142,7 @@ DEFAULT_ONCE_TTL_S = 7 * 24 * 3600.0
 DEFAULT_PURGE_INTERVAL_S = 60.0
 DEFAULT_STATE_OPERATION_TIMEOUT_S = 5.0
 DEFAULT_SQLITE_CHECKPOINT_INTERVAL_S = 1.0
+DEFAULT_SQLITE_SWITCH_INTERVAL_S = 0.0005
 DEFAULT_REDIS_MAX_CONNECTIONS = 16
 DEFAULT_CONVERSATION_MAX_MESSAGES = 200
 DEFAULT_LLM_BUDGET_WARN_SHARE = 0.8
@@ -641,6 +642,9 @@ class StateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     # WAL checkpoints run in the background this often (after commits), never inside a commit.
     sqlite_checkpoint_interval_s: _PositiveFloat = DEFAULT_SQLITE_CHECKPOINT_INTERVAL_S
+    # The commits run on a thread: Python's thread switch interval is lowered to this (0: left alone), so a finished
+    # commit does not wait up to 5 ms for the event loop's thread to let go of the GIL.
+    sqlite_switch_interval_s: _NonNegativeFloat = DEFAULT_SQLITE_SWITCH_INTERVAL_S
     url: str = DEFAULT_STATE_URL
     password_env: str = ""
     key_prefix: _KeyPrefix = DEFAULT_STATE_KEY_PREFIX

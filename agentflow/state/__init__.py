@@ -53,6 +53,7 @@ def create_backend(config: StateConfig, *, env: Mapping[str, str] | None = None)
             busy_timeout_s=config.operation_timeout_s,
             once_ttl_s=config.once_ttl_s,
             checkpoint_interval_s=config.sqlite_checkpoint_interval_s,
+            switch_interval_s=config.sqlite_switch_interval_s,
         )
     if config.backend == "redis":
         from .redis import RedisBackend

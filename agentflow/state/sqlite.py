@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,7 @@ class SQLiteBackend(StateBackend):
         busy_timeout_s: float = 5.0,
         once_ttl_s: float = 7 * 24 * 3600.0,
         checkpoint_interval_s: float = 1.0,
+        switch_interval_s: float = 0.0005,
     ) -> None:
         super().__init__(once_ttl_s=once_ttl_s)
         if path == ":memory:" or not path:
@@ -106,6 +108,9 @@ class SQLiteBackend(StateBackend):
         self.synchronous = synchronous
         self.busy_timeout_s = busy_timeout_s
         self.checkpoint_interval_s = checkpoint_interval_s
+        if switch_interval_s < 0:
+            raise ValueError(f"switch_interval_s must be 0 (leave it) or greater, got {switch_interval_s}.")
+        self.switch_interval_s = switch_interval_s
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         # The checkpointer: its own connection, on its own thread, run by a task of the backend.
@@ -182,6 +187,11 @@ class SQLiteBackend(StateBackend):
             self._hopping = False
 
     async def _open(self) -> None:
+        # A commit's result comes back from the database thread, which must take the GIL from the event loop's
+        # thread first; Python hands it over every switch interval (5 ms by default), the tail of a commit's
+        # latency under load. Lowered, never raised: the setting is the process's.
+        if self.switch_interval_s and sys.getswitchinterval() > self.switch_interval_s:
+            sys.setswitchinterval(self.switch_interval_s)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-state-sqlite")
         await self._call(self._open_sync)
         await self._open_checkpointer()

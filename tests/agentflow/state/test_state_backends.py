@@ -176,6 +176,26 @@ async def test_sqlite_checkpoints_in_the_background_not_inside_commits(tmp_path:
         SQLiteBackend(str(path), checkpoint_interval_s=0)
 
 
+async def test_sqlite_lowers_the_thread_switch_interval_and_never_raises_it(tmp_path: Path) -> None:
+    # Commits finish on the database thread; the GIL's switch interval bounds how long their results wait for it.
+    import sys
+
+    was = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        async with SQLiteBackend(str(tmp_path / "a.db"), switch_interval_s=0.0005):
+            assert sys.getswitchinterval() == pytest.approx(0.0005)
+        async with SQLiteBackend(str(tmp_path / "b.db"), switch_interval_s=0.002):
+            assert sys.getswitchinterval() == pytest.approx(0.0005)  # lower already: left as it is
+        sys.setswitchinterval(0.005)
+        async with SQLiteBackend(str(tmp_path / "c.db"), switch_interval_s=0):
+            assert sys.getswitchinterval() == pytest.approx(0.005)  # 0: Python's own setting stays
+        with pytest.raises(ValueError, match="switch_interval_s"):
+            SQLiteBackend(str(tmp_path / "d.db"), switch_interval_s=-1)
+    finally:
+        sys.setswitchinterval(was)
+
+
 async def test_sqlite_operations_asked_together_share_a_hop_and_keep_their_own_outcomes(tmp_path: Path) -> None:
     async with SQLiteBackend(str(tmp_path / "state.db")) as b:
         [first] = await b.commit([Write(key="k", value=b"\x00a")])
