@@ -158,7 +158,10 @@ MAX_TALLIED = 100
 
 
 def _tally(counts: dict[str, int], value: str) -> None:
-    if value not in counts and len(counts) >= MAX_TALLIED:
+    if value in counts:
+        counts[value] += 1
+        return
+    if len(counts) >= MAX_TALLIED:
         value = "_other"
     counts[value] = counts.get(value, 0) + 1
 
@@ -469,7 +472,10 @@ class MockLLMServer(Lifecycle):
         s.prompt_tokens += prompt
         s.completion_tokens += out
         _tally(s.models, req.model)
-        _tally(s.temperatures, "unset" if req.temperature is None else f"{req.temperature:g}")
+        if req.temperature is None:  # the usual case, without formatting a number
+            _tally(s.temperatures, "unset")
+        else:
+            _tally(s.temperatures, f"{req.temperature:g}")
         s.tool_calls += len(reply.calls) * n
         cid = f"chatcmpl-{s.requests}"
         if req.stream:
@@ -487,7 +493,9 @@ class MockLLMServer(Lifecycle):
             "choices": [
                 {"index": i, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}
                 for i in range(n)
-            ],
+            ]
+            if n > 1
+            else [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],
             "usage": usage,
         }
         return await self._serve(request, "chat", 1, out, body)
