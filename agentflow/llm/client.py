@@ -389,9 +389,14 @@ class ProviderClient(Lifecycle):
     def _report_tool_calls(self, resp: ChatResponse, model: str) -> None:
         """Log tool calls whose arguments the model sent malformed (named, not quoted: they may hold data)."""
         for i, choice in enumerate(resp.choices):
-            calls = resp.tool_calls if i == 0 else [
-                ToolCall.decode(c.id, c.function.name, c.function.arguments) for c in choice.message.tool_calls or ()
-            ]  # fmt: skip
+            raw = choice.message.tool_calls
+            if not raw:
+                continue
+            calls = (
+                resp.tool_calls
+                if i == 0
+                else [ToolCall.decode(c.id, c.function.name, c.function.arguments) for c in raw]
+            )
             for tc in calls:
                 if tc.error is not None:
                     logger.warning(

@@ -11,7 +11,6 @@ call's ``tool_call_id``. :attr:`ChatResponse.tool_calls` gives the calls with th
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal
 
 import msgspec
@@ -169,13 +168,18 @@ class ChatResponse(msgspec.Struct, kw_only=True, dict=True):  # dict: room for t
     def finish_reason(self) -> str | None:
         return self.choices[0].finish_reason if self.choices else None
 
-    @functools.cached_property
+    @property
     def tool_calls(self) -> list[ToolCall]:
-        # Decoded once per response: the client checks them as they arrive, the agent loop runs them.
-        calls = self.choices[0].message.tool_calls if self.choices else None
-        if not calls:
-            return []
-        return [ToolCall.decode(c.id, c.function.name, c.function.arguments) for c in calls]
+        # Decoded once per response (kept in the instance's __dict__, which encoding ignores): the client checks
+        # them as they arrive, the agent loop runs them. Not functools.cached_property: it takes a lock per read.
+        d = self.__dict__
+        got: list[ToolCall] | None = d.get("_tool_calls")
+        if got is None:
+            calls = self.choices[0].message.tool_calls if self.choices else None
+            got = d["_tool_calls"] = (
+                [ToolCall.decode(c.id, c.function.name, c.function.arguments) for c in calls] if calls else []
+            )
+        return got
 
 
 class StreamDelta(msgspec.Struct, frozen=True, kw_only=True):
