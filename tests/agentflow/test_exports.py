@@ -177,7 +177,10 @@ INTERNAL = {
         "SharedCacheLike",
     },
     "agentflow.llm.stream": {"StreamAssembler", "open_stream", "read_stream"},
-    "agentflow.llm.toolspec": {"tool_fields"},  # chat()'s checks of its tool arguments
+    "agentflow.llm.toolspec": {
+        "CheckedTools",
+        "tool_fields",
+    },  # chat()'s checks of its tool arguments; ToolBox's checked list
     # what MockLLMServer answers; users reach it through the server (agentflow.testing.MockLLM)
     "agentflow.llm.mock_script": {"Reply", "chat_chunks", "chat_reply", "completion_chunks", "text_of", "tokens"},
     "agentflow.llm.tokens": {"estimate_tokens", "split_tokens"},
