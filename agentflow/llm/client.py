@@ -729,7 +729,11 @@ class ProviderClient(Lifecycle):
                     else:
                         result = await read_stream(resp, failures, model, t0, m)
                 else:
-                    raw = await self._read(resp, model)
+                    length = resp.content_length  # _read's common case, without its coroutine layer
+                    if length is not None and length <= cfg.max_response_bytes:
+                        raw = await resp.read()
+                    else:
+                        raw = await self._read(resp, model)
                     try:
                         result = _DECODERS[endpoint].decode(raw)
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
