@@ -26,7 +26,7 @@ __all__ = ["CostLine", "CostMinute", "CostLedger", "RunCost"]
 #: Minutes kept in memory (a day), and runs.
 DEFAULT_MAX_MINUTES: Final = 1440
 DEFAULT_MAX_RUNS: Final = 10_000
-#: Rows per minute; further (provider, model, agent) triples are summed under model "_other".
+#: Rows per minute, and in the totals; further (provider, model, agent) triples are summed under model "_other".
 MAX_ROWS_PER_MINUTE: Final = 1000
 #: Agents named per run; further ones are summed under "_other".
 MAX_AGENTS_PER_RUN: Final = 64
