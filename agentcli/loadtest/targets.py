@@ -30,14 +30,19 @@ from agentflow import (
     Runner,
     take_snapshot,
 )
-
-from .http1 import BadResponseError, BodyTooLargeError, Http1Client
+from agentflow.http1 import Http1Pool, ProtocolError
 
 __all__ = ["HttpTarget", "KafkaTarget", "LoadTarget", "Probe", "RunnerTarget", "noop_runner"]
 
 NOOP_TOPIC = "agentcli.loadtest"
 #: Largest response body read from an HTTP target; bigger ones count as error ``too_large``.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+#: Headers the plain-HTTP client writes itself.
+_OWN_HEADERS = {"host", "content-length", "content-type", "transfer-encoding", "connection"}
+
+
+class BodyTooLargeError(Exception):
+    """An answer over MAX_BODY_BYTES."""
 
 
 class Probe:
@@ -181,8 +186,8 @@ class HttpStatusError(Exception):
 class HttpTarget(LoadTarget):
     """POST the payload as JSON to ``url`` (GET when the payload is None); 4xx/5xx are errors.
 
-    Plain ``http://`` requests go through the lean :class:`~.http1.Http1Client`, which costs the generator a
-    fraction of aiohttp's time per request; ``https://`` and streamed requests go through aiohttp.
+    Requests go through the lean :class:`agentflow.http1.Http1Pool` (``http://`` and ``https://``), which costs the
+    generator a fraction of aiohttp's time per request; streamed requests go through aiohttp.
     With ``stream`` the payload is an OpenAI chat request sent with ``"stream": true``; the server-sent events
     are read as they arrive, the first content chunk gives time to first token and the gaps between content
     chunks give inter-token latency.
@@ -206,14 +211,14 @@ class HttpTarget(LoadTarget):
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
         self._session: aiohttp.ClientSession | None = None
-        self._lean: Http1Client | None = None
+        self._lean: Http1Pool | None = None
         self._decoder = msgspec.json.Decoder()
 
     async def __aenter__(self) -> HttpTarget:
-        if self.url.startswith("http://") and not self.streaming:
-            self._lean = Http1Client(
-                self.url, connections=self.connections, headers=self.headers, max_body=MAX_BODY_BYTES
-            )
+        if not self.streaming:  # the plan checked the URL: http:// or https://
+            own = {"Content-Type": "application/json"}
+            own.update({k: v for k, v in self.headers.items() if k.lower() not in _OWN_HEADERS})
+            self._lean = Http1Pool(self.url, own, limit=self.connections, max_body=MAX_BODY_BYTES)
             return self
         connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=self.connections)
         self._session = aiohttp.ClientSession(
@@ -224,7 +229,7 @@ class HttpTarget(LoadTarget):
     async def aclose(self) -> None:
         lean, self._lean = self._lean, None
         if lean is not None:
-            await lean.aclose()
+            lean.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -236,7 +241,7 @@ class HttpTarget(LoadTarget):
             return "too_large"
         if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError | socket.gaierror):
             return "connect"
-        if isinstance(exc, aiohttp.ClientPayloadError | msgspec.DecodeError | BadResponseError):
+        if isinstance(exc, aiohttp.ClientPayloadError | msgspec.DecodeError | ProtocolError):
             return "bad_response"
         return super().error_kind(exc)
 
@@ -244,27 +249,15 @@ class HttpTarget(LoadTarget):
         lean = self._lean
         if lean is not None:
             async with asyncio.timeout(self.timeout_s):
-                status, body = await lean.request(None if payload is None else msgspec.json.encode(payload))
-            if status >= 400:
-                raise HttpStatusError(status)
-            return body
-        session = self._session
-        assert session is not None, "HttpTarget used outside 'async with'"
-        if self.streaming:
-            return await self._stream(session, payload, probe)
-        if payload is None:
-            ctx = session.get(self.url)
-        else:
-            ctx = session.post(
-                self.url, data=msgspec.json.encode(payload), headers={"content-type": "application/json"}
-            )
-        async with ctx as resp:
-            body = await resp.content.read(MAX_BODY_BYTES + 1)
-            if len(body) > MAX_BODY_BYTES:
+                resp = await lean.request(self.url, None if payload is None else msgspec.json.encode(payload))
+            if resp.content_length > MAX_BODY_BYTES:
                 raise BodyTooLargeError(f"response body over {MAX_BODY_BYTES} bytes")
             if resp.status >= 400:
                 raise HttpStatusError(resp.status)
-            return body
+            return resp.body
+        session = self._session
+        assert session is not None, "HttpTarget used outside 'async with'"
+        return await self._stream(session, payload, probe)  # streams are the only requests aiohttp carries
 
     async def _stream(self, session: aiohttp.ClientSession, payload: Any, probe: Probe) -> Any:
         body = dict(payload) if isinstance(payload, dict) else {"messages": [{"role": "user", "content": "hi"}]}

@@ -500,6 +500,7 @@ class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     connection_timeout_s: _PositiveFloat = DEFAULT_LLM_CONNECTION_TIMEOUT_S
     idle_timeout_s: _PositiveFloat = DEFAULT_LLM_IDLE_TIMEOUT_S
     max_connection_lifetime_s: _PositiveFloat | None = None
+    http_client: Literal["lean", "aiohttp"] = "lean"
     request_timeout_s: _PositiveFloat = DEFAULT_LLM_REQUEST_TIMEOUT_S
     max_response_bytes: _PositiveInt = DEFAULT_LLM_MAX_RESPONSE_BYTES
     token_budget_per_workflow: _PositiveInt | None = None

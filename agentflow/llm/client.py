@@ -685,7 +685,7 @@ class ProviderClient(Lifecycle):
                     limiter.refund(grant)  # nothing was sent: the request and its tokens go back
                 raise
             remaining_s = deadline - loop.time()
-            session = pool.session
+            session: Any = pool.http1 if stream == 0 and pool.http1 is not None else pool.session
             assert session is not None
             inuse = pool.in_use
             sid = id(session)

@@ -19,6 +19,7 @@ from ..errors import (
     LLMTimeoutError,
     LLMUnavailableError,
 )
+from ..http1 import ConnectFailed, ProtocolError
 from ..scrub import scrub_secrets
 from .types import ERROR_DECODER
 
@@ -134,7 +135,7 @@ class Failures:
                 provider=self.name,
                 model=model,
             )
-        if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, aiohttp.ClientConnectorError | ConnectFailed):
             return LLMUnavailableError(
                 self.scrub(
                     f"Cannot connect to LLM provider {self.name!r} at {self._base} ({exc.os_error}); check "
@@ -143,7 +144,7 @@ class Failures:
                 provider=self.name,
                 model=model,
             )
-        if isinstance(exc, aiohttp.ClientError | ConnectionError):
+        if isinstance(exc, aiohttp.ClientError | ConnectionError | ProtocolError):
             return LLMUnavailableError(
                 self.scrub(
                     f"The connection to LLM provider {self.name!r} failed mid-request ({type(exc).__name__}: "

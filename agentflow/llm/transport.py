@@ -17,11 +17,12 @@ import aiohttp
 
 from .._deadlines import Deadlines, expire_task
 from ..config import LLMConfig
+from ..http1 import Http1Pool
 
 __all__ = ["USER_AGENT", "ConnectionPool"]
 
 #: Sent with every request, so a provider's logs can tell agentflow's traffic apart.
-USER_AGENT = "agentflow/0.1 (+aiohttp)"
+USER_AGENT = "agentflow/0.1"
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class ConnectionPool:
         self.name = name
         self.config = config
         self.base = config.base_url.rstrip("/")
-        # A User-Agent of our own also keeps aiohttp off its slower skip-auto-headers path.
+        # A User-Agent of our own also keeps aiohttp off its slower skip-auto-headers path (streams).
         self.headers = headers
         self.untimed = aiohttp.ClientTimeout(total=None, sock_connect=config.connection_timeout_s)
         # An open stream (ctx.llm.stream): no total, since the consumer sets the pace, but no read waits longer.
@@ -46,14 +47,40 @@ class ConnectionPool:
         )
         self.expiries = Deadlines(config.request_timeout_s, expire_task)
         self.session: aiohttp.ClientSession | None = None
+        #: ``http_client = "lean"``: the connections of unary calls (streams stay on :attr:`session`).
+        self.http1: Http1Pool | None = None
         self.in_use: dict[int, int] = {}
         self._rotator: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         """Open the session, pre-warm ``min_connections`` and start the rotation if a lifetime is set."""
+        cfg = self.config
         self.session = self._new_session()
-        await self._prewarm(self.session)
+        if cfg.http_client == "lean":
+            limit = cfg.max_connections
+            if cfg.max_connections_per_host:
+                limit = min(limit, cfg.max_connections_per_host)
+            self.http1 = Http1Pool(
+                self.base,
+                self.headers,
+                limit=limit,
+                connect_timeout_s=cfg.connection_timeout_s,
+                idle_timeout_s=cfg.idle_timeout_s,
+                lifetime_s=cfg.max_connection_lifetime_s,
+                max_body=cfg.max_response_bytes,
+            )
+            n = min(cfg.min_connections, cfg.max_connections)
+            opened = await self.http1.prewarm(n)
+            if opened < n:
+                logger.warning(
+                    "Could not pre-warm %d of %d connections to LLM provider %r; calls will connect on demand.",
+                    n - opened,
+                    n,
+                    self.name,
+                )
+        else:
+            await self._prewarm(self.session)
         lifetime = self.config.max_connection_lifetime_s
         if lifetime is not None:
             self._rotator = asyncio.create_task(self._rotate(lifetime), name=f"llm-{self.name}-rotate")
@@ -63,6 +90,8 @@ class ConnectionPool:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.http1 is not None:
+            self.http1.close()  # fails the requests still in flight
         if self.session is not None:
             await self.session.close()  # fails the requests still in flight
         self.expiries.close()
@@ -113,7 +142,8 @@ class ConnectionPool:
         while True:  # noqa: ASYNC110 - a timer, not a poll
             await asyncio.sleep(lifetime_s)
             old, self.session = self.session, self._new_session()
-            await self._prewarm(self.session)
+            if self.http1 is None:  # the lean pool retires each connection itself at lifetime_s
+                await self._prewarm(self.session)
             if old is not None:
                 task = asyncio.create_task(self._retire(old))
                 self._retiring.add(task)

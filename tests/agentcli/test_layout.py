@@ -28,6 +28,8 @@ PRIVATE_IMPORTS = {
     ("agentcli/ops/dryrun.py", "agentflow.llm.mock"),
     # cost-report --store opens the state backend that keeps the cost history, as the runner's [memory] does
     ("agentcli/insight/cost_report.py", "agentflow.state"),
+    # the load generator's plain-HTTP requests share the LLM client's lean HTTP/1.1 client (one implementation)
+    ("agentcli/loadtest/targets.py", "agentflow.http1"),
     # the memory state benchmark's bare loop: the memory backend's own get/commit, without the store
     ("agentcli/bench/state.py", "agentflow.state"),
 }

@@ -1,5 +1,5 @@
-"""The load generator's lean HTTP/1.1 client against a real aiohttp server and raw sockets for what aiohttp's
-server does not send (chunked bodies, a close-delimited body, garbage)."""
+"""The load generator's plain-HTTP path (agentflow.http1.Http1Pool, as HttpTarget uses it) against a real aiohttp
+server and raw sockets for what aiohttp's server does not send (chunked bodies, a close-delimited body, garbage)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,30 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from agentcli.loadtest.http1 import BadResponseError, BodyTooLargeError, Http1Client
 from agentcli.loadtest.plan import resolve
 from agentcli.loadtest.scenario import LoadSpec
 from agentcli.loadtest.session import run_local
+from agentcli.loadtest.targets import MAX_BODY_BYTES, BodyTooLargeError, HttpTarget, Probe
+from agentflow.http1 import Http1Pool, ProtocolError
+
+
+class Http1Client:
+    """(status, body) per request to one URL, over the pool as HttpTarget uses it."""
+
+    def __init__(self, url: str, *, connections: int, headers: dict[str, str] | None = None) -> None:
+        self.url = url
+        own = {"Content-Type": "application/json", **(headers or {})}
+        self.pool = Http1Pool(url, own, limit=connections, max_body=MAX_BODY_BYTES)
+
+    async def __aenter__(self) -> Http1Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.pool.close()
+
+    async def request(self, body: bytes | None) -> tuple[int, bytes]:
+        resp = await self.pool.request(self.url, body)
+        return resp.status, resp.body
 
 
 @pytest.fixture
@@ -88,15 +108,17 @@ async def test_chunked_close_delimited_and_interim_answers() -> None:
 async def test_bad_and_oversized_answers_raise_and_close_the_connection() -> None:
     server, url = await raw_server(lambda body: b"SMTP ready\r\n\r\n")
     async with server, Http1Client(url, connections=1) as client:
-        with pytest.raises(BadResponseError, match="HTTP/1.x status line"):
+        with pytest.raises(ProtocolError, match="not an HTTP/1.x answer"):
             await client.request(b"1")
-    big = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1)
     server, url = await raw_server(lambda body: big)
-    async with server, Http1Client(url, connections=1, max_body=10) as client:
-        with pytest.raises(BodyTooLargeError):
-            await client.request(b"1")
-        with pytest.raises(BodyTooLargeError):
-            await client.request(b"2")  # a fresh connection, refused the same way
+    async with server:
+        target = HttpTarget(url, connections=1, timeout_s=5.0)
+        async with target:
+            for _ in range(2):  # the second on a fresh connection, refused the same way
+                with pytest.raises(BodyTooLargeError) as caught:
+                    await target.call({"n": 1}, Probe())
+                assert target.error_kind(caught.value) == "too_large"
 
 
 async def test_a_refused_connection_is_a_connect_error_in_the_report() -> None:
@@ -110,6 +132,6 @@ async def test_a_refused_connection_is_a_connect_error_in_the_report() -> None:
     assert total.errors == total.started == 10 and total.errors_by_kind == {"connect": 10}
 
 
-def test_only_plain_http_urls() -> None:
-    with pytest.raises(ValueError, match="not an http:// URL"):
-        Http1Client("https://example.com/", connections=1)
+def test_only_http_urls() -> None:
+    with pytest.raises(ValueError, match="must be an http:// or https:// URL"):
+        Http1Pool("ftp://example.com/", {}, limit=1, max_body=1)

@@ -1,0 +1,558 @@
+"""A lean HTTP/1.1 client: kept-alive connections to one origin, one request at a time per connection, each
+answer read whole. The LLM client's unary calls (chat, embeddings, completions without ``stream``) and the load
+generator's plain-HTTP requests go through it.
+
+A general client (aiohttp) spends most of its time per request on what these requests do not use (cookie jars,
+redirects, proxies, per-request URL and header objects, a streaming reader); here a request is a pre-built head and
+one write, and the answer is parsed in the connection's own protocol callbacks, at a fraction of the CPU per
+request (docs/architecture.md has the measurement). Streams keep using aiohttp.
+
+What it speaks: HTTP/1.1 keep-alive over TCP or TLS (certificates verified against the system's store, or
+``SSL_CERT_FILE``), answers framed by ``Content-Length``, ``Transfer-Encoding: chunked`` or the end of the
+connection, ``1xx`` interim answers skipped, ``Connection: close`` honoured. Bounded: ``limit`` connections
+(callers beyond wait in line), headers of at most 64 KiB, bodies of at most ``max_body`` bytes (reading stops
+there and the connection closes; the answer's ``content_length`` says how long it was), idle connections closed
+after ``idle_timeout_s``, none kept past ``lifetime_s``. A connection the server closed while it sat idle in the
+pool fails the next request before a byte of the answer arrives: that request is sent once more on a new
+connection (as browsers and urllib3 do); any other failure is the caller's to retry::
+
+    pool = Http1Pool("http://127.0.0.1:8089/v1", {"Content-Type": "application/json"}, limit=16, max_body=1 << 20)
+    resp = await pool.request("http://127.0.0.1:8089/v1/chat/completions", b'{"model": "m", "messages": []}')
+    resp.status, resp.body
+    pool.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = ["ConnectFailed", "ConnectionClosed", "Http1Pool", "Http1Response", "ProtocolError"]
+
+#: The most header bytes an answer may carry before its body.
+MAX_HEADER_BYTES = 64 * 1024
+_EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+_monotonic = time.monotonic
+
+
+class ConnectFailed(ConnectionError):
+    """The connection could not be opened; ``os_error`` says why."""
+
+    def __init__(self, host: str, port: int, os_error: BaseException) -> None:
+        super().__init__(f"cannot connect to {host}:{port}: {os_error}")
+        self.os_error = os_error
+
+
+class ConnectionClosed(ConnectionError):
+    """The server closed the connection before its answer was complete."""
+
+
+class ProtocolError(Exception):
+    """The server's answer is not HTTP/1.x this client reads."""
+
+
+class Http1Response:
+    """One whole answer: ``status``, ``headers`` (case-insensitive, parsed when first read), the ``body``.
+
+    ``content_length`` is the body's length (for a body cut at ``max_body``, more than ``max_body``). The
+    response holds no connection: :meth:`read` returns the body and :meth:`release` does nothing.
+    """
+
+    __slots__ = ("_head", "_headers", "body", "content_length", "status")
+
+    def __init__(self, status: int, head: bytes, body: bytes, content_length: int) -> None:
+        self.status = status
+        self._head = head
+        self._headers: CIMultiDictProxy[str] | None = None
+        self.body = body
+        self.content_length = content_length
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        if self._headers is None:
+            self._headers = _parse_headers(self._head) if self._head else _EMPTY
+        return self._headers
+
+    async def read(self) -> bytes:
+        return self.body
+
+    def release(self) -> None:
+        pass
+
+
+def _parse_headers(head: bytes) -> CIMultiDictProxy[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            out.add(name.strip().decode("latin-1"), value.strip().decode("latin-1"))
+    return CIMultiDictProxy(out)
+
+
+def _body_framing(head: bytes) -> tuple[int, bool, bool]:
+    """``Content-Length`` (-1: none), whether the body is chunked, and whether the connection stays open."""
+    keep_alive = head[7:8] == b"1"  # HTTP/1.1 keeps the connection by default, 1.0 does not
+    lower = head.lower()
+    at = lower.find(b"\r\ncontent-length:")
+    if at >= 0 and b"\r\ntransfer-encoding:" not in lower and b"\r\nconnection:" not in lower:
+        end = lower.find(b"\r\n", at + 17)
+        if lower.find(b"\r\ncontent-length:", at + 17) < 0:  # the common case, one length: no line loop
+            try:
+                return int(lower[at + 17 : end if end >= 0 else len(lower)]), False, keep_alive
+            except ValueError:
+                pass  # reported below, with the value
+    length = -1
+    chunked = False
+    for line in lower.split(b"\r\n")[1:]:
+        if line[:1] not in b"ct":  # none of the three headers read here: skipped unparsed
+            continue
+        name, _, value = line.partition(b":")
+        name = name.strip()
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise ProtocolError(f"bad Content-Length: {value.strip()[:20]!r}") from None
+        elif name == b"transfer-encoding":
+            chunked = value.strip().endswith(b"chunked")
+        elif name == b"connection":
+            tokens = {t.strip() for t in value.split(b",")}
+            if b"close" in tokens:
+                keep_alive = False
+            elif b"keep-alive" in tokens:
+                keep_alive = True
+    return length, chunked, keep_alive
+
+
+# Body framing of the answer being read.
+_LENGTH, _CHUNKED, _TO_CLOSE = 0, 1, 2
+
+
+class _Connection(asyncio.Protocol):
+    """One kept-alive connection: writes a request, parses its answer as the bytes arrive."""
+
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reusable = False
+        self.created = self.last_used = _monotonic()
+        self._waiter: asyncio.Future[Http1Response] | None = None
+        self._buf = bytearray()
+        self._got_bytes = False
+        # The answer being read; send() resets them for each request.
+        self._head: bytes | None = None
+        self._status = 0
+        self._framing = _LENGTH
+        self._need = 0  # _LENGTH: body bytes left to read; _CHUNKED: bytes left in the current chunk (-1: a size line)
+        self._body = bytearray()
+        self._size = 0  # body bytes seen, kept or not
+        self._keep_alive = True
+
+    # ---- the request ----------------------------------------------------------------------------------
+
+    def send(self, data: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Http1Response]:
+        transport = self.transport
+        assert transport is not None
+        self._head = None
+        self._status = 0
+        self._framing = _LENGTH
+        self._need = 0
+        self._size = 0
+        self._keep_alive = True
+        if self._body:
+            self._body = bytearray()
+        self._got_bytes = False
+        self.reusable = False
+        waiter = self._waiter = loop.create_future()
+        transport.write(data)
+        return waiter
+
+    @property
+    def got_bytes(self) -> bool:
+        """True once any byte of the current answer arrived."""
+        return self._got_bytes
+
+    def close(self) -> None:
+        self.closed = True
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.close()
+
+    # ---- protocol callbacks --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's is not a subclass)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._head is not None and self._framing == _TO_CLOSE:
+            self._finish()  # the body ran to the end of the connection: that was its framing
+            return
+        self._waiter = None
+        why = f": {exc}" if exc is not None else ""
+        waiter.set_exception(ConnectionClosed(f"the server closed the connection before the answer was complete{why}"))
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:  # bytes nobody asked for: the connection cannot be trusted any more
+            self.close()
+            return
+        self._got_bytes = True
+        buf = self._buf
+        buf += data
+        try:
+            while self._waiter is not None and buf:
+                if self._head is None:
+                    if not self._read_head(buf):
+                        return
+                elif not self._read_body(buf):
+                    return
+        except ProtocolError as exc:
+            waiter, self._waiter = self._waiter, None
+            self.close()
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+
+    def _read_head(self, buf: bytearray) -> bool:
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HEADER_BYTES:
+                raise ProtocolError(f"the answer's headers are longer than {MAX_HEADER_BYTES} bytes")
+            return False
+        head = bytes(buf[:end])
+        del buf[: end + 4]
+        if not head.startswith(b"HTTP/1.") or len(head) < 12 or head[8:9] != b" ":
+            raise ProtocolError(f"not an HTTP/1.x answer: {head[:40]!r}")
+        try:
+            status = int(head[9:12])
+        except ValueError:
+            first = head.split(b"\r\n", 1)[0]
+            raise ProtocolError(f"not an HTTP status line: {first[:40]!r}") from None
+        if 100 <= status < 200:
+            return True  # an interim answer (100 Continue ...): the real one follows
+        self._status = status
+        self._head = head
+        length, chunked, keep_alive = _body_framing(head)
+        self._keep_alive = keep_alive
+        if status in (204, 304):
+            self._framing, self._need = _LENGTH, 0
+        elif chunked:
+            self._framing, self._need = _CHUNKED, -1
+        elif length > self.max_body:  # refused unread: the connection closes, the caller sees the length
+            self._keep_alive = False
+            self._size = length
+            self._finish()
+            return True
+        elif length >= 0:
+            self._framing, self._need = _LENGTH, length
+        else:
+            self._framing, self._keep_alive = _TO_CLOSE, False
+        if self._framing == _LENGTH and self._need == 0:
+            self._finish()
+        return True
+
+    def _keep(self, piece: bytes | bytearray) -> None:
+        self._size += len(piece)
+        if self._size <= self.max_body:
+            self._body += piece
+        else:  # too large: stop reading; the caller sees a length over the limit and refuses the answer
+            self._keep_alive = False
+            self._finish()
+
+    def _read_body(self, buf: bytearray) -> bool:
+        framing = self._framing
+        if framing == _LENGTH:
+            need = self._need
+            if not self._size and len(buf) >= need:  # the common case: the whole body in hand, one copy
+                self._size = need
+                body = bytes(buf[:need])
+                del buf[:need]
+                self._need = 0
+                self._finish(body)
+                return True
+            take = min(need, len(buf))
+            self._keep(buf[:take])
+            del buf[:take]
+            self._need -= take
+            if self._need == 0 and self._waiter is not None:
+                self._finish()
+            return True
+        if framing == _TO_CLOSE:
+            self._keep(bytes(buf))
+            buf.clear()
+            return True
+        return self._read_chunked(buf)
+
+    def _read_chunked(self, buf: bytearray) -> bool:
+        if self._need == -1:  # a chunk-size line
+            end = buf.find(b"\r\n")
+            if end < 0:
+                if len(buf) > 1024:
+                    raise ProtocolError("a chunk-size line is longer than 1024 bytes")
+                return False
+            size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
+            del buf[: end + 2]
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise ProtocolError(f"bad chunk size: {size_text[:20]!r}") from None
+            if size == 0:
+                self._need = -2  # trailers, up to an empty line
+            else:
+                self._need = size + 2  # the data and its CRLF
+            return True
+        if self._need == -2:
+            end = buf.find(b"\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEADER_BYTES:
+                    raise ProtocolError(f"the answer's trailers are longer than {MAX_HEADER_BYTES} bytes")
+                return False
+            del buf[: end + 2]
+            if end == 0:
+                self._finish()
+            return True
+        take = min(self._need, len(buf))
+        data_left = self._need - 2  # what of the chunk is data, not its closing CRLF
+        if data_left > 0:
+            self._keep(buf[: min(take, data_left)])
+            if self._waiter is None:
+                return False
+        del buf[:take]
+        self._need -= take
+        if self._need == 0:
+            self._need = -1
+        return True
+
+    def _finish(self, body: bytes | None = None) -> None:
+        waiter, self._waiter = self._waiter, None
+        self.last_used = _monotonic()
+        self.reusable = self._keep_alive and not self.closed and not self._buf
+        resp = Http1Response(self._status, self._head or b"", bytes(self._body) if body is None else body, self._size)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(resp)
+
+
+class Http1Pool:
+    """Kept-alive connections to the one host of ``base_url``; :meth:`post` is one request and its whole answer.
+
+    ``headers`` go with every request (the credentials among them are written to the socket only). Bounded by
+    ``limit`` connections; see the module docstring for the rest.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        headers: Mapping[str, str],
+        *,
+        limit: int,
+        max_body: int,
+        connect_timeout_s: float | None = None,
+        idle_timeout_s: float | None = None,
+        lifetime_s: float | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"The URL must be an http:// or https:// URL, not {base_url!r}.")
+        self.host = parts.hostname
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        self.limit = limit
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.lifetime_s = lifetime_s
+        self.max_body = max_body
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
+        default_port = 443 if self.tls else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        authority = host if self.port == default_port else f"{host}:{self.port}"
+        lines = [f"Host: {authority}"]
+        lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("host", "content-length")]
+        self._fixed = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        self._heads: dict[tuple[str, str], bytes] = {}
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._all: set[_Connection] = set()
+        self._closed = False
+        self.connects = 0  # connections opened so far (tests and statistics read it)
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    def _head(self, method: str, url: str) -> bytes:
+        key = (method, url)
+        head = self._heads.get(key)
+        if head is None:
+            parts = urlsplit(url)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            head = f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + self._fixed
+            if len(self._heads) < 64:
+                self._heads[key] = head
+        return head
+
+    def post(self, url: str, data: bytes, timeout: Any = None) -> Awaitable[Http1Response]:
+        """POST ``data`` to ``url`` (aiohttp's ``session.post`` shape, awaited once). A ``timeout`` with a ``total``
+        (an ``aiohttp.ClientTimeout``) bounds the request, connecting included; without one the caller bounds it
+        (the LLM client's shared timer)."""
+        total = getattr(timeout, "total", None)
+        return self.request(url, data) if total is None else self._timed(url, data, total)
+
+    async def _timed(self, url: str, data: bytes, total: float) -> Http1Response:
+        async with asyncio.timeout(total):
+            return await self.request(url, data)
+
+    async def request(self, url: str, body: bytes | None) -> Http1Response:
+        """POST ``body`` to ``url`` (a URL on this pool's origin), or GET it when ``body`` is None; the whole
+        answer. Raises :class:`ConnectFailed`, :class:`ConnectionClosed` or :class:`ProtocolError`; a request
+        cancelled or failed mid-answer closes its connection."""
+        if body is None:
+            request = self._head("GET", url) + b"\r\n"
+        else:
+            request = b"%bContent-Length: %d\r\n\r\n%b" % (self._head("POST", url), len(body), body)
+        loop = asyncio.get_running_loop()
+        conn, reused = await self._acquire(loop)
+        try:
+            resp = await conn.send(request, loop)
+        except ConnectionClosed:
+            self._drop(conn)
+            if not reused or conn.got_bytes:
+                raise
+            # A kept-alive connection the server had closed while it sat idle: send once more on a new one.
+            conn, _ = await self._acquire(loop, new=True)
+            try:
+                resp = await conn.send(request, loop)
+            except BaseException:
+                self._drop(conn)
+                raise
+        except BaseException:
+            self._drop(conn)  # cancelled or failed mid-answer: the connection's state is unknown
+            raise
+        self._release(conn)
+        return resp
+
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, new: bool = False) -> tuple[_Connection, bool]:
+        """A connection, and whether it was kept from an earlier request."""
+        while True:
+            if self._closed:
+                raise ConnectionError("the connection pool is closed")
+            idle = self._idle
+            while idle and not new:
+                conn = idle.pop()
+                if self._usable(conn):
+                    return conn, True
+                self._drop(conn, wake=False)
+            if self._open < self.limit:
+                self._open += 1
+                try:
+                    return await self._connect(loop), False
+                except BaseException:
+                    self._open -= 1
+                    self._wake()
+                    raise
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken and cancelled at once: pass the turn on
+                raise
+
+    def _usable(self, conn: _Connection) -> bool:
+        if conn.closed or not conn.reusable:
+            return False
+        if self.idle_timeout_s is None and self.lifetime_s is None:
+            return True
+        now = _monotonic()
+        if self.idle_timeout_s is not None and now - conn.last_used > self.idle_timeout_s:
+            return False
+        return self.lifetime_s is None or now - conn.created < self.lifetime_s
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        max_body = self.max_body
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):  # None: the OS's own connect timeout
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(max_body),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self.tls else None,
+                )
+        except TimeoutError as exc:
+            late = TimeoutError(f"no connection within {self.connect_timeout_s:g} s")
+            raise ConnectFailed(self.host, self.port, late) from exc
+        except OSError as exc:
+            raise ConnectFailed(self.host, self.port, exc) from exc
+        self.connects += 1
+        self._all.add(conn)
+        return conn
+
+    def _release(self, conn: _Connection) -> None:
+        young = self.lifetime_s is None or _monotonic() - conn.created < self.lifetime_s
+        if conn.reusable and not self._closed and young:
+            self._idle.append(conn)
+            self._wake()
+        else:
+            self._drop(conn)
+
+    def _drop(self, conn: _Connection, wake: bool = True) -> None:
+        if conn in self._idle:
+            self._idle.remove(conn)
+        conn.close()
+        if conn in self._all:
+            self._all.discard(conn)
+            self._open -= 1
+        if wake:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            w = waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
+
+    async def prewarm(self, n: int) -> int:
+        """Open up to ``n`` connections ahead of the first request; how many opened."""
+        loop = asyncio.get_running_loop()
+        n = min(n, self.limit - self._open)
+        self._open += n
+        results = await asyncio.gather(*(self._connect(loop) for _ in range(n)), return_exceptions=True)
+        opened = 0
+        for r in results:
+            if isinstance(r, _Connection):
+                r.reusable = True
+                self._idle.append(r)
+                opened += 1
+            else:
+                self._open -= 1
+        return opened
+
+    def close(self) -> None:
+        """Close every connection; requests waiting for one fail."""
+        self._closed = True
+        for conn in self._all:
+            conn.close()  # in-flight requests fail with ProtocolError
+        self._all.clear()
+        self._idle.clear()
+        self._open = 0
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(None)  # it finds the pool closed
