@@ -1,11 +1,11 @@
 """A lean HTTP/1.1 client: kept-alive connections to one origin, one request at a time per connection, each
-answer read whole. The LLM client's unary calls (chat, embeddings, completions without ``stream``) and the load
-generator's plain-HTTP requests go through it.
+answer read whole or streamed. The LLM client's calls (streams included) and the load generator's requests
+(but ``--stream``) go through it.
 
 A general client (aiohttp) spends most of its time per request on what these requests do not use (cookie jars,
 redirects, proxies, per-request URL and header objects, a streaming reader); here a request is a pre-built head and
 one write, and the answer is parsed in the connection's own protocol callbacks, at a fraction of the CPU per
-request (docs/architecture.md has the measurement). Streams keep using aiohttp.
+request (docs/architecture.md says why; benchmarks.md has the figures).
 
 What it speaks: HTTP/1.1 keep-alive over TCP or TLS (certificates verified against the system's store, or
 ``SSL_CERT_FILE``), answers framed by ``Content-Length``, ``Transfer-Encoding: chunked`` or the end of the
@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["ConnectFailed", "ConnectionClosed", "Http1Pool", "Http1Response", "ProtocolError"]
+__all__ = ["BodyStream", "ConnectFailed", "ConnectionClosed", "Http1Pool", "Http1Response", "ProtocolError"]
 
 #: The most header bytes an answer may carry before its body.
 MAX_HEADER_BYTES = 64 * 1024
@@ -59,20 +59,25 @@ class ProtocolError(Exception):
 
 
 class Http1Response:
-    """One whole answer: ``status``, ``headers`` (case-insensitive, parsed when first read), the ``body``.
+    """One answer: ``status``, ``headers`` (case-insensitive, parsed when first read), and its body.
 
-    ``content_length`` is the body's length (for a body cut at ``max_body``, more than ``max_body``). The
-    response holds no connection: :meth:`read` returns the body and :meth:`release` does nothing.
+    A whole answer (:meth:`Http1Pool.request`) holds no connection: ``body`` is all of it, ``content_length`` its
+    length (for a body cut at ``max_body``, more than ``max_body``), :meth:`read` returns it and :meth:`release`
+    does nothing. A streamed answer (:meth:`Http1Pool.stream`) comes as soon as its headers are in: read its body
+    with ``await resp.content.readany()`` (``b""`` at the end), then :meth:`release` it (its connection goes back
+    to the pool when the body was read to the end, and is closed otherwise) or :meth:`close` it.
     """
 
-    __slots__ = ("_head", "_headers", "body", "content_length", "status")
+    __slots__ = ("_head", "_headers", "_owner", "body", "content", "content_length", "status")
 
     def __init__(self, status: int, head: bytes, body: bytes, content_length: int) -> None:
         self.status = status
         self._head = head
         self._headers: CIMultiDictProxy[str] | None = None
         self.body = body
-        self.content_length = content_length
+        self.content_length: int | None = content_length
+        self.content: BodyStream | None = None
+        self._owner: tuple[Http1Pool, _Connection] | None = None
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
@@ -81,10 +86,120 @@ class Http1Response:
         return self._headers
 
     async def read(self) -> bytes:
-        return self.body
+        content = self.content
+        if content is None:
+            return self.body
+        parts = []
+        while chunk := await content.readany():
+            parts.append(chunk)
+        return b"".join(parts)
 
     def release(self) -> None:
-        pass
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            pool, conn = owner
+            if conn.reading:
+                pool._drop(conn)  # the body was not read to its end: the connection is out of step
+            else:
+                pool._release(conn)
+
+    def close(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner[0]._drop(owner[1])
+
+
+class BodyStream:
+    """A streamed answer's body as it arrives: :meth:`readany` gives what has come since the last read.
+
+    Reading waits at most ``read_timeout_s`` for the next bytes, and never past ``deadline`` (the loop's clock):
+    then ``TimeoutError``, and the connection closes. More than 1 MiB unread pauses the connection until the
+    reader catches up.
+    """
+
+    __slots__ = ("_conn", "_deadline", "_error", "_eof", "_loop", "_paused", "_pieces", "_read_timeout_s", "_size",
+                 "_waiter")  # fmt: skip
+
+    PAUSE_BYTES = 1 << 20
+
+    def __init__(
+        self,
+        conn: _Connection,
+        loop: asyncio.AbstractEventLoop,
+        read_timeout_s: float | None,
+        deadline: float | None = None,
+    ) -> None:
+        self._conn = conn
+        self._loop = loop
+        self._read_timeout_s = read_timeout_s
+        self._deadline = deadline
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self._eof = False
+        self._paused = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def feed(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+        self._size += len(piece)
+        if self._size > self.PAUSE_BYTES and not self._paused and self._conn.transport is not None:
+            self._paused = True
+            self._conn.transport.pause_reading()
+        self._wake()
+
+    def end(self, error: BaseException | None = None) -> None:
+        if error is None:
+            self._eof = True
+        elif self._error is None:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _timed_out(self) -> None:
+        self.end(TimeoutError("the answer's next bytes did not come in time"))
+        self._conn.close()
+
+    def _wait_s(self) -> float | None:
+        wait = self._read_timeout_s
+        if self._deadline is not None:
+            left = self._deadline - self._loop.time()
+            wait = left if wait is None else min(wait, left)
+        return wait
+
+    async def readany(self) -> bytes:
+        while True:
+            pieces = self._pieces
+            if pieces:
+                data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                pieces.clear()
+                self._size = 0
+                if self._paused:
+                    self._paused = False
+                    transport = self._conn.transport
+                    if transport is not None and not self._conn.closed:
+                        transport.resume_reading()
+                return data
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            wait = self._wait_s()
+            if wait is not None and wait <= 0:
+                self._timed_out()
+                continue
+            waiter = self._waiter = self._loop.create_future()
+            timer = None if wait is None else self._loop.call_later(wait, self._timed_out)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
 
 
 def _parse_headers(head: bytes) -> CIMultiDictProxy[str]:
@@ -145,6 +260,12 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         self.created = self.last_used = _monotonic()
         self._waiter: asyncio.Future[Http1Response] | None = None
+        #: An answer is being read (the waiter may already have its streamed response).
+        self.reading = False
+        self._sink: BodyStream | None = None
+        self._stream = False  # this request's success streams its body (else every answer is read whole)
+        self._read_timeout_s: float | None = None
+        self._deadline: float | None = None
         self._buf = bytearray()
         self._got_bytes = False
         # The answer being read; send() resets them for each request.
@@ -158,7 +279,16 @@ class _Connection(asyncio.Protocol):
 
     # ---- the request ----------------------------------------------------------------------------------
 
-    def send(self, data: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Http1Response]:
+    def send(
+        self,
+        data: bytes,
+        loop: asyncio.AbstractEventLoop,
+        stream: bool = False,
+        read_timeout_s: float | None = None,
+        deadline: float | None = None,
+    ) -> asyncio.Future[Http1Response]:
+        """Write one request; the future gets its answer, whole, or with ``stream`` once its headers are in (a
+        success's body then streams; an error status's answer is still read whole)."""
         transport = self.transport
         assert transport is not None
         self._head = None
@@ -171,6 +301,11 @@ class _Connection(asyncio.Protocol):
             self._body = bytearray()
         self._got_bytes = False
         self.reusable = False
+        self.reading = True
+        self._sink = None
+        self._stream = stream
+        self._read_timeout_s = read_timeout_s
+        self._deadline = deadline
         waiter = self._waiter = loop.create_future()
         transport.write(data)
         return waiter
@@ -194,35 +329,39 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+        if not self.reading:
             return
         if self._head is not None and self._framing == _TO_CLOSE:
             self._finish()  # the body ran to the end of the connection: that was its framing
             return
-        self._waiter = None
         why = f": {exc}" if exc is not None else ""
-        waiter.set_exception(ConnectionClosed(f"the server closed the connection before the answer was complete{why}"))
+        self._fail(ConnectionClosed(f"the server closed the connection before the answer was complete{why}"))
+
+    def _fail(self, exc: BaseException) -> None:
+        self.reading = False
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        elif self._sink is not None:
+            self._sink.end(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:  # bytes nobody asked for: the connection cannot be trusted any more
+        if not self.reading:  # bytes nobody asked for: the connection cannot be trusted any more
             self.close()
             return
         self._got_bytes = True
         buf = self._buf
         buf += data
         try:
-            while self._waiter is not None and buf:
+            while self.reading and buf:
                 if self._head is None:
                     if not self._read_head(buf):
                         return
                 elif not self._read_body(buf):
                     return
         except ProtocolError as exc:
-            waiter, self._waiter = self._waiter, None
             self.close()
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(exc)
+            self._fail(exc)
 
     def _read_head(self, buf: bytearray) -> bool:
         end = buf.find(b"\r\n\r\n")
@@ -249,7 +388,7 @@ class _Connection(asyncio.Protocol):
             self._framing, self._need = _LENGTH, 0
         elif chunked:
             self._framing, self._need = _CHUNKED, -1
-        elif length > self.max_body:  # refused unread: the connection closes, the caller sees the length
+        elif length > self.max_body and not self._stream:  # refused unread: closed; the caller sees the length
             self._keep_alive = False
             self._size = length
             self._finish()
@@ -258,13 +397,28 @@ class _Connection(asyncio.Protocol):
             self._framing, self._need = _LENGTH, length
         else:
             self._framing, self._keep_alive = _TO_CLOSE, False
+        if self._stream and 200 <= status < 300 and self._waiter is not None:
+            self._hand_out_stream(length)
         if self._framing == _LENGTH and self._need == 0:
             self._finish()
         return True
 
+    def _hand_out_stream(self, length: int) -> None:
+        """A streamed success: its response goes out now, and its body to the reader as it arrives."""
+        waiter, self._waiter = self._waiter, None
+        assert waiter is not None and self._head is not None
+        sink = self._sink = BodyStream(self, waiter.get_loop(), self._read_timeout_s, self._deadline)
+        resp = Http1Response(self._status, self._head, b"", length)
+        resp.content_length = length if length >= 0 else None
+        resp.content = sink
+        if not waiter.done():
+            waiter.set_result(resp)
+
     def _keep(self, piece: bytes | bytearray) -> None:
         self._size += len(piece)
-        if self._size <= self.max_body:
+        if self._sink is not None:
+            self._sink.feed(bytes(piece))
+        elif self._size <= self.max_body:
             self._body += piece
         else:  # too large: stop reading; the caller sees a length over the limit and refuses the answer
             self._keep_alive = False
@@ -274,7 +428,7 @@ class _Connection(asyncio.Protocol):
         framing = self._framing
         if framing == _LENGTH:
             need = self._need
-            if not self._size and len(buf) >= need:  # the common case: the whole body in hand, one copy
+            if not self._size and len(buf) >= need and self._sink is None:  # the common case: one copy
                 self._size = need
                 body = bytes(buf[:need])
                 del buf[:need]
@@ -285,7 +439,7 @@ class _Connection(asyncio.Protocol):
             self._keep(buf[:take])
             del buf[:take]
             self._need -= take
-            if self._need == 0 and self._waiter is not None:
+            if self._need == 0 and self.reading:
                 self._finish()
             return True
         if framing == _TO_CLOSE:
@@ -326,7 +480,7 @@ class _Connection(asyncio.Protocol):
         data_left = self._need - 2  # what of the chunk is data, not its closing CRLF
         if data_left > 0:
             self._keep(buf[: min(take, data_left)])
-            if self._waiter is None:
+            if not self.reading:
                 return False
         del buf[:take]
         self._need -= take
@@ -335,9 +489,14 @@ class _Connection(asyncio.Protocol):
         return True
 
     def _finish(self, body: bytes | None = None) -> None:
-        waiter, self._waiter = self._waiter, None
+        self.reading = False
         self.last_used = _monotonic()
         self.reusable = self._keep_alive and not self.closed and not self._buf
+        sink = self._sink
+        if sink is not None:
+            sink.end()
+            return
+        waiter, self._waiter = self._waiter, None
         resp = Http1Response(self._status, self._head or b"", bytes(self._body) if body is None else body, self._size)
         if waiter is not None and not waiter.done():
             waiter.set_result(resp)
@@ -402,21 +561,40 @@ class Http1Pool:
                 self._heads[key] = head
         return head
 
-    def post(self, url: str, data: bytes, timeout: Any = None) -> Awaitable[Http1Response]:
-        """POST ``data`` to ``url`` (aiohttp's ``session.post`` shape, awaited once). A ``timeout`` with a ``total``
-        (an ``aiohttp.ClientTimeout``) bounds the request, connecting included; without one the caller bounds it
-        (the LLM client's shared timer)."""
+    def post(
+        self, url: str, data: bytes, timeout: Any = None, *, stream: bool = False, read_timeout_s: float | None = None
+    ) -> Awaitable[Http1Response]:
+        """POST ``data`` to ``url`` (aiohttp's ``session.post`` shape, awaited once; :meth:`request` has the rest).
+        A ``timeout`` with a ``total`` (an ``aiohttp.ClientTimeout``) bounds the request, connecting included, and
+        a streamed body's reads end by then too; without one the caller bounds it (the LLM client's shared
+        timer)."""
         total = getattr(timeout, "total", None)
-        return self.request(url, data) if total is None else self._timed(url, data, total)
+        if total is None:
+            return self.request(url, data, stream=stream, read_timeout_s=read_timeout_s)
+        return self._timed(url, data, total, stream, read_timeout_s)
 
-    async def _timed(self, url: str, data: bytes, total: float) -> Http1Response:
+    async def _timed(
+        self, url: str, data: bytes, total: float, stream: bool, read_timeout_s: float | None
+    ) -> Http1Response:
+        deadline = asyncio.get_running_loop().time() + total
         async with asyncio.timeout(total):
-            return await self.request(url, data)
+            return await self.request(url, data, stream=stream, read_timeout_s=read_timeout_s, deadline=deadline)
 
-    async def request(self, url: str, body: bytes | None) -> Http1Response:
+    async def request(
+        self,
+        url: str,
+        body: bytes | None,
+        *,
+        stream: bool = False,
+        read_timeout_s: float | None = None,
+        deadline: float | None = None,
+    ) -> Http1Response:
         """POST ``body`` to ``url`` (a URL on this pool's origin), or GET it when ``body`` is None; the whole
-        answer. Raises :class:`ConnectFailed`, :class:`ConnectionClosed` or :class:`ProtocolError`; a request
-        cancelled or failed mid-answer closes its connection."""
+        answer, or with ``stream`` the answer as soon as its headers are in, its body read through
+        ``resp.content`` (each read waiting at most ``read_timeout_s``, and none past ``deadline``, a time of the
+        loop's clock; see :class:`Http1Response`). Raises
+        :class:`ConnectFailed`, :class:`ConnectionClosed` or :class:`ProtocolError`; a request cancelled or failed
+        mid-answer closes its connection."""
         if body is None:
             request = self._head("GET", url) + b"\r\n"
         else:
@@ -424,7 +602,7 @@ class Http1Pool:
         loop = asyncio.get_running_loop()
         conn, reused = await self._acquire(loop)
         try:
-            resp = await conn.send(request, loop)
+            resp = await conn.send(request, loop, stream, read_timeout_s, deadline)
         except ConnectionClosed:
             self._drop(conn)
             if not reused or conn.got_bytes:
@@ -432,14 +610,17 @@ class Http1Pool:
             # A kept-alive connection the server had closed while it sat idle: send once more on a new one.
             conn, _ = await self._acquire(loop, new=True)
             try:
-                resp = await conn.send(request, loop)
+                resp = await conn.send(request, loop, stream, read_timeout_s, deadline)
             except BaseException:
                 self._drop(conn)
                 raise
         except BaseException:
             self._drop(conn)  # cancelled or failed mid-answer: the connection's state is unknown
             raise
-        self._release(conn)
+        if resp.content is not None:
+            resp._owner = (self, conn)  # the reader gives the connection back (release) or closes it
+        else:
+            self._release(conn)
         return resp
 
     async def _acquire(self, loop: asyncio.AbstractEventLoop, new: bool = False) -> tuple[_Connection, bool]:

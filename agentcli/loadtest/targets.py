@@ -250,7 +250,7 @@ class HttpTarget(LoadTarget):
         if lean is not None:
             async with asyncio.timeout(self.timeout_s):
                 resp = await lean.request(self.url, None if payload is None else msgspec.json.encode(payload))
-            if resp.content_length > MAX_BODY_BYTES:
+            if (resp.content_length or 0) > MAX_BODY_BYTES:
                 raise BodyTooLargeError(f"response body over {MAX_BODY_BYTES} bytes")
             if resp.status >= 400:
                 raise HttpStatusError(resp.status)

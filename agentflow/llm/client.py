@@ -685,7 +685,8 @@ class ProviderClient(Lifecycle):
                     limiter.refund(grant)  # nothing was sent: the request and its tokens go back
                 raise
             remaining_s = deadline - loop.time()
-            session: Any = pool.http1 if stream == 0 and pool.http1 is not None else pool.session
+            lean = pool.http1
+            session: Any = lean if lean is not None else pool.session
             assert session is not None
             inuse = pool.in_use
             sid = id(session)
@@ -694,7 +695,7 @@ class ProviderClient(Lifecycle):
             self.in_flight += 1
             t0 = time.perf_counter()
             call: TimedTask | None = None
-            resp = None
+            resp: Any = None  # an aiohttp ClientResponse, or an http1.Http1Response of the same shape
             try:
                 if remaining_s <= 0:
                     raise LLMTimeoutError(
@@ -720,7 +721,12 @@ class ProviderClient(Lifecycle):
                         total=min(cfg.request_timeout_s, remaining_s), sock_connect=cfg.connection_timeout_s
                     )
                 # Not ``async with``: an open stream outlives this attempt, and two coroutine layers fewer.
-                resp = await session.post(url, data=data, timeout=timeout)
+                if lean is None:
+                    resp = await session.post(url, data=data, timeout=timeout)
+                elif stream:  # a stream's reads each wait at most request_timeout_s, as aiohttp's sock_read
+                    resp = await lean.post(url, data, timeout, stream=True, read_timeout_s=cfg.request_timeout_s)
+                else:
+                    resp = await lean.post(url, data, timeout)
                 if resp.status >= 400:
                     raise failures.http_error(resp.status, await self._read(resp, model), resp.headers, model)
                 if stream:

@@ -1,9 +1,10 @@
-"""The connections of one LLM provider: a pooled aiohttp session, pre-warmed, rotated, and one shared timer for
-request timeouts.
+"""The connections of one LLM provider, pre-warmed: the lean HTTP/1.1 pool (:mod:`agentflow.http1`, the default),
+or an aiohttp session (``http_client = "aiohttp"``), replaced every ``max_connection_lifetime_s``; and one shared
+timer for request timeouts.
 
 Requests that have the whole ``request_timeout_s`` left are bounded by one shared timer
-(:class:`~agentflow._deadlines.Deadlines`): aiohttp gets no total timeout for them (``untimed``), because its
-per-request timer costs ~4 µs on uvloop. When the timer fires, the request's task is cancelled and the caller
+(:class:`~agentflow._deadlines.Deadlines`): the HTTP client gets no total timeout for them (``untimed``), because a
+timer per request costs ~4 µs on uvloop. When the timer fires, the request's task is cancelled and the caller
 turns that cancellation into a timeout, as ``asyncio.timeout`` does (:class:`~agentflow._deadlines.TimedTask`).
 """
 
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 class ConnectionPool:
-    """The aiohttp session of one provider (``[llm.NAME]`` pool settings) and its shared request timer.
+    """The connections of one provider (``[llm.NAME]`` pool settings) and its shared request timer.
 
     ``headers`` are the session's own (a request then only copies them); set credentials in them before
     :meth:`open`. ``in_use`` counts requests per session, so a rotated-out session closes once they finish.
@@ -47,16 +48,15 @@ class ConnectionPool:
         )
         self.expiries = Deadlines(config.request_timeout_s, expire_task)
         self.session: aiohttp.ClientSession | None = None
-        #: ``http_client = "lean"``: the connections of unary calls (streams stay on :attr:`session`).
+        #: ``http_client = "lean"`` (the default): every call's connections; :attr:`session` is then None.
         self.http1: Http1Pool | None = None
         self.in_use: dict[int, int] = {}
         self._rotator: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
-        """Open the session, pre-warm ``min_connections`` and start the rotation if a lifetime is set."""
+        """Open the pool, pre-warm ``min_connections``; an aiohttp session is also rotated if a lifetime is set."""
         cfg = self.config
-        self.session = self._new_session()
         if cfg.http_client == "lean":
             limit = cfg.max_connections
             if cfg.max_connections_per_host:
@@ -79,8 +79,9 @@ class ConnectionPool:
                     n,
                     self.name,
                 )
-        else:
-            await self._prewarm(self.session)
+            return  # the lean pool retires each connection at max_connection_lifetime_s itself
+        self.session = self._new_session()
+        await self._prewarm(self.session)
         lifetime = self.config.max_connection_lifetime_s
         if lifetime is not None:
             self._rotator = asyncio.create_task(self._rotate(lifetime), name=f"llm-{self.name}-rotate")
@@ -142,8 +143,7 @@ class ConnectionPool:
         while True:  # noqa: ASYNC110 - a timer, not a poll
             await asyncio.sleep(lifetime_s)
             old, self.session = self.session, self._new_session()
-            if self.http1 is None:  # the lean pool retires each connection itself at lifetime_s
-                await self._prewarm(self.session)
+            await self._prewarm(self.session)
             if old is not None:
                 task = asyncio.create_task(self._retire(old))
                 self._retiring.add(task)

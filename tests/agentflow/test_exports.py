@@ -185,9 +185,16 @@ INTERNAL = {
     "agentflow.llm.mock_script": {"Reply", "chat_chunks", "chat_reply", "completion_chunks", "text_of", "tokens"},
     "agentflow.llm.tokens": {"estimate_tokens", "split_tokens"},
     "agentflow.llm.transport": {"USER_AGENT", "ConnectionPool"},
-    # the lean HTTP/1.1 client under the LLM client's unary calls and the load generator; its errors become
-    # LLMErrors (and load-test error kinds) before a user sees them
-    "agentflow.http1": {"ConnectFailed", "ConnectionClosed", "Http1Pool", "Http1Response", "ProtocolError"},
+    # the lean HTTP/1.1 client under the LLM client and the load generator; its errors become LLMErrors (and
+    # load-test error kinds) before a user sees them
+    "agentflow.http1": {
+        "BodyStream",
+        "ConnectFailed",
+        "ConnectionClosed",
+        "Http1Pool",
+        "Http1Response",
+        "ProtocolError",
+    },
     "agentflow.state": set(_STATE_API),
     "agentflow.state.base": {
         "APPLIED",

@@ -14,7 +14,7 @@ import trustme
 
 from agentflow.config import LLMConfig, config_from_dict
 from agentflow.errors import LLMBadRequestError, LLMUnavailableError
-from agentflow.http1 import ConnectFailed, ConnectionClosed, Http1Pool, ProtocolError
+from agentflow.http1 import BodyStream, ConnectFailed, ConnectionClosed, Http1Pool, ProtocolError
 from agentflow.llm.client import ProviderClient
 
 OK = (
@@ -412,3 +412,126 @@ async def test_the_aiohttp_client_can_still_be_chosen(serve) -> None:  # type: i
         assert client._pool.http1 is None
         assert (await client.chat(MSG)).text == "hi"
     assert b"\r\nAccept-Encoding: gzip, deflate\r\n" in server.requests[0]  # aiohttp's own header: aiohttp sent it
+
+
+async def sse(w: asyncio.StreamWriter, events: list[bytes], gap_s: float = 0.0) -> None:
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for event in events:
+        w.write(b"%x\r\n%b\r\n" % (len(event), event))
+        await w.drain()
+        if gap_s:
+            await asyncio.sleep(gap_s)
+    w.write(b"0\r\n\r\n")
+
+
+async def test_a_streamed_body_arrives_piece_by_piece_and_its_connection_is_reused(serve) -> None:  # type: ignore[no-untyped-def]
+    events = [b"data: %d\n\n" % i for i in range(5)]
+
+    async def streaming(head: bytes, body: bytes, w: asyncio.StreamWriter, n: int) -> bool:
+        await sse(w, events, gap_s=0.02)
+        return True
+
+    server = await serve(streaming)
+    p = pool(server.url)
+    for _ in range(2):
+        resp = await p.request(server.url + "/x", b"{}", stream=True, read_timeout_s=5.0)
+        assert resp.status == 200 and resp.content is not None and resp.content_length is None
+        got = []
+        while chunk := await resp.content.readany():
+            got.append(chunk)
+        assert len(got) >= 3 and b"".join(got) == b"".join(events)  # pieces as they came, not one whole body
+        resp.release()
+    assert server.connections == 1 and p.open_connections == 1
+    p.close()
+
+
+async def test_a_stream_left_early_closes_its_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    async def streaming(head: bytes, body: bytes, w: asyncio.StreamWriter, n: int) -> bool:
+        await sse(w, [b"data: x\n\n"] * 50, gap_s=0.01)
+        return True
+
+    server = await serve(streaming)
+    p = pool(server.url)
+    resp = await p.request(server.url + "/x", b"{}", stream=True)
+    assert resp.content is not None and await resp.content.readany()
+    resp.release()  # not read to the end: the connection cannot be reused
+    resp.close()  # idempotent
+    assert p.open_connections == 0
+    assert (await p.request(server.url + "/x", b"{}", stream=True)).status == 200
+    assert p.connects == 2
+    p.close()
+
+
+async def test_a_stream_fails_on_a_silent_server_and_at_its_deadline(serve) -> None:  # type: ignore[no-untyped-def]
+    async def stalls(head: bytes, body: bytes, w: asyncio.StreamWriter, n: int) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n")
+        await w.drain()
+        await asyncio.sleep(3)
+        return False
+
+    server = await serve(stalls)
+    p = pool(server.url)
+    resp = await p.request(server.url + "/x", b"{}", stream=True, read_timeout_s=0.1)
+    assert resp.content is not None and await resp.content.readany() == b"data: 1\n\n"
+    with pytest.raises(TimeoutError):
+        await resp.content.readany()
+    resp.close()
+    assert p.open_connections == 0
+
+    class Timeout:
+        total = 0.2
+
+    resp = await p.post(server.url + "/x", b"{}", Timeout(), stream=True, read_timeout_s=10.0)
+    assert resp.content is not None and await resp.content.readany() == b"data: 1\n\n"
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(TimeoutError):  # the total bounds the reads too, well before read_timeout_s
+        await resp.content.readany()
+    assert loop.time() - t0 < 2.0
+    resp.close()
+    p.close()
+
+
+async def test_a_stream_cut_by_the_server_raises_and_an_error_status_is_read_whole(serve) -> None:  # type: ignore[no-untyped-def]
+    async def cut(head: bytes, body: bytes, w: asyncio.StreamWriter, n: int) -> bool:
+        if server.connections == 1:
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n")
+            await w.drain()
+            return False
+        w.write(answer(b'{"error": {"message": "slow down"}}', status="429 Too Many Requests"))
+        return True
+
+    server = await serve(cut)
+    p = pool(server.url)
+    resp = await p.request(server.url + "/x", b"{}", stream=True)
+    assert resp.content is not None and await resp.content.readany() == b"data: 1\n\n"
+    with pytest.raises(ConnectionClosed):
+        await resp.content.readany()
+    resp.release()
+    resp = await p.request(server.url + "/x", b"{}", stream=True)
+    assert resp.status == 429 and resp.content is None and b"slow down" in await resp.read()
+    resp.release()
+    assert p.open_connections == 1  # the error answer was read whole: its connection is kept
+    p.close()
+
+
+async def test_a_reader_behind_pauses_the_connection_and_still_gets_every_byte(serve) -> None:  # type: ignore[no-untyped-def]
+    piece = b"x" * 65536
+
+    async def big(head: bytes, body: bytes, w: asyncio.StreamWriter, n: int) -> bool:
+        await sse(w, [piece] * 64)  # 4 MiB, more than the reader keeps buffered
+        return True
+
+    server = await serve(big)
+    p = pool(server.url)
+    resp = await p.request(server.url + "/x", b"{}", stream=True)
+    assert resp.content is not None
+    await asyncio.sleep(0.3)  # the server writes ahead; the client stops reading past 1 MiB
+    assert resp.content._size <= BodyStream.PAUSE_BYTES + 4 * 65536  # not the whole 4 MiB
+    total = 0
+    while chunk := await resp.content.readany():
+        total += len(chunk)
+    assert total == 64 * 65536
+    resp.release()
+    assert p.open_connections == 1
+    p.close()
