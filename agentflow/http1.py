@@ -1,6 +1,6 @@
 """A lean HTTP/1.1 client: kept-alive connections to one origin, one request at a time per connection, each
-answer read whole or streamed. The LLM client's calls (streams included) and the load generator's requests
-(but ``--stream``) go through it.
+answer read whole or streamed. The LLM client's calls and the load generator's requests, streams included, go
+through it.
 
 A general client (aiohttp) spends most of its time per request on what these requests do not use (cookie jars,
 redirects, proxies, per-request URL and header objects, a streaming reader); here a request is a pre-built head and

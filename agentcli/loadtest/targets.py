@@ -14,7 +14,6 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from agentflow import (
@@ -186,8 +185,8 @@ class HttpStatusError(Exception):
 class HttpTarget(LoadTarget):
     """POST the payload as JSON to ``url`` (GET when the payload is None); 4xx/5xx are errors.
 
-    Requests go through the lean :class:`agentflow.http1.Http1Pool` (``http://`` and ``https://``), which costs the
-    generator a fraction of aiohttp's time per request; streamed requests go through aiohttp.
+    Requests go through the lean :class:`agentflow.http1.Http1Pool` (``http://`` and ``https://``, streams
+    included), which costs the generator a fraction of a general-purpose client's time per request.
     With ``stream`` the payload is an OpenAI chat request sent with ``"stream": true``; the server-sent events
     are read as they arrive, the first content chunk gives time to first token and the gaps between content
     chunks give inter-token latency.
@@ -210,90 +209,104 @@ class HttpTarget(LoadTarget):
         self.connections = connections
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
-        self._session: aiohttp.ClientSession | None = None
         self._lean: Http1Pool | None = None
         self._decoder = msgspec.json.Decoder()
 
     async def __aenter__(self) -> HttpTarget:
-        if not self.streaming:  # the plan checked the URL: http:// or https://
-            own = {"Content-Type": "application/json"}
-            own.update({k: v for k, v in self.headers.items() if k.lower() not in _OWN_HEADERS})
-            self._lean = Http1Pool(self.url, own, limit=self.connections, max_body=MAX_BODY_BYTES)
-            return self
-        connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=self.connections)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s), headers=self.headers
-        )
+        own = {"Content-Type": "application/json"}  # the plan checked the URL: http:// or https://
+        own.update({k: v for k, v in self.headers.items() if k.lower() not in _OWN_HEADERS})
+        self._lean = Http1Pool(self.url, own, limit=self.connections, max_body=MAX_BODY_BYTES)
         return self
 
     async def aclose(self) -> None:
         lean, self._lean = self._lean, None
         if lean is not None:
             lean.close()
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     def error_kind(self, exc: BaseException) -> str:
         if isinstance(exc, HttpStatusError):
             return f"http_{exc.status}"
         if isinstance(exc, BodyTooLargeError):
             return "too_large"
-        if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError | socket.gaierror):
+        if isinstance(exc, ConnectionError | socket.gaierror):
             return "connect"
-        if isinstance(exc, aiohttp.ClientPayloadError | msgspec.DecodeError | ProtocolError):
+        if isinstance(exc, msgspec.DecodeError | ProtocolError):
             return "bad_response"
         return super().error_kind(exc)
 
     async def call(self, payload: Any, probe: Probe) -> Any:
         lean = self._lean
-        if lean is not None:
-            async with asyncio.timeout(self.timeout_s):
-                resp = await lean.request(self.url, None if payload is None else msgspec.json.encode(payload))
-            if (resp.content_length or 0) > MAX_BODY_BYTES:
-                raise BodyTooLargeError(f"response body over {MAX_BODY_BYTES} bytes")
-            if resp.status >= 400:
-                raise HttpStatusError(resp.status)
-            return resp.body
-        session = self._session
-        assert session is not None, "HttpTarget used outside 'async with'"
-        return await self._stream(session, payload, probe)  # streams are the only requests aiohttp carries
+        assert lean is not None, "HttpTarget used outside 'async with'"
+        if self.streaming:
+            return await self._stream(lean, payload, probe)
+        async with asyncio.timeout(self.timeout_s):
+            resp = await lean.request(self.url, None if payload is None else msgspec.json.encode(payload))
+        if (resp.content_length or 0) > MAX_BODY_BYTES:
+            raise BodyTooLargeError(f"response body over {MAX_BODY_BYTES} bytes")
+        if resp.status >= 400:
+            raise HttpStatusError(resp.status)
+        return resp.body
 
-    async def _stream(self, session: aiohttp.ClientSession, payload: Any, probe: Probe) -> Any:
+    async def _stream(self, lean: Http1Pool, payload: Any, probe: Probe) -> Any:
         body = dict(payload) if isinstance(payload, dict) else {"messages": [{"role": "user", "content": "hi"}]}
         body["stream"] = True
-        t0 = perf_counter()
-        last: float | None = None
-        parts: list[str] = []
-        size = 0
-        async with session.post(
-            self.url, data=msgspec.json.encode(body), headers={"content-type": "application/json"}
-        ) as resp:
-            if resp.status >= 400:
-                raise HttpStatusError(resp.status)
-            async for raw in resp.content:
-                size += len(raw)
-                if size > MAX_BODY_BYTES:
-                    raise BodyTooLargeError(f"stream over {MAX_BODY_BYTES} bytes")
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    break
-                chunk = self._decoder.decode(data)
-                text = _delta_text(chunk)
-                if not text:
-                    continue
-                now = perf_counter()
-                if last is None:
-                    if probe.ttft is not None:
-                        probe.ttft.record(now - t0)
-                elif probe.itl is not None:
-                    probe.itl.record(now - last)
-                last = now
-                parts.append(text)
-        return "".join(parts)
+        reader = _SSEText(self._decoder, probe, perf_counter())
+        async with asyncio.timeout(self.timeout_s):
+            resp = await lean.request(self.url, msgspec.json.encode(body), stream=True)
+            try:
+                if resp.status >= 400:
+                    raise HttpStatusError(resp.status)
+                content = resp.content
+                assert content is not None
+                size = 0
+                while chunk := await content.readany():  # read to the end, [DONE] included: the connection is kept
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        raise BodyTooLargeError(f"stream over {MAX_BODY_BYTES} bytes")
+                    reader.feed(chunk)
+            finally:
+                resp.release()
+        reader.feed(b"\n")
+        return "".join(reader.parts)
+
+
+class _SSEText:
+    """The text deltas of an OpenAI chat stream, fed as its bytes arrive; the first gives time to first token,
+    each next one an inter-token gap."""
+
+    __slots__ = ("_decoder", "_done", "_last", "_pending", "_probe", "_t0", "parts")
+
+    def __init__(self, decoder: msgspec.json.Decoder[Any], probe: Probe, t0: float) -> None:
+        self._decoder = decoder
+        self._probe = probe
+        self._t0 = t0
+        self._last: float | None = None
+        self._pending = b""
+        self._done = False
+        self.parts: list[str] = []
+
+    def feed(self, chunk: bytes) -> None:
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        for raw in lines:
+            line = raw.strip()
+            if self._done or not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                self._done = True
+                continue
+            text = _delta_text(self._decoder.decode(data))
+            if not text:
+                continue
+            now = perf_counter()
+            probe = self._probe
+            if self._last is None:
+                if probe.ttft is not None:
+                    probe.ttft.record(now - self._t0)
+            elif probe.itl is not None:
+                probe.itl.record(now - self._last)
+            self._last = now
+            self.parts.append(text)
 
 
 def _delta_text(chunk: Any) -> str:
