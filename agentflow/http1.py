@@ -536,7 +536,13 @@ class Http1Pool:
         host = f"[{self.host}]" if ":" in self.host else self.host
         authority = host if self.port == default_port else f"{host}:{self.port}"
         lines = [f"Host: {authority}"]
-        lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("host", "content-length")]
+        for k, v in headers.items():
+            if any(c in k or c in v for c in "\r\n\0") or ":" in k:
+                raise ValueError(
+                    f"The header {k!r} has a line break or a NUL, or a colon in its name; it cannot be sent."
+                )
+            if k.lower() not in ("host", "content-length"):
+                lines.append(f"{k}: {v}")
         self._fixed = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self._heads: dict[tuple[str, str], bytes] = {}
         self._idle: list[_Connection] = []

@@ -535,3 +535,8 @@ async def test_a_reader_behind_pauses_the_connection_and_still_gets_every_byte(s
     resp.release()
     assert p.open_connections == 1
     p.close()
+
+
+def test_a_header_that_would_split_the_request_is_refused() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        Http1Pool("http://127.0.0.1:1/v1", {"Authorization": "Bearer k\r\nX-Evil: 1"}, limit=1, max_body=1)
