@@ -119,8 +119,14 @@ async def test_calls_in_flight_when_a_replica_dies_are_retried_only_if_idempoten
         # Round-robin gives each replica one "sleep" (not idempotent) and one "wait" (idempotent).
         calls = [("ctr.sleep", {"seconds": 0.5}), ("ctr.sleep", {"seconds": 0.5})]
         calls += [("ctr.wait", {"seconds": 0.5}), ("ctr.wait", {"seconds": 0.5})]
+        before = server_stats(stats_dir).get(b.pid, {}).get("tools/call", 0)
         running = asyncio.ensure_future(box.call_many(calls))
-        await asyncio.sleep(0.2)
+        # Killed once its two calls are in flight there (a call not yet sent would go to replica a instead).
+        give_up = time.monotonic() + 10
+        while server_stats(stats_dir).get(b.pid, {}).get("tools/call", 0) < before + 2:
+            assert time.monotonic() < give_up, "replica b never got its two calls"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
         b.kill()
         results = await running
         assert sorted(r.outcome for r in results[:2]) == ["error", "ok"]
