@@ -698,8 +698,7 @@ class Http1Pool:
             self._drop(conn)
 
     def _drop(self, conn: _Connection, wake: bool = True) -> None:
-        if conn in self._idle:
-            self._idle.remove(conn)
+        """Close ``conn``, taken out of the idle list already (or never in it), and give its place back."""
         conn.close()
         if conn in self._all:
             self._all.discard(conn)
