@@ -107,6 +107,10 @@ class Runner(Lifecycle):
         self._requests = PendingRequests(rc.request_timeout_s, rc.max_pending_requests, self._refused, self._expired)
         self._replies = ReplySender(self.bus)
         self._inbox = INBOX_PREFIX + new_event_id()
+        #: Topics an agent of this runner reads (a request to one needs no look at the bus), and the event loop
+        #: the runner runs on; both set by start.
+        self._served: frozenset[str] = frozenset()
+        self._loop: asyncio.AbstractEventLoop
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -345,6 +349,7 @@ class Runner(Lifecycle):
 
     async def _open(self) -> None:
         cfg = self.config
+        self._loop = asyncio.get_running_loop()
         for spec in self.workflows.build(dict(self._specs)):
             self._specs[spec.name] = spec
         self._warn_about_config()
@@ -378,6 +383,7 @@ class Runner(Lifecycle):
             raise
         for spec, sub in zip(specs, subs, strict=True):
             self._agents.append(self._make_worker(spec, max_inflight, sub))
+        self._served = frozenset(a.topic for a in self._agents)
         if self._agents:
             shortest = min(a.timeout_s for a in self._agents)
             self.pool.resolution_s = min(0.25, max(0.002, shortest / 20))
@@ -669,14 +675,13 @@ class Runner(Lifecycle):
         """
         if self._lifecycle is not _RUNNING:
             self._check_accepting()
-        if self.bus.subscriber_count(topic) == 0:
+        if topic not in self._served and self.bus.subscriber_count(topic) == 0:
             raise LifecycleError(f"No agent subscribes to topic {topic!r}, so a request to it cannot be answered.")
         requests = self._requests
         if _tracing.TRACER is not None:
             headers = _tracing.inject(headers)
-        loop = asyncio.get_running_loop()
         eid = new_event_id()
-        fut = requests.open(loop, eid, topic, timeout_s)
+        fut = requests.open(self._loop, eid, topic, timeout_s)
         try:
             batch = (
                 Event(
