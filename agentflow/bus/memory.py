@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 class _Group:
-    __slots__ = ("capacity", "lane", "members", "name", "owners", "partitions", "size", "topic")
+    __slots__ = ("capacity", "lane", "members", "name", "owners", "partitions", "size", "sleepers", "topic")
 
     def __init__(self, topic: str, name: str, partitions: int, capacity: int) -> None:
         self.topic = topic
@@ -51,6 +51,8 @@ class _Group:
         self.members: list[MemorySubscription] = []
         self.capacity = capacity
         self.size = 0
+        #: Members waiting in wait(): a publish with none to wake skips the look at every member.
+        self.sleepers = 0
 
     def assign(self) -> None:
         """Share partitions among members round-robin (join order), waking whoever gained work."""
@@ -108,34 +110,41 @@ class MemorySubscription(WakeUps, Subscription):
         g = self._g
         if not g.size or self._closed or max_n < 1:
             return []
+        lane = g.lane
+        if len(lane) == g.size:  # only keyless events wait: no partition to look at
+            return self._take_from(lane, max_n)
         parts = self._parts
         n = len(parts)
         start = self._next
         for j in range(n):
             dq = parts[(start + j) % n]
-            if not dq:
-                continue
-            # Drain one partition per call and rotate, so a busy partition cannot starve the others.
-            self._next = (start + j + 1) % n
-            k = len(dq)
-            if k == 1:  # one event at a time is the common case under light load: no zip/map machinery
-                item = dq.popleft()
-                items = [item]
-                self._unacked[id(item)] = item
-            else:
-                if k <= max_n:
-                    items = list(dq)
-                    dq.clear()
-                else:
-                    items = list(starmap(dq.popleft, repeat((), max_n)))  # max_n poplefts in C
-                    k = max_n
-                self._unacked.update(zip(map(id, items), items, strict=True))
-            g.size -= k
-            self._taken += k
-            if self._bus._putters.get(g.topic):
-                self._bus._wake_putters(g.topic, k)
-            return items
+            if dq:
+                # Drain one partition per call and rotate, so a busy partition cannot starve the others.
+                self._next = (start + j + 1) % n
+                return self._take_from(dq, max_n)
         return []
+
+    def _take_from(self, dq: deque[Item], max_n: int) -> list[Item]:
+        """Take up to ``max_n`` items (at least one) from ``dq``, one of this member's partitions or the lane."""
+        k = len(dq)
+        if k == 1:  # one event at a time is the common case under light load: no zip/map machinery
+            item = dq.popleft()
+            items = [item]
+            self._unacked[id(item)] = item
+        else:
+            if k <= max_n:
+                items = list(dq)
+                dq.clear()
+            else:
+                items = list(starmap(dq.popleft, repeat((), max_n)))  # max_n poplefts in C
+                k = max_n
+            self._unacked.update(zip(map(id, items), items, strict=True))
+        g = self._g
+        g.size -= k
+        self._taken += k
+        if self._bus._putters.get(g.topic):
+            self._bus._wake_putters(g.topic, k)
+        return items
 
     async def wait(self) -> bool:
         if self._closed:
@@ -143,7 +152,12 @@ class MemorySubscription(WakeUps, Subscription):
         for dq in self._parts:
             if dq:
                 return True
-        return await self._sleep()
+        g = self._g
+        g.sleepers += 1
+        try:
+            return await self._sleep()
+        finally:
+            g.sleepers -= 1
 
     def ack(self, item: Item) -> None:
         self._unacked.pop(id(item), None)
@@ -285,7 +299,8 @@ class MemoryBus(Bus):
                 for g in groups:
                     g.size += 1
                     g.lane.append(e)
-                    g.wake_lane()
+                    if g.sleepers:
+                        g.wake_lane()
                 return True
             p = hash(key) % self.partitions
             for g in groups:

@@ -64,3 +64,38 @@ async def test_keyless_events_given_back_are_taken_again_first() -> None:
     sub.requeue(first[1:])
     assert [e.payload for e in sub.take_nowait(100)] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     await bus.aclose()
+
+
+async def test_a_member_takes_keyed_partitions_and_the_keyless_lane_in_turn() -> None:
+    bus = MemoryBus(partitions=4, buffer_size=100)
+    sub = await bus.subscribe("t", "g")
+    await bus.publish("t", [Event(topic="t", payload=f"n{i}") for i in range(3)])
+    assert [e.payload for e in sub.take_nowait(2)] == ["n0", "n1"]  # only keyless events wait: the lane
+    await bus.publish("t", [Event(topic="t", payload="a", key="k")])
+    await bus.publish("t", [Event(topic="t", payload="n3")])
+    # A keyed event waits too: the partitions and the lane are taken in turn, one of them per call.
+    first, second = sub.take_nowait(10), sub.take_nowait(10)
+    assert sorted([[e.payload for e in first], [e.payload for e in second]]) == [["a"], ["n2", "n3"]]
+    assert sub.take_nowait(10) == []
+    sub.ack_many(first + second)
+    await bus.aclose()
+
+
+async def test_a_keyless_emit_wakes_the_first_waiting_member_and_a_cancelled_wait_is_not_counted() -> None:
+    bus = MemoryBus(partitions=2, buffer_size=100)
+    a, b = await bus.subscribe("t", "g"), await bus.subscribe("t", "g")
+    cancelled = asyncio.ensure_future(a.wait())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    await asyncio.sleep(0)
+    assert bus.offer("t", (Event(topic="t", payload=1),))  # runner.emit's single-event path
+    await asyncio.sleep(0)
+    assert [w.done() for w in waits] == [True, False]  # the first member waiting is woken, once
+    assert [e.payload for e in a.take_nowait(10)] == [1]
+    assert bus.offer("t", (Event(topic="t", payload=2),))
+    await asyncio.sleep(0)
+    assert waits[1].done()  # b still waits (a is busy): the next keyless event wakes it
+    assert [e.payload for e in b.take_nowait(10)] == [2]
+    await bus.aclose()
