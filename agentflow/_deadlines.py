@@ -47,7 +47,7 @@ class Deadlines:
         self._on_expire = on_expire
         # key -> (deadline, tag); insertion order is deadline order, since they share one timeout.
         self._waits: dict[Hashable, tuple[float, Any]] = {}
-        self._others: dict[Hashable, asyncio.TimerHandle] = {}
+        self._others: dict[Hashable, tuple[asyncio.TimerHandle, Any]] = {}
         # Invariant: armed, at or before the oldest deadline in _waits, whenever _waits is not empty.
         self._timer: asyncio.TimerHandle | None = None
 
@@ -56,7 +56,7 @@ class Deadlines:
 
     def add(self, loop: asyncio.AbstractEventLoop, key: Hashable, tag: Any, timeout_s: float) -> None:
         if timeout_s != self._default:
-            self._others[key] = loop.call_later(timeout_s, self._expire_other, key, tag, timeout_s)
+            self._others[key] = (loop.call_later(timeout_s, self._expire_other, key, tag, timeout_s), tag)
             return
         deadline = loop.time() + timeout_s
         self._waits[key] = (deadline, tag)
@@ -65,15 +65,27 @@ class Deadlines:
 
     def discard(self, key: Hashable) -> None:
         if self._waits.pop(key, None) is None:
-            timer = self._others.pop(key, None)
-            if timer is not None:
-                timer.cancel()
+            other = self._others.pop(key, None)
+            if other is not None:
+                other[0].cancel()
+
+    def tag(self, key: Hashable) -> Any:
+        """The tag ``key`` was added with; None when it is not waiting (never added, discarded, or due)."""
+        entry = self._waits.get(key)
+        if entry is not None:
+            return entry[1]
+        other = self._others.get(key)
+        return other[1] if other is not None else None
+
+    def tags(self) -> list[Any]:
+        """The tags of every key still waiting."""
+        return [tag for _, tag in self._waits.values()] + [tag for _, tag in self._others.values()]
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for timer in self._others.values():
+        for timer, _ in self._others.values():
             timer.cancel()
         self._others.clear()
         self._waits.clear()

@@ -83,15 +83,17 @@ def reply_outcome(reply: Event) -> Any:
     return reply.payload
 
 
-class PendingRequests:
+class PendingRequests(Deadlines):
     """Requests waiting for their results: a future per request id, each with a deadline on one shared timer.
 
     ``limit`` bounds how many wait (:meth:`open` raises BackpressureError beyond it, counted in
     ``refused["max_pending_requests"]``). ``on_expire(id)`` is called when a request times out, after its future
-    failed with RequestTimeoutError.
+    failed with RequestTimeoutError. Each request is one entry of the timer's table, tagged with its future and
+    topic; :meth:`open`, :meth:`close_request` and :meth:`resolve` write out the timer's ``add``, ``discard``
+    and ``tag`` for the default timeout, the common case.
     """
 
-    __slots__ = ("_deadlines", "_default_s", "_futures", "_on_expire", "_refused", "limit")
+    __slots__ = ("_on_timeout", "_refused", "limit")
 
     def __init__(
         self,
@@ -100,75 +102,76 @@ class PendingRequests:
         refused: dict[str, int],
         on_expire: Callable[[str, RequestTimeoutError], None] | None = None,
     ) -> None:
+        super().__init__(default_timeout_s, self._expire)
         self.limit = limit
-        self._default_s = default_timeout_s
         self._refused = refused
-        self._futures: dict[str, asyncio.Future[Any]] = {}
-        self._deadlines = Deadlines(default_timeout_s, self._expire)
-        self._on_expire = on_expire
-
-    def __len__(self) -> int:
-        return len(self._futures)
+        self._on_timeout = on_expire
 
     def __contains__(self, eid: object) -> bool:
-        return eid in self._futures
+        return self.tag(eid) is not None
 
     def __repr__(self) -> str:
-        return f"<PendingRequests pending={len(self._futures)}/{self.limit}>"
+        return f"<PendingRequests pending={len(self)}/{self.limit}>"
 
     def open(
         self, loop: asyncio.AbstractEventLoop, eid: str, topic: str, timeout_s: float | None
     ) -> asyncio.Future[Any]:
         """Register request ``eid``: its future, which times out after ``timeout_s`` (None: the default). Raises
         BackpressureError (and counts it) when ``limit`` requests already wait, before anything is published."""
-        futures = self._futures
-        if len(futures) >= self.limit:
+        waits = self._waits
+        if len(waits) + len(self._others) >= self.limit:
             self._refused[LIMIT] = self._refused.get(LIMIT, 0) + 1
             raise BackpressureError(
-                f"{len(futures)} requests already wait for their results, the limit of "
+                f"{len(self)} requests already wait for their results, the limit of "
                 f"runner.max_pending_requests; the request to {topic!r} was refused and nothing was published. "
                 "Retry later, slow down, or raise runner.max_pending_requests."
             )
         fut: asyncio.Future[Any] = loop.create_future()
-        futures[eid] = fut
-        self._deadlines.add(loop, eid, topic, self._default_s if timeout_s is None else timeout_s)
+        if timeout_s is None or timeout_s == self._default:  # self.add(...), written out
+            deadline = loop.time() + self._default
+            waits[eid] = (deadline, (fut, topic))
+            if self._timer is None:
+                self._timer = loop.call_at(deadline, self._fire, loop)
+        else:
+            self.add(loop, eid, (fut, topic), timeout_s)
         return fut
 
     def close_request(self, eid: str) -> None:
-        """Forget request ``eid`` (answered, failed or abandoned by its caller)."""
-        self._deadlines.discard(eid)
-        fut = self._futures.pop(eid, None)
-        if fut is not None and fut.done() and not fut.cancelled():
-            fut.exception()  # a timeout the caller did not wait for is not "never retrieved"
+        """Forget request ``eid`` (answered, failed, timed out or abandoned by its caller)."""
+        if self._waits.pop(eid, None) is None:  # self.discard(eid), written out
+            self.discard(eid)
 
     def resolve(self, eid: str, result: Any) -> None:
-        fut = self._futures.get(eid)
-        if fut is not None and not fut.done():
-            fut.set_result(result)
+        entry = self._waits.get(eid)  # self.tag(eid), written out
+        tag = entry[1] if entry is not None else self.tag(eid)
+        if tag is not None and not tag[0].done():
+            tag[0].set_result(result)
 
     def fail(self, eid: str, exc: BaseException) -> None:
-        fut = self._futures.get(eid)
-        if fut is not None and not fut.done():
-            fut.set_exception(exc)
+        tag = self.tag(eid)
+        if tag is not None and not tag[0].done():
+            tag[0].set_exception(exc)
 
     def fail_all(self, make: Callable[[], BaseException]) -> None:
         """Fail every pending request (the runner closes) and stop the timer."""
-        self._deadlines.close()
-        for fut in self._futures.values():
+        tags = self.tags()
+        self.close()
+        for fut, _ in tags:
             if not fut.done():
                 fut.set_exception(make())
 
-    def _expire(self, eid: str, topic: str, t: float) -> None:
-        fut = self._futures.get(eid)
-        if fut is None or fut.done():
+    def _expire(self, eid: str, tag: tuple[asyncio.Future[Any], str], t: float) -> None:
+        fut, topic = tag
+        if fut.done():
             return
         exc = RequestTimeoutError(
             f"No result for the request to topic {topic!r} within {t:g} s; check that an agent handles that topic, "
             "or raise timeout_s."
         )
         fut.set_exception(exc)
-        if self._on_expire is not None:
-            self._on_expire(eid, exc)
+        fut.exception()  # marked retrieved: a caller that stopped waiting leaves no "never retrieved" warning
+        if self._on_timeout is not None:
+            self._on_timeout(eid, exc)
 
 
 class ReplySender:

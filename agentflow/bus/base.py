@@ -192,6 +192,10 @@ class WakeUps:
             if listener is not None and not self._closed and listener():
                 return  # taken synchronously: the waiting task sleeps on, and the loop saves a turn
             w.set_result(None)
+            self._woken()
+
+    def _woken(self) -> None:
+        """The waiting task was just woken (it runs on its next turn); a subscription may note it."""
 
     def set_listener(self, listener: Callable[[], bool] | None) -> bool:
         self._listener = listener

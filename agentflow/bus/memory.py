@@ -51,7 +51,7 @@ class _Group:
         self.members: list[MemorySubscription] = []
         self.capacity = capacity
         self.size = 0
-        #: Members waiting in wait(): a publish with none to wake skips the look at every member.
+        #: Members waiting in wait() and not woken yet: a keyless publish with none to wake looks at no member.
         self.sleepers = 0
 
     def assign(self) -> None:
@@ -75,7 +75,7 @@ class _Group:
     def wake_lane(self) -> None:
         """Keyless events arrived: wake the first member waiting for work (any member may take them)."""
         for m in self.members:
-            if m._waiter is not None:
+            if m._asleep:
                 m._wake()
                 return
 
@@ -95,6 +95,8 @@ class MemorySubscription(WakeUps, Subscription):
         self._closed = False
         self._taken = 0
         self._requeued = 0
+        #: In wait() and not woken yet (counted in the group's sleepers).
+        self._asleep = False
 
     def __repr__(self) -> str:
         return (
@@ -152,12 +154,17 @@ class MemorySubscription(WakeUps, Subscription):
         for dq in self._parts:
             if dq:
                 return True
-        g = self._g
-        g.sleepers += 1
+        self._g.sleepers += 1
+        self._asleep = True
         try:
             return await self._sleep()
         finally:
-            g.sleepers -= 1
+            self._woken()  # cancelled, or the bus closed: no longer asleep either way
+
+    def _woken(self) -> None:
+        if self._asleep:
+            self._asleep = False
+            self._g.sleepers -= 1
 
     def ack(self, item: Item) -> None:
         self._unacked.pop(id(item), None)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from agentflow import Context, Event, RequestTimeoutError
+import pytest
+
+from agentflow import BackpressureError, Context, Event, LifecycleError, RequestTimeoutError
 from agentflow._deadlines import Deadlines, TimedTask, expire_task
+from agentflow.requests import PendingRequests
 
 if TYPE_CHECKING:
     from conftest import RunnerFactory
@@ -126,6 +129,31 @@ async def test_runner_requests_time_out_with_the_default_and_with_their_own(make
         assert all(isinstance(r, RequestTimeoutError) for r in results[:2])
         assert "within 0.1 s" in str(results[0]) and "within 0.05 s" in str(results[1])
         assert results[2:] == ["ok"] * 50
-        assert len(runner._requests) == 0 and len(runner._requests._deadlines) == 0
+        assert len(runner._requests) == 0 and runner._requests._timer is None  # nothing waits, no timer armed
         release.set()
         await runner.drain()
+
+
+async def test_pending_requests_with_the_default_and_their_own_timeouts_resolve_fail_and_close() -> None:
+    loop = asyncio.get_running_loop()
+    expired: list[str] = []
+    refused: dict[str, int] = {}
+    pending = PendingRequests(10.0, 3, refused, lambda eid, exc: expired.append(eid))
+    default, own, short = (pending.open(loop, eid, "t", t) for eid, t in (("a", None), ("b", 5.0), ("c", 0.01)))
+    assert len(pending) == 3 and "a" in pending and "b" in pending and "x" not in pending
+    with pytest.raises(BackpressureError, match="3 requests already wait"):
+        pending.open(loop, "d", "t", None)
+    assert refused == {"max_pending_requests": 1}
+    pending.resolve("a", 1)  # the shared timer's entry
+    pending.resolve("b", 2)  # a timer of its own
+    assert (await default, await own) == (1, 2)
+    await asyncio.sleep(0.05)  # c is due: failed, counted, and no longer waiting; its caller never looked
+    assert expired == ["c"] and short.done() and "c" not in pending
+    for eid in "abc":
+        pending.close_request(eid)
+    assert len(pending) == 0
+    late = pending.open(loop, "e", "t", 5.0)
+    pending.fail_all(lambda: LifecycleError("closed"))
+    with pytest.raises(LifecycleError):
+        await late
+    assert len(pending) == 0
