@@ -151,6 +151,7 @@ class PendingRequests(Deadlines):
         tag = self.tag(eid)
         if tag is not None and not tag[0].done():
             tag[0].set_exception(exc)
+            tag[0].exception()  # see _expire
 
     def fail_all(self, make: Callable[[], BaseException]) -> None:
         """Fail every pending request (the runner closes) and stop the timer."""
@@ -159,6 +160,7 @@ class PendingRequests(Deadlines):
         for fut, _ in tags:
             if not fut.done():
                 fut.set_exception(make())
+                fut.exception()  # see _expire
 
     def _expire(self, eid: str, tag: tuple[asyncio.Future[Any], str], t: float) -> None:
         fut, topic = tag
@@ -169,7 +171,9 @@ class PendingRequests(Deadlines):
             "or raise timeout_s."
         )
         fut.set_exception(exc)
-        fut.exception()  # marked retrieved: a caller that stopped waiting leaves no "never retrieved" warning
+        # Marked retrieved: the caller awaiting the future still gets the error, and one that stopped waiting
+        # (its request was refused room in the bus, say) leaves no "exception was never retrieved" warning.
+        fut.exception()
         if self._on_timeout is not None:
             self._on_timeout(eid, exc)
 
