@@ -6,12 +6,14 @@ insertion-ordered dict of them, oldest first, needs a single timer armed at the 
 
     deadlines = Deadlines(30.0, on_expire)    # on_expire(key, tag, timeout_s) is called once a request is due
     deadlines.add(loop, eid, "topic", 30.0)   # the default timeout: the shared timer
+    deadlines.tag(eid)                        # "topic", while it waits (None once discarded or due)
     deadlines.discard(eid)                    # answered in time
 
 A request with another timeout gets a timer of its own (rare: an explicit ``timeout_s``). Used for
-``runner.request`` (key: the event id, tag: the topic), and, with :class:`TimedTask`, for LLM HTTP requests and
-tool calls: the timer cancels the task that waits, and the task turns that cancellation into its own timeout
-error, as ``asyncio.timeout`` does::
+``runner.request`` (:class:`~agentflow.requests.PendingRequests` is a ``Deadlines``; key: the event id, tag: the
+request's future and topic), and, with :class:`TimedTask`, for LLM HTTP requests and tool calls: the timer
+cancels the task that waits, and the task turns that cancellation into its own timeout error, as
+``asyncio.timeout`` does::
 
     timed = TimedTask(asyncio.current_task())
     deadlines = Deadlines(30.0, expire_task)
